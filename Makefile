@@ -1,0 +1,33 @@
+# The two quick-start commands: `make demo` and `make test`. Only Python >= 3.11 and make needed.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PLUGINS := $(wildcard plugins/*)
+
+.PHONY: demo test check pytest clean
+
+demo: $(STAMP)
+	@echo "lbx demo: two local backends behind lbx on http://127.0.0.1:6188"
+	@echo "  try:  curl -i http://127.0.0.1:6188/      (run it again: the backend alternates)"
+	@echo "  stop: Ctrl-C"
+	LBX_LOG=$${LBX_LOG:-debug} $(BIN)/lbx serve -c example_conf/demo.yaml
+
+test: check pytest
+
+check: $(STAMP)
+	$(BIN)/ruff check core plugins contrib tests bench
+	$(BIN)/ruff format --check core plugins contrib tests bench
+	$(BIN)/mypy
+
+pytest: $(STAMP)
+	$(BIN)/python -m pytest
+
+$(STAMP): pyproject.toml $(foreach p,$(PLUGINS),$(p)/pyproject.toml)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]' $(foreach p,$(PLUGINS),-e $(p))
+	touch $(STAMP)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

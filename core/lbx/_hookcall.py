@@ -1,0 +1,177 @@
+"""Calling hooks: awaitable hooks on top of pluggy, colour checks, and per-request dispatch.
+
+pluggy has no async support (design-notes §3). The spec declares a hook's colour: an ``async
+def`` spec is an *awaitable hook*, called here one impl at a time in pluggy's order, each result
+awaited when it is awaitable, so a ``firstresult`` hook returns the first non-None *awaited*
+value. A ``def`` spec is a sync hook and rejects ``async def`` impls at registration.
+
+Per-request hooks are resolved once (``HookCaller`` snapshots the impl list); a hook nobody
+implements resolves to None and the proxy skips it with one truthiness test.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+import pluggy
+
+from lbx.errors import PluginValidationError
+
+log = logging.getLogger("lbx.hooks")
+
+_NO_HALT = object()
+
+
+def halts_on(value: bool) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Mark a spec whose chain stops at the first impl returning ``value`` (True or False)."""
+
+    def mark(function: Callable[..., Any]) -> Callable[..., Any]:
+        function.lbx_halts_on = value  # type: ignore[attr-defined]  # marker read by HookCaller
+        return function
+
+    return mark
+
+
+def chained(function: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark a sync body-filter spec: each impl gets the previous impl's replacement chunk."""
+    function.lbx_chained = True  # type: ignore[attr-defined]  # marker read by HookCaller
+    return function
+
+
+def is_awaitable_spec(caller: pluggy.HookCaller) -> bool:
+    return caller.spec is not None and inspect.iscoroutinefunction(caller.spec.function)
+
+
+def validate_impls(caller: pluggy.HookCaller, plugin: object) -> None:
+    """Reject impls that break the hook's colour: raise ``PluginValidationError``."""
+    if caller.spec is None:
+        return
+    awaitable = is_awaitable_spec(caller)
+    chain = getattr(caller.spec.function, "lbx_chained", False)
+    for impl in caller.get_hookimpls():
+        if impl.plugin is not plugin:
+            continue
+        where = f"{impl.plugin_name}.{caller.name}"
+        function = impl.function
+        is_async = inspect.iscoroutinefunction(function) or inspect.isasyncgenfunction(function)
+        if not awaitable and is_async:
+            raise PluginValidationError(
+                f"plugin {impl.plugin_name!r}: {caller.name} is a sync hook, so {where} must be "
+                f"'def', not 'async def' (it runs where nothing can await it)"
+            )
+        if (awaitable or chain) and (impl.wrapper or impl.hookwrapper):
+            raise PluginValidationError(
+                f"plugin {impl.plugin_name!r}: {where} cannot be a wrapper: "
+                f"{caller.name} is called by lbx one impl at a time"
+            )
+
+
+class HookCaller:
+    """A resolved per-request hook: its impls in call order, called without pluggy's machinery.
+
+    Build it when the plugin set is final; it does not follow later (un)registrations.
+    """
+
+    __slots__ = ("_impls", "awaitable", "chained", "firstresult", "halt", "name")
+
+    def __init__(self, caller: pluggy.HookCaller) -> None:
+        assert caller.spec is not None, f"{caller.name} has no spec"
+        self.name = caller.name
+        self.awaitable = is_awaitable_spec(caller)
+        self.firstresult = bool(caller.spec.opts.get("firstresult"))
+        self.halt = getattr(caller.spec.function, "lbx_halts_on", _NO_HALT)
+        self.chained = bool(getattr(caller.spec.function, "lbx_chained", False))
+        # pluggy calls the last registered (and tryfirst) impls first: reversed get_hookimpls().
+        self._impls = tuple(
+            (impl.function, tuple(impl.argnames)) for impl in reversed(caller.get_hookimpls())
+        )
+
+    def __bool__(self) -> bool:
+        return bool(self._impls)
+
+    def __len__(self) -> int:
+        return len(self._impls)
+
+    async def __call__(self, **kwargs: Any) -> Any:
+        """Run an awaitable hook: sequentially, awaiting each result, halting per the spec."""
+        results = []
+        halt = self.halt
+        for function, argnames in self._impls:
+            result = function(*[kwargs[name] for name in argnames])
+            if inspect.isawaitable(result):
+                result = await result
+            if halt is not _NO_HALT:
+                if result is halt:
+                    return result
+            elif result is not None:
+                if self.firstresult:
+                    return result
+                results.append(result)
+        if self.firstresult or halt is not _NO_HALT:
+            return None
+        return results
+
+    def call_sync(self, **kwargs: Any) -> list[Any]:
+        """Run a sync per-request hook (``fail_to_connect``, ``error_while_proxy``)."""
+        return [function(*[kwargs[name] for name in argnames]) for function, argnames in self._impls]
+
+    def chain(self, session: Any, body: bytes, end_of_stream: bool, ctx: Any) -> bytes:
+        """Run a chained body filter: each non-None result replaces the chunk for the next impl."""
+        kwargs = {"session": session, "end_of_stream": end_of_stream, "ctx": ctx}
+        for function, argnames in self._impls:
+            kwargs["body"] = body
+            result = function(*[kwargs[name] for name in argnames])
+            if result is not None:
+                body = result
+        return body
+
+
+class TracingHookCaller(HookCaller):
+    """``LBX_DEBUG_HOOKS=1``: log every call and result, for sync and awaitable hooks alike."""
+
+    __slots__ = ()
+
+    async def __call__(self, **kwargs: Any) -> Any:
+        log.debug("hook %s(%s)", self.name, ", ".join(kwargs))
+        result = await super().__call__(**kwargs)
+        log.debug("hook %s -> %r", self.name, result)
+        return result
+
+    def call_sync(self, **kwargs: Any) -> list[Any]:
+        log.debug("hook %s(%s)", self.name, ", ".join(kwargs))
+        result = super().call_sync(**kwargs)
+        log.debug("hook %s -> %r", self.name, result)
+        return result
+
+    def chain(self, session: Any, body: bytes, end_of_stream: bool, ctx: Any) -> bytes:
+        log.debug("hook %s(%d bytes, end_of_stream=%s)", self.name, len(body), end_of_stream)
+        return super().chain(session, body, end_of_stream, ctx)
+
+
+def resolve(pm: pluggy.PluginManager, name: str) -> HookCaller | None:
+    """The resolved caller for hook ``name``, or None when no plugin implements it."""
+    caller = getattr(pm.hook, name)
+    cls = TracingHookCaller if os.environ.get("LBX_DEBUG_HOOKS") else HookCaller
+    resolved = cls(caller)
+    return resolved if resolved else None
+
+
+class AsyncHookRelay:
+    """``pm.ahook.<name>(**kwargs)``: awaitable hooks, resolved afresh on each attribute access.
+
+    For setup-time calls. The request path resolves its hooks once through ``resolve``.
+    """
+
+    def __init__(self, pm: pluggy.PluginManager) -> None:
+        self._pm = pm
+
+    def __getattr__(self, name: str) -> HookCaller:
+        caller = getattr(self._pm.hook, name)
+        if not is_awaitable_spec(caller):
+            raise AttributeError(f"{name} is not an awaitable hook; call pm.hook.{name}()")
+        cls = TracingHookCaller if os.environ.get("LBX_DEBUG_HOOKS") else HookCaller
+        return cls(caller)

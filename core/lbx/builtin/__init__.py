@@ -1,0 +1,1 @@
+"""Built-in plugins: always registered, imported as ``lbx.builtin.<name>``."""

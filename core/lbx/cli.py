@@ -1,0 +1,181 @@
+"""The ``lbx`` command: ``serve`` (Pingora's flags keep their letters) and ``plugins``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from typing import Any
+
+import rich_click as click
+
+from lbx import config as config_module
+from lbx.errors import ConfigError, StartupError
+
+LOG_LEVELS = {
+    "trace": logging.DEBUG,
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warn": logging.WARNING,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+    "off": logging.CRITICAL + 1,
+}
+
+
+def setup_logging() -> None:
+    """``LBX_LOG`` (like ``RUST_LOG``): trace, debug, info (default), warn, error or off."""
+    value = os.environ.get("LBX_LOG", "info").strip().lower()
+    level = LOG_LEVELS.get(value)
+    if level is None:
+        raise click.UsageError(
+            f"LBX_LOG={value!r} is not a log level; use one of {', '.join(LOG_LEVELS)}"
+        )
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="lbx", prog_name="lbx")
+def cli() -> None:
+    """lbx: a programmable HTTP load balancer, in the spirit of Pingora."""
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.option("-c", "--conf", type=click.Path(dir_okay=False), help="YAML config file.")
+@click.option("-d", "--daemon", is_flag=True, help="Run in the background (needs the daemon plugin).")
+@click.option(
+    "-u", "--upgrade", is_flag=True,
+    help="Take the listening sockets over from the running instance (needs the upgrade plugin).",
+)
+@click.option("-t", "--test", is_flag=True, help="Check the config and plugins, print what would run, exit.")
+@click.option(
+    "--plugin", "plugins", multiple=True, metavar="NAME",
+    help="Enable a plugin: installed name, path to a .py file, or dotted module; no:NAME disables.",
+)
+@click.option("--listen", multiple=True, metavar="ADDR", help="Listen address (host:port, [v6]:port, unix:/path).")
+@click.option("--upstream", multiple=True, metavar="ADDR", help="Upstream backend (ip:port, name:port, unix:/path).")
+@click.option("--upstream-tls", is_flag=True, help="Connect to upstreams with TLS (certificates verified).")
+@click.option("--sni", metavar="NAME", help="TLS server name for upstreams.")
+@click.option("--host", metavar="NAME", help="Host header sent to upstreams.")
+@click.pass_context
+def serve(
+    ctx: click.Context,
+    conf: str | None,
+    daemon: bool,
+    upgrade: bool,
+    test: bool,
+    plugins: tuple[str, ...],
+    listen: tuple[str, ...],
+    upstream: tuple[str, ...],
+    upstream_tls: bool,
+    sni: str | None,
+    host: str | None,
+) -> None:
+    """Run the load balancer."""
+    setup_logging()
+    from lbx.plugins import get_plugin_manager
+    from lbx.server import Server
+
+    try:
+        document = (
+            config_module.read_document(conf)
+            if conf
+            else config_module.parse_document("version: 1\n")
+        )
+        pm = get_plugin_manager([*plugins, *config_module.plugin_list(document)])
+        schema = config_module.ConfigSchema()
+        pm.hook.add_config_keys(schema=schema)
+        config = config_module.build_config(document, schema)
+        config_module.apply_shortcuts(
+            config, listen=listen, upstreams=upstream, upstream_tls=upstream_tls, sni=sni, host=host
+        )
+        config.daemon = config.daemon or daemon
+        config.upgrade = upgrade
+        config.test = test
+        config.options = _plugin_options(ctx, pm)
+        pm.hook.configure(config=config)
+        server = Server(config, pm)
+        server.prepare()
+    except ConfigError as exc:
+        _fail(str(exc), 2)
+    if test:
+        _print_plan(server)
+        return
+    try:
+        code = server.run()
+    except (StartupError, ConfigError) as exc:
+        _fail(str(exc), 1)
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)
+
+
+def _plugin_options(ctx: click.Context, pm: Any) -> dict[str, Any]:
+    """Parse the arguments left over by ``serve`` with the options plugins added."""
+    options = [option for batch in pm.hook.add_cli_options() for option in batch]
+    if not ctx.args and not options:
+        return {}
+    command = click.Command("serve", params=options)
+    try:
+        with command.make_context("lbx serve", list(ctx.args)) as sub:
+            return dict(sub.params)
+    except click.UsageError as exc:
+        raise ConfigError(exc.format_message()) from None
+
+
+def _print_plan(server: Any) -> None:
+    config = server.config
+    click.echo(f"lbx: configuration {config.path or '(command line)'} is valid")
+    for name, info in server.pm.infos.items():
+        click.echo(f"  plugin {name}: {info.source}")
+    for service in server.services:
+        lb = service.load_balancer
+        upstreams = ", ".join(b.addr for b in lb.backends.items) if lb else "(chosen by plugins)"
+        selection = f" by {lb.selector_name}" if lb else ""
+        click.echo(
+            f"  service {service.name}: listen {', '.join(service.config.listen)} -> "
+            f"{upstreams}{selection}"
+        )
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"lbx: error: {message}", err=True)
+    sys.exit(code)
+
+
+@cli.command()
+@click.option("--all", "show_all", is_flag=True, help="Include built-in plugins.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def plugins(show_all: bool, as_json: bool) -> None:
+    """List installed plugins: name, version, hooks, and whether they are on by default."""
+    from lbx.plugins import describe_builtins, describe_installed
+
+    rows = (describe_builtins() if show_all else []) + describe_installed()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no plugins installed (pip install lbx-roundrobin, ...)")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("name", "version", "enabled", "hooks")
+    for row in rows:
+        enabled = "always" if row.get("distribution") == "lbx" else (
+            "by default" if row["default"] else "when named"
+        )
+        hooks = ", ".join(row["hooks"]) if isinstance(row["hooks"], list) else ""
+        if "error" in row:
+            hooks = f"[red]{row['error']}[/red]"
+        table.add_row(str(row["name"]), str(row["version"]), enabled, hooks)
+    Console().print(table)
+
+
+def main() -> None:
+    cli()

@@ -1,0 +1,497 @@
+"""Configuration: the YAML file (Pingora's server keys plus lbx's), validated strictly.
+
+Every error names the file, the line and the key, with a did-you-mean for unknown keys. Plugins
+declare their own keys through the ``add_config_keys`` hook, so typos in plugin sections are
+caught as well.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from lbx.errors import ConfigError
+from lbx.lb import Backend, split_host_port
+
+log = logging.getLogger("lbx.config")
+
+Path = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class Field:
+    """One config key: its type, default and an optional extra check.
+
+    ``kind`` is one of ``bool``, ``int``, ``number``, ``str``, ``str_list`` (a string or a list of
+    strings), ``map`` or ``any``. ``check(value)`` returns an error message or None.
+    """
+
+    kind: str
+    default: Any = None
+    help: str = ""
+    check: Callable[[Any], str | None] | None = None
+    minimum: float | None = None
+
+
+def _positive(value: Any) -> str | None:
+    return None if value > 0 else "must be greater than 0"
+
+
+def _listen_address(value: Any) -> str | None:
+    for item in value:
+        if item.startswith("unix:"):
+            if len(item) == len("unix:"):
+                return f"{item!r}: empty Unix socket path"
+            continue
+        try:
+            split_host_port(item)
+        except ValueError as exc:
+            return str(exc)
+    return None
+
+
+SERVER_KEYS: dict[str, Field] = {
+    "version": Field("int", 1, "config format version, always 1"),
+    "daemon": Field("bool", False, "run in the background (as -d)"),
+    "pid_file": Field("str", "/tmp/lbx.pid", "where the daemon writes its pid"),
+    "error_log": Field("str", None, "log file when running as a daemon"),
+    "upgrade_sock": Field("str", "/tmp/lbx_upgrade.sock", "socket for handing over listeners"),
+    "user": Field("str", None, "user to run as after daemonizing"),
+    "group": Field("str", None, "group to run as after daemonizing"),
+    "working_directory": Field("str", None, "working directory of the daemon"),
+    "threads": Field("int", 1, "worker processes sharing the listeners", minimum=1),
+    "grace_period_seconds": Field(
+        "number", 30, "on SIGTERM, how long in-flight requests may take to finish", minimum=0
+    ),
+    "graceful_shutdown_timeout_seconds": Field(
+        "number", 5, "after the grace period, how long before connections are cut", minimum=0
+    ),
+    "upstream_keepalive_pool_size": Field(
+        "int", 128, "idle upstream connections kept for reuse, all peers together", minimum=0
+    ),
+    "max_retries": Field("int", 16, "bound on upstream attempts per request", minimum=1),
+    "ca_file": Field("str", None, "CA bundle for verifying upstream certificates"),
+}
+
+# Pingora keys that have no meaning in lbx: accepted so Pingora configs load, with a warning.
+PINGORA_ONLY_KEYS = frozenset(
+    {
+        "listener_tasks_per_fd",
+        "work_stealing",
+        "s2n_config_cache_size",
+        "client_bind_to_ipv4",
+        "client_bind_to_ipv6",
+        "upstream_connect_offload_threadpools",
+        "upstream_connect_offload_thread_per_pool",
+        "upstream_debug_ssl_keylog",
+        "upgrade_sock_connect_accept_max_retries",
+        "max_blocking_threads",
+        "blocking_threads_ttl_seconds",
+        "daemon_wait_for_ready",
+        "daemon_ready_timeout_seconds",
+        "daemon_notify_timeout_seconds",
+    }
+)
+
+SERVICE_KEYS: dict[str, Field] = {
+    "name": Field("str", None, "service name (default: service<N>)"),
+    "listen": Field("str_list", None, "addresses: host:port, [v6]:port or unix:/path",
+                    check=_listen_address),
+    "upstreams": Field("any", None, "backends: 'ip:port' or {address, weight}"),
+    "tls": Field("bool", False, "connect to upstreams with TLS"),
+    "sni": Field("str", "", "TLS server name sent to upstreams (and verified)"),
+    "host": Field("str", None, "Host header sent to upstreams (default: the client's)"),
+    "verify_cert": Field("bool", True, "verify upstream certificates"),
+    "verify_hostname": Field("bool", True, "verify that the certificate matches the SNI"),
+    "selection": Field("str", None, "selection algorithm (a registered selector name)"),
+    "selection_options": Field("map", None, "options passed to the selection algorithm"),
+    "connect_timeout": Field("number", 10, "seconds to connect to an upstream", check=_positive),
+    "read_timeout": Field("number", 60, "seconds to wait for an upstream response head",
+                          check=_positive),
+    "idle_timeout": Field("number", 60, "seconds an idle upstream connection is kept",
+                          minimum=0),
+    "keepalive_timeout": Field("number", 60, "seconds an idle client connection is kept",
+                               minimum=0),
+}
+
+
+class ConfigSchema:
+    """The keys the config may contain: the kernel's plus those plugins declare."""
+
+    def __init__(self) -> None:
+        self.sections: dict[str, dict[str, Field]] = {}
+        self.service_keys: dict[str, Field] = dict(SERVICE_KEYS)
+
+    def add_section(self, name: str, fields: Mapping[str, Field]) -> None:
+        """Declare a top-level section ``name`` with the given keys."""
+        if name in SERVER_KEYS or name in ("plugins", "services") or name in self.sections:
+            raise ValueError(f"config section {name!r} is already defined")
+        self.sections[name] = dict(fields)
+
+    def add_service_keys(self, fields: Mapping[str, Field]) -> None:
+        """Declare keys accepted in every service."""
+        for key in fields:
+            if key in self.service_keys:
+                raise ValueError(f"service key {key!r} is already defined")
+        self.service_keys.update(fields)
+
+
+@dataclass
+class ServiceConfig:
+    """One service: listeners, upstreams and how to reach them."""
+
+    name: str
+    listen: list[str]
+    upstreams: list[Backend]
+    tls: bool = False
+    sni: str = ""
+    host: str | None = None
+    verify_cert: bool = True
+    verify_hostname: bool = True
+    selection: str | None = None
+    selection_options: dict[str, Any] = field(default_factory=dict)
+    connect_timeout: float = 10
+    read_timeout: float = 60
+    idle_timeout: float = 60
+    keepalive_timeout: float = 60
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Values of plugin-declared service keys."""
+
+
+@dataclass
+class Config:
+    """The validated configuration handed to ``configure`` and the server."""
+
+    path: str | None = None
+    version: int = 1
+    daemon: bool = False
+    pid_file: str = "/tmp/lbx.pid"
+    error_log: str | None = None
+    upgrade_sock: str = "/tmp/lbx_upgrade.sock"
+    user: str | None = None
+    group: str | None = None
+    working_directory: str | None = None
+    threads: int = 1
+    grace_period_seconds: float = 30
+    graceful_shutdown_timeout_seconds: float = 5
+    upstream_keepalive_pool_size: int = 128
+    max_retries: int = 16
+    ca_file: str | None = None
+    upgrade: bool = False
+    test: bool = False
+    plugins: list[str] = field(default_factory=list)
+    services: list[ServiceConfig] = field(default_factory=list)
+    sections: dict[str, dict[str, Any]] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+    lines: dict[Path, int] = field(default_factory=dict, repr=False)
+
+    def error(self, path: Path, message: str) -> ConfigError:
+        """A ``ConfigError`` pointing at ``path`` (e.g. ``("services", 0, "upstreams")``)."""
+        return ConfigError(f"{format_path(path)}: {message}", file=self.path, line=_line(self.lines, path))
+
+
+def format_path(path: Path) -> str:
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
+    return text
+
+
+def _line(lines: Mapping[Path, int], path: Path) -> int | None:
+    while path:
+        if path in lines:
+            return lines[path]
+        path = path[:-1]
+    return None
+
+
+# -- reading YAML with line numbers --------------------------------------------------------------
+
+
+@dataclass
+class Document:
+    """A parsed YAML file and the line of every key and item in it."""
+
+    path: str | None
+    data: dict[str, Any]
+    lines: dict[Path, int]
+
+    def error(self, path: Path, message: str) -> ConfigError:
+        return ConfigError(f"{format_path(path)}: {message}", file=self.path, line=_line(self.lines, path))
+
+
+def read_document(path: str) -> Document:
+    """Read ``path``; YAML syntax errors become ``ConfigError`` with the line."""
+    try:
+        with open(path, encoding="utf-8") as stream:
+            text = stream.read()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config: {exc.strerror}", file=path) from None
+    return parse_document(text, path)
+
+
+def parse_document(text: str, path: str | None = None) -> Document:
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        lines: dict[Path, int] = {}
+        data = _to_python(loader, node, (), lines, path) if node is not None else {}
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else None
+        raise ConfigError(f"invalid YAML: {exc.problem or exc.context}", file=path, line=line) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"invalid YAML: {exc}", file=path) from None
+    finally:
+        loader.dispose()
+    if not isinstance(data, dict):
+        raise ConfigError("the config must be a mapping of keys to values", file=path, line=1)
+    return Document(path, data, lines)
+
+
+def _to_python(
+    loader: yaml.SafeLoader, node: yaml.Node, path: Path, lines: dict[Path, int], file: str | None
+) -> Any:
+    lines.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        loader.flatten_mapping(node)
+        result: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            key = loader.construct_object(key_node, deep=True)
+            if not isinstance(key, str):
+                raise ConfigError(
+                    f"{format_path(path) or 'top level'}: keys must be strings, got {key!r}",
+                    file=file,
+                    line=key_node.start_mark.line + 1,
+                )
+            if key in result:
+                raise ConfigError(
+                    f"{format_path((*path, key))}: duplicate key",
+                    file=file,
+                    line=key_node.start_mark.line + 1,
+                )
+            lines[(*path, key)] = key_node.start_mark.line + 1
+            result[key] = _to_python(loader, value_node, (*path, key), lines, file)
+        return result
+    if isinstance(node, yaml.SequenceNode):
+        return [
+            _to_python(loader, item, (*path, index), lines, file)
+            for index, item in enumerate(node.value)
+        ]
+    return loader.construct_object(node, deep=True)
+
+
+# -- validation ----------------------------------------------------------------------------------
+
+
+def _unknown_key(doc: Document, path: Path, key: str, known: list[str], hint: str = "") -> ConfigError:
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    message = "unknown key"
+    if close:
+        message += f"; did you mean {close[0]!r}?"
+    elif hint:
+        message += f"; {hint}"
+    return doc.error((*path, key), message)
+
+
+def check_value(doc: Document, path: Path, spec: Field, value: Any) -> Any:
+    """Validate one value against its ``Field``; returns the value, normalised."""
+    kind = spec.kind
+    if value is None:
+        return spec.default
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise doc.error(path, f"expected true or false, got {value!r}")
+    elif kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise doc.error(path, f"expected a whole number, got {value!r}")
+    elif kind == "number":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise doc.error(path, f"expected a number, got {value!r}")
+    elif kind == "str":
+        if not isinstance(value, str):
+            raise doc.error(path, f"expected a string, got {value!r}")
+    elif kind == "str_list":
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise doc.error(path, f"expected a string or a list of strings, got {value!r}")
+    elif kind == "map":
+        if not isinstance(value, dict):
+            raise doc.error(path, f"expected a mapping, got {value!r}")
+    if spec.minimum is not None and value < spec.minimum:
+        raise doc.error(path, f"must be at least {spec.minimum:g}, got {value!r}")
+    if spec.check is not None:
+        problem = spec.check(value)
+        if problem:
+            raise doc.error(path, problem)
+    return value
+
+
+def validate_mapping(
+    doc: Document, path: Path, data: Any, fields: Mapping[str, Field]
+) -> dict[str, Any]:
+    """Validate a mapping with exactly the keys in ``fields``; defaults fill the rest."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise doc.error(path, f"expected a mapping, got {data!r}")
+    for key in data:
+        if key not in fields:
+            raise _unknown_key(doc, path, key, list(fields))
+    return {key: check_value(doc, (*path, key), spec, data.get(key)) for key, spec in fields.items()}
+
+
+def plugin_list(doc: Document) -> list[str]:
+    """The YAML ``plugins:`` list, checked; relative ``.py`` paths resolved from the file."""
+    value = check_value(doc, ("plugins",), Field("str_list", []), doc.data.get("plugins"))
+    base = os.path.dirname(os.path.abspath(doc.path)) if doc.path else os.getcwd()
+    result = []
+    for item in value:
+        if item.endswith(".py") and not os.path.isabs(item):
+            item = os.path.normpath(os.path.join(base, item))
+        result.append(item)
+    return result
+
+
+def build_config(doc: Document, schema: ConfigSchema) -> Config:
+    """Validate the whole document against the kernel's and the plugins' keys."""
+    data = doc.data
+    known = [*SERVER_KEYS, "plugins", "services", *schema.sections, *PINGORA_ONLY_KEYS]
+    for key in data:
+        if key not in known:
+            raise _unknown_key(
+                doc, (), key, known, "plugin sections need their plugin enabled in 'plugins:'"
+            )
+        if key in PINGORA_ONLY_KEYS:
+            log.warning(
+                "%s:%s: %s is a Pingora setting that lbx does not use; ignored",
+                doc.path,
+                doc.lines.get((key,)),
+                key,
+            )
+    server = {key: check_value(doc, (key,), spec, data.get(key)) for key, spec in SERVER_KEYS.items()}
+    if server["version"] != 1:
+        raise doc.error(("version",), f"only version 1 is supported, got {server['version']}")
+    services_data = data.get("services") or []
+    if not isinstance(services_data, list):
+        raise doc.error(("services",), "expected a list of services")
+    services = [
+        _build_service(doc, index, item, schema) for index, item in enumerate(services_data)
+    ]
+    names = [s.name for s in services]
+    for index, name in enumerate(names):
+        if name in names[:index]:
+            raise doc.error(("services", index, "name"), f"duplicate service name {name!r}")
+    sections = {
+        name: validate_mapping(doc, (name,), data.get(name), fields)
+        for name, fields in schema.sections.items()
+    }
+    return Config(
+        path=doc.path,
+        plugins=plugin_list(doc),
+        services=services,
+        sections=sections,
+        lines=doc.lines,
+        **server,
+    )
+
+
+def _build_service(doc: Document, index: int, data: Any, schema: ConfigSchema) -> ServiceConfig:
+    path: Path = ("services", index)
+    values = validate_mapping(doc, path, data, schema.service_keys)
+    if not values["listen"]:
+        raise doc.error((*path, "listen"), "a service needs at least one listen address")
+    upstreams = parse_upstreams(doc, (*path, "upstreams"), values["upstreams"])
+    kernel = {key: values[key] for key in SERVICE_KEYS if key not in ("upstreams", "name")}
+    kernel["selection_options"] = kernel["selection_options"] or {}
+    extra = {key: values[key] for key in schema.service_keys if key not in SERVICE_KEYS}
+    return ServiceConfig(
+        name=values["name"] or f"service{index}", upstreams=upstreams, extra=extra, **kernel
+    )
+
+
+def parse_upstreams(doc: Document, path: Path, value: Any) -> list[Backend]:
+    """``upstreams:``: a list of ``"ip:port"`` strings or ``{address, weight}`` mappings."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list):
+        raise doc.error(path, "expected a list of addresses")
+    backends: list[Backend] = []
+    for index, item in enumerate(value):
+        item_path = (*path, index)
+        if isinstance(item, str):
+            address, weight = item, 1
+        elif isinstance(item, dict):
+            entry = validate_mapping(
+                doc,
+                item_path,
+                item,
+                {"address": Field("str"), "weight": Field("int", 1, minimum=1)},
+            )
+            if entry["address"] is None:
+                raise doc.error((*item_path, "address"), "missing address")
+            address, weight = entry["address"], entry["weight"]
+        else:
+            raise doc.error(item_path, f"expected 'ip:port' or {{address, weight}}, got {item!r}")
+        try:
+            backends.extend(Backend.parse(address, weight))
+        except ValueError as exc:
+            raise doc.error(item_path, str(exc)) from None
+    return backends
+
+
+def apply_shortcuts(
+    config: Config,
+    *,
+    listen: tuple[str, ...],
+    upstreams: tuple[str, ...],
+    upstream_tls: bool,
+    sni: str | None,
+    host: str | None,
+) -> None:
+    """Apply ``--listen/--upstream/--upstream-tls/--sni/--host`` to the configured service.
+
+    With no service in the file they define one, named ``default``; with one they override its
+    values; with several they are ambiguous and refused.
+    """
+    if not (listen or upstreams or upstream_tls or sni or host):
+        return
+    if len(config.services) > 1:
+        raise ConfigError(
+            "--listen/--upstream/--upstream-tls/--sni/--host apply to a single service, but "
+            f"{config.path} defines {len(config.services)}"
+        )
+    if not config.services:
+        config.services.append(ServiceConfig(name="default", listen=[], upstreams=[]))
+    service = config.services[0]
+    for address in listen:
+        problem = _listen_address([address])
+        if problem:
+            raise ConfigError(f"--listen {problem}")
+    if listen:
+        service.listen = list(listen)
+    if upstreams:
+        backends: list[Backend] = []
+        for address in upstreams:
+            try:
+                backends.extend(Backend.parse(address))
+            except ValueError as exc:
+                raise ConfigError(f"--upstream {exc}") from None
+        service.upstreams = backends
+    if upstream_tls:
+        service.tls = True
+    if sni is not None:
+        service.sni = sni
+    if host is not None:
+        service.host = host
+    if not service.listen:
+        service.listen = ["127.0.0.1:6188"]

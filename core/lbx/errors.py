@@ -1,0 +1,118 @@
+"""Errors: the proxy's error taxonomy (Pingora's `ErrorType`/`ErrorSource`) and user-facing errors."""
+
+from __future__ import annotations
+
+import enum
+
+
+class ErrorSource(enum.Enum):
+    """Which side of the proxy an error came from; decides the default status code."""
+
+    UPSTREAM = "upstream"
+    DOWNSTREAM = "downstream"
+    INTERNAL = "internal"
+
+
+class ErrorType(enum.Enum):
+    """What went wrong, with Pingora's names."""
+
+    CONNECT_TIMEDOUT = "ConnectTimedout"
+    CONNECT_REFUSED = "ConnectRefused"
+    CONNECT_NO_ROUTE = "ConnectNoRoute"
+    CONNECT_ERROR = "ConnectError"
+    TLS_HANDSHAKE_FAILURE = "TLSHandshakeFailure"
+    INVALID_HTTP_HEADER = "InvalidHTTPHeader"
+    H1_ERROR = "H1Error"
+    READ_ERROR = "ReadError"
+    WRITE_ERROR = "WriteError"
+    READ_TIMEDOUT = "ReadTimedout"
+    CONNECTION_CLOSED = "ConnectionClosed"
+    HTTP_STATUS = "HTTPStatus"
+    NO_UPSTREAM = "NoUpstream"
+    INTERNAL_ERROR = "InternalError"
+
+
+class ProxyError(Exception):
+    """An error on the request path, as hooks see it.
+
+    ``retry`` may be set by ``fail_to_connect`` / ``error_while_proxy`` impls to ask the kernel for
+    another attempt (bounded by ``max_retries``). ``status`` is the code to answer for
+    ``ErrorType.HTTP_STATUS`` errors.
+    """
+
+    def __init__(
+        self,
+        etype: ErrorType,
+        source: ErrorSource,
+        context: str = "",
+        *,
+        status: int | None = None,
+        retry: bool = False,
+    ) -> None:
+        super().__init__(etype, source, context)
+        self.etype = etype
+        self.source = source
+        self.context = context
+        self.status = status
+        self.retry = retry
+
+    def __str__(self) -> str:
+        text = f"{self.source.value} {self.etype.value}"
+        if self.status is not None:
+            text += f" {self.status}"
+        if self.context:
+            text += f" context: {self.context}"
+        if self.__cause__ is not None:
+            text += f" cause: {self.__cause__!r}"
+        return text
+
+    @classmethod
+    def http_status(cls, status: int, context: str = "") -> ProxyError:
+        """An error that the kernel answers with exactly ``status``."""
+        return cls(ErrorType.HTTP_STATUS, ErrorSource.INTERNAL, context, status=status)
+
+    def default_status(self) -> int:
+        """Pingora's default `fail_to_proxy` mapping; 0 means "send nothing, close"."""
+        if self.etype is ErrorType.HTTP_STATUS and self.status is not None:
+            return self.status
+        if self.source is ErrorSource.UPSTREAM:
+            if self.etype in (ErrorType.CONNECT_TIMEDOUT, ErrorType.READ_TIMEDOUT):
+                return 504
+            return 502
+        if self.source is ErrorSource.DOWNSTREAM:
+            if self.etype in (
+                ErrorType.READ_ERROR,
+                ErrorType.WRITE_ERROR,
+                ErrorType.CONNECTION_CLOSED,
+            ):
+                return 0
+            return 400
+        return 500
+
+
+class ConfigError(Exception):
+    """A bad config file, CLI flag or plugin argument: printed as one line, exit code 2."""
+
+    def __init__(self, message: str, *, file: str | None = None, line: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.file = file
+        self.line = line
+
+    def __str__(self) -> str:
+        where = ""
+        if self.file is not None:
+            where = f"{self.file}:{self.line}: " if self.line is not None else f"{self.file}: "
+        return where + self.message
+
+
+class PluginLoadError(ConfigError):
+    """A ``--plugin`` argument or YAML ``plugins:`` entry that cannot be loaded."""
+
+
+class PluginValidationError(PluginLoadError):
+    """A plugin whose hook impls break the contract (wrong colour, wrapper on an awaitable hook)."""
+
+
+class StartupError(Exception):
+    """The server cannot start (a port in use, a missing plugin for -d/-u): one line, exit 1."""

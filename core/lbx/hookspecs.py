@@ -1,0 +1,379 @@
+"""The hook contract between the lbx kernel and its plugins.
+
+Every hook has a colour. ``async def`` specs are *awaitable hooks*: an impl may be ``def`` or
+``async def``; impls run one at a time in pluggy's order (last registered and ``tryfirst`` first).
+``def`` specs are *sync hooks*: an ``async def`` impl is refused when the plugin is registered.
+
+Per-request hooks follow Pingora's ``ProxyHttp`` phases, in the order listed here. Parameters are
+passed by keyword; an impl declares only the ones it uses (pluggy's opt-in arguments).
+
+- ``session``: the ``lbx.Session`` of the request (request head, client address, service,
+  ``respond()``/``respond_error()``).
+- ``ctx``: a ``dict`` created for each request and shared by every hook of that request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+from lbx._hookcall import chained, halts_on
+
+if TYPE_CHECKING:
+    import socket
+
+    import click
+
+    from lbx.config import Config, ConfigSchema
+    from lbx.errors import ProxyError
+    from lbx.http import RequestHeader, ResponseHeader
+    from lbx.lb import SelectorFactory
+    from lbx.peer import Peer
+    from lbx.server import Server
+    from lbx.session import Session
+
+PROJECT_NAME = "lbx"
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+
+# -------------------------------------------------------------------------------------------------
+# Start-up: components, configuration, command line
+# -------------------------------------------------------------------------------------------------
+
+
+@hookspec
+def register_selectors(register: Callable[[str, SelectorFactory], None]) -> None:
+    """Register backend selection algorithms by name.
+
+    Called once at start-up. ``register(name, factory)`` adds an algorithm that services pick with
+    ``selection: name``; ``factory(backends, options)`` builds an ``lbx.Selector`` from the sorted
+    backends and the service's ``selection_options`` mapping, and is called again whenever the
+    backend set changes. Requests call the selector directly, never through pluggy.
+
+    Sync hook.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def add_config_keys(schema: ConfigSchema) -> None:
+    """Declare the config keys a plugin understands, so that the file is validated strictly.
+
+    ``schema.add_section(name, fields)`` declares a top-level section (by convention named after
+    the plugin); ``schema.add_service_keys(fields)`` declares keys accepted in each service.
+    ``fields`` maps each key to an ``lbx.Field``. Unknown keys remain errors.
+
+    Sync hook, called before the config file is read.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def add_cli_options() -> list[click.Option]:
+    """Return extra ``lbx serve`` options (``click.Option`` objects).
+
+    Their values are in ``config.options`` (keyed by the option's parameter name) when
+    ``configure`` runs. Only enabled plugins are asked.
+
+    Sync hook.
+
+    .. versionadded:: 0.1
+    """
+    raise NotImplementedError  # a spec is never called; this line is for the type checker
+
+
+@hookspec
+def configure(config: Config) -> None:
+    """Receive the validated configuration, after every plugin is registered.
+
+    Raise ``lbx.ConfigError`` to refuse it: the message is printed as one line and lbx exits
+    with code 2. Runs for ``lbx serve -t`` too.
+
+    Sync hook.
+
+    .. versionadded:: 0.1
+    """
+
+
+# -------------------------------------------------------------------------------------------------
+# Server lifecycle
+# -------------------------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def daemonize(config: Config) -> bool | None:
+    """Detach from the terminal (``-d`` / ``daemon: true``); return True when done.
+
+    Called before the event loop starts, only when the config asks for a daemon. If no impl
+    returns True, lbx refuses to start and names the plugin to install.
+
+    Sync, firstresult hook.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec(firstresult=True)
+async def acquire_listeners(server: Server) -> dict[str, socket.socket] | None:
+    """Provide already-listening sockets instead of binding (``-u``: taken from the old process).
+
+    Return a mapping from listen address (exactly as configured, e.g. ``"0.0.0.0:6188"`` or
+    ``"unix:/run/lbx.sock"``) to a listening socket; addresses missing from it are bound by lbx.
+    Return None to let lbx bind every address.
+
+    Awaitable, firstresult hook.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def register_background_services(
+    server: Server, register: Callable[[str, Callable[[], Any]], None]
+) -> None:
+    """Register long-running tasks (health checks, metrics pushers, ...).
+
+    ``register(name, run)`` where ``run`` is an ``async def`` taking no arguments. Each runs in
+    the server's task group once listeners are up and is cancelled when the server stops.
+    An exception in a service is logged and the service is not restarted.
+
+    Sync hook.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+async def server_started(server: Server) -> None:
+    """The server is listening on every address (``server.listeners`` has the sockets).
+
+    Awaitable hook.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+async def server_stopping(server: Server, graceful: bool) -> None:
+    """The server stops accepting; ``graceful`` is False for SIGINT (in-flight requests cut).
+
+    Awaitable hook.
+
+    .. versionadded:: 0.1
+    """
+
+
+# -------------------------------------------------------------------------------------------------
+# Per request: downstream phases
+# -------------------------------------------------------------------------------------------------
+
+
+@hookspec
+async def early_request_filter(session: Session, ctx: dict[str, Any]) -> None:
+    """First phase of every request, before ``request_filter``.
+
+    Raise ``lbx.ProxyError`` to fail the request (see ``fail_to_proxy``).
+
+    Awaitable hook.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+@halts_on(True)
+async def request_filter(session: Session, ctx: dict[str, Any]) -> bool | None:
+    """Validate, authenticate, rate-limit or answer the request before any upstream work.
+
+    Return True after writing a response with ``await session.respond(...)``: the request is
+    finished (``logging`` still runs) and later ``request_filter`` impls do not run. Return None
+    (or False) to continue.
+
+    Awaitable hook; the chain stops at the first True.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+@chained
+def request_body_filter(
+    session: Session, body: bytes, end_of_stream: bool, ctx: dict[str, Any]
+) -> bytes | None:
+    """See or change each chunk of the request body on its way upstream.
+
+    Return replacement bytes, or None to keep ``body``. The last call has ``end_of_stream`` True
+    (``body`` may then be empty). A filter that changes the length must also fix the framing
+    headers in ``upstream_request_filter``.
+
+    Sync hook (called per chunk); each impl sees the previous impl's result.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+@halts_on(False)
+async def proxy_upstream_filter(session: Session, ctx: dict[str, Any]) -> bool | None:
+    """Decide whether to go upstream at all.
+
+    Return False to stop: if no response was written yet, the client gets 502. Return None or
+    True to continue.
+
+    Awaitable hook; the chain stops at the first False.
+
+    .. versionadded:: 0.1
+    """
+
+
+# -------------------------------------------------------------------------------------------------
+# Per request: upstream phases
+# -------------------------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+async def upstream_peer(session: Session, ctx: dict[str, Any]) -> Peer | None:
+    """Choose where the request goes: return an ``lbx.Peer``.
+
+    Return None to let the next impl decide; the built-in ``default_peer`` impl runs last and asks
+    the service's load balancer. Called again for every retry.
+
+    Awaitable, firstresult hook: the first non-None awaited value wins.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def fail_to_connect(
+    session: Session, peer: Peer, ctx: dict[str, Any], error: ProxyError
+) -> None:
+    """Connecting to ``peer`` failed; nothing was sent upstream.
+
+    Set ``error.retry = True`` to try again (``upstream_peer`` is asked anew), bounded by
+    ``max_retries``. By default connect failures are not retried (Pingora's default).
+
+    Sync hook.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+async def connected_to_upstream(
+    session: Session, reused: bool, peer: Peer, ctx: dict[str, Any]
+) -> None:
+    """A connection to ``peer`` is ready; ``reused`` tells whether it came from the pool.
+
+    Awaitable hook.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+async def upstream_request_filter(
+    session: Session, upstream_request: RequestHeader, ctx: dict[str, Any]
+) -> None:
+    """Change the request head before it is sent upstream (a copy; ``session.req_header`` keeps
+    the client's original).
+
+    Example: ``upstream_request.insert_header("Host", "one.one.one.one")``.
+
+    Awaitable hook.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def error_while_proxy(
+    session: Session, peer: Peer, ctx: dict[str, Any], error: ProxyError, client_reused: bool
+) -> None:
+    """An error happened after connecting to ``peer`` (send, receive or a hook raised).
+
+    ``client_reused`` tells whether the upstream connection came from the pool. ``error.retry``
+    arrives set when retrying is safe by default: a pooled connection that failed before any
+    response byte, for a request whose body is not partly sent. Change it to decide otherwise.
+
+    Sync hook.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+async def upstream_response_filter(
+    session: Session, upstream_response: ResponseHeader, ctx: dict[str, Any]
+) -> None:
+    """Change the response head as it arrives from upstream (before ``response_filter``).
+
+    Awaitable hook.
+
+    .. versionadded:: 0.1
+    """
+
+
+# -------------------------------------------------------------------------------------------------
+# Per request: response to the client
+# -------------------------------------------------------------------------------------------------
+
+
+@hookspec
+async def response_filter(
+    session: Session, upstream_response: ResponseHeader, ctx: dict[str, Any]
+) -> None:
+    """Change the response head just before it is sent to the client.
+
+    Awaitable hook.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+@chained
+def response_body_filter(
+    session: Session, body: bytes, end_of_stream: bool, ctx: dict[str, Any]
+) -> bytes | None:
+    """See or change each chunk of the response body on its way to the client.
+
+    Return replacement bytes, or None to keep ``body``. When any impl exists lbx re-frames the
+    response (chunked for HTTP/1.1 clients), since the length may change.
+
+    Sync hook (called per chunk); each impl sees the previous impl's result.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec(firstresult=True)
+async def fail_to_proxy(session: Session, ctx: dict[str, Any], error: ProxyError) -> int | None:
+    """The request failed with ``error``; return the status code to answer (0: answer nothing).
+
+    Return None to keep the default: the status of an HTTP-status error, 502 for upstream
+    errors (504 for timeouts), 400 for a bad request, 500 for internal errors. Nothing is sent
+    when a response head already went out; the client connection is then closed.
+
+    Awaitable, firstresult hook.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+async def logging(session: Session, ctx: dict[str, Any], error: ProxyError | None) -> None:
+    """The request is over, successfully or not (``error``): access logs, metrics.
+
+    Always runs, once per request. ``session.response_status`` is the status sent (None if none).
+
+    Awaitable hook.
+
+    .. versionadded:: 0.1
+    """

@@ -1,0 +1,216 @@
+"""Sans-IO HTTP/1.1 message heads: the objects hooks edit and their canonical serialisation.
+
+Header names and values are kept as the bytes that arrived (latin-1 is the wire charset), so the
+data path never decodes what no hook looks at. The ``str`` methods are for hook authors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from http import HTTPStatus
+
+HeaderList = list[tuple[bytes, bytes]]
+
+# Hop-by-hop fields (RFC 9110 7.6.1 plus the de-facto ones): never forwarded in either direction.
+# Framing fields are rebuilt by the kernel, so they are dropped here as well.
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-authorization",
+        b"proxy-authenticate",
+    }
+)
+
+
+def _b(text: str | bytes) -> bytes:
+    return text if isinstance(text, bytes) else text.encode("latin-1")
+
+
+class Headers:
+    """An ordered, case-insensitive multi-map of header fields."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: HeaderList | None = None) -> None:
+        self.raw: HeaderList = raw if raw is not None else []
+
+    def get(self, name: str | bytes, default: str | None = None) -> str | None:
+        """The first value of ``name``, or ``default``."""
+        key = _b(name).lower()
+        for field, value in self.raw:
+            if field.lower() == key:
+                return value.decode("latin-1")
+        return default
+
+    def get_all(self, name: str | bytes) -> list[str]:
+        """Every value of ``name``, in order."""
+        key = _b(name).lower()
+        return [value.decode("latin-1") for field, value in self.raw if field.lower() == key]
+
+    def __contains__(self, name: object) -> bool:
+        if not isinstance(name, (str, bytes)):
+            return False
+        key = _b(name).lower()
+        return any(field.lower() == key for field, _ in self.raw)
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        for field, value in self.raw:
+            yield field.decode("latin-1"), value.decode("latin-1")
+
+    def __len__(self) -> int:
+        return len(self.raw)
+
+    def __repr__(self) -> str:
+        return f"Headers({list(self)!r})"
+
+    def insert(self, name: str | bytes, value: str | bytes) -> None:
+        """Set ``name`` to exactly one ``value``, replacing every existing value."""
+        self.remove(name)
+        self.raw.append((_b(name), _b(value)))
+
+    def append(self, name: str | bytes, value: str | bytes) -> None:
+        """Add a value to ``name``, keeping the existing ones."""
+        self.raw.append((_b(name), _b(value)))
+
+    def remove(self, name: str | bytes) -> None:
+        """Remove every value of ``name``."""
+        key = _b(name).lower()
+        self.raw[:] = [item for item in self.raw if item[0].lower() != key]
+
+
+class RequestHeader:
+    """A request head: method, target, version and headers. Pingora's ``RequestHeader``."""
+
+    __slots__ = ("headers", "method", "uri", "version")
+
+    def __init__(
+        self, method: str, uri: str, headers: Headers | None = None, version: str = "1.1"
+    ) -> None:
+        self.method = method
+        self.uri = uri
+        self.version = version
+        self.headers = headers if headers is not None else Headers()
+
+    @property
+    def path(self) -> str:
+        """The target without its query string."""
+        return self.uri.split("?", 1)[0]
+
+    def insert_header(self, name: str | bytes, value: str | bytes) -> None:
+        """Set ``name`` to ``value``, replacing existing values (Pingora's ``insert_header``)."""
+        self.headers.insert(name, value)
+
+    def append_header(self, name: str | bytes, value: str | bytes) -> None:
+        """Add a value for ``name`` (Pingora's ``append_header``)."""
+        self.headers.append(name, value)
+
+    def remove_header(self, name: str | bytes) -> None:
+        """Remove every value of ``name`` (Pingora's ``remove_header``)."""
+        self.headers.remove(name)
+
+    def __repr__(self) -> str:
+        return f"RequestHeader({self.method} {self.uri} HTTP/{self.version}, {len(self.headers)} fields)"
+
+
+class ResponseHeader:
+    """A response head: status, reason and headers. Pingora's ``ResponseHeader``."""
+
+    __slots__ = ("headers", "reason", "status", "version")
+
+    def __init__(
+        self, status: int, headers: Headers | None = None, reason: str | None = None
+    ) -> None:
+        self.status = status
+        self.reason = reason
+        self.version = "1.1"
+        self.headers = headers if headers is not None else Headers()
+
+    def insert_header(self, name: str | bytes, value: str | bytes) -> None:
+        """Set ``name`` to ``value``, replacing existing values."""
+        self.headers.insert(name, value)
+
+    def append_header(self, name: str | bytes, value: str | bytes) -> None:
+        """Add a value for ``name``."""
+        self.headers.append(name, value)
+
+    def remove_header(self, name: str | bytes) -> None:
+        """Remove every value of ``name``."""
+        self.headers.remove(name)
+
+    def __repr__(self) -> str:
+        return f"ResponseHeader({self.status}, {len(self.headers)} fields)"
+
+
+def reason_phrase(status: int) -> bytes:
+    """The standard reason phrase for ``status`` (empty for unknown codes)."""
+    try:
+        return HTTPStatus(status).phrase.encode("ascii")
+    except ValueError:
+        return b""
+
+
+_STATUS_LINES: dict[int, bytes] = {}
+
+
+def status_line(status: int) -> bytes:
+    """``HTTP/1.1 <status> <reason>\\r\\n``, cached per code."""
+    line = _STATUS_LINES.get(status)
+    if line is None:
+        line = b"HTTP/1.1 %d %s\r\n" % (status, reason_phrase(status))
+        _STATUS_LINES[status] = line
+    return line
+
+
+def serialize_request(head: RequestHeader, framing: HeaderList) -> bytes:
+    """The canonical request head sent upstream: one framing header, CRLF line endings."""
+    parts = [head.method.encode("latin-1"), b" ", head.uri.encode("latin-1"), b" HTTP/1.1\r\n"]
+    for name, value in head.headers.raw:
+        parts += (name, b": ", value, b"\r\n")
+    for name, value in framing:
+        parts += (name, b": ", value, b"\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+def serialize_response(head: ResponseHeader, framing: HeaderList) -> bytes:
+    """The response head sent downstream; ``framing`` carries the kernel's framing fields."""
+    if head.reason is None:
+        parts = [status_line(head.status)]
+    else:
+        parts = [b"HTTP/1.1 %d %s\r\n" % (head.status, head.reason.encode("latin-1"))]
+    for name, value in head.headers.raw:
+        parts += (name, b": ", value, b"\r\n")
+    for name, value in framing:
+        parts += (name, b": ", value, b"\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+def error_response(status: int, *, close: bool) -> bytes:
+    """Pingora's error answer: empty body, ``Cache-Control: private, no-store``."""
+    return b"".join(
+        (
+            status_line(status),
+            b"Server: lbx\r\nContent-Length: 0\r\nCache-Control: private, no-store\r\n",
+            b"Connection: close\r\n\r\n" if close else b"\r\n",
+        )
+    )
+
+
+def connection_tokens(value: bytes) -> set[bytes]:
+    """The lower-cased field names listed in a ``Connection`` header value."""
+    return {token.strip().lower() for token in value.split(b",") if token.strip()}
+
+
+def encode_chunk(data: bytes) -> bytes:
+    """One chunk of a chunked body; callers never pass empty data (that would end the body)."""
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+LAST_CHUNK = b"0\r\n\r\n"

@@ -1,0 +1,224 @@
+"""Load balancing core: ``Backend``, ``Backends`` (the set plus health) and ``LoadBalancer``.
+
+Shaped like ``pingora-load-balancing``: a selection algorithm is a component (a ``Selector``) that
+is built from the backend list and yields candidates for a key; ``LoadBalancer.select`` walks those
+candidates and returns the first one that is ready (healthy and enabled).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+
+@dataclass(frozen=True, slots=True)
+class Backend:
+    """One upstream server: an address and a relative weight.
+
+    ``host`` is an IP literal (hostnames are resolved when the config is loaded, as Pingora does),
+    or ``None`` for a Unix socket, whose path is then in ``unix_path``.
+    """
+
+    host: str | None
+    port: int
+    weight: int = 1
+    unix_path: str | None = None
+
+    @classmethod
+    def parse(cls, text: str, weight: int = 1) -> list[Backend]:
+        """Parse ``ip:port``, ``[v6]:port``, ``name:port`` (resolved now) or ``unix:/path``.
+
+        A name that resolves to several addresses gives one backend per address, as Pingora's
+        ``LoadBalancer::try_from_iter`` does. Raises ``ValueError`` with a readable reason.
+        """
+        if text.startswith("unix:"):
+            path = text[len("unix:") :]
+            if not path:
+                raise ValueError(f"{text!r}: empty Unix socket path")
+            return [cls(None, 0, weight, path)]
+        host, port = split_host_port(text)
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            try:
+                infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            except OSError as exc:
+                raise ValueError(f"{text!r}: cannot resolve {host!r} ({exc})") from None
+            hosts = dict.fromkeys(str(info[4][0]) for info in infos)
+            return [cls(ip, port, weight) for ip in hosts]
+        return [cls(host, port, weight)]
+
+    @property
+    def addr(self) -> str:
+        """The address as Pingora prints it: ``ip:port``, ``[v6]:port`` or ``unix:/path``."""
+        if self.host is None:
+            return f"unix:{self.unix_path}"
+        if ":" in self.host:
+            return f"[{self.host}]:{self.port}"
+        return f"{self.host}:{self.port}"
+
+    def sort_key(self) -> tuple[int, bytes, int, str]:
+        """Pingora keeps backends in a BTreeSet ordered by socket address: v4, then v6, then Unix."""
+        if self.host is None:
+            return (2, b"", 0, self.unix_path or "")
+        ip = ipaddress.ip_address(self.host)
+        return (ip.version // 6, ip.packed, self.port, "")
+
+    def __repr__(self) -> str:
+        return f"Backend {{ addr: {self.addr}, weight: {self.weight} }}"
+
+
+def split_host_port(text: str) -> tuple[str, int]:
+    """Split ``host:port`` or ``[v6]:port``; raises ``ValueError`` naming what is wrong."""
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or not rest.startswith(":"):
+            raise ValueError(f"{text!r}: expected [ipv6]:port")
+        port_text = rest[1:]
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep or not host:
+            raise ValueError(f"{text!r}: expected host:port")
+        if ":" in host:
+            raise ValueError(f"{text!r}: write IPv6 addresses as [addr]:port")
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"{text!r}: port must be a number from 0 to 65535")
+    return host, int(port_text)
+
+
+@dataclass(slots=True)
+class Health:
+    """Health and admin state of one backend. Health checks write it; selection reads it."""
+
+    healthy: bool = True
+    enabled: bool = True
+    consecutive: int = 0
+    reason: str = ""
+
+    @property
+    def ready(self) -> bool:
+        return self.healthy and self.enabled
+
+
+@runtime_checkable
+class Selector(Protocol):
+    """A selection algorithm built for one backend list (Pingora's ``BackendSelection``).
+
+    ``iter(key)`` yields candidates in preference order; it may repeat backends and may be
+    endless: ``LoadBalancer.select`` de-duplicates and bounds the walk with ``max_iterations``.
+    Selectors are rebuilt whenever the backend list changes, so they can precompute freely.
+    """
+
+    def iter(self, key: bytes) -> Iterator[Backend]: ...
+
+
+SelectorFactory = Callable[[Sequence[Backend], Mapping[str, Any]], Selector]
+"""Builds a ``Selector`` from the sorted backends and the service's ``selection_options``."""
+
+
+HealthListener = Callable[[Backend, Health], None]
+
+
+@dataclass
+class Backends:
+    """The backend set of one service plus each backend's health and enabled state."""
+
+    items: tuple[Backend, ...] = ()
+    health: dict[Backend, Health] = field(default_factory=dict)
+    listeners: list[HealthListener] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.items = tuple(sorted(self.items, key=Backend.sort_key))
+        for backend in self.items:
+            self.health.setdefault(backend, Health())
+
+    def ready(self, backend: Backend) -> bool:
+        """Healthy and enabled; a backend this set does not know is never ready."""
+        state = self.health.get(backend)
+        return state is not None and state.healthy and state.enabled
+
+    def set_healthy(self, backend: Backend, healthy: bool, reason: str = "") -> bool:
+        """Record a health verdict; returns True when it changed the state."""
+        state = self.health[backend]
+        if state.healthy == healthy:
+            return False
+        state.healthy = healthy
+        state.reason = reason
+        for listener in self.listeners:
+            listener(backend, state)
+        return True
+
+    def set_enabled(self, backend: Backend, enabled: bool) -> None:
+        """Drain (False) or re-admit (True) a backend without touching its health."""
+        self.health[backend].enabled = enabled
+
+    def replace(self, backends: Iterable[Backend]) -> bool:
+        """Swap in a new set, keeping the state of backends present in both; True if it changed."""
+        new_items = tuple(sorted(set(backends), key=Backend.sort_key))
+        if new_items == self.items:
+            return False
+        self.health = {b: self.health.get(b) or Health() for b in new_items}
+        self.items = new_items
+        return True
+
+
+class LoadBalancer:
+    """A service's backends plus the selector built over them (Pingora's ``LoadBalancer``)."""
+
+    def __init__(
+        self,
+        backends: Backends,
+        selector_factory: SelectorFactory,
+        selector_options: Mapping[str, Any] | None = None,
+        selector_name: str = "",
+    ) -> None:
+        self.backends = backends
+        self.selector_name = selector_name
+        self._factory = selector_factory
+        self._options = dict(selector_options or {})
+        self.selector = selector_factory(backends.items, self._options)
+
+    def update(self, backends: Iterable[Backend]) -> None:
+        """Replace the backend set; the selector is rebuilt before the new set is used."""
+        if self.backends.replace(backends):
+            self.selector = self._factory(self.backends.items, self._options)
+
+    def select(self, key: bytes = b"", max_iterations: int = 256) -> Backend | None:
+        """The first ready backend the selector offers for ``key``, within ``max_iterations``."""
+        return self.select_with(key, max_iterations, None)
+
+    def select_with(
+        self,
+        key: bytes,
+        max_iterations: int,
+        accept: Callable[[Backend, bool], bool] | None,
+    ) -> Backend | None:
+        """Like ``select`` but ``accept(backend, ready)`` decides (e.g. skip already-tried ones).
+
+        Every candidate pulled from the selector, duplicates included, counts one iteration, as
+        Pingora's ``UniqueIterator`` does.
+        """
+        health = self.backends.health
+        seen: set[Backend] | None = None
+        steps = 0
+        for backend in self.selector.iter(key):
+            if steps >= max_iterations:
+                return None
+            steps += 1
+            if seen is None:
+                seen = {backend}
+            elif backend in seen:
+                continue
+            else:
+                seen.add(backend)
+            state = health.get(backend)
+            ready = state is not None and state.healthy and state.enabled
+            if (accept(backend, ready) if accept is not None else ready):
+                return backend
+            if len(seen) >= len(health) and accept is None:
+                # Every backend was offered and none is ready: stop early instead of spinning.
+                return None
+        return None

@@ -1,0 +1,91 @@
+"""``Peer``: where one request goes and how to connect there (Pingora's ``HttpPeer``)."""
+
+from __future__ import annotations
+
+from lbx.lb import Backend, split_host_port
+
+
+class Peer:
+    """An upstream to connect to: address, TLS and SNI, verification and timeouts.
+
+    ``Peer("1.1.1.1:443", tls=True, sni="one.one.one.one")`` is the quick start's peer. The address
+    may be ``host:port`` (a hostname is resolved when connecting), ``unix:/path`` or a ``Backend``.
+    Connections are pooled per ``pool_key``: peers that differ in address, TLS, SNI or
+    verification never share a connection.
+    """
+
+    __slots__ = (
+        "backend",
+        "ca_file",
+        "connection_timeout",
+        "host",
+        "idle_timeout",
+        "pool_key",
+        "port",
+        "read_timeout",
+        "sni",
+        "tls",
+        "unix_path",
+        "verify_cert",
+        "verify_hostname",
+        "write_timeout",
+    )
+
+    def __init__(
+        self,
+        address: str | Backend,
+        tls: bool = False,
+        sni: str = "",
+        *,
+        verify_cert: bool = True,
+        verify_hostname: bool = True,
+        ca_file: str | None = None,
+        connection_timeout: float | None = None,
+        read_timeout: float | None = None,
+        write_timeout: float | None = None,
+        idle_timeout: float | None = None,
+    ) -> None:
+        if isinstance(address, Backend):
+            self.backend: Backend | None = address
+            self.host, self.port, self.unix_path = address.host, address.port, address.unix_path
+        elif address.startswith("unix:"):
+            self.backend = None
+            self.host, self.port, self.unix_path = None, 0, address[len("unix:") :]
+        else:
+            self.backend = None
+            host, self.port = split_host_port(address)
+            self.host, self.unix_path = host, None
+        self.tls = tls
+        self.sni = sni
+        self.verify_cert = verify_cert
+        self.verify_hostname = verify_hostname
+        self.ca_file = ca_file
+        self.connection_timeout = connection_timeout
+        self.read_timeout = read_timeout
+        self.write_timeout = write_timeout
+        self.idle_timeout = idle_timeout
+        self.pool_key = (
+            self.host,
+            self.port,
+            self.unix_path,
+            tls,
+            sni,
+            verify_cert,
+            verify_hostname,
+            ca_file,
+        )
+
+    @property
+    def addr(self) -> str:
+        """``ip:port``, ``[v6]:port`` or ``unix:/path``."""
+        if self.unix_path is not None:
+            return f"unix:{self.unix_path}"
+        if self.host is not None and ":" in self.host:
+            return f"[{self.host}]:{self.port}"
+        return f"{self.host}:{self.port}"
+
+    def __repr__(self) -> str:
+        text = f"addr: {self.addr}, scheme: {'HTTPS' if self.tls else 'HTTP'}"
+        if self.sni:
+            text += f", sni: {self.sni}"
+        return f"Peer({text})"

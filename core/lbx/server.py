@@ -1,0 +1,278 @@
+"""The server: listeners, services, background services, signals and graceful shutdown.
+
+anyio gives the structure (task group, signals, cancellation); the listeners are plain asyncio
+servers whose protocols carry the request path (see ``proxy.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import stat
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+
+from lbx.config import Config
+from lbx.errors import ConfigError, StartupError
+from lbx.lb import Backends, LoadBalancer, SelectorFactory, split_host_port
+from lbx.plugins import LbxPluginManager
+from lbx.proxy import Connections, ProxyService, RequestHooks, build_connector
+
+log = logging.getLogger("lbx.server")
+
+LISTEN_BACKLOG = 65535  # Pingora's; the kernel caps it at net.core.somaxconn
+
+try:
+    import uvloop  # noqa: F401  # only probed: anyio starts it through backend_options
+except ImportError:  # pragma: no cover - uvloop is a dependency on every platform lbx supports
+    HAVE_UVLOOP = False
+else:
+    HAVE_UVLOOP = True
+
+
+class Server:
+    """Hosts the configured services in one process (Pingora's ``Server``)."""
+
+    def __init__(self, config: Config, pm: LbxPluginManager) -> None:
+        self.config = config
+        self.pm = pm
+        self.selectors: dict[str, SelectorFactory] = {}
+        self.services: list[ProxyService] = []
+        self.listeners: dict[str, socket.socket] = {}
+        self.connections = Connections()
+        self._asyncio_servers: list[asyncio.AbstractServer] = []
+        self._bound_unix_paths: list[str] = []
+        self._background: list[tuple[str, Callable[[], Any]]] = []
+
+    # -- preparation (also what ``-t`` checks) -----------------------------------------------
+    def prepare(self) -> None:
+        """Build selectors and services; every problem is a ``ConfigError``."""
+        config = self.config
+        self.pm.hook.register_selectors(register=self._register_selector)
+        if config.upgrade and not self.pm.hook.acquire_listeners.get_hookimpls():
+            raise ConfigError("-u/--upgrade needs the upgrade plugin (pip install lbx-upgrade)")
+        if config.daemon and not self.pm.hook.daemonize.get_hookimpls():
+            raise ConfigError("-d/--daemon needs the daemon plugin (pip install lbx-daemon)")
+        if config.threads > 1:
+            log.warning(
+                "threads: %d: worker processes are not available yet, running one process",
+                config.threads,
+            )
+        if not config.services:
+            raise ConfigError(
+                "nothing to serve: define services in the config file or use --listen/--upstream",
+                file=config.path,
+            )
+        hooks = RequestHooks(self.pm)
+        connector = build_connector(
+            pool_size=config.upstream_keepalive_pool_size,
+            idle_timeout=min((s.idle_timeout for s in config.services), default=60),
+            ca_file=config.ca_file,
+            connect_timeout=10,
+        )
+        for index, service in enumerate(config.services):
+            load_balancer = None
+            if service.upstreams:
+                load_balancer = self._load_balancer(index, service.selection, service)
+            elif hooks.upstream_peer is not None and len(hooks.upstream_peer) <= 1:
+                raise config.error(
+                    ("services", index, "upstreams"),
+                    f"service {service.name!r} has no upstreams and no plugin chooses a peer",
+                )
+            self.services.append(
+                ProxyService(
+                    service,
+                    load_balancer,
+                    hooks,
+                    connector,
+                    self.connections,
+                    max_retries=config.max_retries,
+                )
+            )
+        self.pm.hook.register_background_services(server=self, register=self._register_background)
+
+    def _register_selector(self, name: str, factory: SelectorFactory) -> None:
+        if name in self.selectors:
+            raise ConfigError(f"two plugins register the selection algorithm {name!r}")
+        self.selectors[name] = factory
+
+    def _register_background(self, name: str, run: Callable[[], Any]) -> None:
+        self._background.append((name, run))
+
+    def _load_balancer(self, index: int, selection: str | None, service: Any) -> LoadBalancer:
+        available = sorted(self.selectors)
+        if selection is None:
+            if len(available) == 1:
+                selection = available[0]
+            elif not available:
+                raise self.config.error(
+                    ("services", index),
+                    f"service {service.name!r} has upstreams but no selection plugin is enabled; "
+                    "add one with --plugin roundrobin (or 'plugins: [roundrobin]')",
+                )
+            else:
+                raise self.config.error(
+                    ("services", index),
+                    f"service {service.name!r}: several selection algorithms are enabled "
+                    f"({', '.join(available)}); choose one with 'selection:'",
+                )
+        factory = self.selectors.get(selection)
+        if factory is None:
+            raise self.config.error(
+                ("services", index, "selection"),
+                f"unknown selection {selection!r}; enabled: {', '.join(available) or 'none'} "
+                f"(enable the plugin that provides it with --plugin {selection})",
+            )
+        return LoadBalancer(
+            Backends(tuple(service.upstreams)), factory, service.selection_options, selection
+        )
+
+    # -- running -------------------------------------------------------------------------------
+    def run(self) -> int:
+        """Run until a signal stops the server; returns the exit code."""
+        if self.config.daemon and not self.pm.hook.daemonize(config=self.config):
+            raise StartupError("no plugin could daemonize the process")
+        anyio.run(self._serve, backend="asyncio", backend_options={"use_uvloop": HAVE_UVLOOP})
+        return 0
+
+    async def _serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        inherited = await self.pm.ahook.acquire_listeners(server=self) or {}
+        try:
+            for service in self.services:
+                for address in service.config.listen:
+                    sock = inherited.get(address) or self._bind(address)
+                    self.listeners[address] = sock
+                    server = await loop.create_server(
+                        service.protocol_factory, sock=sock, backlog=LISTEN_BACKLOG
+                    )
+                    self._asyncio_servers.append(server)
+                    log.info(
+                        "service %s listening on %s", service.name, _describe(address, sock)
+                    )
+        except BaseException:
+            self._close_listeners()
+            raise
+        await self.pm.ahook.server_started(server=self)
+        log.info("lbx ready (pid %d)", os.getpid())
+        async with anyio.create_task_group() as tasks:
+            for name, run in self._background:
+                tasks.start_soon(_run_background, name, run, name=f"background service {name}")
+            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGQUIT) as signals:
+                async for signum in signals:
+                    if signum == signal.SIGINT:
+                        log.info("SIGINT received, exiting")
+                        await self._stop_fast()
+                    else:
+                        name = "SIGTERM" if signum == signal.SIGTERM else "SIGQUIT"
+                        log.info("%s received, shutting down gracefully", name)
+                        await self._stop_graceful()
+                    break
+            tasks.cancel_scope.cancel()
+        log.info("lbx stopped")
+
+    def _bind(self, address: str) -> socket.socket:
+        try:
+            if address.startswith("unix:"):
+                return self._bind_unix(address[len("unix:") :])
+            host, port = split_host_port(address)
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    # [::]:port and 0.0.0.0:port are separate listeners, as in nginx.
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind((host, port))
+                sock.listen(LISTEN_BACKLOG)
+            except BaseException:
+                sock.close()
+                raise
+        except OSError as exc:
+            raise StartupError(f"cannot listen on {address}: {exc.strerror or exc}") from None
+        sock.setblocking(False)
+        return sock
+
+    def _bind_unix(self, path: str) -> socket.socket:
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_ISSOCK(os.stat(path).st_mode):
+                probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                try:
+                    probe.connect(path)
+                except OSError:
+                    os.unlink(path)  # a stale socket file left by a dead process
+                else:
+                    raise OSError(98, "another process is listening there")
+                finally:
+                    probe.close()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(path)
+            os.chmod(path, 0o666)
+            sock.listen(LISTEN_BACKLOG)
+        except BaseException:
+            sock.close()
+            raise
+        self._bound_unix_paths.append(path)
+        return sock
+
+    def _close_listeners(self) -> None:
+        for server in self._asyncio_servers:
+            server.close()
+        for sock in self.listeners.values():
+            sock.close()
+        for path in self._bound_unix_paths:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        self._bound_unix_paths.clear()
+
+    async def _stop_graceful(self) -> None:
+        config = self.config
+        self._close_listeners()
+        await self.pm.ahook.server_stopping(server=self, graceful=True)
+        self.connections.begin_shutdown()
+        with anyio.move_on_after(config.grace_period_seconds):
+            await self.connections.wait_closed()
+        if self.connections.open:
+            log.warning(
+                "grace period of %gs over, closing %d connections",
+                config.grace_period_seconds,
+                len(self.connections.open),
+            )
+            for conn in list(self.connections.open):
+                if conn.transport is not None:
+                    conn.transport.close()
+            with anyio.move_on_after(config.graceful_shutdown_timeout_seconds):
+                await self.connections.wait_closed()
+            self.connections.abort_all()
+        self._close_pools()
+
+    async def _stop_fast(self) -> None:
+        self._close_listeners()
+        await self.pm.ahook.server_stopping(server=self, graceful=False)
+        self.connections.abort_all()
+        self._close_pools()
+
+    def _close_pools(self) -> None:
+        for service in self.services:
+            service.connector.pool.close_all()
+
+
+async def _run_background(name: str, run: Callable[[], Any]) -> None:
+    try:
+        await run()
+    except Exception:
+        log.exception("background service %s failed", name)
+
+
+def _describe(address: str, sock: socket.socket) -> str:
+    if address.startswith("unix:"):
+        return address
+    host, port = sock.getsockname()[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -1,0 +1,363 @@
+"""``Session``: one request as hooks see it, and the exchange state that moves its bytes.
+
+Bytes move through plain method calls from the protocols (``request_body``,
+``upstream_body``...), never through an await per chunk. The request task awaits only two
+futures: the response head and the end of the response body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import time
+from typing import TYPE_CHECKING, Any
+
+from lbx.errors import ErrorSource, ErrorType, ProxyError
+from lbx.http import (
+    HOP_BY_HOP,
+    LAST_CHUNK,
+    HeaderList,
+    Headers,
+    RequestHeader,
+    ResponseHeader,
+    encode_chunk,
+    error_response,
+    serialize_response,
+)
+from lbx.upstream import BodyKind, UpstreamConnection
+
+if TYPE_CHECKING:
+    from lbx.peer import Peer
+    from lbx.proxy import DownstreamProtocol, ProxyService
+
+# Request body bytes buffered before the upstream connection is ready; past it, reading pauses.
+REQUEST_BUFFER_HIGH_WATER = 64 * 1024
+
+_RELAYED_INFORMATIONAL = frozenset({100, 103})
+
+
+class RequestBody(enum.IntEnum):
+    """How the request body is framed: none, Content-Length, or chunked."""
+
+    NONE = 0
+    LENGTH = 1
+    CHUNKED = 2
+
+
+class Session:
+    """One HTTP request through the proxy.
+
+    Public attributes hooks read: ``req_header`` (the client's request head), ``client_addr``,
+    ``server_addr``, ``service`` (``.name``, ``.load_balancer``), ``peer`` (set once
+    ``upstream_peer`` chose), ``tries``, ``response_status``, ``body_bytes_read``,
+    ``body_bytes_sent``, ``start_time``.
+    """
+
+    __slots__ = (
+        "_body_buffer",
+        "_body_buffered",
+        "_body_done",
+        "_body_kind",
+        "_body_sent_any",
+        "_conn",
+        "_done_future",
+        "_head_future",
+        "_keep_alive",
+        "_resp_body_kind",
+        "_resp_complete",
+        "_resp_mode",
+        "_resp_pending",
+        "_resp_started",
+        "_streaming_request",
+        "_streaming_response",
+        "_task",
+        "_upstream",
+        "_upstream_framing",
+        "_upstream_paused",
+        "body_bytes_read",
+        "body_bytes_sent",
+        "client_addr",
+        "ctx",
+        "peer",
+        "req_header",
+        "response_status",
+        "server_addr",
+        "service",
+        "start_time",
+        "tries",
+        "upstream_response",
+    )
+
+    def __init__(
+        self,
+        conn: DownstreamProtocol,
+        service: ProxyService,
+        req_header: RequestHeader,
+        body_kind: int,
+        upstream_framing: HeaderList,
+        keep_alive: bool,
+    ) -> None:
+        self._conn = conn
+        self.service = service
+        self.req_header = req_header
+        self.client_addr: str = conn.client_addr
+        self.server_addr: str = conn.server_addr
+        self.peer: Peer | None = None
+        self.tries = 0
+        self.response_status: int | None = None
+        self.upstream_response: ResponseHeader | None = None
+        self.body_bytes_read = 0
+        self.body_bytes_sent = 0
+        self.start_time = time.monotonic()
+        self.ctx: dict[str, Any] = {}
+        self._body_kind = body_kind
+        self._upstream_framing = upstream_framing
+        self._keep_alive = keep_alive
+        self._body_buffer: list[bytes] = []
+        self._body_buffered = 0
+        self._body_done = body_kind == RequestBody.NONE
+        self._body_sent_any = False
+        self._streaming_request = False
+        self._streaming_response = False
+        self._upstream: UpstreamConnection | None = None
+        self._upstream_paused = False
+        self._head_future: asyncio.Future[None] | None = None
+        self._done_future: asyncio.Future[None] | None = None
+        self._resp_started = False
+        self._resp_complete = False
+        self._resp_mode = BodyKind.NONE
+        self._resp_body_kind = BodyKind.NONE
+        self._resp_pending: list[bytes] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"<Session {self.req_header.method} {self.req_header.uri} from {self.client_addr}>"
+
+    # -- for hooks ---------------------------------------------------------------------------
+    @property
+    def response_written(self) -> bool:
+        """Whether a response head was already sent to the client."""
+        return self._resp_started
+
+    @property
+    def keep_alive(self) -> bool:
+        """Whether the client connection will be kept open after this request."""
+        return self._keep_alive
+
+    def set_keepalive(self, keep_alive: bool) -> None:
+        """Force the client connection closed (False) after this response."""
+        self._keep_alive = self._keep_alive and keep_alive
+
+    def request_summary(self) -> str:
+        """``GET /path, Host: example.com``: Pingora's one-line description of the request."""
+        head = self.req_header
+        return f"{head.method} {head.uri}, Host: {head.headers.get('host', '')}"
+
+    async def respond(
+        self,
+        status: int,
+        body: bytes = b"",
+        headers: dict[str, str] | list[tuple[str, str]] | None = None,
+    ) -> None:
+        """Send a complete response from a hook (then return True from ``request_filter``)."""
+        if self._resp_started:
+            raise RuntimeError("a response was already sent for this request")
+        items = headers.items() if isinstance(headers, dict) else (headers or [])
+        head = ResponseHeader(status, Headers([(k.encode("latin-1"), v.encode("latin-1")) for k, v in items]))
+        head.headers.remove("content-length")
+        framing: HeaderList = [(b"Content-Length", b"%d" % len(body))]
+        if not self._body_done:
+            # The rest of the request body is unread, so the connection cannot be reused.
+            self._keep_alive = False
+        if not self._keep_alive:
+            framing.append((b"Connection", b"close"))
+        self._mark_started(status)
+        no_body = self.req_header.method == "HEAD" or status in (204, 304)
+        self._conn.write(serialize_response(head, framing) + (b"" if no_body else body))
+        self.body_bytes_sent += 0 if no_body else len(body)
+        self._resp_complete = True
+        await self._conn.drain()
+
+    async def respond_error(self, status: int) -> None:
+        """Send Pingora's error response: empty body, ``Cache-Control: private, no-store``."""
+        if not self._body_done:
+            self._keep_alive = False
+        self._mark_started(status)
+        self._conn.write(error_response(status, close=not self._keep_alive))
+        self._resp_complete = True
+        await self._conn.drain()
+
+    def _mark_started(self, status: int) -> None:
+        if self._resp_started:
+            raise RuntimeError("a response was already sent for this request")
+        self._resp_started = True
+        self.response_status = status
+        if self._conn.shutting_down:
+            self._keep_alive = False
+
+    # -- request body (called by the downstream protocol) ------------------------------------
+    def request_body(self, data: bytes) -> None:
+        self.body_bytes_read += len(data)
+        if self._streaming_request:
+            self._send_request_body(data, False)
+            return
+        self._body_buffer.append(data)
+        self._body_buffered += len(data)
+        if self._body_buffered > REQUEST_BUFFER_HIGH_WATER:
+            self._conn.pause_reading_for(self)
+
+    def request_body_end(self) -> None:
+        self._body_done = True
+        if self._streaming_request:
+            self._send_request_body(b"", True)
+
+    def _send_request_body(self, data: bytes, end: bool) -> None:
+        upstream = self._upstream
+        if upstream is None:
+            return
+        hooks = self.service.hooks
+        if hooks.request_body_filter is not None:
+            data = hooks.request_body_filter.chain(self, data, end, self.ctx)
+        if data:
+            self._body_sent_any = True
+            upstream.write(encode_chunk(data) if self._body_kind == RequestBody.CHUNKED else data)
+        if end and self._body_kind == RequestBody.CHUNKED:
+            upstream.write(LAST_CHUNK)
+
+    def start_request_body(self) -> None:
+        """The request head went upstream: send what was buffered and stream the rest."""
+        self._streaming_request = True
+        buffered, self._body_buffer = self._body_buffer, []
+        self._body_buffered = 0
+        for chunk in buffered:
+            self._send_request_body(chunk, False)
+        if self._body_done and self._body_kind != RequestBody.NONE:
+            self._send_request_body(b"", True)
+        if not self._upstream_paused:
+            self._conn.resume_reading_for(self)
+
+    @property
+    def retry_safe(self) -> bool:
+        """No request body byte left lbx yet, so the request can be sent again elsewhere."""
+        return not self._body_sent_any
+
+    def reset_attempt(self) -> None:
+        """Forget the failed upstream attempt so a retry starts clean."""
+        self._upstream = None
+        self._upstream_paused = False
+        self._streaming_request = False
+        self._head_future = None
+        self._done_future = None
+        self._resp_pending = []
+        self.upstream_response = None
+
+    # -- upstream exchange (called by UpstreamConnection) ------------------------------------
+    def upstream_informational(self, status: int, headers: HeaderList) -> None:
+        if status in _RELAYED_INFORMATIONAL and self.req_header.version == "1.1":
+            kept = [(n, v) for n, v in headers if n.lower() not in HOP_BY_HOP]
+            self._conn.write(serialize_response(ResponseHeader(status, Headers(kept)), []))
+
+    def upstream_head(self, status: int, headers: HeaderList, body_kind: BodyKind) -> None:
+        self.upstream_response = ResponseHeader(status, Headers(headers))
+        self._resp_body_kind = body_kind
+        future = self._head_future
+        if future is not None and not future.done():
+            future.set_result(None)
+
+    def upstream_body(self, data: bytes) -> None:
+        if self._streaming_response:
+            self._send_response_body(data, False)
+        else:
+            self._resp_pending.append(data)
+            if self._upstream is not None:
+                self._upstream.pause_reading()
+
+    def upstream_done(self) -> None:
+        self._resp_complete = True
+        if self._streaming_response:
+            self._send_response_body(b"", True)
+        future = self._done_future
+        if future is not None and not future.done():
+            future.set_result(None)
+
+    def upstream_failed(self, error: ProxyError) -> None:
+        for future in (self._head_future, self._done_future):
+            if future is not None and not future.done():
+                future.set_exception(error)
+                return
+
+    def upstream_write_paused(self, paused: bool) -> None:
+        self._upstream_paused = paused
+        if paused:
+            self._conn.pause_reading_for(self)
+        else:
+            self._conn.resume_reading_for(self)
+
+    def downstream_lost(self) -> None:
+        """The client went away: stop the upstream exchange and wake the request task."""
+        upstream = self._upstream
+        if upstream is not None:
+            upstream.close()
+        self.upstream_failed(
+            ProxyError(ErrorType.CONNECTION_CLOSED, ErrorSource.DOWNSTREAM, "client closed")
+        )
+
+    def downstream_writable(self, writable: bool) -> None:
+        """Back-pressure from the client: pause or resume reading the upstream response."""
+        upstream = self._upstream
+        if upstream is None or not self._streaming_response:
+            return
+        if writable:
+            upstream.resume_reading()
+        else:
+            upstream.pause_reading()
+
+    # -- response to the client --------------------------------------------------------------
+    def send_response_head(self, head: ResponseHeader) -> None:
+        """Frame and send ``head``; body bytes that arrived meanwhile follow at once."""
+        hooks = self.service.hooks
+        body_kind = self._resp_body_kind
+        framing: HeaderList = []
+        if body_kind is BodyKind.NONE:
+            mode = BodyKind.NONE
+        elif body_kind is BodyKind.CONTENT_LENGTH and hooks.response_body_filter is None:
+            mode = BodyKind.CONTENT_LENGTH
+        else:
+            head.headers.remove("content-length")
+            if self.req_header.version == "1.1":
+                mode = BodyKind.CHUNKED
+                framing.append((b"Transfer-Encoding", b"chunked"))
+            else:
+                mode = BodyKind.CLOSE_DELIMITED
+                self._keep_alive = False
+        self._resp_mode = mode
+        self._mark_started(head.status)
+        if not self._keep_alive:
+            framing.append((b"Connection", b"close"))
+        elif self.req_header.version == "1.0":
+            framing.append((b"Connection", b"keep-alive"))
+        self._conn.write(serialize_response(head, framing))
+        self._streaming_response = True
+        pending, self._resp_pending = self._resp_pending, []
+        for chunk in pending:
+            self._send_response_body(chunk, False)
+        if self._resp_complete:
+            self._send_response_body(b"", True)
+        if self._upstream is not None and self._conn.writable:
+            self._upstream.resume_reading()
+
+    def _send_response_body(self, data: bytes, end: bool) -> None:
+        hooks = self.service.hooks
+        if hooks.response_body_filter is not None:
+            data = hooks.response_body_filter.chain(self, data, end, self.ctx)
+        mode = self._resp_mode
+        if data and mode is not BodyKind.NONE:
+            self.body_bytes_sent += len(data)
+            self._conn.write(encode_chunk(data) if mode is BodyKind.CHUNKED else data)
+        if end and mode is BodyKind.CHUNKED:
+            self._conn.write(LAST_CHUNK)
+
+    def new_futures(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._head_future = loop.create_future()
+        self._done_future = loop.create_future()

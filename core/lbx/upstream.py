@@ -1,0 +1,389 @@
+"""Upstream connections: an asyncio Protocol per connection, TLS contexts, and the idle pool.
+
+The data path does not await per chunk: the upstream protocol parses with httptools and hands
+each event to the ``Exchange`` (implemented by the request's session) through plain method calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import socket
+import ssl
+import time
+from collections import OrderedDict
+from typing import Protocol, cast
+
+import httptools
+
+from lbx.errors import ErrorSource, ErrorType, ProxyError
+from lbx.http import HOP_BY_HOP, HeaderList, connection_tokens
+from lbx.peer import Peer
+
+log = logging.getLogger("lbx.upstream")
+
+# No body follows these statuses whatever the headers say (RFC 9112 6.3).
+_NO_BODY_STATUSES = frozenset({204, 304})
+
+
+class BodyKind(enum.IntEnum):
+    """How a response body is delimited on the upstream connection."""
+
+    NONE = 0
+    CONTENT_LENGTH = 1
+    CHUNKED = 2
+    CLOSE_DELIMITED = 3
+
+
+class Exchange(Protocol):
+    """What an upstream connection reports to the request it is serving."""
+
+    def upstream_informational(self, status: int, headers: HeaderList) -> None: ...
+    def upstream_head(self, status: int, headers: HeaderList, body_kind: BodyKind) -> None: ...
+    def upstream_body(self, data: bytes) -> None: ...
+    def upstream_done(self) -> None: ...
+    def upstream_failed(self, error: ProxyError) -> None: ...
+    def upstream_write_paused(self, paused: bool) -> None: ...
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One HTTP/1.1 connection to a peer, serving one exchange at a time."""
+
+    def __init__(self, peer: Peer, pool: ConnectionPool) -> None:
+        self.peer = peer
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.exchange: Exchange | None = None
+        self.closed = False
+        self.idle_since = 0.0
+        self.requests_served = 0
+        self._parser = httptools.HttpResponseParser(self)
+        self._head_only = False
+        self._headers: HeaderList = []
+        self._body_kind = BodyKind.NONE
+        self._keep_alive = True
+        self._got_head = False
+        self._got_bytes = False
+
+    # -- asyncio.Protocol ------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        if self.exchange is None:
+            # An idle pooled connection must stay silent; anything else means it is unusable.
+            self.close()
+            return
+        self._got_bytes = True
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(
+                ProxyError(
+                    ErrorType.INVALID_HTTP_HEADER if not self._got_head else ErrorType.H1_ERROR,
+                    ErrorSource.UPSTREAM,
+                    f"invalid response from {self.peer.addr}: {exc}",
+                )
+            )
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.pool.discard(self)
+        exchange = self.exchange
+        if exchange is None:
+            return
+        if self._got_head and self._body_kind is BodyKind.CLOSE_DELIMITED:
+            # A close-delimited body ends when the upstream closes (RFC 9112 6.3 rule 8).
+            self.exchange = None
+            exchange.upstream_done()
+            return
+        phase = "reading the response body" if self._got_head else "before the response head"
+        etype = ErrorType.CONNECTION_CLOSED if exc is None else ErrorType.READ_ERROR
+        error = ProxyError(etype, ErrorSource.UPSTREAM, f"{self.peer.addr} closed {phase}")
+        if exc is not None:
+            error.__cause__ = exc
+        self.exchange = None
+        exchange.upstream_failed(error)
+
+    def pause_writing(self) -> None:
+        if self.exchange is not None:
+            self.exchange.upstream_write_paused(True)
+
+    def resume_writing(self) -> None:
+        if self.exchange is not None:
+            self.exchange.upstream_write_paused(False)
+
+    # -- httptools callbacks ---------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._headers = []
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        status: int = parser.get_status_code()
+        exchange = self.exchange
+        if exchange is None:
+            return
+        raw = self._headers
+        if 100 <= status < 200 and status != 101:
+            exchange.upstream_informational(status, raw)
+            return
+        self._keep_alive = bool(parser.should_keep_alive())
+        headers: HeaderList = []
+        body_kind = BodyKind.CLOSE_DELIMITED
+        drop: set[bytes] | None = None
+        for name, value in raw:
+            lower = name.lower()
+            if lower in HOP_BY_HOP:
+                if lower == b"transfer-encoding":
+                    body_kind = BodyKind.CHUNKED
+                elif lower == b"connection":
+                    tokens = connection_tokens(value)
+                    drop = tokens if drop is None else drop | tokens
+                continue
+            if lower == b"content-length" and body_kind is BodyKind.CLOSE_DELIMITED:
+                body_kind = BodyKind.CONTENT_LENGTH
+            headers.append((name, value))
+        if drop:
+            headers = [item for item in headers if item[0].lower() not in drop]
+        if self._head_only or status in _NO_BODY_STATUSES:
+            body_kind = BodyKind.NONE
+        self._body_kind = body_kind
+        self._got_head = True
+        exchange.upstream_head(status, headers, body_kind)
+        if self._head_only:
+            # httptools cannot be told a HEAD response has no body: finish it here and start a
+            # fresh parser for the next exchange on this connection.
+            self._parser = httptools.HttpResponseParser(self)
+            self._finish()
+
+    def on_body(self, body: bytes) -> None:
+        if self.exchange is not None:
+            self.exchange.upstream_body(body)
+
+    def on_message_complete(self) -> None:
+        if self._got_head and not self._head_only:
+            self._finish()
+
+    # -- used by the proxy -----------------------------------------------------------------
+    def start(self, exchange: Exchange, head: bytes, head_only: bool) -> None:
+        """Send a request head; the response is reported to ``exchange``."""
+        self.exchange = exchange
+        self._head_only = head_only
+        self._got_head = False
+        self._got_bytes = False
+        assert self.transport is not None
+        self.transport.write(head)
+
+    def write(self, data: bytes) -> None:
+        """Send request body bytes (already framed)."""
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    @property
+    def got_response_bytes(self) -> bool:
+        """Whether any byte of the response arrived (decides if a retry is safe)."""
+        return self._got_bytes
+
+    def pause_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+
+    def close(self) -> None:
+        """Close without reporting to the exchange (the caller already knows)."""
+        self.exchange = None
+        if not self.closed:
+            self.closed = True
+            self.pool.discard(self)
+            if self.transport is not None:
+                self.transport.close()
+
+    def _finish(self) -> None:
+        exchange = self.exchange
+        self.exchange = None
+        self.requests_served += 1
+        if exchange is not None:
+            exchange.upstream_done()
+
+    @property
+    def reusable(self) -> bool:
+        """The response was complete and the upstream did not ask to close."""
+        return self._keep_alive and not self.closed and self.exchange is None
+
+    def _fail(self, error: ProxyError) -> None:
+        exchange = self.exchange
+        self.close()
+        if exchange is not None:
+            exchange.upstream_failed(error)
+
+
+class ConnectionPool:
+    """Idle upstream connections, LIFO per peer, bounded in total (Pingora's LRU pool).
+
+    ``upstream_keepalive_pool_size`` bounds the idle connections kept across all peers; the least
+    recently used one is closed to make room. Connections idle longer than the peer's
+    ``idle_timeout`` are closed by a periodic sweep and never handed out.
+    """
+
+    def __init__(self, size: int, default_idle_timeout: float) -> None:
+        self.size = size
+        self.default_idle_timeout = default_idle_timeout
+        self._idle: dict[tuple[object, ...], list[UpstreamConnection]] = {}
+        self._lru: OrderedDict[UpstreamConnection, None] = OrderedDict()
+        self._sweep_handle: asyncio.TimerHandle | None = None
+
+    def __len__(self) -> int:
+        return len(self._lru)
+
+    def take(self, peer: Peer) -> UpstreamConnection | None:
+        """An idle connection to ``peer`` that is still fresh, or None."""
+        stack = self._idle.get(peer.pool_key)
+        if not stack:
+            return None
+        now = time.monotonic()
+        timeout = peer.idle_timeout if peer.idle_timeout is not None else self.default_idle_timeout
+        while stack:
+            conn = stack.pop()
+            self._lru.pop(conn, None)
+            if not conn.closed and now - conn.idle_since < timeout:
+                return conn
+            conn.close()
+        return None
+
+    def put(self, conn: UpstreamConnection) -> None:
+        """Keep ``conn`` for reuse, or close it when pooling is off."""
+        if self.size <= 0 or conn.closed:
+            conn.close()
+            return
+        conn.resume_reading()  # an idle connection must notice when the upstream closes it
+        conn.idle_since = time.monotonic()
+        self._idle.setdefault(conn.peer.pool_key, []).append(conn)
+        self._lru[conn] = None
+        while len(self._lru) > self.size:
+            oldest, _ = self._lru.popitem(last=False)
+            oldest.close()
+        if self._sweep_handle is None:
+            interval = max(0.5, min(self.default_idle_timeout, 30.0) / 2)
+            loop = asyncio.get_running_loop()
+            self._sweep_handle = loop.call_later(interval, self._sweep)
+
+    def discard(self, conn: UpstreamConnection) -> None:
+        """Forget ``conn`` (it closed or is being closed)."""
+        if self._lru.pop(conn, None) is not None or conn in self._idle.get(conn.peer.pool_key, ()):
+            stack = self._idle.get(conn.peer.pool_key)
+            if stack and conn in stack:
+                stack.remove(conn)
+
+    def close_all(self) -> None:
+        for conn in list(self._lru):
+            conn.close()
+        self._idle.clear()
+        self._lru.clear()
+        if self._sweep_handle is not None:
+            self._sweep_handle.cancel()
+            self._sweep_handle = None
+
+    def _sweep(self) -> None:
+        self._sweep_handle = None
+        now = time.monotonic()
+        for conn in list(self._lru):
+            timeout = (
+                conn.peer.idle_timeout
+                if conn.peer.idle_timeout is not None
+                else self.default_idle_timeout
+            )
+            if now - conn.idle_since >= timeout:
+                conn.close()
+        if self._lru:
+            interval = max(0.5, min(self.default_idle_timeout, 30.0) / 2)
+            self._sweep_handle = asyncio.get_running_loop().call_later(interval, self._sweep)
+
+
+class Connector:
+    """Opens upstream connections (TCP, Unix, TLS with SNI) and owns the pool."""
+
+    def __init__(
+        self,
+        pool: ConnectionPool,
+        *,
+        ca_file: str | None,
+        connect_timeout: float,
+    ) -> None:
+        self.pool = pool
+        self.ca_file = ca_file
+        self.connect_timeout = connect_timeout
+        self._ssl_contexts: dict[tuple[bool, bool, str | None], ssl.SSLContext] = {}
+
+    def ssl_context(self, peer: Peer) -> ssl.SSLContext:
+        """A cached client context: verification on by default, ``ca_file`` as trust store."""
+        ca_file = peer.ca_file or self.ca_file
+        key = (peer.verify_cert, peer.verify_hostname, ca_file)
+        context = self._ssl_contexts.get(key)
+        if context is None:
+            context = ssl.create_default_context(cafile=ca_file)
+            context.set_alpn_protocols(["http/1.1"])
+            if not peer.verify_cert:
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+            elif not peer.verify_hostname:
+                context.check_hostname = False
+            self._ssl_contexts[key] = context
+        return context
+
+    async def connect(self, peer: Peer) -> UpstreamConnection:
+        """A new connection to ``peer``; connect and TLS errors become ``ProxyError``s."""
+        loop = asyncio.get_running_loop()
+        timeout = peer.connection_timeout or self.connect_timeout
+        ssl_context = self.ssl_context(peer) if peer.tls else None
+        server_hostname = (peer.sni or peer.host) if peer.tls else None
+        try:
+            async with asyncio.timeout(timeout):
+                if peer.unix_path is not None:
+                    _, conn = await loop.create_unix_connection(
+                        lambda: UpstreamConnection(peer, self.pool),
+                        peer.unix_path,
+                        ssl=ssl_context,
+                        server_hostname=server_hostname,
+                    )
+                else:
+                    _, conn = await loop.create_connection(
+                        lambda: UpstreamConnection(peer, self.pool),
+                        peer.host,
+                        peer.port,
+                        ssl=ssl_context,
+                        server_hostname=server_hostname,
+                    )
+        except TimeoutError as exc:
+            raise ProxyError(
+                ErrorType.CONNECT_TIMEDOUT,
+                ErrorSource.UPSTREAM,
+                f"connecting to {peer.addr} took longer than {timeout}s",
+            ) from exc
+        except ssl.SSLError as exc:
+            raise ProxyError(
+                ErrorType.TLS_HANDSHAKE_FAILURE,
+                ErrorSource.UPSTREAM,
+                f"TLS handshake with {peer.addr} (sni {server_hostname!r}) failed",
+            ) from exc
+        except ConnectionRefusedError as exc:
+            raise ProxyError(
+                ErrorType.CONNECT_REFUSED, ErrorSource.UPSTREAM, f"{peer.addr} refused"
+            ) from exc
+        except OSError as exc:
+            raise ProxyError(
+                ErrorType.CONNECT_ERROR,
+                ErrorSource.UPSTREAM,
+                f"cannot connect to {peer.addr}: {exc.strerror or exc}",
+            ) from exc
+        return conn
