@@ -86,7 +86,7 @@ class HookCaller:
         self.halt = getattr(caller.spec.function, "lbx_halts_on", _NO_HALT)
         self.chained = bool(getattr(caller.spec.function, "lbx_chained", False))
         # pluggy calls the last registered (and tryfirst) impls first: reversed get_hookimpls().
-        self._impls = tuple(
+        self._impls: tuple[tuple[Callable[..., Any], tuple[str, ...]], ...] = tuple(
             (impl.function, tuple(impl.argnames)) for impl in reversed(caller.get_hookimpls())
         )
 
@@ -117,11 +117,13 @@ class HookCaller:
 
     def call_sync(self, **kwargs: Any) -> list[Any]:
         """Run a sync per-request hook (``fail_to_connect``, ``error_while_proxy``)."""
-        return [function(*[kwargs[name] for name in argnames]) for function, argnames in self._impls]
+        return [
+            function(*[kwargs[name] for name in argnames]) for function, argnames in self._impls
+        ]
 
     def chain(self, session: Any, body: bytes, end_of_stream: bool, ctx: Any) -> bytes:
         """Run a chained body filter: each non-None result replaces the chunk for the next impl."""
-        kwargs = {"session": session, "end_of_stream": end_of_stream, "ctx": ctx}
+        kwargs: dict[str, Any] = {"session": session, "end_of_stream": end_of_stream, "ctx": ctx}
         for function, argnames in self._impls:
             kwargs["body"] = body
             result = function(*[kwargs[name] for name in argnames])

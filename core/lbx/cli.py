@@ -47,19 +47,40 @@ def cli() -> None:
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.option("-c", "--conf", type=click.Path(dir_okay=False), help="YAML config file.")
-@click.option("-d", "--daemon", is_flag=True, help="Run in the background (needs the daemon plugin).")
 @click.option(
-    "-u", "--upgrade", is_flag=True,
+    "-d", "--daemon", is_flag=True, help="Run in the background (needs the daemon plugin)."
+)
+@click.option(
+    "-u",
+    "--upgrade",
+    is_flag=True,
     help="Take the listening sockets over from the running instance (needs the upgrade plugin).",
 )
-@click.option("-t", "--test", is_flag=True, help="Check the config and plugins, print what would run, exit.")
 @click.option(
-    "--plugin", "plugins", multiple=True, metavar="NAME",
+    "-t", "--test", is_flag=True, help="Check the config and plugins, print what would run, exit."
+)
+@click.option(
+    "--plugin",
+    "plugins",
+    multiple=True,
+    metavar="NAME",
     help="Enable a plugin: installed name, path to a .py file, or dotted module; no:NAME disables.",
 )
-@click.option("--listen", multiple=True, metavar="ADDR", help="Listen address (host:port, [v6]:port, unix:/path).")
-@click.option("--upstream", multiple=True, metavar="ADDR", help="Upstream backend (ip:port, name:port, unix:/path).")
-@click.option("--upstream-tls", is_flag=True, help="Connect to upstreams with TLS (certificates verified).")
+@click.option(
+    "--listen",
+    multiple=True,
+    metavar="ADDR",
+    help="Listen address (host:port, [v6]:port, unix:/path).",
+)
+@click.option(
+    "--upstream",
+    multiple=True,
+    metavar="ADDR",
+    help="Upstream backend (ip:port, name:port, unix:/path).",
+)
+@click.option(
+    "--upstream-tls", is_flag=True, help="Connect to upstreams with TLS (certificates verified)."
+)
 @click.option("--sni", metavar="NAME", help="TLS server name for upstreams.")
 @click.option("--host", metavar="NAME", help="Host header sent to upstreams.")
 @click.pass_context
@@ -167,8 +188,10 @@ def plugins(show_all: bool, as_json: bool) -> None:
 
     table = Table("name", "version", "enabled", "hooks")
     for row in rows:
-        enabled = "always" if row.get("distribution") == "lbx" else (
-            "by default" if row["default"] else "when named"
+        enabled = (
+            "always"
+            if row.get("distribution") == "lbx"
+            else ("by default" if row["default"] else "when named")
         )
         hooks = ", ".join(row["hooks"]) if isinstance(row["hooks"], list) else ""
         if "error" in row:

@@ -101,8 +101,9 @@ PINGORA_ONLY_KEYS = frozenset(
 
 SERVICE_KEYS: dict[str, Field] = {
     "name": Field("str", None, "service name (default: service<N>)"),
-    "listen": Field("str_list", None, "addresses: host:port, [v6]:port or unix:/path",
-                    check=_listen_address),
+    "listen": Field(
+        "str_list", None, "addresses: host:port, [v6]:port or unix:/path", check=_listen_address
+    ),
     "upstreams": Field("any", None, "backends: 'ip:port' or {address, weight}"),
     "tls": Field("bool", False, "connect to upstreams with TLS"),
     "sni": Field("str", "", "TLS server name sent to upstreams (and verified)"),
@@ -112,12 +113,13 @@ SERVICE_KEYS: dict[str, Field] = {
     "selection": Field("str", None, "selection algorithm (a registered selector name)"),
     "selection_options": Field("map", None, "options passed to the selection algorithm"),
     "connect_timeout": Field("number", 10, "seconds to connect to an upstream", check=_positive),
-    "read_timeout": Field("number", 60, "seconds to wait for an upstream response head",
-                          check=_positive),
-    "idle_timeout": Field("number", 60, "seconds an idle upstream connection is kept",
-                          minimum=0),
-    "keepalive_timeout": Field("number", 60, "seconds an idle client connection is kept",
-                               minimum=0),
+    "read_timeout": Field(
+        "number", 60, "seconds to wait for an upstream response head", check=_positive
+    ),
+    "idle_timeout": Field("number", 60, "seconds an idle upstream connection is kept", minimum=0),
+    "keepalive_timeout": Field(
+        "number", 60, "seconds an idle client connection is kept", minimum=0
+    ),
 }
 
 
@@ -193,7 +195,9 @@ class Config:
 
     def error(self, path: Path, message: str) -> ConfigError:
         """A ``ConfigError`` pointing at ``path`` (e.g. ``("services", 0, "upstreams")``)."""
-        return ConfigError(f"{format_path(path)}: {message}", file=self.path, line=_line(self.lines, path))
+        return ConfigError(
+            f"{format_path(path)}: {message}", file=self.path, line=_line(self.lines, path)
+        )
 
 
 def format_path(path: Path) -> str:
@@ -223,7 +227,9 @@ class Document:
     lines: dict[Path, int]
 
     def error(self, path: Path, message: str) -> ConfigError:
-        return ConfigError(f"{format_path(path)}: {message}", file=self.path, line=_line(self.lines, path))
+        return ConfigError(
+            f"{format_path(path)}: {message}", file=self.path, line=_line(self.lines, path)
+        )
 
 
 def read_document(path: str) -> Document:
@@ -245,7 +251,9 @@ def parse_document(text: str, path: str | None = None) -> Document:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None
-        raise ConfigError(f"invalid YAML: {exc.problem or exc.context}", file=path, line=line) from None
+        raise ConfigError(
+            f"invalid YAML: {exc.problem or exc.context}", file=path, line=line
+        ) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"invalid YAML: {exc}", file=path) from None
     finally:
@@ -290,7 +298,9 @@ def _to_python(
 # -- validation ----------------------------------------------------------------------------------
 
 
-def _unknown_key(doc: Document, path: Path, key: str, known: list[str], hint: str = "") -> ConfigError:
+def _unknown_key(
+    doc: Document, path: Path, key: str, known: list[str], hint: str = ""
+) -> ConfigError:
     close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
     message = "unknown key"
     if close:
@@ -322,9 +332,8 @@ def check_value(doc: Document, path: Path, spec: Field, value: Any) -> Any:
             value = [value]
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise doc.error(path, f"expected a string or a list of strings, got {value!r}")
-    elif kind == "map":
-        if not isinstance(value, dict):
-            raise doc.error(path, f"expected a mapping, got {value!r}")
+    elif kind == "map" and not isinstance(value, dict):
+        raise doc.error(path, f"expected a mapping, got {value!r}")
     if spec.minimum is not None and value < spec.minimum:
         raise doc.error(path, f"must be at least {spec.minimum:g}, got {value!r}")
     if spec.check is not None:
@@ -345,7 +354,9 @@ def validate_mapping(
     for key in data:
         if key not in fields:
             raise _unknown_key(doc, path, key, list(fields))
-    return {key: check_value(doc, (*path, key), spec, data.get(key)) for key, spec in fields.items()}
+    return {
+        key: check_value(doc, (*path, key), spec, data.get(key)) for key, spec in fields.items()
+    }
 
 
 def plugin_list(doc: Document) -> list[str]:
@@ -376,7 +387,9 @@ def build_config(doc: Document, schema: ConfigSchema) -> Config:
                 doc.lines.get((key,)),
                 key,
             )
-    server = {key: check_value(doc, (key,), spec, data.get(key)) for key, spec in SERVER_KEYS.items()}
+    server = {
+        key: check_value(doc, (key,), spec, data.get(key)) for key, spec in SERVER_KEYS.items()
+    }
     if server["version"] != 1:
         raise doc.error(("version",), f"only version 1 is supported, got {server['version']}")
     services_data = data.get("services") or []

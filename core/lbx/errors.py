@@ -1,4 +1,4 @@
-"""Errors: the proxy's error taxonomy (Pingora's `ErrorType`/`ErrorSource`) and user-facing errors."""
+"""Errors: the proxy's error taxonomy (Pingora's ErrorType and ErrorSource) and user errors."""
 
 from __future__ import annotations
 

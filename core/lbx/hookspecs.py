@@ -251,9 +251,7 @@ async def upstream_peer(session: Session, ctx: dict[str, Any]) -> Peer | None:
 
 
 @hookspec
-def fail_to_connect(
-    session: Session, peer: Peer, ctx: dict[str, Any], error: ProxyError
-) -> None:
+def fail_to_connect(session: Session, peer: Peer, ctx: dict[str, Any], error: ProxyError) -> None:
     """Connecting to ``peer`` failed; nothing was sent upstream.
 
     Set ``error.retry = True`` to try again (``upstream_peer`` is asked anew), bounded by

@@ -115,7 +115,8 @@ class RequestHeader:
         self.headers.remove(name)
 
     def __repr__(self) -> str:
-        return f"RequestHeader({self.method} {self.uri} HTTP/{self.version}, {len(self.headers)} fields)"
+        counted = f"{len(self.headers)} fields"
+        return f"RequestHeader({self.method} {self.uri} HTTP/{self.version}, {counted})"
 
 
 class ResponseHeader:

@@ -61,7 +61,7 @@ class Backend:
         return f"{self.host}:{self.port}"
 
     def sort_key(self) -> tuple[int, bytes, int, str]:
-        """Pingora keeps backends in a BTreeSet ordered by socket address: v4, then v6, then Unix."""
+        """Pingora orders backends by socket address (a BTreeSet): v4, then v6, then Unix."""
         if self.host is None:
             return (2, b"", 0, self.unix_path or "")
         ip = ipaddress.ip_address(self.host)
@@ -216,7 +216,7 @@ class LoadBalancer:
                 seen.add(backend)
             state = health.get(backend)
             ready = state is not None and state.healthy and state.enabled
-            if (accept(backend, ready) if accept is not None else ready):
+            if accept(backend, ready) if accept is not None else ready:
                 return backend
             if len(seen) >= len(health) and accept is None:
                 # Every backend was offered and none is ready: stop early instead of spinning.

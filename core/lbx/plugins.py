@@ -143,7 +143,9 @@ def load_plugin_arg(pm: LbxPluginManager, arg: str) -> None:
         try:
             plugin = getattr(module, attr)
         except AttributeError:
-            raise PluginLoadError(f"plugin {arg!r}: module {module_name!r} has no {attr!r}") from None
+            raise PluginLoadError(
+                f"plugin {arg!r}: module {module_name!r} has no {attr!r}"
+            ) from None
         if isinstance(plugin, type):
             raise PluginLoadError(
                 f"plugin {arg!r} is a class; pass an instance or a module (hookimpls on a class "
@@ -157,7 +159,9 @@ def _load_file(pm: LbxPluginManager, path: str) -> None:
         raise PluginLoadError(f"plugin file {path!r} does not exist")
     stem = os.path.splitext(os.path.basename(path))[0]
     if pm.has_plugin(stem) or pm.is_blocked(stem):
-        if pm.is_blocked(stem) or getattr(pm.get_plugin(stem), "__file__", None) == os.path.abspath(path):
+        if pm.is_blocked(stem) or getattr(pm.get_plugin(stem), "__file__", None) == os.path.abspath(
+            path
+        ):
             return
         raise PluginLoadError(f"plugin file {path!r}: a plugin named {stem!r} is already loaded")
     module_name = f"lbx_plugin_file.{stem}"

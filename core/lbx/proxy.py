@@ -1,4 +1,4 @@
-"""The request path: the downstream HTTP/1.1 protocol and the phase runner (Pingora's ``ProxyHttp``).
+"""The request path: the downstream HTTP/1.1 protocol and the phase runner (Pingora's ProxyHttp).
 
 ``DownstreamProtocol`` parses client bytes with httptools and creates a ``Session`` per request;
 ``ProxyService.handle`` runs the phases for it in Pingora's order, calling only the hooks that
@@ -11,7 +11,7 @@ import asyncio
 import logging
 import socket
 from collections import deque
-from typing import Any, TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import httptools
 import pluggy
@@ -296,7 +296,9 @@ class ProxyService:
                 )
         session.new_futures()
         session._upstream = conn
-        conn.start(session, serialize_request(request, session._upstream_framing), request.method == "HEAD")
+        conn.start(
+            session, serialize_request(request, session._upstream_framing), request.method == "HEAD"
+        )
         session.start_request_body()
         head_future = session._head_future
         assert head_future is not None
@@ -663,4 +665,3 @@ def build_connector(
     return Connector(
         ConnectionPool(pool_size, idle_timeout), ca_file=ca_file, connect_timeout=connect_timeout
     )
-

@@ -129,9 +129,12 @@ class Server:
                 f"unknown selection {selection!r}; enabled: {', '.join(available) or 'none'} "
                 f"(enable the plugin that provides it with --plugin {selection})",
             )
-        return LoadBalancer(
-            Backends(tuple(service.upstreams)), factory, service.selection_options, selection
-        )
+        try:
+            return LoadBalancer(
+                Backends(tuple(service.upstreams)), factory, service.selection_options, selection
+            )
+        except ValueError as exc:
+            raise self.config.error(("services", index, "selection_options"), str(exc)) from None
 
     # -- running -------------------------------------------------------------------------------
     def run(self) -> int:
@@ -153,9 +156,7 @@ class Server:
                         service.protocol_factory, sock=sock, backlog=LISTEN_BACKLOG
                     )
                     self._asyncio_servers.append(server)
-                    log.info(
-                        "service %s listening on %s", service.name, _describe(address, sock)
-                    )
+                    log.info("service %s listening on %s", service.name, _describe(address, sock))
         except BaseException:
             self._close_listeners()
             raise
@@ -164,7 +165,9 @@ class Server:
         async with anyio.create_task_group() as tasks:
             for name, run in self._background:
                 tasks.start_soon(_run_background, name, run, name=f"background service {name}")
-            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGQUIT) as signals:
+            with anyio.open_signal_receiver(
+                signal.SIGTERM, signal.SIGINT, signal.SIGQUIT
+            ) as signals:
                 async for signum in signals:
                     if signum == signal.SIGINT:
                         log.info("SIGINT received, exiting")
@@ -237,6 +240,11 @@ class Server:
         self._close_listeners()
         await self.pm.ahook.server_stopping(server=self, graceful=True)
         self.connections.begin_shutdown()
+        log.info(
+            "stopped accepting; waiting up to %gs for %d open connections",
+            config.grace_period_seconds,
+            len(self.connections.open),
+        )
         with anyio.move_on_after(config.grace_period_seconds):
             await self.connections.wait_closed()
         if self.connections.open:

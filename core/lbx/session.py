@@ -163,7 +163,9 @@ class Session:
         if self._resp_started:
             raise RuntimeError("a response was already sent for this request")
         items = headers.items() if isinstance(headers, dict) else (headers or [])
-        head = ResponseHeader(status, Headers([(k.encode("latin-1"), v.encode("latin-1")) for k, v in items]))
+        head = ResponseHeader(
+            status, Headers([(k.encode("latin-1"), v.encode("latin-1")) for k, v in items])
+        )
         head.headers.remove("content-length")
         framing: HeaderList = [(b"Content-Length", b"%d" % len(body))]
         if not self._body_done:

@@ -28,9 +28,8 @@ import ssl
 import subprocess
 import sys
 import threading
-from urllib.parse import parse_qs, urlsplit
-
 from typing import cast
+from urllib.parse import parse_qs, urlsplit
 
 import httptools
 
@@ -380,6 +379,8 @@ class LbxProcess:
             self.proc.wait(10)
         if self._reader is not None:
             self._reader.join(5)
+        if self.proc is not None and self.proc.stdout is not None:
+            self.proc.stdout.close()
 
     def rss_kib(self, field: str = "VmRSS") -> int:
         """A memory figure of the process from /proc (``VmRSS`` or the peak, ``VmHWM``)."""
@@ -409,18 +410,21 @@ async def _serve(listen: list[str], names: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m lbx.testing", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m lbx.testing", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--listen", action="append", required=True, help="host:port (repeat)")
     parser.add_argument("--name", action="append", default=[], help="backend name (repeat)")
     args = parser.parse_args(argv)
     try:
         import uvloop
-
-        runner = uvloop.run
-    except ImportError:  # pragma: no cover
-        runner = asyncio.run
+    except ImportError:  # pragma: no cover - uvloop is a dependency where lbx runs
+        loop_factory = None
+    else:
+        loop_factory = uvloop.new_event_loop
     try:
-        runner(_serve(args.listen, args.name))
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            runner.run(_serve(args.listen, args.name))
     except KeyboardInterrupt:
         sys.exit(0)
 

@@ -359,7 +359,7 @@ class Connector:
                 else:
                     _, conn = await loop.create_connection(
                         lambda: UpstreamConnection(peer, self.pool),
-                        peer.host,
+                        peer.host or "",
                         peer.port,
                         ssl=ssl_context,
                         server_hostname=server_hostname,
