@@ -81,13 +81,15 @@ def test_sigterm_lets_in_flight_request_finish(lbx, backends):
     with pytest.raises(ConnectionRefusedError):
         connect(proc.address)
     assert idle.recv(1) == b""  # the idle keep-alive connection was closed
+    proc.send_signal(signal.SIGTERM)  # a repeated SIGTERM does not cut the drain short
+    proc.wait_for("SIGTERM received while draining")
     response = read_response(busy)
     assert response.startswith(b"HTTP/1.1 200")
     assert b"slept" in response
     assert b"\r\nConnection: close\r\n" in response
     idle.close()
     busy.close()
-    assert proc.stop() == 0
+    assert proc.wait() == 0
 
 
 def test_sigint_stops_at_once(lbx, backends):

@@ -121,6 +121,14 @@ class HookCaller:
             function(*[kwargs[name] for name in argnames]) for function, argnames in self._impls
         ]
 
+    def call_first(self, **kwargs: Any) -> Any:
+        """Run a sync firstresult per-request hook: the first non-None result, or None."""
+        for function, argnames in self._impls:
+            result = function(*[kwargs[name] for name in argnames])
+            if result is not None:
+                return result
+        return None
+
     def chain(self, session: Any, body: bytes, end_of_stream: bool, ctx: Any) -> bytes:
         """Run a chained body filter: each non-None result replaces the chunk for the next impl."""
         kwargs: dict[str, Any] = {"session": session, "end_of_stream": end_of_stream, "ctx": ctx}

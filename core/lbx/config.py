@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from lbx.errors import ConfigError
+from lbx.hashkey import check_spec as check_hash_key
 from lbx.lb import Backend, split_host_port
 
 log = logging.getLogger("lbx.config")
@@ -112,6 +113,12 @@ SERVICE_KEYS: dict[str, Field] = {
     "verify_hostname": Field("bool", True, "verify that the certificate matches the SNI"),
     "selection": Field("str", None, "selection algorithm (a registered selector name)"),
     "selection_options": Field("map", None, "options passed to the selection algorithm"),
+    "hash_key": Field(
+        "str",
+        None,
+        "what hashing algorithms hash: client_ip, path, uri, header:<name>, cookie:<name>",
+        check=check_hash_key,
+    ),
     "connect_timeout": Field("number", 10, "seconds to connect to an upstream", check=_positive),
     "read_timeout": Field(
         "number", 60, "seconds to wait for an upstream response head", check=_positive
@@ -158,6 +165,7 @@ class ServiceConfig:
     verify_hostname: bool = True
     selection: str | None = None
     selection_options: dict[str, Any] = field(default_factory=dict)
+    hash_key: str | None = None
     connect_timeout: float = 10
     read_timeout: float = 60
     idle_timeout: float = 60

@@ -73,7 +73,7 @@ class ProxyError(Exception):
 
     def default_status(self) -> int:
         """Pingora's default `fail_to_proxy` mapping; 0 means "send nothing, close"."""
-        if self.etype is ErrorType.HTTP_STATUS and self.status is not None:
+        if self.status is not None:
             return self.status
         if self.source is ErrorSource.UPSTREAM:
             if self.etype in (ErrorType.CONNECT_TIMEDOUT, ErrorType.READ_TIMEDOUT):

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from lbx.config import Config, ConfigSchema
     from lbx.errors import ProxyError
     from lbx.http import RequestHeader, ResponseHeader
-    from lbx.lb import SelectorFactory
+    from lbx.lb import Backend, Health, SelectorFactory
     from lbx.peer import Peer
     from lbx.server import Server
     from lbx.session import Session
@@ -134,14 +134,29 @@ async def acquire_listeners(server: Server) -> dict[str, socket.socket] | None:
 
 
 @hookspec
-def register_background_services(
-    server: Server, register: Callable[[str, Callable[[], Any]], None]
-) -> None:
+def register_background_services(server: Server, register: Callable[..., None]) -> None:
     """Register long-running tasks (health checks, metrics pushers, ...).
 
-    ``register(name, run)`` where ``run`` is an ``async def`` taking no arguments. Each runs in
-    the server's task group once listeners are up and is cancelled when the server stops.
-    An exception in a service is logged and the service is not restarted.
+    ``register(name, run)`` where ``run`` is an ``async def`` taking no arguments: it starts once
+    the server is listening. ``register(name, run, ready=True)`` where ``run`` takes a
+    ``task_status`` argument: it starts *before* the listeners, and the server waits until it
+    calls ``task_status.started()`` (a first round of health checks, for example).
+
+    Every service runs in the server's task group and is cancelled when the server stops. An
+    exception in a service is logged and the service is not restarted.
+
+    Sync hook.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def backend_health_changed(service: str, backend: Backend, health: Health) -> None:
+    """A backend of service ``service`` became healthy or unhealthy (``health.healthy``).
+
+    ``health.reason`` says why it went down. lbx logs the change itself (a warning when a backend
+    goes down, info when it comes back); impls feed metrics, alerts or other state.
 
     Sync hook.
 
@@ -245,6 +260,19 @@ async def upstream_peer(session: Session, ctx: dict[str, Any]) -> Peer | None:
     the service's load balancer. Called again for every retry.
 
     Awaitable, firstresult hook: the first non-None awaited value wins.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec(firstresult=True)
+def selection_key(session: Session, ctx: dict[str, Any]) -> bytes | None:
+    """The key hashing selection algorithms use for this request (``consistent``, ``fnv``...).
+
+    Return bytes to decide the key yourself; return None to use the service's ``hash_key``
+    setting (client IP, a header, a cookie, the path or the URI). Round robin ignores keys.
+
+    Sync, firstresult hook, called by the built-in ``upstream_peer`` only when it has impls.
 
     .. versionadded:: 0.1
     """

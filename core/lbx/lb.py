@@ -110,6 +110,11 @@ class Selector(Protocol):
     ``iter(key)`` yields candidates in preference order; it may repeat backends and may be
     endless: ``LoadBalancer.select`` de-duplicates and bounds the walk with ``max_iterations``.
     Selectors are rebuilt whenever the backend list changes, so they can precompute freely.
+
+    A selector that needs feedback from traffic (least connections, latency) also defines
+    ``on_start(backend)`` and ``on_finish(backend, seconds, ok)``: lbx calls them around every
+    upstream attempt (``seconds`` until the response head, ``ok`` False on failure). It may
+    define ``inherit(previous)`` to carry such state over when it is rebuilt.
     """
 
     def iter(self, key: bytes) -> Iterator[Backend]: ...
@@ -180,11 +185,21 @@ class LoadBalancer:
         self._factory = selector_factory
         self._options = dict(selector_options or {})
         self.selector = selector_factory(backends.items, self._options)
+        self.tracks = hasattr(self.selector, "on_start")
+        """Whether the selector wants ``on_start``/``on_finish`` for every upstream attempt."""
 
     def update(self, backends: Iterable[Backend]) -> None:
-        """Replace the backend set; the selector is rebuilt before the new set is used."""
+        """Replace the backend set; the selector is rebuilt before the new set is used.
+
+        Requests in flight keep the backend they chose; a selector with ``inherit`` carries its
+        per-backend state (connection counts, latencies) over to the new one.
+        """
         if self.backends.replace(backends):
-            self.selector = self._factory(self.backends.items, self._options)
+            selector = self._factory(self.backends.items, self._options)
+            inherit = getattr(selector, "inherit", None)
+            if inherit is not None:
+                inherit(self.selector)
+            self.selector = selector
 
     def select(self, key: bytes = b"", max_iterations: int = 256) -> Backend | None:
         """The first ready backend the selector offers for ``key``, within ``max_iterations``."""

@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, cast
 
 import httptools
 import pluggy
 
-from lbx import _hookcall
+from lbx import _hookcall, hashkey
 from lbx.errors import ErrorSource, ErrorType, ProxyError
 from lbx.http import (
     HOP_BY_HOP,
@@ -32,7 +33,7 @@ from lbx.upstream import ConnectionPool, Connector
 
 if TYPE_CHECKING:
     from lbx.config import ServiceConfig
-    from lbx.lb import LoadBalancer
+    from lbx.lb import Backend, LoadBalancer
     from lbx.peer import Peer
 
 log = logging.getLogger("lbx.proxy")
@@ -43,6 +44,7 @@ PER_REQUEST_HOOKS = (
     "request_body_filter",
     "proxy_upstream_filter",
     "upstream_peer",
+    "selection_key",
     "fail_to_connect",
     "connected_to_upstream",
     "upstream_request_filter",
@@ -70,6 +72,7 @@ class RequestHooks:
     request_body_filter: _hookcall.HookCaller | None
     proxy_upstream_filter: _hookcall.HookCaller | None
     upstream_peer: _hookcall.HookCaller | None
+    selection_key: _hookcall.HookCaller | None
     fail_to_connect: _hookcall.HookCaller | None
     connected_to_upstream: _hookcall.HookCaller | None
     upstream_request_filter: _hookcall.HookCaller | None
@@ -142,6 +145,15 @@ class ProxyService:
         self.keepalive_timeout = config.keepalive_timeout
         self.upstream_host = config.host.encode("latin-1") if config.host else None
         self._peers: dict[Any, Peer] = {}
+        self._hash_key = hashkey.key_function(config.hash_key)
+
+    def selection_key(self, session: Session, ctx: dict[str, Any]) -> bytes:
+        """The key for hashing selection: the ``selection_key`` hook, else ``hash_key``."""
+        if self.hooks.selection_key is not None:
+            key = self.hooks.selection_key.call_first(session=session, ctx=ctx)
+            if key is not None:
+                return bytes(key)
+        return self._hash_key(session)
 
     def protocol_factory(self) -> DownstreamProtocol:
         return DownstreamProtocol(self)
@@ -210,7 +222,6 @@ class ProxyService:
 
     async def _proxy(self, session: Session, ctx: dict[str, Any]) -> None:
         hooks = self.hooks
-        pool = self.connector.pool
         while True:
             session.tries += 1
             peer = None
@@ -224,53 +235,79 @@ class ProxyService:
                     status=502,
                 )
             session.peer = peer
-            conn = pool.take(peer)
-            reused = conn is not None
-            if conn is None:
-                try:
-                    conn = await self.connector.connect(peer)
-                except ProxyError as exc:
-                    if hooks.fail_to_connect is not None:
-                        hooks.fail_to_connect.call_sync(
-                            session=session, peer=peer, ctx=ctx, error=exc
-                        )
-                    if exc.retry and session.tries < self.max_retries:
-                        log.warning(
-                            "Fail to proxy: %s, tries: %d, retry: true, %s",
-                            exc,
-                            session.tries,
-                            session.request_summary(),
-                        )
-                        continue
-                    raise
-                if session._conn.lost:
-                    pool.put(conn)
-                    raise ProxyError(
-                        ErrorType.CONNECTION_CLOSED, ErrorSource.DOWNSTREAM, "client closed"
-                    ) from None
+            tracked = self._track_start(peer)
             try:
-                await self._exchange(session, ctx, conn, reused, peer)
+                retry = await self._attempt(session, ctx, peer)
+            finally:
+                if tracked is not None:
+                    self._track_finish(session, tracked)
+            if not retry:
+                return
+
+    def _track_start(self, peer: Peer) -> tuple[LoadBalancer, Backend, float] | None:
+        """Tell a selector that wants feedback (least connections, latency) about an attempt."""
+        lb = self.load_balancer
+        backend = peer.backend
+        if lb is None or not lb.tracks or backend is None:
+            return None
+        lb.selector.on_start(backend)  # type: ignore[attr-defined]  # lb.tracks checked it
+        return lb, backend, time.monotonic()
+
+    def _track_finish(self, session: Session, tracked: tuple[LoadBalancer, Backend, float]) -> None:
+        lb, backend, started = tracked
+        head_time = session.head_time or time.monotonic()
+        ok = session.upstream_response is not None and session.upstream_response.status < 500
+        lb.selector.on_finish(backend, head_time - started, ok)  # type: ignore[attr-defined]
+
+    async def _attempt(self, session: Session, ctx: dict[str, Any], peer: Peer) -> bool:
+        """One upstream attempt; returns True when it failed and a retry was decided."""
+        hooks = self.hooks
+        pool = self.connector.pool
+        conn = pool.take(peer)
+        reused = conn is not None
+        if conn is None:
+            try:
+                conn = await self.connector.connect(peer)
             except ProxyError as exc:
-                conn.close()
-                if exc.source is not ErrorSource.UPSTREAM or session.response_written:
-                    raise
-                # A pooled connection may have been closed by the upstream just as we reused it:
-                # sending again is safe if nothing came back and no body byte left lbx.
-                exc.retry = (
-                    reused
-                    and not conn.got_response_bytes
-                    and session.retry_safe
-                    and session.req_header.method in _IDEMPOTENT
-                )
-                if hooks.error_while_proxy is not None:
-                    hooks.error_while_proxy.call_sync(
-                        session=session, peer=peer, ctx=ctx, error=exc, client_reused=reused
+                if hooks.fail_to_connect is not None:
+                    hooks.fail_to_connect.call_sync(session=session, peer=peer, ctx=ctx, error=exc)
+                if exc.retry and session.tries < self.max_retries:
+                    log.warning(
+                        "Fail to proxy: %s, tries: %d, retry: true, %s",
+                        exc,
+                        session.tries,
+                        session.request_summary(),
                     )
-                if exc.retry and session.tries < self.max_retries and session.retry_safe:
-                    session.reset_attempt()
-                    continue
+                    return True
                 raise
-            return
+            if session._conn.lost:
+                pool.put(conn)
+                raise ProxyError(
+                    ErrorType.CONNECTION_CLOSED, ErrorSource.DOWNSTREAM, "client closed"
+                ) from None
+        try:
+            await self._exchange(session, ctx, conn, reused, peer)
+        except ProxyError as exc:
+            conn.close()
+            if exc.source is not ErrorSource.UPSTREAM or session.response_written:
+                raise
+            # A pooled connection may have been closed by the upstream just as we reused it:
+            # sending again is safe if nothing came back and no body byte left lbx.
+            exc.retry = (
+                reused
+                and not conn.got_response_bytes
+                and session.retry_safe
+                and session.req_header.method in _IDEMPOTENT
+            )
+            if hooks.error_while_proxy is not None:
+                hooks.error_while_proxy.call_sync(
+                    session=session, peer=peer, ctx=ctx, error=exc, client_reused=reused
+                )
+            if exc.retry and session.tries < self.max_retries and session.retry_safe:
+                session.reset_attempt()
+                return True
+            raise
+        return False
 
     async def _exchange(
         self,
@@ -314,6 +351,7 @@ class ProxyService:
                 timer.cancel()
         response = session.upstream_response
         assert response is not None
+        session.head_time = time.monotonic()
         if hooks.upstream_response_filter is not None:
             await hooks.upstream_response_filter(
                 session=session, upstream_response=response, ctx=ctx
@@ -380,6 +418,7 @@ class DownstreamProtocol(asyncio.Protocol):
         self.service = service
         self.transport: asyncio.Transport | None = None
         self.client_addr = ""
+        self.client_ip = ""
         self.server_addr = ""
         self.lost = False
         self.writable = True
@@ -406,11 +445,12 @@ class DownstreamProtocol(asyncio.Protocol):
             local = transport.get_extra_info("sockname")
             self.client_addr = _format_addr(peer)
             self.server_addr = _format_addr(local)
-            self._client_ip = str(peer[0]).encode("latin-1")
+            self.client_ip = str(peer[0])
         else:
             self.client_addr = "unix"
             self.server_addr = "unix:" + str(transport.get_extra_info("sockname") or "")
-            self._client_ip = b"unix"
+            self.client_ip = "unix"
+        self._client_ip = self.client_ip.encode("latin-1")
         self.service.connections.add(self)
         if self.service.connections.shutting_down:
             transport.close()

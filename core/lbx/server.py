@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -17,10 +18,11 @@ from collections.abc import Callable
 from typing import Any
 
 import anyio
+import anyio.abc
 
 from lbx.config import Config
 from lbx.errors import ConfigError, StartupError
-from lbx.lb import Backends, LoadBalancer, SelectorFactory, split_host_port
+from lbx.lb import Backend, Backends, Health, LoadBalancer, SelectorFactory, split_host_port
 from lbx.plugins import LbxPluginManager
 from lbx.proxy import Connections, ProxyService, RequestHooks, build_connector
 
@@ -48,7 +50,7 @@ class Server:
         self.connections = Connections()
         self._asyncio_servers: list[asyncio.AbstractServer] = []
         self._bound_unix_paths: list[str] = []
-        self._background: list[tuple[str, Callable[[], Any]]] = []
+        self._background: list[tuple[str, Callable[..., Any], bool]] = []
 
     # -- preparation (also what ``-t`` checks) -----------------------------------------------
     def prepare(self) -> None:
@@ -80,6 +82,9 @@ class Server:
             load_balancer = None
             if service.upstreams:
                 load_balancer = self._load_balancer(index, service.selection, service)
+                load_balancer.backends.listeners.append(
+                    functools.partial(self._health_changed, service.name)
+                )
             elif hooks.upstream_peer is not None and len(hooks.upstream_peer) <= 1:
                 raise config.error(
                     ("services", index, "upstreams"),
@@ -102,8 +107,18 @@ class Server:
             raise ConfigError(f"two plugins register the selection algorithm {name!r}")
         self.selectors[name] = factory
 
-    def _register_background(self, name: str, run: Callable[[], Any]) -> None:
-        self._background.append((name, run))
+    def _register_background(self, name: str, run: Callable[..., Any], ready: bool = False) -> None:
+        self._background.append((name, run, ready))
+
+    def _health_changed(self, service: str, backend: Backend, health: Health) -> None:
+        """One place logs health changes and tells plugins (Pingora's log lines)."""
+        if health.healthy:
+            log.info("service %s: %s becomes healthy", service, backend.addr)
+        else:
+            log.warning(
+                "service %s: %s becomes unhealthy, %s", service, backend.addr, health.reason
+            )
+        self.pm.hook.backend_health_changed(service=service, backend=backend, health=health)
 
     def _load_balancer(self, index: int, selection: str | None, service: Any) -> LoadBalancer:
         available = sorted(self.selectors)
@@ -141,10 +156,56 @@ class Server:
         """Run until a signal stops the server; returns the exit code."""
         if self.config.daemon and not self.pm.hook.daemonize(config=self.config):
             raise StartupError("no plugin could daemonize the process")
-        anyio.run(self._serve, backend="asyncio", backend_options={"use_uvloop": HAVE_UVLOOP})
+        try:
+            anyio.run(self._serve, backend="asyncio", backend_options={"use_uvloop": HAVE_UVLOOP})
+        except BaseExceptionGroup as group:
+            # The task group wraps start-up failures; report them as the one line they are.
+            expected, _ = group.split((StartupError, ConfigError))
+            if expected is None:
+                raise
+            raise expected.exceptions[0] from None
         return 0
 
     async def _serve(self) -> None:
+        async with anyio.create_task_group() as tasks:
+            # Services that must be ready before traffic (a first round of health checks).
+            for name, run, ready in self._background:
+                if ready:
+                    await tasks.start(_run_ready_background, name, run, name=name)
+            await self._listen()
+            for name, run, ready in self._background:
+                if not ready:
+                    tasks.start_soon(_run_background, name, run, name=name)
+            await self.pm.ahook.server_started(server=self)
+            log.info("lbx ready (pid %d)", os.getpid())
+            await self._handle_signals()
+            tasks.cancel_scope.cancel()
+        log.info("lbx stopped")
+
+    async def _handle_signals(self) -> None:
+        """SIGTERM/SIGQUIT: drain gracefully (repeats are ignored); SIGINT: stop at once."""
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGQUIT) as signals:
+            async with anyio.create_task_group() as stopping:
+                draining = False
+                async for signum in signals:
+                    name = signal.Signals(signum).name
+                    if signum == signal.SIGINT:
+                        log.info("SIGINT received, exiting")
+                        stopping.cancel_scope.cancel()
+                        await self._stop_fast()
+                        return
+                    if draining:
+                        log.info("%s received while draining; SIGINT stops at once", name)
+                        continue
+                    log.info("%s received, shutting down gracefully", name)
+                    draining = True
+                    stopping.start_soon(self._drain_then_stop, stopping.cancel_scope)
+
+    async def _drain_then_stop(self, scope: anyio.CancelScope) -> None:
+        await self._stop_graceful()
+        scope.cancel()
+
+    async def _listen(self) -> None:
         loop = asyncio.get_running_loop()
         inherited = await self.pm.ahook.acquire_listeners(server=self) or {}
         try:
@@ -160,25 +221,6 @@ class Server:
         except BaseException:
             self._close_listeners()
             raise
-        await self.pm.ahook.server_started(server=self)
-        log.info("lbx ready (pid %d)", os.getpid())
-        async with anyio.create_task_group() as tasks:
-            for name, run in self._background:
-                tasks.start_soon(_run_background, name, run, name=f"background service {name}")
-            with anyio.open_signal_receiver(
-                signal.SIGTERM, signal.SIGINT, signal.SIGQUIT
-            ) as signals:
-                async for signum in signals:
-                    if signum == signal.SIGINT:
-                        log.info("SIGINT received, exiting")
-                        await self._stop_fast()
-                    else:
-                        name = "SIGTERM" if signum == signal.SIGTERM else "SIGQUIT"
-                        log.info("%s received, shutting down gracefully", name)
-                        await self._stop_graceful()
-                    break
-            tasks.cancel_scope.cancel()
-        log.info("lbx stopped")
 
     def _bind(self, address: str) -> socket.socket:
         try:
@@ -277,6 +319,19 @@ async def _run_background(name: str, run: Callable[[], Any]) -> None:
         await run()
     except Exception:
         log.exception("background service %s failed", name)
+
+
+async def _run_ready_background(
+    name: str,
+    run: Callable[..., Any],
+    *,
+    task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    try:
+        await run(task_status=task_status)
+    except Exception:
+        log.exception("background service %s failed", name)
+        raise
 
 
 def _describe(address: str, sock: socket.socket) -> str:

@@ -47,7 +47,8 @@ class RequestBody(enum.IntEnum):
 class Session:
     """One HTTP request through the proxy.
 
-    Public attributes hooks read: ``req_header`` (the client's request head), ``client_addr``,
+    Public attributes hooks read: ``req_header`` (the client's request head), ``client_addr``
+    (``ip:port``), ``client_ip``,
     ``server_addr``, ``service`` (``.name``, ``.load_balancer``), ``peer`` (set once
     ``upstream_peer`` chose), ``tries``, ``response_status``, ``body_bytes_read``,
     ``body_bytes_sent``, ``start_time``.
@@ -77,7 +78,9 @@ class Session:
         "body_bytes_read",
         "body_bytes_sent",
         "client_addr",
+        "client_ip",
         "ctx",
+        "head_time",
         "peer",
         "req_header",
         "response_status",
@@ -101,6 +104,7 @@ class Session:
         self.service = service
         self.req_header = req_header
         self.client_addr: str = conn.client_addr
+        self.client_ip: str = conn.client_ip
         self.server_addr: str = conn.server_addr
         self.peer: Peer | None = None
         self.tries = 0
@@ -109,6 +113,7 @@ class Session:
         self.body_bytes_read = 0
         self.body_bytes_sent = 0
         self.start_time = time.monotonic()
+        self.head_time: float | None = None
         self.ctx: dict[str, Any] = {}
         self._body_kind = body_kind
         self._upstream_framing = upstream_framing
@@ -252,6 +257,7 @@ class Session:
         self._done_future = None
         self._resp_pending = []
         self.upstream_response = None
+        self.head_time = None
 
     # -- upstream exchange (called by UpstreamConnection) ------------------------------------
     def upstream_informational(self, status: int, headers: HeaderList) -> None:

@@ -372,6 +372,14 @@ class LbxProcess:
             self._reader.join(5)
         return code
 
+    def wait(self, timeout: float = 60) -> int:
+        """Wait for the process to exit by itself; returns its exit code."""
+        assert self.proc is not None
+        code = self.proc.wait(timeout)
+        if self._reader is not None:
+            self._reader.join(5)
+        return code
+
     def close(self) -> None:
         """Kill the process if it still runs (only this process, by its pid)."""
         if self.proc is not None and self.proc.poll() is None:

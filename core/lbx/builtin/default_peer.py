@@ -7,6 +7,7 @@ impl picks a backend with the service's selection algorithm.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from lbx.errors import ProxyError
 from lbx.hookspecs import hookimpl
@@ -20,13 +21,13 @@ MAX_ITERATIONS = 256
 
 
 @hookimpl(trylast=True)
-def upstream_peer(session: Session) -> Peer | None:
+def upstream_peer(session: Session, ctx: dict[str, Any]) -> Peer | None:
     """The next ready backend of the service, as a ``Peer`` with the service's TLS settings."""
     service = session.service
     load_balancer = service.load_balancer
     if load_balancer is None:
         return None
-    backend = load_balancer.select(b"", MAX_ITERATIONS)
+    backend = load_balancer.select(service.selection_key(session, ctx), MAX_ITERATIONS)
     if backend is None:
         raise ProxyError.http_status(
             503, f"no ready backend in service {service.name!r} (all unhealthy or disabled)"
