@@ -133,6 +133,21 @@ async def acquire_listeners(server: Server) -> dict[str, socket.socket] | None:
     """
 
 
+@hookspec(firstresult=True)
+async def send_listeners(server: Server) -> bool | None:
+    """SIGQUIT: hand the listening sockets (``server.listeners``) to the new process.
+
+    Return True once they were sent: the server then keeps accepting for a short overlap
+    (``UPGRADE_OVERLAP_SECONDS``, Pingora's 5 s) and drains as on SIGTERM, without removing Unix
+    socket files the new process now serves. Return None when nothing was sent: the server
+    drains as on SIGTERM.
+
+    Awaitable, firstresult hook.
+
+    .. versionadded:: 0.1
+    """
+
+
 @hookspec
 def register_background_services(server: Server, register: Callable[..., None]) -> None:
     """Register long-running tasks (health checks, metrics pushers, ...).

@@ -30,6 +30,9 @@ log = logging.getLogger("lbx.server")
 
 LISTEN_BACKLOG = 65535  # Pingora's; the kernel caps it at net.core.somaxconn
 
+UPGRADE_OVERLAP_SECONDS = 5.0
+"""After handing the listeners over, keep accepting this long (Pingora's CLOSE_TIMEOUT)."""
+
 try:
     import uvloop  # noqa: F401  # only probed: anyio starts it through backend_options
 except ImportError:  # pragma: no cover - uvloop is a dependency on every platform lbx supports
@@ -199,9 +202,21 @@ class Server:
                         continue
                     log.info("%s received, shutting down gracefully", name)
                     draining = True
-                    stopping.start_soon(self._drain_then_stop, stopping.cancel_scope)
+                    upgrade = signum == signal.SIGQUIT
+                    stopping.start_soon(self._drain_then_stop, stopping.cancel_scope, upgrade)
 
-    async def _drain_then_stop(self, scope: anyio.CancelScope) -> None:
+    async def _drain_then_stop(self, scope: anyio.CancelScope, upgrade: bool) -> None:
+        if upgrade:
+            if await self.pm.ahook.send_listeners(server=self):
+                # The new process owns the sockets (and Unix socket files) from now on.
+                self._bound_unix_paths.clear()
+                log.info(
+                    "listeners handed over; accepting for %gs more, then draining",
+                    UPGRADE_OVERLAP_SECONDS,
+                )
+                await anyio.sleep(UPGRADE_OVERLAP_SECONDS)
+            else:
+                log.warning("SIGQUIT: no plugin handed the listeners over; draining as SIGTERM")
         await self._stop_graceful()
         scope.cancel()
 
