@@ -39,6 +39,13 @@ def halts_on(value: bool) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
 def chained(function: Callable[..., Any]) -> Callable[..., Any]:
     """Mark a sync body-filter spec: each impl gets the previous impl's replacement chunk."""
     function.lbx_chained = True  # type: ignore[attr-defined]  # marker read by HookCaller
+    function.lbx_direct = True  # type: ignore[attr-defined]  # chained hooks are called directly
+    return function
+
+
+def direct(function: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark a sync per-request spec that lbx calls impl by impl, bypassing pluggy (no wrappers)."""
+    function.lbx_direct = True  # type: ignore[attr-defined]  # marker read by validate_impls
     return function
 
 
@@ -51,7 +58,7 @@ def validate_impls(caller: pluggy.HookCaller, plugin: object) -> None:
     if caller.spec is None:
         return
     awaitable = is_awaitable_spec(caller)
-    chain = getattr(caller.spec.function, "lbx_chained", False)
+    called_directly = awaitable or getattr(caller.spec.function, "lbx_direct", False)
     for impl in caller.get_hookimpls():
         if impl.plugin is not plugin:
             continue
@@ -63,7 +70,7 @@ def validate_impls(caller: pluggy.HookCaller, plugin: object) -> None:
                 f"plugin {impl.plugin_name!r}: {caller.name} is a sync hook, so {where} must be "
                 f"'def', not 'async def' (it runs where nothing can await it)"
             )
-        if (awaitable or chain) and (impl.wrapper or impl.hookwrapper):
+        if called_directly and (impl.wrapper or impl.hookwrapper):
             raise PluginValidationError(
                 f"plugin {impl.plugin_name!r}: {where} cannot be a wrapper: "
                 f"{caller.name} is called by lbx one impl at a time"

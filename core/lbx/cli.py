@@ -108,7 +108,19 @@ def serve(
             if conf
             else config_module.parse_document("version: 1\n")
         )
-        pm = get_plugin_manager([*plugins, *config_module.plugin_list(document)])
+        cli_blocked: set[str] = set()
+        for arg in plugins:  # the command line has the last word over the file's plugins:
+            if arg.startswith("no:"):
+                cli_blocked.add(arg[3:])
+            else:
+                cli_blocked.discard(arg)
+        pm = get_plugin_manager(
+            [
+                *plugins,
+                *config_module.plugin_list(document),
+                *(f"no:{name}" for name in sorted(cli_blocked)),
+            ]
+        )
         schema = config_module.ConfigSchema()
         pm.hook.add_config_keys(schema=schema)
         config = config_module.build_config(document, schema)

@@ -276,9 +276,12 @@ def _to_python(
 ) -> Any:
     lines.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
+        explicit = sum(1 for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge")
         loader.flatten_mapping(node)
+        first_explicit = len(node.value) - explicit
         result: dict[str, Any] = {}
-        for key_node, value_node in node.value:
+        explicit_keys: set[str] = set()
+        for position, (key_node, value_node) in enumerate(node.value):
             key = loader.construct_object(key_node, deep=True)
             if not isinstance(key, str):
                 raise ConfigError(
@@ -286,12 +289,14 @@ def _to_python(
                     file=file,
                     line=key_node.start_mark.line + 1,
                 )
-            if key in result:
-                raise ConfigError(
-                    f"{format_path((*path, key))}: duplicate key",
-                    file=file,
-                    line=key_node.start_mark.line + 1,
-                )
+            if position >= first_explicit:
+                if key in explicit_keys:
+                    raise ConfigError(
+                        f"{format_path((*path, key))}: duplicate key",
+                        file=file,
+                        line=key_node.start_mark.line + 1,
+                    )
+                explicit_keys.add(key)
             lines[(*path, key)] = key_node.start_mark.line + 1
             result[key] = _to_python(loader, value_node, (*path, key), lines, file)
         return result
@@ -400,7 +405,9 @@ def build_config(doc: Document, schema: ConfigSchema) -> Config:
     }
     if server["version"] != 1:
         raise doc.error(("version",), f"only version 1 is supported, got {server['version']}")
-    services_data = data.get("services") or []
+    services_data = data.get("services")
+    if services_data is None:
+        services_data = []
     if not isinstance(services_data, list):
         raise doc.error(("services",), "expected a list of services")
     services = [

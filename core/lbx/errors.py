@@ -115,4 +115,4 @@ class PluginValidationError(PluginLoadError):
 
 
 class StartupError(Exception):
-    """The server cannot start (a port in use, a missing plugin for -d/-u): one line, exit 1."""
+    """The server cannot start (a port in use, no listeners handed over): one line, exit 1."""

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import pluggy
 
-from lbx._hookcall import chained, halts_on
+from lbx._hookcall import chained, direct, halts_on
 
 if TYPE_CHECKING:
     import socket
@@ -239,8 +239,8 @@ def request_body_filter(
     """See or change each chunk of the request body on its way upstream.
 
     Return replacement bytes, or None to keep ``body``. The last call has ``end_of_stream`` True
-    (``body`` may then be empty). A filter that changes the length must also fix the framing
-    headers in ``upstream_request_filter``.
+    (``body`` may then be empty). lbx keeps the client's framing upstream: a chunked body may
+    change length freely, a ``Content-Length`` body must keep its length.
 
     Sync hook (called per chunk); each impl sees the previous impl's result.
 
@@ -281,6 +281,7 @@ async def upstream_peer(session: Session, ctx: dict[str, Any]) -> Peer | None:
 
 
 @hookspec(firstresult=True)
+@direct
 def selection_key(session: Session, ctx: dict[str, Any]) -> bytes | None:
     """The key hashing selection algorithms use for this request (``consistent``, ``fnv``...).
 
@@ -294,6 +295,7 @@ def selection_key(session: Session, ctx: dict[str, Any]) -> bytes | None:
 
 
 @hookspec
+@direct
 def fail_to_connect(session: Session, peer: Peer, ctx: dict[str, Any], error: ProxyError) -> None:
     """Connecting to ``peer`` failed; nothing was sent upstream.
 
@@ -334,14 +336,18 @@ async def upstream_request_filter(
 
 
 @hookspec
+@direct
 def error_while_proxy(
     session: Session, peer: Peer, ctx: dict[str, Any], error: ProxyError, client_reused: bool
 ) -> None:
-    """An error happened after connecting to ``peer`` (send, receive or a hook raised).
+    """An upstream error happened after connecting to ``peer``: sending the request, or
+    receiving the response head (a ``ProxyError`` with source ``UPSTREAM``).
 
     ``client_reused`` tells whether the upstream connection came from the pool. ``error.retry``
     arrives set when retrying is safe by default: a pooled connection that failed before any
-    response byte, for a request whose body is not partly sent. Change it to decide otherwise.
+    response byte, for an idempotent request (GET, HEAD, OPTIONS, TRACE, PUT, DELETE) whose body
+    is not partly sent. Change it to decide otherwise. Errors after the response head went to
+    the client are never retried.
 
     Sync hook.
 

@@ -28,7 +28,6 @@ class Peer:
         "unix_path",
         "verify_cert",
         "verify_hostname",
-        "write_timeout",
     )
 
     def __init__(
@@ -42,7 +41,6 @@ class Peer:
         ca_file: str | None = None,
         connection_timeout: float | None = None,
         read_timeout: float | None = None,
-        write_timeout: float | None = None,
         idle_timeout: float | None = None,
     ) -> None:
         if isinstance(address, Backend):
@@ -62,7 +60,6 @@ class Peer:
         self.ca_file = ca_file
         self.connection_timeout = connection_timeout
         self.read_timeout = read_timeout
-        self.write_timeout = write_timeout
         self.idle_timeout = idle_timeout
         self.pool_key = (
             self.host,

@@ -13,7 +13,6 @@ import importlib.metadata
 import importlib.util
 import os
 import sys
-import types
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -53,7 +52,10 @@ class LbxPluginManager(pluggy.PluginManager):
 
     def register(self, plugin: object, name: str | None = None) -> str | None:
         """Register ``plugin``; refuse impls of unknown hooks or of the wrong colour."""
-        registered = super().register(plugin, name)
+        try:
+            registered = super().register(plugin, name)
+        except pluggy.PluginValidationError as exc:
+            raise PluginValidationError(" ".join(str(exc).split())) from exc
         if registered is None:
             return None
         try:
@@ -133,7 +135,9 @@ def load_plugin_arg(pm: LbxPluginManager, arg: str) -> None:
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        if exc.name is not None and module_name.startswith(exc.name):
+        if exc.name is not None and (
+            exc.name == module_name or module_name.startswith(exc.name + ".")
+        ):
             raise _unknown_plugin(arg, entry_points) from None
         raise PluginLoadError(f"Error importing plugin {arg!r}: {exc}") from exc
     except Exception as exc:
@@ -261,5 +265,10 @@ def describe_builtins() -> list[dict[str, object]]:
     return rows
 
 
-def module_of(plugin: object) -> types.ModuleType | None:
-    return plugin if isinstance(plugin, types.ModuleType) else None
+def installed_selection_plugins() -> list[str]:
+    """Installed plugins that register selection algorithms (imports each; for error messages)."""
+    return [
+        str(row["name"])
+        for row in describe_installed()
+        if "register_selectors" in (row.get("hooks") or [])  # type: ignore[operator]
+    ]

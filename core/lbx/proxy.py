@@ -340,9 +340,10 @@ class ProxyService:
         head_future = session._head_future
         assert head_future is not None
         timer = None
-        if self.read_timeout:
+        read_timeout = peer.read_timeout or self.read_timeout
+        if read_timeout:
             timer = asyncio.get_running_loop().call_later(
-                self.read_timeout, _time_out, head_future, peer, self.read_timeout
+                read_timeout, _time_out, head_future, peer, read_timeout
             )
         try:
             await head_future

@@ -23,7 +23,7 @@ import anyio.abc
 from lbx.config import Config
 from lbx.errors import ConfigError, StartupError
 from lbx.lb import Backend, Backends, Health, LoadBalancer, SelectorFactory, split_host_port
-from lbx.plugins import LbxPluginManager
+from lbx.plugins import LbxPluginManager, installed_selection_plugins
 from lbx.proxy import Connections, ProxyService, RequestHooks, build_connector
 
 log = logging.getLogger("lbx.server")
@@ -129,10 +129,13 @@ class Server:
             if len(available) == 1:
                 selection = available[0]
             elif not available:
+                installed = installed_selection_plugins() or ["roundrobin"]
+                example = "roundrobin" if "roundrobin" in installed else installed[0]
                 raise self.config.error(
                     ("services", index),
                     f"service {service.name!r} has upstreams but no selection plugin is enabled; "
-                    "add one with --plugin roundrobin (or 'plugins: [roundrobin]')",
+                    f"enable one with --plugin NAME or 'plugins: [NAME]' (installed: "
+                    f"{', '.join(installed)}), e.g. --plugin {example}",
                 )
             else:
                 raise self.config.error(

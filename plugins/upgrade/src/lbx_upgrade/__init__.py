@@ -1,0 +1,127 @@
+"""lbx-upgrade: zero-downtime upgrades, with Pingora's protocol (``lbx serve -u``).
+
+The new process, started with ``-u``, listens on ``upgrade_sock``; the old one, on SIGQUIT,
+connects there and sends every listening socket in one message (``SCM_RIGHTS``), the payload
+being the listen addresses joined by spaces, in the order of the descriptors. The old process then
+keeps accepting for a few seconds and drains; the listening sockets are never closed, so no
+client sees a refused connection. Either order works: the new process waits for the old one, and
+the old one retries while the new one is not there yet.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import socket
+import sys
+import time
+
+import anyio.to_thread
+
+from lbx import hookimpl
+from lbx.errors import StartupError
+from lbx.server import Server
+
+__all__ = ["RECEIVE_TIMEOUT_SECONDS", "SEND_RETRIES"]
+
+RECEIVE_TIMEOUT_SECONDS = 30.0
+"""How long a new process (``-u``) waits for the old one to send its listeners."""
+
+SEND_RETRIES = 5
+"""How many times (1 s apart) the old process tries to reach the new one (Pingora's 5)."""
+
+MAX_FDS = 64
+PAYLOAD_SIZE = 4096
+
+
+def supported() -> bool:
+    return sys.platform.startswith("linux") and hasattr(socket, "send_fds")
+
+
+@hookimpl
+async def acquire_listeners(server: Server) -> dict[str, socket.socket] | None:
+    """With ``-u``: wait on ``upgrade_sock`` for the old process's listening sockets."""
+    if not server.config.upgrade:
+        return None
+    if not supported():
+        raise StartupError("-u/--upgrade needs passing file descriptors, which only Linux has")
+    path = server.config.upgrade_sock
+    return await anyio.to_thread.run_sync(receive_listeners, path, RECEIVE_TIMEOUT_SECONDS)
+
+
+@hookimpl
+async def send_listeners(server: Server) -> bool | None:
+    """On SIGQUIT: send every listening socket to the new process on ``upgrade_sock``."""
+    if not supported() or not server.listeners:
+        return None
+    path = server.config.upgrade_sock
+    try:
+        await anyio.to_thread.run_sync(send_listeners_to, path, dict(server.listeners))
+    except OSError as exc:
+        # The old process keeps serving until it drains; nothing is lost but the upgrade.
+        import logging
+
+        logging.getLogger("lbx.upgrade").error("cannot hand listeners to %s: %s", path, exc)
+        return None
+    return True
+
+
+def receive_listeners(path: str, timeout: float) -> dict[str, socket.socket]:
+    """Serve ``path`` once: accept the old process and take its sockets."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        server.bind(path)
+        os.chmod(path, 0o600)
+        server.listen(1)
+        server.settimeout(timeout)
+        try:
+            conn, _ = server.accept()
+        except TimeoutError:
+            raise StartupError(
+                f"-u: no running lbx sent its listeners on {path} within {timeout:g}s "
+                "(send it SIGQUIT; does it use the same upgrade_sock?)"
+            ) from None
+        with conn:
+            conn.settimeout(timeout)
+            payload, fds, _, _ = socket.recv_fds(conn, PAYLOAD_SIZE, MAX_FDS)
+    except OSError as exc:
+        raise StartupError(f"-u: cannot receive listeners on {path}: {exc}") from None
+    finally:
+        server.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+    addresses = payload.decode().split()
+    if len(addresses) != len(fds):
+        for fd in fds:
+            os.close(fd)
+        raise StartupError(f"-u: got {len(fds)} sockets for {len(addresses)} addresses")
+    listeners = {}
+    for address, fd in zip(addresses, fds, strict=True):
+        sock = socket.socket(fileno=fd)
+        sock.setblocking(False)
+        listeners[address] = sock
+    return listeners
+
+
+def send_listeners_to(path: str, listeners: dict[str, socket.socket]) -> None:
+    """Connect to the new process (retrying while it starts) and send the sockets."""
+    addresses = list(listeners)
+    payload = " ".join(addresses).encode()
+    if len(payload) > PAYLOAD_SIZE or len(addresses) > MAX_FDS:
+        raise OSError(errno.EMSGSIZE, "too many listeners to hand over")
+    for attempt in range(SEND_RETRIES + 1):
+        client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            client.connect(path)
+        except (FileNotFoundError, ConnectionRefusedError):
+            client.close()
+            if attempt == SEND_RETRIES:
+                raise
+            time.sleep(1)
+            continue
+        with client:
+            socket.send_fds(client, [payload], [listeners[a].fileno() for a in addresses])
+        return
