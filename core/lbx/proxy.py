@@ -58,6 +58,9 @@ PER_REQUEST_HOOKS = (
 
 # Fields a client may not ask us to drop via Connection (RFC 9110 7.6.1; design-notes §4).
 _PROTECTED_FIELDS = frozenset({b"host", b"content-length", b"transfer-encoding"})
+DRAIN_LINGER_SECONDS = 1.0
+"""On shutdown, how long an idle keep-alive connection stays open before it is closed."""
+
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 _METHODS: dict[bytes, str] = {}
 
@@ -500,7 +503,6 @@ class DownstreamProtocol(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._url = b""
         self._headers = []
-        self._cancel_timer()
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -509,6 +511,8 @@ class DownstreamProtocol(asyncio.Protocol):
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        # The idle timer also bounds how long a request head may take to arrive (slowloris).
+        self._cancel_timer()
         parser = self._parser
         method_bytes: bytes = parser.get_method()
         method = _METHODS.get(method_bytes)
@@ -663,11 +667,16 @@ class DownstreamProtocol(asyncio.Protocol):
         return self._close_when_idle or self.service.connections.shutting_down
 
     def close_when_idle(self) -> None:
-        """Graceful shutdown: close now if idle, else after the response in flight."""
+        """Graceful shutdown: close after the response in flight, or soon if idle.
+
+        An idle keep-alive connection lingers for ``DRAIN_LINGER_SECONDS``: a client may be
+        sending a request on it right now, and closing under it would reset that request. A
+        request that arrives in the meantime is answered with ``Connection: close``.
+        """
         self._close_when_idle = True
         if self._current is None and self.transport is not None and not self.lost:
-            self.transport.close()
-            self.lost = True
+            self._cancel_timer()
+            self._arm_timer(DRAIN_LINGER_SECONDS)
 
     def abort(self) -> None:
         if self.transport is not None and not self.lost:
@@ -675,8 +684,9 @@ class DownstreamProtocol(asyncio.Protocol):
             self.transport.abort()
 
     # -- timers ------------------------------------------------------------------------------
-    def _arm_timer(self) -> None:
-        timeout = self.service.keepalive_timeout
+    def _arm_timer(self, timeout: float | None = None) -> None:
+        if timeout is None:
+            timeout = self.service.keepalive_timeout
         if timeout:
             self._timer = asyncio.get_running_loop().call_later(timeout, self._idle_timeout)
 

@@ -176,7 +176,11 @@ class _BackendProtocol(asyncio.Protocol):
             if chunked and not head_only:
                 transport.write(b"0\r\n\r\n")
         elif path.startswith("/sleep/"):
-            await asyncio.sleep(float(path.split("/")[2]))
+            self.backend.sleeping += 1
+            try:
+                await asyncio.sleep(float(path.split("/")[2]))
+            finally:
+                self.backend.sleeping -= 1
             self._send(200, b"slept\n", extra, head_only)
         elif path.startswith("/status/"):
             self._send(int(path.split("/")[2]), b"", extra, head_only)
@@ -211,6 +215,8 @@ class DemoBackend:
         self.host = host
         self.port = port
         self.requests = 0
+        self.sleeping = 0
+        """Requests to /sleep/<s> being held right now."""
         self.connections: set[_BackendProtocol] = set()
         self.hello = (
             b"HTTP/1.1 200 OK\r\nX-Backend: %s\r\nContent-Type: text/plain\r\n"
@@ -298,6 +304,13 @@ class LbxProcess:
         return self.proc.pid
 
     def start(self, timeout: float = 20) -> LbxProcess:
+        """Start and wait until lbx logs ``lbx ready``."""
+        self.start_async()
+        self.wait_for(r"lbx ready", timeout)
+        return self
+
+    def start_async(self) -> LbxProcess:
+        """Start without waiting (use ``wait_for`` or ``wait``)."""
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "lbx", "serve", *self.args],
             stdin=subprocess.DEVNULL,
@@ -309,7 +322,6 @@ class LbxProcess:
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
-        self.wait_for(r"lbx ready", timeout)
         return self
 
     def _read(self) -> None:

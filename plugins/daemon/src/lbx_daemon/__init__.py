@@ -94,7 +94,7 @@ def _wait_for_daemon(read_fd: int, pid: int, log_path: str, offset: int, tempora
         received += chunk
         if received.startswith(_READY):
             os._exit(0)
-    reason = "it did not report ready within %gs" % READY_TIMEOUT_SECONDS
+    reason = f"it did not report ready within {READY_TIMEOUT_SECONDS:g}s"
     if not received and not _alive(pid):
         reason = "it exited during start-up"
     lines = _tail(log_path, offset)
@@ -147,10 +147,9 @@ def _write_pid_file(config: Config) -> None:
 
     def remove_own_pid_file() -> None:
         # After an upgrade the new process owns the pid file: leave it alone then.
-        with contextlib.suppress(OSError):
-            with open(path) as current:
-                if current.read().strip() == str(pid):
-                    os.unlink(path)
+        with contextlib.suppress(OSError), open(path) as current:
+            if current.read().strip() == str(pid):
+                os.unlink(path)
 
     atexit.register(remove_own_pid_file)
 

@@ -19,14 +19,14 @@ import time
 
 import anyio.to_thread
 
-from lbx import hookimpl
+from lbx import ConfigSchema, Field, hookimpl
 from lbx.errors import StartupError
 from lbx.server import Server
 
 __all__ = ["RECEIVE_TIMEOUT_SECONDS", "SEND_RETRIES"]
 
 RECEIVE_TIMEOUT_SECONDS = 30.0
-"""How long a new process (``-u``) waits for the old one to send its listeners."""
+"""How long a new process (``-u``) waits for the old one by default (``upgrade:`` section)."""
 
 SEND_RETRIES = 5
 """How many times (1 s apart) the old process tries to reach the new one (Pingora's 5)."""
@@ -40,6 +40,21 @@ def supported() -> bool:
 
 
 @hookimpl
+def add_config_keys(schema: ConfigSchema) -> None:
+    schema.add_section(
+        "upgrade",
+        {
+            "receive_timeout_seconds": Field(
+                "number",
+                RECEIVE_TIMEOUT_SECONDS,
+                "how long `-u` waits for the old process to send its listeners",
+                minimum=0.1,
+            )
+        },
+    )
+
+
+@hookimpl
 async def acquire_listeners(server: Server) -> dict[str, socket.socket] | None:
     """With ``-u``: wait on ``upgrade_sock`` for the old process's listening sockets."""
     if not server.config.upgrade:
@@ -47,7 +62,8 @@ async def acquire_listeners(server: Server) -> dict[str, socket.socket] | None:
     if not supported():
         raise StartupError("-u/--upgrade needs passing file descriptors, which only Linux has")
     path = server.config.upgrade_sock
-    return await anyio.to_thread.run_sync(receive_listeners, path, RECEIVE_TIMEOUT_SECONDS)
+    timeout = server.config.sections["upgrade"]["receive_timeout_seconds"]
+    return await anyio.to_thread.run_sync(receive_listeners, path, timeout)
 
 
 @hookimpl

@@ -1,0 +1,180 @@
+"""lbx-upgrade: SIGQUIT plus `lbx serve -u` hands the listeners over without refusing anyone."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from lbx.testing import BackendThread, LbxProcess
+
+
+@pytest.fixture
+def backends():
+    thread = BackendThread()
+    yield thread
+    thread.close()
+
+
+def write_conf(tmp_path: Path, upstream: str, listen: str = "127.0.0.1:0") -> Path:
+    path = tmp_path / "conf.yaml"
+    path.write_text(
+        f"upgrade_sock: {tmp_path / 'upgrade.sock'}\n"
+        "plugins: [roundrobin]\n"
+        "services:\n"
+        f"  - listen: ['{listen}']\n"
+        f"    upstreams: ['{upstream}']\n"
+    )
+    return path
+
+
+class Load:
+    """Bounded client load: keep-alive and new-connection clients, counting every failure."""
+
+    def __init__(self, address: str, clients: int = 20, seconds: float = 15) -> None:
+        self.host, port = address.rsplit(":", 1)
+        self.port = int(port)
+        self.deadline = time.monotonic() + seconds
+        self.stop = threading.Event()
+        self.ok = 0
+        self.errors: list[str] = []
+        self.lock = threading.Lock()
+        self.threads = [
+            threading.Thread(target=self.run, args=(i % 2 == 0,), daemon=True)
+            for i in range(clients)
+        ]
+
+    def __enter__(self) -> Load:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(30)
+
+    def run(self, keep_alive: bool) -> None:
+        conn = None
+        while not self.stop.is_set() and time.monotonic() < self.deadline:
+            if conn is None:
+                conn = http.client.HTTPConnection(self.host, self.port, timeout=10)
+            try:
+                conn.request("GET", "/")
+                response = conn.getresponse()
+                body = response.read()
+                closing = response.getheader("Connection", "").lower() == "close"
+                if response.status != 200 or not body.startswith(b"Hello"):
+                    raise RuntimeError(f"status {response.status} body {body[:40]!r}")
+                with self.lock:
+                    self.ok += 1
+            except Exception as exc:
+                with self.lock:
+                    self.errors.append(repr(exc))
+                closing = True
+            if closing or not keep_alive:
+                conn.close()
+                conn = None
+        if conn is not None:
+            conn.close()
+
+
+def slow_request(address: str, results: list[int]) -> None:
+    host, port = address.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        conn.request("GET", "/sleep/2")
+        response = conn.getresponse()
+        response.read()
+        results.append(response.status)
+    except Exception:
+        results.append(-1)
+    finally:
+        conn.close()
+
+
+def test_upgrade_under_load_drops_nothing(tmp_path, backends):
+    """20 clients and slow requests in flight see no error while SIGQUIT + -u swap processes."""
+    backend = backends.start("a")
+    conf = write_conf(tmp_path, backend.address)
+    old = LbxProcess("-c", str(conf)).start()
+    new = None
+    try:
+        address = old.address
+        with Load(address, clients=20, seconds=15) as load:
+            while load.ok < 200:  # the load is flowing through the old process
+                time.sleep(0.01)
+            slow: list[int] = []
+            slow_threads = [
+                threading.Thread(target=slow_request, args=(address, slow)) for _ in range(3)
+            ]
+            for thread in slow_threads:
+                thread.start()
+            deadline = time.monotonic() + 10
+            while backend.sleeping < 3:  # the slow requests reached the backend via the old lbx
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            new = LbxProcess("-c", str(conf), "-u").start_async()
+            old.send_signal(signal.SIGQUIT)
+            new.wait_for("lbx ready", timeout=30)
+            assert new.address == address  # the same socket, handed over
+            for thread in slow_threads:
+                thread.join(30)
+            assert old.wait(timeout=30) == 0
+            served_by_new = load.ok
+            while load.ok < served_by_new + 200:  # and now through the new one
+                time.sleep(0.01)
+        print(f"upgrade: {load.ok} requests ok, {len(load.errors)} errors, slow: {slow}")
+        assert load.errors == []
+        assert slow == [200, 200, 200]
+    finally:
+        old.close()
+        if new is not None:
+            assert new.stop() == 0
+            new.close()
+
+
+def test_kill_and_restart_does_drop_requests(tmp_path, backends):
+    """The same load through a plain stop-and-start sees errors: the test can fail."""
+    backend = backends.start("a")
+    conf = write_conf(tmp_path, backend.address)
+    old = LbxProcess("-c", str(conf)).start()
+    address = old.address
+    conf2 = write_conf(tmp_path, backend.address, listen=address)
+    new = None
+    try:
+        with Load(address, clients=20, seconds=15) as load:
+            while load.ok < 200:
+                time.sleep(0.01)
+            assert old.stop(signal.SIGINT) == 0
+            new = LbxProcess("-c", str(conf2)).start()
+            restarted = load.ok
+            while load.ok < restarted + 200:
+                time.sleep(0.01)
+        print(f"kill and restart: {load.ok} ok, {len(load.errors)} errors")
+        assert load.errors, "a plain restart should have refused or reset some requests"
+    finally:
+        old.close()
+        if new is not None:
+            new.close()
+
+
+def test_upgrade_without_old_process_fails_clearly(tmp_path, backends):
+    """`-u` with nobody sending listeners exits 1 with a clear message (after the wait)."""
+    backend = backends.start("a")
+    conf = write_conf(tmp_path, backend.address)
+    with conf.open("a") as extra:
+        extra.write("upgrade:\n  receive_timeout_seconds: 1\n")
+    proc = LbxProcess("-c", str(conf), "-u")
+    proc.start_async()
+    try:
+        assert proc.wait(timeout=60) == 1
+    finally:
+        proc.close()
+    assert "no running lbx sent its listeners" in proc.output
+    assert os.path.exists(tmp_path / "upgrade.sock") is False
