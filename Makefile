@@ -16,8 +16,8 @@ demo: $(STAMP)
 test: check pytest
 
 check: $(STAMP)
-	$(BIN)/ruff check core plugins contrib tests bench
-	$(BIN)/ruff format --check core plugins contrib tests bench
+	$(BIN)/ruff check core plugins contrib tests bench conftest.py
+	$(BIN)/ruff format --check core plugins contrib tests bench conftest.py
 	$(BIN)/mypy
 
 pytest: $(STAMP)

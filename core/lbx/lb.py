@@ -8,6 +8,7 @@ candidates and returns the first one that is ready (healthy and enabled).
 from __future__ import annotations
 
 import ipaddress
+import mmap
 import socket
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -89,18 +90,51 @@ def split_host_port(text: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
-@dataclass(slots=True)
 class Health:
-    """Health and admin state of one backend. Health checks write it; selection reads it."""
+    """Health and admin state of one backend. Health checks write it; selection reads it.
 
-    healthy: bool = True
-    enabled: bool = True
-    consecutive: int = 0
-    reason: str = ""
+    ``healthy`` and ``enabled`` live in two bytes that ``share`` can move into memory shared by
+    every worker process, so one set of health checks serves them all. ``consecutive`` and
+    ``reason`` stay with the process that runs the checks.
+    """
+
+    __slots__ = ("_at", "_cells", "consecutive", "reason")
+
+    def __init__(
+        self, healthy: bool = True, enabled: bool = True, consecutive: int = 0, reason: str = ""
+    ) -> None:
+        self._cells: bytearray | mmap.mmap = bytearray((healthy, enabled))
+        self._at = 0
+        self.consecutive = consecutive
+        self.reason = reason
+
+    @property
+    def healthy(self) -> bool:
+        return self._cells[self._at] == 1
+
+    @healthy.setter
+    def healthy(self, value: bool) -> None:
+        self._cells[self._at] = 1 if value else 0
+
+    @property
+    def enabled(self) -> bool:
+        return self._cells[self._at + 1] == 1
+
+    @enabled.setter
+    def enabled(self, value: bool) -> None:
+        self._cells[self._at + 1] = 1 if value else 0
 
     @property
     def ready(self) -> bool:
         return self.healthy and self.enabled
+
+    def share(self, cells: mmap.mmap, at: int) -> None:
+        """Move the two state bytes to ``cells[at:at + 2]``, keeping their values."""
+        cells[at : at + 2] = bytes(self._cells[self._at : self._at + 2])
+        self._cells, self._at = cells, at
+
+    def __repr__(self) -> str:
+        return f"Health(healthy={self.healthy}, enabled={self.enabled}, reason={self.reason!r})"
 
 
 @runtime_checkable
@@ -159,6 +193,13 @@ class Backends:
     def set_enabled(self, backend: Backend, enabled: bool) -> None:
         """Drain (False) or re-admit (True) a backend without touching its health."""
         self.health[backend].enabled = enabled
+
+    def share(self, cells: mmap.mmap, start: int) -> int:
+        """Put every backend's state in shared ``cells`` from ``start``; returns the next free."""
+        for backend in self.items:
+            self.health[backend].share(cells, start)
+            start += 2
+        return start
 
     def replace(self, backends: Iterable[Backend]) -> bool:
         """Swap in a new set, keeping the state of backends present in both; True if it changed."""

@@ -345,7 +345,7 @@ class ProxyService:
         timer = None
         read_timeout = peer.read_timeout or self.read_timeout
         if read_timeout:
-            timer = asyncio.get_running_loop().call_later(
+            timer = session._conn.loop.call_later(
                 read_timeout, _time_out, head_future, peer, read_timeout
             )
         try:
@@ -421,6 +421,7 @@ class DownstreamProtocol(asyncio.Protocol):
     def __init__(self, service: ProxyService) -> None:
         self.service = service
         self.transport: asyncio.Transport | None = None
+        self.loop: asyncio.AbstractEventLoop
         self.client_addr = ""
         self.client_ip = ""
         self.server_addr = ""
@@ -442,6 +443,8 @@ class DownstreamProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
+        # Kept: on Python 3.11 every get_running_loop() costs a getpid() syscall.
+        self.loop = asyncio.get_running_loop()
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -598,7 +601,7 @@ class DownstreamProtocol(asyncio.Protocol):
     # -- request life cycle ------------------------------------------------------------------
     def _start(self, session: Session) -> None:
         self._current = session
-        session._task = asyncio.get_running_loop().create_task(self.service.handle(session))
+        session._task = self.loop.create_task(self.service.handle(session))
 
     def request_finished(self, session: Session) -> None:
         """Called by the request task when a request is fully answered (or failed)."""
@@ -646,8 +649,7 @@ class DownstreamProtocol(asyncio.Protocol):
     async def drain(self) -> None:
         if self.writable or self.lost:
             return
-        loop = asyncio.get_running_loop()
-        self._drain_waiter = loop.create_future()
+        self._drain_waiter = self.loop.create_future()
         await self._drain_waiter
 
     def pause_reading_for(self, reason: object) -> None:
@@ -688,7 +690,7 @@ class DownstreamProtocol(asyncio.Protocol):
         if timeout is None:
             timeout = self.service.keepalive_timeout
         if timeout:
-            self._timer = asyncio.get_running_loop().call_later(timeout, self._idle_timeout)
+            self._timer = self.loop.call_later(timeout, self._idle_timeout)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:

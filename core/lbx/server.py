@@ -64,11 +64,6 @@ class Server:
             raise ConfigError("-u/--upgrade needs the upgrade plugin (pip install lbx-upgrade)")
         if config.daemon and not self.pm.hook.daemonize.get_hookimpls():
             raise ConfigError("-d/--daemon needs the daemon plugin (pip install lbx-daemon)")
-        if config.threads > 1:
-            log.warning(
-                "threads: %d: worker processes are not available yet, running one process",
-                config.threads,
-            )
         if not config.services:
             raise ConfigError(
                 "nothing to serve: define services in the config file or use --listen/--upstream",
@@ -159,37 +154,86 @@ class Server:
 
     # -- running -------------------------------------------------------------------------------
     def run(self) -> int:
-        """Run until a signal stops the server; returns the exit code."""
+        """Run until a signal stops the server; returns the exit code.
+
+        ``threads: 1`` serves in this process. ``threads: N`` makes this process a supervisor of
+        N worker processes sharing the listeners (see ``lbx.workers``).
+        """
         if self.config.daemon and not self.pm.hook.daemonize(config=self.config):
             raise StartupError("no plugin could daemonize the process")
+        if self.config.threads > 1:
+            from lbx.workers import Supervisor
+
+            return Supervisor(self).run()
+        self.run_loop(self._serve)
+        return 0
+
+    def run_loop(self, main: Callable[..., Any], *args: Any) -> Any:
+        """``anyio.run`` with uvloop; start-up failures come out as the one error they are."""
         try:
-            anyio.run(self._serve, backend="asyncio", backend_options={"use_uvloop": HAVE_UVLOOP})
+            return anyio.run(
+                main, *args, backend="asyncio", backend_options={"use_uvloop": HAVE_UVLOOP}
+            )
         except BaseExceptionGroup as group:
             # The task group wraps start-up failures; report them as the one line they are.
             expected, _ = group.split((StartupError, ConfigError))
             if expected is None:
                 raise
             raise expected.exceptions[0] from None
-        return 0
 
     async def _serve(self) -> None:
+        """Everything in one process: background services, listeners, signals."""
         async with anyio.create_task_group() as tasks:
-            # Services that must be ready before traffic (a first round of health checks).
-            for name, run, ready in self._background:
-                if ready:
-                    await tasks.start(_run_ready_background, name, run, name=name)
-            await self._listen()
-            for name, run, ready in self._background:
-                if not ready:
-                    tasks.start_soon(_run_background, name, run, name=name)
+            await self.start_ready_services(tasks)
+            await self.listen(await self.acquire_sockets())
+            self.start_other_services(tasks)
             await self.pm.ahook.server_started(server=self)
             log.info("lbx ready (pid %d)", os.getpid())
-            await self._handle_signals()
+            await self._handle_signals(handover=True)
             tasks.cancel_scope.cancel()
         log.info("lbx stopped")
 
-    async def _handle_signals(self) -> None:
-        """SIGTERM/SIGQUIT: drain gracefully (repeats are ignored); SIGINT: stop at once."""
+    async def serve_worker(
+        self, sockets: dict[str, socket.socket], ready: Callable[[], None]
+    ) -> None:
+        """A worker process: serve requests on the supervisor's sockets until told to stop."""
+        await self.listen(sockets)
+        ready()
+        await self._handle_signals(handover=False)
+        log.info("worker stopped")
+
+    async def serve_background(self, ready: Callable[[], None]) -> None:
+        """The background-services process of a supervisor: health checks and the like."""
+        async with anyio.create_task_group() as tasks:
+            await self.start_ready_services(tasks)
+            self.start_other_services(tasks)
+            ready()
+            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for _ in signals:
+                    break
+            tasks.cancel_scope.cancel()
+
+    async def start_ready_services(self, tasks: anyio.abc.TaskGroup) -> None:
+        """Start the services that must be ready before traffic (a first round of checks)."""
+        for name, run, ready in self._background:
+            if ready:
+                await tasks.start(_run_ready_background, name, run, name=name)
+
+    def start_other_services(self, tasks: anyio.abc.TaskGroup) -> None:
+        for name, run, ready in self._background:
+            if not ready:
+                tasks.start_soon(_run_background, name, run, name=name)
+
+    @property
+    def has_background_services(self) -> bool:
+        return bool(self._background)
+
+    async def _handle_signals(self, *, handover: bool) -> None:
+        """SIGTERM/SIGQUIT: drain gracefully (repeats are ignored); SIGINT: stop at once.
+
+        With ``handover``, SIGQUIT first hands the listeners to a new process (upgrade); a worker
+        of a supervisor leaves that to the supervisor.
+        """
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGQUIT) as signals:
             async with anyio.create_task_group() as stopping:
                 draining = False
@@ -205,39 +249,62 @@ class Server:
                         continue
                     log.info("%s received, shutting down gracefully", name)
                     draining = True
-                    upgrade = signum == signal.SIGQUIT
+                    upgrade = handover and signum == signal.SIGQUIT
                     stopping.start_soon(self._drain_then_stop, stopping.cancel_scope, upgrade)
 
     async def _drain_then_stop(self, scope: anyio.CancelScope, upgrade: bool) -> None:
         if upgrade:
-            if await self.pm.ahook.send_listeners(server=self):
-                # The new process owns the sockets (and Unix socket files) from now on.
-                self._bound_unix_paths.clear()
-                log.info(
-                    "listeners handed over; accepting for %gs more, then draining",
-                    UPGRADE_OVERLAP_SECONDS,
-                )
+            if await self.hand_over():
                 await anyio.sleep(UPGRADE_OVERLAP_SECONDS)
             else:
                 log.warning("SIGQUIT: no plugin handed the listeners over; draining as SIGTERM")
         await self._stop_graceful()
         scope.cancel()
 
-    async def _listen(self) -> None:
-        loop = asyncio.get_running_loop()
+    async def hand_over(self) -> bool:
+        """Send the listeners to a new process (``send_listeners``); True when sent."""
+        if not await self.pm.ahook.send_listeners(server=self):
+            return False
+        # The new process owns the sockets (and Unix socket files) from now on.
+        self.forget_unix_paths()
+        log.info(
+            "listeners handed over; accepting for %gs more, then draining", UPGRADE_OVERLAP_SECONDS
+        )
+        return True
+
+    async def acquire_sockets(self) -> dict[str, socket.socket]:
+        """Every configured listen address: taken over (``acquire_listeners``) or bound here."""
         inherited = await self.pm.ahook.acquire_listeners(server=self) or {}
+        sockets: dict[str, socket.socket] = {}
         try:
             for service in self.services:
                 for address in service.config.listen:
-                    sock = inherited.get(address) or self._bind(address)
-                    self.listeners[address] = sock
+                    sockets[address] = inherited.pop(address, None) or self._bind(address)
+        except BaseException:
+            for sock in sockets.values():
+                sock.close()
+            raise
+        finally:
+            for unused in inherited.values():
+                unused.close()
+        self.listeners = sockets
+        return sockets
+
+    async def listen(self, sockets: dict[str, socket.socket]) -> None:
+        """Serve every service on its (already listening) sockets."""
+        loop = asyncio.get_running_loop()
+        self.listeners = sockets
+        try:
+            for service in self.services:
+                for address in service.config.listen:
+                    sock = sockets[address]
                     server = await loop.create_server(
                         service.protocol_factory, sock=sock, backlog=LISTEN_BACKLOG
                     )
                     self._asyncio_servers.append(server)
                     log.info("service %s listening on %s", service.name, _describe(address, sock))
         except BaseException:
-            self._close_listeners()
+            self.close_listeners()
             raise
 
     def _bind(self, address: str) -> socket.socket:
@@ -285,7 +352,11 @@ class Server:
         self._bound_unix_paths.append(path)
         return sock
 
-    def _close_listeners(self) -> None:
+    def forget_unix_paths(self) -> None:
+        """Leave the Unix socket files in place on exit (another process owns them)."""
+        self._bound_unix_paths.clear()
+
+    def close_listeners(self) -> None:
         for server in self._asyncio_servers:
             server.close()
         for sock in self.listeners.values():
@@ -297,7 +368,7 @@ class Server:
 
     async def _stop_graceful(self) -> None:
         config = self.config
-        self._close_listeners()
+        self.close_listeners()
         await self.pm.ahook.server_stopping(server=self, graceful=True)
         self.connections.begin_shutdown()
         log.info(
@@ -322,7 +393,7 @@ class Server:
         self._close_pools()
 
     async def _stop_fast(self) -> None:
-        self._close_listeners()
+        self.close_listeners()
         await self.pm.ahook.server_stopping(server=self, graceful=False)
         self.connections.abort_all()
         self._close_pools()

@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 
 # Request body bytes buffered before the upstream connection is ready; past it, reading pauses.
 REQUEST_BUFFER_HIGH_WATER = 64 * 1024
+# Response body bytes held while response hooks run; past it, reading the upstream pauses.
+RESPONSE_BUFFER_HIGH_WATER = 64 * 1024
 
 _RELAYED_INFORMATIONAL = frozenset({100, 103})
 
@@ -60,6 +62,7 @@ class Session:
         "_body_done",
         "_body_kind",
         "_body_sent_any",
+        "_collected",
         "_conn",
         "_done_future",
         "_head_future",
@@ -68,6 +71,7 @@ class Session:
         "_resp_complete",
         "_resp_mode",
         "_resp_pending",
+        "_resp_pending_size",
         "_resp_started",
         "_streaming_request",
         "_streaming_response",
@@ -75,6 +79,7 @@ class Session:
         "_upstream",
         "_upstream_framing",
         "_upstream_paused",
+        "_upstream_read_paused",
         "body_bytes_read",
         "body_bytes_sent",
         "client_addr",
@@ -133,6 +138,9 @@ class Session:
         self._resp_mode = BodyKind.NONE
         self._resp_body_kind = BodyKind.NONE
         self._resp_pending: list[bytes] = []
+        self._resp_pending_size = 0
+        self._upstream_read_paused = False
+        self._collected: list[bytes] | None = None
         self._task: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
@@ -256,6 +264,8 @@ class Session:
         self._head_future = None
         self._done_future = None
         self._resp_pending = []
+        self._resp_pending_size = 0
+        self._upstream_read_paused = False
         self.upstream_response = None
         self.head_time = None
 
@@ -275,10 +285,18 @@ class Session:
     def upstream_body(self, data: bytes) -> None:
         if self._streaming_response:
             self._send_response_body(data, False)
-        else:
-            self._resp_pending.append(data)
-            if self._upstream is not None:
-                self._upstream.pause_reading()
+            return
+        # The head is still with the hooks: hold the body, and stop reading only if it grows
+        # (a small response usually arrives whole, and pausing costs two syscalls).
+        self._resp_pending.append(data)
+        self._resp_pending_size += len(data)
+        if (
+            self._resp_pending_size > RESPONSE_BUFFER_HIGH_WATER
+            and self._upstream is not None
+            and not self._upstream_read_paused
+        ):
+            self._upstream_read_paused = True
+            self._upstream.pause_reading()
 
     def upstream_done(self) -> None:
         self._resp_complete = True
@@ -315,9 +333,11 @@ class Session:
         upstream = self._upstream
         if upstream is None or not self._streaming_response:
             return
-        if writable:
+        if writable and self._upstream_read_paused:
+            self._upstream_read_paused = False
             upstream.resume_reading()
-        else:
+        elif not writable and not self._upstream_read_paused:
+            self._upstream_read_paused = True
             upstream.pause_reading()
 
     # -- response to the client --------------------------------------------------------------
@@ -344,14 +364,20 @@ class Session:
             framing.append((b"Connection", b"close"))
         elif self.req_header.version == "1.0":
             framing.append((b"Connection", b"keep-alive"))
-        self._conn.write(serialize_response(head, framing))
+        # One write for the head and whatever body already arrived: a syscall per request less.
+        parts = [serialize_response(head, framing)]
         self._streaming_response = True
+        self._collected = parts
         pending, self._resp_pending = self._resp_pending, []
+        self._resp_pending_size = 0
         for chunk in pending:
             self._send_response_body(chunk, False)
         if self._resp_complete:
             self._send_response_body(b"", True)
-        if self._upstream is not None and self._conn.writable:
+        self._collected = None
+        self._conn.write(b"".join(parts) if len(parts) > 1 else parts[0])
+        if self._upstream_read_paused and self._upstream is not None and self._conn.writable:
+            self._upstream_read_paused = False
             self._upstream.resume_reading()
 
     def _send_response_body(self, data: bytes, end: bool) -> None:
@@ -359,13 +385,14 @@ class Session:
         if hooks.response_body_filter is not None:
             data = hooks.response_body_filter.chain(self, data, end, self.ctx)
         mode = self._resp_mode
+        write = self._conn.write if self._collected is None else self._collected.append
         if data and mode is not BodyKind.NONE:
             self.body_bytes_sent += len(data)
-            self._conn.write(encode_chunk(data) if mode is BodyKind.CHUNKED else data)
+            write(encode_chunk(data) if mode is BodyKind.CHUNKED else data)
         if end and mode is BodyKind.CHUNKED:
-            self._conn.write(LAST_CHUNK)
+            write(LAST_CHUNK)
 
     def new_futures(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._conn.loop
         self._head_future = loop.create_future()
         self._done_future = loop.create_future()

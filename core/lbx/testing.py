@@ -362,7 +362,7 @@ class LbxProcess:
         found = []
         for line in self.lines:
             match = re.search(r"listening on (\S+)$", line)
-            if match:
+            if match and match.group(1) not in found:  # each worker logs its listeners
                 found.append(match.group(1))
         return found
 

@@ -9,16 +9,7 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
-
-from lbx.testing import BackendThread, LbxProcess
-
-
-@pytest.fixture
-def backends():
-    thread = BackendThread()
-    yield thread
-    thread.close()
+from lbx.testing import LbxProcess
 
 
 def write_conf(tmp_path: Path, upstream: str, listen: str = "127.0.0.1:0") -> Path:

@@ -1,0 +1,258 @@
+"""``threads: N``: a supervisor process and N worker processes sharing the listeners.
+
+Under the GIL, processes are the unit of parallelism. The supervisor never runs an event loop
+while it forks (forking under a running loop is unsafe): it binds the listeners, forks one process
+for the background services (health checks run once, not once per worker) and N request workers,
+then waits for signals and children, replacing a worker that dies.
+
+Backend health lives in an anonymous shared mapping created before the forks, so the background
+process's health checks and any worker's passive checks are seen by every worker at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import logging
+import mmap
+import os
+import select
+import signal
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from lbx.errors import StartupError
+
+if TYPE_CHECKING:
+    from lbx.server import Server
+
+log = logging.getLogger("lbx.workers")
+
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD}
+READY_TIMEOUT_SECONDS = 60.0
+RESPAWN_BACKOFF_SECONDS = 1.0
+"""A worker that dies within this long after starting is replaced only after this delay."""
+
+
+@dataclass
+class Child:
+    """One forked process: a request worker (``index`` >= 0) or the background process (-1)."""
+
+    index: int
+    pid: int
+    started: float
+
+    @property
+    def name(self) -> str:
+        return "background services" if self.index < 0 else f"worker {self.index}"
+
+
+class Supervisor:
+    """Runs ``server`` as N worker processes plus one background-services process."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.children: dict[int, Child] = {}
+        self.stopping = False
+        self.supervisor_pid = os.getpid()
+
+    # -- start-up ------------------------------------------------------------------------------
+    def run(self) -> int:
+        server = self.server
+        server.run_loop(server.acquire_sockets)
+        self._share_health()
+        signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+        try:
+            if server.has_background_services:
+                self._start(-1)
+            for index in range(server.config.threads):
+                self._start(index)
+            server.run_loop(functools.partial(server.pm.ahook.server_started, server=server))
+            log.info(
+                "lbx ready (pid %d, %d workers: %s)",
+                os.getpid(),
+                server.config.threads,
+                ", ".join(str(c.pid) for c in self.children.values() if c.index >= 0),
+            )
+            return self._supervise()
+        except BaseException:
+            self._signal_all(signal.SIGKILL)
+            self._reap(block=True)
+            raise
+
+    def _share_health(self) -> None:
+        services = [s for s in self.server.services if s.load_balancer is not None]
+        count = sum(len(s.load_balancer.backends.items) for s in services if s.load_balancer)
+        cells = mmap.mmap(-1, max(2, 2 * count))
+        offset = 0
+        for service in services:
+            assert service.load_balancer is not None
+            offset = service.load_balancer.backends.share(cells, offset)
+
+    def _start(self, index: int) -> Child:
+        """Fork a worker (or the background process) and wait until it reports ready."""
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child; covered by the e2e tests
+            os.close(read_fd)
+            os._exit(self._child_main(index, write_fd))
+        os.close(write_fd)
+        child = Child(index, pid, time.monotonic())
+        self.children[pid] = child
+        try:
+            if not _wait_ready(read_fd, READY_TIMEOUT_SECONDS):
+                raise StartupError(f"{child.name} (pid {pid}) failed to start; see the log above")
+        finally:
+            os.close(read_fd)
+        log.info("%s started (pid %d)", child.name, pid)
+        return child
+
+    def _child_main(self, index: int, ready_fd: int) -> int:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
+        _die_with(self.supervisor_pid)
+        server = self.server
+        server.forget_unix_paths()  # the supervisor removes socket files, not its children
+
+        def ready() -> None:
+            os.write(ready_fd, b"ready\n")
+            os.close(ready_fd)
+
+        try:
+            if index < 0:
+                server.close_listeners()
+                server.run_loop(server.serve_background, ready)
+            else:
+                server.run_loop(server.serve_worker, dict(server.listeners), ready)
+        except Exception:
+            log.exception("%s failed", "background services" if index < 0 else f"worker {index}")
+            return 1
+        return 0
+
+    # -- running -------------------------------------------------------------------------------
+    def _supervise(self) -> int:
+        deadline: float | None = None
+        while self.children:
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            info = (
+                signal.sigtimedwait(SIGNALS, timeout)
+                if timeout is not None
+                else (signal.sigwaitinfo(SIGNALS))
+            )
+            if info is None:  # the drain deadline passed
+                log.warning("workers still running after the grace period; killing them")
+                self._signal_all(signal.SIGKILL)
+                deadline = None
+                continue
+            signum = info.si_signo
+            if signum == signal.SIGCHLD:
+                self._reap(block=False)
+                continue
+            if signum == signal.SIGINT:
+                log.info("SIGINT received, stopping workers at once")
+                self._stop(signal.SIGINT)
+                continue
+            if self.stopping:
+                log.info("%s received while draining", signal.Signals(signum).name)
+                continue
+            if signum == signal.SIGQUIT:
+                log.info("SIGQUIT received, handing the listeners over")
+                if self.server.run_loop(self.server.hand_over):
+                    self._overlap()
+                else:
+                    log.warning("SIGQUIT: no plugin handed the listeners over; draining")
+            else:
+                log.info("SIGTERM received, draining workers")
+            self._stop(signal.SIGTERM)
+            config = self.server.config
+            deadline = (
+                time.monotonic()
+                + config.grace_period_seconds
+                + config.graceful_shutdown_timeout_seconds
+                + 5
+            )
+        log.info("lbx stopped")
+        return 0
+
+    def _overlap(self) -> None:
+        """Keep the workers accepting a little longer while still replacing dead ones."""
+        from lbx.server import UPGRADE_OVERLAP_SECONDS
+
+        end = time.monotonic() + UPGRADE_OVERLAP_SECONDS
+        while (left := end - time.monotonic()) > 0:
+            info = signal.sigtimedwait({signal.SIGCHLD}, left)
+            if info is not None:
+                self._reap(block=False)
+
+    def _stop(self, signum: int) -> None:
+        self.stopping = True
+        # The supervisor's copies of the listening sockets must go too, or the kernel would
+        # keep queueing connections nobody accepts instead of refusing them.
+        self.server.close_listeners()
+        self._signal_all(signum)
+
+    def _signal_all(self, signum: int) -> None:
+        for pid in list(self.children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    def _reap(self, *, block: bool) -> None:
+        while self.children:
+            try:
+                pid, status = os.waitpid(-1, 0 if block else os.WNOHANG)
+            except ChildProcessError:
+                self.children.clear()
+                return
+            if pid == 0:
+                return
+            child = self.children.pop(pid, None)
+            if child is None:
+                continue
+            if self.stopping:
+                log.info("%s (pid %d) exited", child.name, pid)
+                continue
+            log.warning(
+                "%s (pid %d) exited unexpectedly (%s); starting a new one",
+                child.name,
+                pid,
+                _describe_status(status),
+            )
+            if time.monotonic() - child.started < RESPAWN_BACKOFF_SECONDS:
+                time.sleep(RESPAWN_BACKOFF_SECONDS)
+            self._start(child.index)
+
+
+def _die_with(supervisor_pid: int) -> None:
+    """Drain and exit (SIGTERM) if the supervisor dies, even by SIGKILL (Linux prctl)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # pragma: no cover - not Linux: nothing to arm
+        return
+    if os.getppid() != supervisor_pid:  # it died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _wait_ready(fd: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    received = b""
+    while (left := deadline - time.monotonic()) > 0:
+        readable, _, _ = select.select([fd], [], [], left)
+        if not readable:
+            return False
+        chunk = os.read(fd, 64)
+        if not chunk:
+            return False
+        received += chunk
+        if received.startswith(b"ready"):
+            return True
+    return False
+
+
+def _describe_status(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"exit code {os.waitstatus_to_exitcode(status)}"

@@ -1,0 +1,174 @@
+"""lbx-healthcheck: active (TCP, HTTP) and passive health checks, one view of health.
+
+- ``health_check:`` in a service (or ``--health-check tcp|http``) runs active checks in a
+  background service, Pingora style (frequency, timeout, consecutive_success/failure, parallel).
+  The first round completes before lbx listens; backends failing it start unhealthy.
+- ``passive_health:`` in a service ejects a backend after ``max_fails`` consecutive proxy failures
+  (connect refused, reset, timeout; 5xx with ``on_5xx``) for ``ejection_time`` seconds, doubling
+  on repeated ejection up to ``max_ejection_time``; at most ``max_ejection_percent`` of a
+  service's backends are ejected at once (nginx ``max_fails``/``fail_timeout``, Envoy outlier
+  detection).
+
+Both write one verdict per backend through ``Backends.set_healthy``: lbx logs every change and
+calls ``backend_health_changed``. See docs/healthcheck.md.
+"""
+
+from __future__ import annotations
+
+import functools
+import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import click
+
+from lbx import Config, ConfigError, ConfigSchema, Field, Peer, ProxyError, Session, hookimpl
+from lbx_healthcheck.checker import ServiceChecker, run_checks
+from lbx_healthcheck.checks import HttpCheck, TcpCheck
+from lbx_healthcheck.settings import (
+    HealthCheckSettings,
+    PassiveSettings,
+    parse_health_check,
+    parse_passive,
+)
+from lbx_healthcheck.state import ServiceHealth
+
+if TYPE_CHECKING:
+    from lbx.server import Server
+
+__all__ = [
+    "HealthCheckSettings",
+    "PassiveSettings",
+    "ServiceChecker",
+    "ServiceHealth",
+]
+
+HEALTH_CHECK_KEY = "health_check"
+PASSIVE_KEY = "passive_health"
+BACKGROUND_SERVICE = "health check"
+
+_SERVICES: weakref.WeakKeyDictionary[object, ServiceHealth] = weakref.WeakKeyDictionary()
+"""The ``ServiceHealth`` of each running ``ProxyService`` with passive checks, for the hooks."""
+
+
+# -- configuration ------------------------------------------------------------------------------
+
+
+@hookimpl
+def add_config_keys(schema: ConfigSchema) -> None:
+    schema.add_service_keys(
+        {
+            HEALTH_CHECK_KEY: Field(
+                "any", None, "active health check: tcp, http or a mapping (docs/healthcheck.md)"
+            ),
+            PASSIVE_KEY: Field(
+                "any", None, "passive health: true or a mapping (docs/healthcheck.md)"
+            ),
+        }
+    )
+
+
+@hookimpl
+def add_cli_options() -> list[click.Option]:
+    return [
+        click.Option(
+            ["--health-check"],
+            type=click.Choice(["tcp", "http"]),
+            help="Health-check the upstreams of every service without a health_check of its own.",
+        ),
+        click.Option(
+            ["--health-check-frequency"],
+            type=click.FloatRange(min=0, min_open=True),
+            metavar="SECONDS",
+            help="Seconds between health-check rounds (default 1), with --health-check.",
+        ),
+    ]
+
+
+@hookimpl
+def configure(config: Config) -> None:
+    """Parse and validate the plugin's service keys; apply the command-line shortcuts."""
+    cli_type = config.options.get("health_check")
+    cli_frequency = config.options.get("health_check_frequency")
+    if cli_frequency is not None and cli_type is None:
+        raise ConfigError("--health-check-frequency needs --health-check tcp|http")
+    for index, service in enumerate(config.services):
+        path = ("services", index)
+        active = parse_health_check(
+            config, (*path, HEALTH_CHECK_KEY), service.extra.get(HEALTH_CHECK_KEY)
+        )
+        if active is None and cli_type is not None:
+            active = HealthCheckSettings(type=cli_type, frequency=cli_frequency or 1.0)
+        passive = parse_passive(config, (*path, PASSIVE_KEY), service.extra.get(PASSIVE_KEY))
+        service.extra[HEALTH_CHECK_KEY] = active
+        service.extra[PASSIVE_KEY] = passive
+
+
+# -- the background service -------------------------------------------------------------------
+
+
+@hookimpl
+def register_background_services(server: Server, register: Callable[..., None]) -> None:
+    checkers: list[ServiceChecker] = []
+    for service in server.services:
+        lb = service.load_balancer
+        active = service.config.extra.get(HEALTH_CHECK_KEY)
+        passive = service.config.extra.get(PASSIVE_KEY)
+        if lb is None or (active is None and passive is None):
+            continue
+        if not isinstance(active, HealthCheckSettings | None) or not isinstance(
+            passive, PassiveSettings | None
+        ):
+            raise ConfigError("healthcheck: configure() did not run before the server was built")
+        health = ServiceHealth(service.name, lb.backends, active, passive)
+        if passive is not None:
+            _SERVICES[service] = health
+        if active is not None:
+            check_class = HttpCheck if active.type == "http" else TcpCheck
+            check = check_class(active, service.config, server.config.ca_file)
+            checkers.append(ServiceChecker(health, check))
+    if checkers:
+        register(BACKGROUND_SERVICE, functools.partial(run_checks, checkers), ready=True)
+
+
+# -- passive checks: the request path -----------------------------------------------------------
+
+
+def _failure(session: Session, peer: Peer, error: ProxyError) -> None:
+    health = _SERVICES.get(session.service)
+    if health is not None and peer.backend is not None:
+        health.record_failure(peer.backend, str(error))
+
+
+@hookimpl
+def fail_to_connect(session: Session, peer: Peer, error: ProxyError) -> None:
+    _failure(session, peer, error)
+
+
+@hookimpl
+def error_while_proxy(session: Session, peer: Peer, error: ProxyError, client_reused: bool) -> None:
+    if client_reused and error.retry:
+        return  # a pooled connection the backend had closed: not the backend's fault
+    _failure(session, peer, error)
+
+
+@hookimpl
+def logging(session: Session, error: ProxyError | None) -> None:
+    """Successes reset the failure count; a 5xx counts as a failure with ``on_5xx``."""
+    if error is not None:
+        return  # failures were counted where they happened, other errors say nothing
+    health = _SERVICES.get(session.service)
+    if health is None:
+        return
+    peer = session.peer
+    backend = peer.backend if peer is not None else None
+    if backend is None:
+        return
+    response = session.upstream_response
+    if response is None:
+        return
+    assert health.passive is not None
+    if health.passive.on_5xx and response.status >= 500:
+        health.record_failure(backend, f"status {response.status}")
+    else:
+        health.record_success(backend)

@@ -1,0 +1,129 @@
+"""The background service that runs the active checks of every service.
+
+Every backend is checked every ``frequency`` seconds, each check bounded by ``timeout``:
+
+- ``parallel: true`` (the default): one loop per backend, their start times spread evenly over
+  the period, at most ``max_parallel`` checks in flight at once;
+- ``parallel: false``: Pingora's sequential round, one backend after the other, rounds starting
+  every ``frequency`` seconds from the start of the previous one (an overrunning round is
+  followed by the next at once).
+
+The first round of every service runs before lbx listens (the service is registered with
+``ready=True``): backends failing it start unhealthy, so the first request never goes to a
+backend that was already dead at start.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Sequence
+
+import anyio
+import anyio.abc
+
+from lbx import Backend
+from lbx_healthcheck.state import ServiceHealth
+
+Check = Callable[[Backend], Awaitable[str | None]]
+
+
+class ServiceChecker:
+    """The active checks of one service."""
+
+    def __init__(self, health: ServiceHealth, check: Check) -> None:
+        assert health.active is not None
+        self.health = health
+        self.settings = health.active
+        self.check = check
+        self.limiter = anyio.CapacityLimiter(self.settings.max_parallel)
+        self.rounds = 0
+
+    async def check_one(self, backend: Backend, initial: bool = False) -> None:
+        timeout = self.settings.timeout
+        try:
+            with anyio.fail_after(timeout):
+                reason = await self.check(backend)
+        except TimeoutError:
+            reason = f"{self.settings.type} check timed out after {timeout:g}s"
+        except Exception as exc:  # a bug in a check (or a validator) must not stop checking
+            reason = f"{self.settings.type} check error: {exc!r}"
+        self.health.observe_check(backend, reason is None, reason or "", initial)
+
+    async def _limited(self, backend: Backend, initial: bool) -> None:
+        async with self.limiter:
+            await self.check_one(backend, initial)
+
+    async def run_round(self, initial: bool = False) -> None:
+        backends: Sequence[Backend] = self.health.backends.items
+        if self.settings.parallel:
+            async with anyio.create_task_group() as tasks:
+                for backend in backends:
+                    tasks.start_soon(self._limited, backend, initial)
+        else:
+            for backend in backends:
+                await self.check_one(backend, initial)
+        self.rounds += 1
+
+    async def run_forever(self, first_round_started: float) -> None:
+        """Check every backend every ``frequency`` seconds until cancelled."""
+        if self.settings.parallel:
+            await self._run_staggered(first_round_started)
+            return
+        frequency = self.settings.frequency
+        next_round = first_round_started + frequency
+        while True:
+            await anyio.sleep(max(0.0, next_round - time.monotonic()))
+            started = time.monotonic()
+            await self.run_round()
+            next_round = max(started + frequency, time.monotonic())
+
+    async def _run_staggered(self, first_round_started: float) -> None:
+        """One loop per backend, their start times spread evenly over the period.
+
+        Each backend is still checked every ``frequency`` seconds, but the checks of a large
+        service do not all land on the event loop in the same millisecond, and a slow check
+        delays only its own backend. The backend list is re-read every period, so backends
+        added or removed by the load balancer are followed.
+        """
+        frequency = self.settings.frequency
+        running: dict[Backend, anyio.CancelScope] = {}
+        async with anyio.create_task_group() as tasks:
+            next_sync = first_round_started
+            while True:
+                items = self.health.backends.items
+                for backend in set(running) - set(items):
+                    running.pop(backend).cancel()
+                count = len(items)
+                for index, backend in enumerate(items):
+                    if backend not in running:
+                        offset = frequency * index / count
+                        first = max(next_sync + frequency + offset, time.monotonic())
+                        running[backend] = scope = anyio.CancelScope()
+                        tasks.start_soon(self._backend_loop, backend, first, scope)
+                next_sync += frequency
+                await anyio.sleep(max(0.0, next_sync - time.monotonic()))
+
+    async def _backend_loop(self, backend: Backend, first: float, scope: anyio.CancelScope) -> None:
+        frequency = self.settings.frequency
+        with scope:
+            next_check = first
+            while True:
+                await anyio.sleep(max(0.0, next_check - time.monotonic()))
+                await self._limited(backend, False)
+                next_check = max(next_check + frequency, time.monotonic())
+
+
+async def run_checks(
+    checkers: Sequence[ServiceChecker],
+    *,
+    task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """First round everywhere (lbx waits for it before listening), then a loop per service."""
+    started = time.monotonic()
+    async with anyio.create_task_group() as first:
+        for checker in checkers:
+            first.start_soon(checker.run_round, True)
+    task_status.started()
+    async with anyio.create_task_group() as tasks:
+        for checker in checkers:
+            tasks.start_soon(checker.run_forever, started)

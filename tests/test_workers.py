@@ -1,0 +1,104 @@
+"""threads: N: worker processes sharing the listeners, supervised, with one view of health."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import re
+import signal
+import threading
+import time
+from pathlib import Path
+
+PLUGINS = Path(__file__).parent / "plugins"
+
+
+def write_conf(tmp_path: Path, *upstreams: str, threads: int = 2, plugins: str = "") -> Path:
+    path = tmp_path / "conf.yaml"
+    extra = f", {plugins}" if plugins else ""
+    path.write_text(
+        f"threads: {threads}\nplugins: [roundrobin{extra}]\nservices:\n"
+        "  - listen: ['127.0.0.1:0']\n"
+        f"    upstreams: [{', '.join(repr(u) for u in upstreams)}]\n"
+    )
+    return path
+
+
+def get(address: str, path: str = "/") -> tuple[int, str]:
+    host, port = address.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        response.read()
+        return response.status, response.getheader("X-Backend", "")
+    finally:
+        conn.close()
+
+
+def worker_pids(lines: list[str], start: int = 0) -> set[str]:
+    """The pids of the processes that logged a proxied request (at LBX_LOG=debug)."""
+    pids = set()
+    for line in lines[start:]:
+        match = re.search(r"lbx\.proxy\[(\d+)\]: upstream peer is", line)
+        if match:
+            pids.add(match.group(1))
+    return pids
+
+
+def test_two_workers_serve_and_a_dead_one_is_replaced(lbx, backends, tmp_path):
+    """Both workers serve; kill one: traffic continues and a new worker appears."""
+    a = backends.start("a")
+    proc = lbx("-c", str(write_conf(tmp_path, a.address)), env={"LBX_LOG": "debug"})
+    started = re.search(r"(\d+) workers: (\d+), (\d+)\)", proc.wait_for("lbx ready").string)
+    assert started is not None
+    first, second = started.group(2), started.group(3)
+    for _ in range(200):  # a new connection each: the kernel spreads them over both workers
+        assert get(proc.address)[0] == 200
+    assert worker_pids(proc.lines) == {first, second}
+    mark = len(proc.lines)
+    os.kill(int(first), signal.SIGKILL)
+    replaced = proc.wait_for(r"worker 0 started \(pid (\d+)\)", start=mark).group(1)
+    assert proc.wait_for(rf"worker 0 \(pid {first}\) exited unexpectedly \(killed by SIGKILL\)")
+    mark = len(proc.lines)
+    for _ in range(200):
+        assert get(proc.address)[0] == 200
+    assert worker_pids(proc.lines, mark) == {replaced, second}
+    assert proc.stop() == 0
+
+
+def test_sigterm_drains_every_worker(lbx, backends, tmp_path):
+    """SIGTERM with slow requests in flight on several workers: each gets its 200, exit 0."""
+    a = backends.start("a")
+    proc = lbx("-c", str(write_conf(tmp_path, a.address, threads=3)))
+    results: list[int] = []
+    threads = [
+        threading.Thread(target=lambda: results.append(get(proc.address, "/sleep/1.5")[0]))
+        for _ in range(6)
+    ]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 10
+    while a.sleeping < 6:  # every slow request reached the backend
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    for thread in threads:
+        thread.join(30)
+    assert results == [200] * 6
+    assert proc.wait() == 0
+
+
+def test_health_is_shared_by_every_worker(lbx, backends, tmp_path):
+    """Health set by the background process (checks run once) steers every worker."""
+    a, b = backends.start("a"), backends.start("b")
+    conf = write_conf(
+        tmp_path, a.address, b.address, plugins=repr(str(PLUGINS / "mark_first_down.py"))
+    )
+    proc = lbx("-c", str(conf), env={"LBX_LOG": "debug"})
+    down = proc.wait_for(r"(\S+) becomes unhealthy, marked down by the test").group(1)
+    expected = "b" if down == a.address else "a"
+    seen = {get(proc.address)[1] for _ in range(100)}
+    assert seen == {expected}
+    assert len(worker_pids(proc.lines)) == 2  # both workers answered, both avoided a
+    assert proc.stop() == 0
