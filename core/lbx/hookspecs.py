@@ -168,10 +168,12 @@ def register_background_services(server: Server, register: Callable[..., None]) 
 
 @hookspec
 def backend_health_changed(service: str, backend: Backend, health: Health) -> None:
-    """A backend of service ``service`` became healthy or unhealthy (``health.healthy``).
+    """A backend of service ``service`` became ready or not (``health.ready``).
 
-    ``health.reason`` says why it went down. lbx logs the change itself (a warning when a backend
-    goes down, info when it comes back); impls feed metrics, alerts or other state.
+    It is ready when ``health.healthy`` (active checks), not ``health.ejected`` (passive checks)
+    and ``health.enabled`` (admin). ``health.reason`` says why it went down. lbx logs the change
+    itself (a warning when a backend goes down, info when it comes back); impls feed metrics,
+    alerts or other state. It fires in the process that made the change.
 
     Sync hook.
 

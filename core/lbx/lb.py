@@ -2,7 +2,7 @@
 
 Shaped like ``pingora-load-balancing``: a selection algorithm is a component (a ``Selector``) that
 is built from the backend list and yields candidates for a key; ``LoadBalancer.select`` walks those
-candidates and returns the first one that is ready (healthy and enabled).
+candidates and returns the first one that is ready (healthy, not ejected, enabled).
 """
 
 from __future__ import annotations
@@ -93,17 +93,22 @@ def split_host_port(text: str) -> tuple[str, int]:
 class Health:
     """Health and admin state of one backend. Health checks write it; selection reads it.
 
-    ``healthy`` and ``enabled`` live in two bytes that ``share`` can move into memory shared by
-    every worker process, so one set of health checks serves them all. ``consecutive`` and
-    ``reason`` stay with the process that runs the checks.
+    Three flags, each with one writer: ``healthy`` (active health checks), ``ejected`` (passive
+    checks: outlier ejection after proxy failures) and ``enabled`` (an operator draining a
+    backend). A backend is ``ready`` when healthy, not ejected and enabled. The flags live in
+    bytes that ``share`` can move into memory shared by every worker process, so one set of
+    health checks serves them all. ``consecutive`` and ``reason`` stay with the writing process.
     """
 
     __slots__ = ("_at", "_cells", "consecutive", "reason")
 
+    SIZE = 3
+    """Bytes of shared state per backend."""
+
     def __init__(
         self, healthy: bool = True, enabled: bool = True, consecutive: int = 0, reason: str = ""
     ) -> None:
-        self._cells: bytearray | mmap.mmap = bytearray((healthy, enabled))
+        self._cells: bytearray | mmap.mmap = bytearray((healthy, enabled, False))
         self._at = 0
         self.consecutive = consecutive
         self.reason = reason
@@ -125,16 +130,28 @@ class Health:
         self._cells[self._at + 1] = 1 if value else 0
 
     @property
+    def ejected(self) -> bool:
+        return self._cells[self._at + 2] == 1
+
+    @ejected.setter
+    def ejected(self, value: bool) -> None:
+        self._cells[self._at + 2] = 1 if value else 0
+
+    @property
     def ready(self) -> bool:
-        return self.healthy and self.enabled
+        cells, at = self._cells, self._at
+        return cells[at] == 1 and cells[at + 1] == 1 and cells[at + 2] == 0
 
     def share(self, cells: mmap.mmap, at: int) -> None:
-        """Move the two state bytes to ``cells[at:at + 2]``, keeping their values."""
-        cells[at : at + 2] = bytes(self._cells[self._at : self._at + 2])
+        """Move the state bytes to ``cells[at:at + SIZE]``, keeping their values."""
+        cells[at : at + self.SIZE] = bytes(self._cells[self._at : self._at + self.SIZE])
         self._cells, self._at = cells, at
 
     def __repr__(self) -> str:
-        return f"Health(healthy={self.healthy}, enabled={self.enabled}, reason={self.reason!r})"
+        return (
+            f"Health(healthy={self.healthy}, ejected={self.ejected}, enabled={self.enabled}, "
+            f"reason={self.reason!r})"
+        )
 
 
 @runtime_checkable
@@ -175,20 +192,38 @@ class Backends:
             self.health.setdefault(backend, Health())
 
     def ready(self, backend: Backend) -> bool:
-        """Healthy and enabled; a backend this set does not know is never ready."""
+        """Healthy, not ejected and enabled; a backend this set does not know is never ready."""
         state = self.health.get(backend)
-        return state is not None and state.healthy and state.enabled
+        return state is not None and state.ready
 
     def set_healthy(self, backend: Backend, healthy: bool, reason: str = "") -> bool:
-        """Record a health verdict; returns True when it changed the state."""
+        """Record an active health verdict; returns True when it changed the state."""
         state = self.health[backend]
         if state.healthy == healthy:
             return False
+        was_ready = state.ready
         state.healthy = healthy
-        state.reason = reason
-        for listener in self.listeners:
-            listener(backend, state)
+        state.reason = reason if not healthy else state.reason
+        self._notify(backend, state, was_ready)
         return True
+
+    def set_ejected(self, backend: Backend, ejected: bool, reason: str = "") -> bool:
+        """Eject a backend after proxy failures (passive checks), or re-admit it."""
+        state = self.health[backend]
+        if state.ejected == ejected:
+            return False
+        was_ready = state.ready
+        state.ejected = ejected
+        state.reason = reason if ejected else state.reason
+        self._notify(backend, state, was_ready)
+        return True
+
+    def _notify(self, backend: Backend, state: Health, was_ready: bool) -> None:
+        if state.ready != was_ready:
+            if state.ready:
+                state.reason = ""
+            for listener in self.listeners:
+                listener(backend, state)
 
     def set_enabled(self, backend: Backend, enabled: bool) -> None:
         """Drain (False) or re-admit (True) a backend without touching its health."""
@@ -198,7 +233,7 @@ class Backends:
         """Put every backend's state in shared ``cells`` from ``start``; returns the next free."""
         for backend in self.items:
             self.health[backend].share(cells, start)
-            start += 2
+            start += Health.SIZE
         return start
 
     def replace(self, backends: Iterable[Backend]) -> bool:
@@ -271,7 +306,7 @@ class LoadBalancer:
             else:
                 seen.add(backend)
             state = health.get(backend)
-            ready = state is not None and state.healthy and state.enabled
+            ready = state is not None and state.ready
             if accept(backend, ready) if accept is not None else ready:
                 return backend
             if len(seen) >= len(health) and accept is None:

@@ -110,7 +110,7 @@ class Server:
 
     def _health_changed(self, service: str, backend: Backend, health: Health) -> None:
         """One place logs health changes and tells plugins (Pingora's log lines)."""
-        if health.healthy:
+        if health.ready:
             log.info("service %s: %s becomes healthy", service, backend.addr)
         else:
             log.warning(

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from lbx.errors import StartupError
+from lbx.lb import Health
 
 if TYPE_CHECKING:
     from lbx.server import Server
@@ -87,7 +88,7 @@ class Supervisor:
     def _share_health(self) -> None:
         services = [s for s in self.server.services if s.load_balancer is not None]
         count = sum(len(s.load_balancer.backends.items) for s in services if s.load_balancer)
-        cells = mmap.mmap(-1, max(2, 2 * count))
+        cells = mmap.mmap(-1, max(1, Health.SIZE * count))
         offset = 0
         for service in services:
             assert service.load_balancer is not None

@@ -316,7 +316,7 @@ from lbx import hookimpl
 @hookimpl
 def backend_health_changed(service, backend, health):
     logging.getLogger("hooktest").warning(
-        "hook: %s %s healthy=%s reason=%s", service, backend.addr, health.healthy, health.reason
+        "hook: %s %s healthy=%s reason=%s", service, backend.addr, health.ready, health.reason
     )
 '''
 

@@ -27,7 +27,7 @@ def service(
     items = Backends(backends)
 
     def listener(backend: Backend, health: Health) -> None:
-        changes.append((backend.addr, health.healthy, health.reason))
+        changes.append((backend.addr, health.ready, health.reason))
 
     items.listeners.append(listener)
     return ServiceHealth("web", items, active, passive), changes

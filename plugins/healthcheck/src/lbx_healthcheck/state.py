@@ -66,12 +66,15 @@ class ServiceHealth:
             state = self.states[backend] = BackendState()
         return state
 
-    def _apply(self, backend: Backend) -> None:
+    def _apply_active(self, backend: Backend) -> None:
         state = self.state(backend)
-        healthy = state.active_ok and not state.ejected
-        reason = state.eject_reason if state.ejected else state.active_reason
         if backend in self.backends.health:
-            self.backends.set_healthy(backend, healthy, "" if healthy else reason)
+            self.backends.set_healthy(backend, state.active_ok, state.active_reason)
+
+    def _apply_passive(self, backend: Backend) -> None:
+        state = self.state(backend)
+        if backend in self.backends.health:
+            self.backends.set_ejected(backend, state.ejected, state.eject_reason)
 
     # -- active checks ----------------------------------------------------------------------
     def observe_check(self, backend: Backend, ok: bool, reason: str, initial: bool = False) -> None:
@@ -80,7 +83,7 @@ class ServiceHealth:
         if initial:
             state.active_ok, state.active_counter = ok, 0
             state.active_reason = f"{reason} (at start-up)" if not ok else ""
-            self._apply(backend)
+            self._apply_active(backend)
             return
         if ok == state.active_ok:
             state.active_counter = 0
@@ -95,7 +98,7 @@ class ServiceHealth:
             state.active_reason = (
                 reason if threshold == 1 else f"{reason} ({threshold} checks in a row)"
             )
-        self._apply(backend)
+        self._apply_active(backend)
 
     # -- passive checks ---------------------------------------------------------------------
     def max_ejected(self) -> int:
@@ -105,7 +108,8 @@ class ServiceHealth:
         return math.floor(len(self.backends.items) * self.passive.max_ejection_percent / 100)
 
     def ejected_count(self) -> int:
-        return sum(1 for state in self.states.values() if state.ejected)
+        """Ejected backends of the service, by any worker process (the flags are shared)."""
+        return sum(1 for health in self.backends.health.values() if health.ejected)
 
     def record_failure(self, backend: Backend, what: str) -> None:
         """A request to ``backend`` failed because of the backend (connect, reset, timeout...)."""
@@ -162,7 +166,7 @@ class ServiceHealth:
         state.eject_reason = f"passive check: {cause}; ejected for {seconds:g}s"
         loop = asyncio.get_running_loop()
         state.readmit = loop.call_later(seconds, self._readmit, backend)
-        self._apply(backend)
+        self._apply_passive(backend)
 
     def _readmit(self, backend: Backend) -> None:
         state = self.state(backend)
@@ -176,7 +180,7 @@ class ServiceHealth:
                 self.service,
                 backend.addr,
             )
-        self._apply(backend)
+        self._apply_passive(backend)
 
     def close(self) -> None:
         for state in self.states.values():

@@ -23,13 +23,16 @@ from lbx import ConfigSchema, Field, hookimpl
 from lbx.errors import StartupError
 from lbx.server import Server
 
-__all__ = ["RECEIVE_TIMEOUT_SECONDS", "SEND_RETRIES"]
+__all__ = ["RECEIVE_TIMEOUT_SECONDS", "SEND_TIMEOUT_SECONDS"]
 
 RECEIVE_TIMEOUT_SECONDS = 30.0
 """How long a new process (``-u``) waits for the old one by default (``upgrade:`` section)."""
 
-SEND_RETRIES = 5
-"""How many times (1 s apart) the old process tries to reach the new one (Pingora's 5)."""
+SEND_TIMEOUT_SECONDS = 15.0
+"""How long the old process keeps trying to reach the new one (Pingora: 5 tries, 1 s apart;
+longer here because a new Python process under load can take seconds to start)."""
+
+SEND_RETRY_INTERVAL = 0.2
 
 MAX_FDS = 64
 PAYLOAD_SIZE = 4096
@@ -49,7 +52,13 @@ def add_config_keys(schema: ConfigSchema) -> None:
                 RECEIVE_TIMEOUT_SECONDS,
                 "how long `-u` waits for the old process to send its listeners",
                 minimum=0.1,
-            )
+            ),
+            "send_timeout_seconds": Field(
+                "number",
+                SEND_TIMEOUT_SECONDS,
+                "on SIGQUIT, how long the old process tries to reach the new one",
+                minimum=0.1,
+            ),
         },
     )
 
@@ -72,8 +81,9 @@ async def send_listeners(server: Server) -> bool | None:
     if not supported() or not server.listeners:
         return None
     path = server.config.upgrade_sock
+    timeout = server.config.sections["upgrade"]["send_timeout_seconds"]
     try:
-        await anyio.to_thread.run_sync(send_listeners_to, path, dict(server.listeners))
+        await anyio.to_thread.run_sync(send_listeners_to, path, dict(server.listeners), timeout)
     except OSError as exc:
         # The old process keeps serving until it drains; nothing is lost but the upgrade.
         import logging
@@ -122,21 +132,24 @@ def receive_listeners(path: str, timeout: float) -> dict[str, socket.socket]:
     return listeners
 
 
-def send_listeners_to(path: str, listeners: dict[str, socket.socket]) -> None:
+def send_listeners_to(
+    path: str, listeners: dict[str, socket.socket], timeout: float = SEND_TIMEOUT_SECONDS
+) -> None:
     """Connect to the new process (retrying while it starts) and send the sockets."""
     addresses = list(listeners)
     payload = " ".join(addresses).encode()
     if len(payload) > PAYLOAD_SIZE or len(addresses) > MAX_FDS:
         raise OSError(errno.EMSGSIZE, "too many listeners to hand over")
-    for attempt in range(SEND_RETRIES + 1):
+    deadline = time.monotonic() + timeout
+    while True:
         client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             client.connect(path)
         except (FileNotFoundError, ConnectionRefusedError):
             client.close()
-            if attempt == SEND_RETRIES:
+            if time.monotonic() >= deadline:
                 raise
-            time.sleep(1)
+            time.sleep(SEND_RETRY_INTERVAL)
             continue
         with client:
             socket.send_fds(client, [payload], [listeners[a].fileno() for a in addresses])
