@@ -213,4 +213,19 @@ def plugins(show_all: bool, as_json: bool) -> None:
 
 
 def main() -> None:
+    if sys.argv[1:2] != ["serve"]:  # serve never needs them: keep its start-up lean
+        _add_plugin_commands()
     cli()
+
+
+def _add_plugin_commands() -> None:
+    """Let every installed plugin add subcommands (``register_commands``)."""
+    from lbx.plugins import LbxPluginManager, _load_entry_point, installed_entry_points
+
+    pm = LbxPluginManager()
+    for entry_point in installed_entry_points().values():
+        try:
+            _load_entry_point(pm, entry_point)
+        except ConfigError as exc:
+            click.echo(f"lbx: warning: {exc}", err=True)
+    pm.hook.register_commands(cli=cli)

@@ -89,6 +89,19 @@ def add_cli_options() -> list[click.Option]:
 
 
 @hookspec
+def register_commands(cli: click.Group) -> None:
+    """Add subcommands to the ``lbx`` command (``lbx status``, ...): ``cli.add_command(cmd)``.
+
+    Called for every installed plugin when ``lbx`` runs any command other than ``serve`` (a
+    command is a tool, not behaviour of the proxy, so installing is enough to get it).
+
+    Sync hook.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
 def configure(config: Config) -> None:
     """Receive the validated configuration, after every plugin is registered.
 
