@@ -65,6 +65,7 @@ class Session:
         "_collected",
         "_conn",
         "_done_future",
+        "_failure",
         "_head_future",
         "_keep_alive",
         "_resp_body_kind",
@@ -133,6 +134,7 @@ class Session:
         self._upstream_paused = False
         self._head_future: asyncio.Future[None] | None = None
         self._done_future: asyncio.Future[None] | None = None
+        self._failure: ProxyError | None = None
         self._resp_started = False
         self._resp_complete = False
         self._resp_mode = BodyKind.NONE
@@ -311,6 +313,8 @@ class Session:
             if future is not None and not future.done():
                 future.set_exception(error)
                 return
+        # Between the head and the wait for the body's end: the request task picks it up.
+        self._failure = error
 
     def upstream_write_paused(self, paused: bool) -> None:
         self._upstream_paused = paused
@@ -393,6 +397,15 @@ class Session:
             write(LAST_CHUNK)
 
     def new_futures(self) -> None:
-        loop = self._conn.loop
-        self._head_future = loop.create_future()
-        self._done_future = loop.create_future()
+        self._head_future = self._conn.loop.create_future()
+        self._done_future = None
+        self._failure = None
+
+    async def wait_response_end(self) -> None:
+        """Wait until the upstream response body has been relayed (or raise its failure)."""
+        if self._failure is not None:
+            raise self._failure
+        if self._resp_complete:
+            return
+        self._done_future = self._conn.loop.create_future()
+        await self._done_future
