@@ -4,7 +4,8 @@ Runs inside bench/.venv-proxypy, started by bench/run.py as
 ``proxy --enable-reverse-proxy --plugins proxypy_route.Route`` with ``PYTHONPATH=bench`` and
 ``BENCH_UPSTREAMS="http://127.0.0.1:B1 http://127.0.0.1:B2"``. proxy.py picks one of the
 upstreams at random for each request and opens a new upstream connection for each client
-connection (it has no upstream pool).
+connection (it has no upstream pool). It runs ``--threaded``: the default (threadless) mode of
+proxy.py 2.4.10 dies under load here (``FileNotFoundError`` in ``Threadless._update_work_events``).
 """
 
 import os

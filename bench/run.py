@@ -1,10 +1,18 @@
-"""Benchmark lbx against nginx (and HAProxy) as one-core HTTP/1.1 reverse proxies on loopback.
+"""Benchmark lbx against nginx, HAProxy and proxy.py as HTTP/1.1 reverse proxies on loopback.
 
-Layout (2 cores): every proxy pinned to CPU 0; the backends and wrk pinned to CPU 1.
-Rounds are interleaved (lbx, nginx, haproxy, lbx, ...) so that noise on the shared machine hits
-every system alike. See bench/README.md for what is measured and how to read the table.
+Layout (2 cores): every proxy pinned to CPU 0; the backends and wrk pinned to CPU 1 (scenario f,
+two workers per proxy, pins nothing). Rounds are interleaved (lbx, nginx, haproxy, proxy.py, lbx,
+...) so that noise on the shared machine hits every system alike. Scenarios (bench/README.md):
 
-    .venv/bin/python bench/run.py --rounds 5 --duration 10
+  a  quick start: round robin over two backends, TCP health check, a hook module setting Host
+  b  a, plus bench/noop_hooks.py (every per-request hook, as a no-op): the plugin system's cost
+  c  1 MiB responses (MB/s)
+  d  64 KiB uploads (POST)
+  e  1,000 idle keep-alive clients, then the load of a (memory per connection)
+  f  two workers (lbx threads: 2, nginx worker_processes 2, HAProxy nbthread 2), nothing pinned
+
+    .venv/bin/python bench/run.py --scenario all          # a: 5 rounds, others 3; ~20 min
+    .venv/bin/python bench/run.py --scenario a,c --quick  # 1 round x 3 s
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -21,28 +30,34 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 VENV_BIN = Path(sys.executable).parent
+PROXYPY_VENV = HERE / ".venv-proxypy"
 PROXY_CPU = "0"
 CLIENT_CPU = "1"  # the backends and wrk
+ANY_CPU = "0,1"
 HZ = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 HOST = "127.0.0.1"
+UPSTREAM_HOST = "backend.bench"  # the Host every proxy sets upstream
+BIG = 1 << 20  # scenario c: response size
+UPLOAD = 64 << 10  # scenario d: request body size
+IDLE = 1000  # scenario e: idle keep-alive clients
 
 # ---------------------------------------------------------------- configs
 
 NGINX_PROXY = """\
 daemon off;
 master_process on;
-worker_processes 1;
+worker_processes {workers};
 pid {tmp}/nginx-proxy.pid;
 error_log {tmp}/nginx-proxy.err warn;
 events {{ worker_connections 4096; }}
@@ -54,6 +69,7 @@ http {{
     uwsgi_temp_path {tmp}/ngx-uwsgi;
     scgi_temp_path {tmp}/ngx-scgi;
     keepalive_requests 1000000;
+    client_max_body_size 1m;
     upstream backends {{
         server {b1};
         server {b2};
@@ -66,6 +82,8 @@ http {{
             proxy_pass http://backends;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
+            proxy_set_header Host {host};
+            proxy_max_temp_file_size 0;
         }}
     }}
 }}
@@ -86,9 +104,13 @@ http {{
     uwsgi_temp_path {tmp}/ngxb-uwsgi;
     scgi_temp_path {tmp}/ngxb-scgi;
     keepalive_requests 1000000;
+    client_max_body_size 1m;
     default_type text/plain;
-    server {{ listen {b1}; location / {{ return 200 "Hello from backend a\\n"; }} }}
-    server {{ listen {b2}; location / {{ return 200 "Hello from backend b\\n"; }} }}
+    sendfile on;
+    server {{ listen {b1}; location / {{ return 200 "Hello from backend a\\n"; }}
+             location = /1m {{ alias {tmp}/1m.bin; }} }}
+    server {{ listen {b2}; location / {{ return 200 "Hello from backend b\\n"; }}
+             location = /1m {{ alias {tmp}/1m.bin; }} }}
 }}
 """
 
@@ -106,7 +128,7 @@ uvloop.run(serve(sys.argv[1], sys.argv[2:]))
 
 HAPROXY = """\
 global
-    nbthread 1
+    nbthread {workers}
     maxconn 4096
 defaults
     mode http
@@ -119,9 +141,60 @@ frontend fe
     default_backend be
 backend be
     balance roundrobin
-    server a {b1}
-    server b {b2}
+    http-request set-header Host {host}
+    server a {b1} check inter 1s
+    server b {b2} check inter 1s
 """
+
+LBX_YAML = """\
+version: 1
+threads: {workers}
+plugins: [roundrobin, healthcheck, {root}/contrib/host_header.py{extra}]
+services:
+  - name: bench
+    listen: ["{listen}"]
+    upstreams: ["{b1}", "{b2}"]
+    health_check: tcp
+"""
+
+UPLOAD_LUA = f"""\
+wrk.method = "POST"
+wrk.body = string.rep("x", {UPLOAD})
+wrk.headers["Content-Type"] = "application/octet-stream"
+"""
+
+# ---------------------------------------------------------------- scenarios
+
+
+@dataclass(frozen=True)
+class Scenario:
+    key: str
+    title: str
+    systems: tuple[str, ...]
+    rounds: int = 3
+    path: str = "/"
+    connections: int = 50
+    upload: bool = False
+    idle: int = 0
+    workers: int = 1
+
+    @property
+    def pinned(self) -> bool:
+        return self.workers == 1
+
+
+ALL = ("lbx", "nginx", "haproxy", "proxy.py")
+SCENARIOS = {
+    s.key: s
+    for s in (
+        Scenario("a", "quick start: round robin, TCP health check, Host hook", ALL, rounds=5),
+        Scenario("b", "a + every per-request hook as a no-op", ("lbx", "lbx+noop", "nginx")),
+        Scenario("c", "1 MiB responses", ALL, path="/1m", connections=16),
+        Scenario("d", "64 KiB uploads", ALL, connections=16, upload=True),
+        Scenario("e", f"{IDLE:,} idle keep-alive clients + load", ALL[:3], idle=IDLE),
+        Scenario("f", "2 workers each, nothing pinned", ALL[:3], workers=2),
+    )
+}
 
 # ---------------------------------------------------------------- processes
 
@@ -133,7 +206,7 @@ def free_port() -> int:
 
 
 def wait_listening(
-    port: int, proc: subprocess.Popen[bytes], name: str, timeout: float = 15
+    port: int, proc: subprocess.Popen[bytes], name: str, timeout: float = 20
 ) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -170,7 +243,8 @@ def running(
             try:
                 proc.wait(10)
             except subprocess.TimeoutExpired:
-                proc.kill()
+                with suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)  # its own session: our processes only
                 proc.wait()
         log.close()
 
@@ -199,19 +273,19 @@ def cpu_ticks(pids: list[int]) -> int:
     return total
 
 
-def rss_mib(pid: int) -> float:
-    """RSS of the process that serves traffic: the (largest) child if there is one, else ``pid``."""
+def rss_of(pid: int) -> tuple[float, float]:
+    """(RSS MiB of the largest serving process: the largest child if any, else ``pid``; total)."""
     tree = process_tree(pid)
-    candidates = tree[1:] or tree
-    best = 0
-    for p in candidates:
+    sizes = {}
+    for p in tree:
         with suppress(OSError):
-            best = max(best, int(Path(f"/proc/{p}/statm").read_text().split()[1]))
-    return best * PAGE / 2**20
+            sizes[p] = int(Path(f"/proc/{p}/statm").read_text().split()[1]) * PAGE / 2**20
+    serving = [sizes.get(p, 0.0) for p in (tree[1:] or tree)]
+    return max(serving, default=0.0), sum(sizes.values())
 
 
-def core_busy(cpu: str) -> int:
-    """Busy jiffies of one CPU from /proc/stat, softirq included."""
+def cpu_busy(cpu: str) -> int:
+    """Busy jiffies of one CPU ("" = all of them) from /proc/stat, softirq included."""
     for line in Path("/proc/stat").read_text().splitlines():
         name, *vals = line.split()
         if name == f"cpu{cpu}":
@@ -220,17 +294,19 @@ def core_busy(cpu: str) -> int:
     raise LookupError(f"cpu{cpu} not in /proc/stat")
 
 
-def all_ticks() -> dict[int, int]:
-    """utime+stime of every user-space process (kernel threads are children of pid 2)."""
+def all_ticks() -> dict[int, tuple[str, int]]:
+    """(name, utime+stime) of every user-space process (kernel threads are children of pid 2)."""
     out = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                head, tail = (entry / "stat").read_text().rsplit(")", 1)
             except OSError:
                 continue
+            fields = tail.split()
             if fields[1] not in ("0", "2"):  # ppid
-                out[int(entry.name)] = int(fields[11]) + int(fields[12])
+                comm = head.split("(", 1)[1]
+                out[int(entry.name)] = (comm, int(fields[11]) + int(fields[12]))
     return out
 
 
@@ -239,43 +315,70 @@ def all_ticks() -> dict[int, int]:
 
 @dataclass
 class Run:
+    scenario: str
     system: str
     round: int
     rps: float
+    mbps: float  # response bytes / s, MB = 10**6 bytes (wrk's Transfer/sec)
     requests: int
     errors: int
     p50_ms: float
     p99_ms: float
     cpu_us_per_req: float
-    rss_mib: float
-    core_us_per_req: float  # all busy time of the proxy's CPU, softirq included
+    rss_mib: float  # the largest serving process (nginx: a worker; lbx threads: 2: a worker)
+    rss_total_mib: float  # every process of the proxy
+    core_us_per_req: float  # all busy time of the proxy's CPU (f: of the machine) per request
     client_core_busy: float  # backends + wrk CPU / wall time, 1.0 = CPU 1 saturated by us
     other_cpu: float  # CPU (in cores) used by processes that are not ours
+    others: list[tuple[str, float]] = field(default_factory=list)  # the busiest of them, cores
     attempts: int = 1
-    top: str = ""
+    rss_before_idle_mib: float = 0.0  # scenario e
+    kib_per_idle_conn: float = 0.0
+    idle_alive: int = 0
 
 
 def to_ms(text: str) -> float:
-    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
-    return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()  # type: ignore[union-attr]
+    return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}[unit]
 
 
-def parse_wrk(out: str) -> tuple[float, int, int, float, float]:
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    reqs = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
-    p50 = to_ms(re.search(r"\s50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
-    p99 = to_ms(re.search(r"\s99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+def to_bytes(text: str) -> float:
+    value, unit = re.fullmatch(r"([\d.]+)([KMGT]?B)", text).groups()  # type: ignore[union-attr]
+    return float(value) * 1024 ** "BKMGT".index(unit[0]) if unit != "B" else float(value)
+
+
+def parse_wrk(out: str) -> dict[str, float]:
+    def grab(pattern: str) -> str:
+        m = re.search(pattern, out)
+        if not m:
+            raise RuntimeError(f"no {pattern!r} in wrk output:\n{out}")
+        return m.group(1)
+
     errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
     m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return rps, reqs, errors + (int(m.group(1)) if m else 0), p50, p99
+    return {
+        "rps": float(grab(r"Requests/sec:\s+([\d.]+)")),
+        "mbps": to_bytes(grab(r"Transfer/sec:\s+(\S+)")) / 1e6,
+        "requests": int(grab(r"(\d+) requests in")),
+        "errors": errors + (int(m.group(1)) if m else 0),
+        "p50_ms": to_ms(grab(r"\s50%\s+(\S+)")),
+        "p99_ms": to_ms(grab(r"\s99%\s+(\S+)")),
+    }
 
 
-def wrk(port: int, duration: int, connections: int, cpu: str = CLIENT_CPU) -> tuple[str, float]:
+def wrk(
+    port: int,
+    duration: int,
+    connections: int,
+    cpu: str = CLIENT_CPU,
+    path: str = "/",
+    lua: Path | None = None,
+) -> tuple[str, float]:
     """Run wrk pinned to ``cpu``; return its output and its own CPU seconds."""
     with tempfile.TemporaryFile() as out:
-        argv = ["taskset", "-c", cpu, "wrk", "-t1", f"-c{connections}"]
-        argv += [f"-d{duration}s", "--latency", f"http://{HOST}:{port}/"]
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+        argv = ["taskset", "-c", cpu, "wrk", "-t1", f"-c{connections}", f"-d{duration}s"]
+        argv += ["--latency", "--timeout", "5s", *(["-s", str(lua)] if lua else [])]
+        proc = subprocess.Popen([*argv, f"http://{HOST}:{port}{path}"], stdout=out, stderr=out)
         try:
             _, status, usage = os.wait4(proc.pid, 0)  # the rusage of wrk itself
         finally:
@@ -289,82 +392,120 @@ def wrk(port: int, duration: int, connections: int, cpu: str = CLIENT_CPU) -> tu
     return text, usage.ru_utime + usage.ru_stime
 
 
-def top_snapshot(delay: float, into: list[str], ours: set[int]) -> None:
-    time.sleep(delay)
-    ours.update(process_tree(os.getpid()))  # proxies, backends, wrk
-    out = subprocess.run(
-        ["top", "-b", "-n", "2", "-d", "1", "-w", "160"], capture_output=True, text=True
-    ).stdout
-    frame = out.split("top - ")[-1]  # the 2nd frame has %CPU over the last second
-    into.append("\n".join(("top - " + frame).splitlines()[:22]))
+@dataclass
+class Target:
+    """What one measured run needs to know about the system under test."""
+
+    system: str
+    port: int
+    pid: int
+    backend: int
+    scenario: Scenario
+    lua: Path | None
 
 
-def measure(
-    system: str, rnd: int, proxy: int, port: int, backend: int, args: argparse.Namespace
-) -> Run:
-    pids, bpids = process_tree(proxy), process_tree(backend)
-    everyone0, core0, t0 = all_ticks(), core_busy(PROXY_CPU), time.monotonic()
+def measure(t: Target, rnd: int, duration: int) -> Run:
+    sc = t.scenario
+    pids, bpids = process_tree(t.pid), process_tree(t.backend)
+    ours = set(process_tree(os.getpid()))
+    core = PROXY_CPU if sc.pinned else ""
+    client_cpu = CLIENT_CPU if sc.pinned else ANY_CPU
+    everyone0, core0, t0 = all_ticks(), cpu_busy(core), time.monotonic()
     p0, b0 = cpu_ticks(pids), cpu_ticks(bpids)
-    snap: list[str] = []
-    ours: set[int] = set()
-    snapper = threading.Thread(
-        target=top_snapshot, args=(args.duration / 2, snap, ours), daemon=True
-    )
-    snapper.start()
-    out, wrk_cpu = wrk(port, args.duration, args.connections)
-    p1, b1, wall, core1 = (
-        cpu_ticks(pids),
-        cpu_ticks(bpids),
-        time.monotonic() - t0,
-        core_busy(PROXY_CPU),
-    )
+    out, wrk_cpu = wrk(t.port, duration, sc.connections, client_cpu, sc.path, t.lua)
+    p1, b1, wall, core1 = cpu_ticks(pids), cpu_ticks(bpids), time.monotonic() - t0, cpu_busy(core)
     everyone1 = all_ticks()
-    rss = rss_mib(proxy)
-    snapper.join()
-    rps, reqs, errors, p50, p99 = parse_wrk(out)
-    proxy_s, backend_s = (p1 - p0) / HZ, (b1 - b0) / HZ
-    other = sum(t - everyone0.get(p, 0) for p, t in everyone1.items() if p not in ours) / HZ
+    rss, rss_total = rss_of(t.pid)
+    ours.update(process_tree(os.getpid()))
+    w = parse_wrk(out)
+    reqs = max(int(w["requests"]), 1)
+    foreign = {
+        (name, pid): (ticks - everyone0.get(pid, (name, 0))[1]) / HZ / wall
+        for pid, (name, ticks) in everyone1.items()
+        if pid not in ours
+    }
+    busiest = sorted(((name, cores) for (name, _), cores in foreign.items()), key=lambda x: -x[1])
     return Run(
-        system=system,
+        scenario=sc.key,
+        system=t.system,
         round=rnd,
-        rps=rps,
+        rps=w["rps"],
+        mbps=round(w["mbps"], 1),
         requests=reqs,
-        errors=errors,
-        p50_ms=p50,
-        p99_ms=p99,
-        cpu_us_per_req=proxy_s * 1e6 / max(reqs, 1),
-        core_us_per_req=(core1 - core0) / HZ * 1e6 / max(reqs, 1),
+        errors=int(w["errors"]),
+        p50_ms=w["p50_ms"],
+        p99_ms=w["p99_ms"],
+        cpu_us_per_req=(p1 - p0) / HZ * 1e6 / reqs,
+        core_us_per_req=(core1 - core0) / HZ * 1e6 / reqs,
         rss_mib=round(rss, 1),
-        client_core_busy=round((backend_s + wrk_cpu) / wall, 3),
-        other_cpu=round(other / wall, 3),
-        top=snap[0] if snap else "",
+        rss_total_mib=round(rss_total, 1),
+        client_core_busy=round(((b1 - b0) / HZ + wrk_cpu) / wall, 3),
+        other_cpu=round(sum(foreign.values()), 3),
+        others=[(name, round(c, 3)) for name, c in busiest[:3] if c >= 0.005],
     )
 
 
-def noise(run: Run) -> float:
-    """How many cores' worth of CPU other processes used during the run."""
-    return run.other_cpu
+# ---------------------------------------------------------------- idle clients (scenario e)
+
+
+def open_idle(port: int, count: int) -> list[socket.socket]:
+    """``count`` keep-alive connections that each did one request, then stay open and idle."""
+    socks = []
+    request = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
+    for _ in range(count):
+        s = socket.create_connection((HOST, port), timeout=10)
+        s.sendall(request)
+        socks.append(s)
+    for s in socks:
+        with suppress(OSError):
+            s.recv(65536)  # the small response of backend a or b
+    return socks
+
+
+def still_open(socks: list[socket.socket]) -> int:
+    alive = 0
+    for s in socks:
+        s.setblocking(False)
+        try:
+            alive += s.recv(1) != b""
+        except BlockingIOError:
+            alive += 1
+        except OSError:
+            pass
+    return alive
 
 
 # ---------------------------------------------------------------- systems
 
 
-def ensure_tools(need_haproxy: bool) -> None:
+def ensure_tools(systems: list[str]) -> list[str]:
+    """Install what ``systems`` need (apt-get; proxy.py from PyPI into its own venv).
+
+    Returns the systems that can run; nginx and wrk are required."""
     wanted = {"nginx": "nginx", "wrk": "wrk", "taskset": "util-linux"}
-    if need_haproxy:
+    if "haproxy" in systems:
         wanted["haproxy"] = "haproxy"
     missing = [pkg for tool, pkg in wanted.items() if not shutil.which(tool)]
-    if not missing:
-        return
-    print(f"installing {' '.join(missing)} with apt-get ...", file=sys.stderr)
-    try:
-        subprocess.run(["apt-get", "update", "-qq"], check=True)
-        subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True)
-    except (OSError, subprocess.CalledProcessError) as exc:
-        needed = [p for p in missing if p != "haproxy"]
-        if any(not shutil.which(t) for t in ("nginx", "wrk", "taskset")):
-            sys.exit(f"could not install {' '.join(needed)} ({exc}); install them and rerun")
-        print(f"haproxy not installed ({exc}); skipping it", file=sys.stderr)
+    if missing:
+        print(f"installing {' '.join(missing)} with apt-get ...", file=sys.stderr)
+        try:
+            subprocess.run(["apt-get", "update", "-qq"], check=True)
+            subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True)
+        except (OSError, subprocess.CalledProcessError) as exc:
+            if any(not shutil.which(t) for t in ("nginx", "wrk", "taskset")):
+                sys.exit(f"could not install {' '.join(missing)} ({exc}); install them, rerun")
+            print(f"haproxy not installed ({exc}); skipping it", file=sys.stderr)
+    if "proxy.py" in systems and not (PROXYPY_VENV / "bin" / "proxy").exists():
+        print(f"installing proxy.py into {PROXYPY_VENV} ...", file=sys.stderr)
+        try:
+            subprocess.run([sys.executable, "-m", "venv", str(PROXYPY_VENV)], check=True)
+            pip = [str(PROXYPY_VENV / "bin" / "pip"), "install", "-q", "proxy.py"]
+            subprocess.run(pip, check=True)
+        except (OSError, subprocess.CalledProcessError) as exc:
+            print(f"proxy.py not installed ({exc}); skipping it", file=sys.stderr)
+    ok = {"haproxy": bool(shutil.which("haproxy"))}
+    ok["proxy.py"] = (PROXYPY_VENV / "bin" / "proxy").exists()
+    return [s for s in systems if ok.get(s, True)]
 
 
 def write(tmp: Path, name: str, text: str) -> Path:
@@ -373,30 +514,59 @@ def write(tmp: Path, name: str, text: str) -> Path:
     return path
 
 
-def start_backend(kind: str, b1: int, b2: int, tmp: Path, stack: ExitStack) -> int:
+def start_backend(kind: str, b1: int, b2: int, tmp: Path, stack: ExitStack, cpu: str) -> int:
     if kind == "nginx":
+        (tmp / "1m.bin").write_bytes(os.urandom(BIG))
         conf = write(tmp, "backend.conf", NGINX_BACKEND.format(tmp=tmp, b1=b1, b2=b2))
         argv = ["nginx", "-e", str(tmp / "nginx-backend.err"), "-c", str(conf)]
     else:
         # `python -m lbx.testing` does this too, but its main() needs Python 3.12 (loop_factory)
         argv = [sys.executable, "-c", PYTHON_BACKEND, HOST, str(b1), str(b2)]
-    return stack.enter_context(running(f"backend-{kind}", CLIENT_CPU, argv, [b1, b2])).pid
+    return stack.enter_context(running(f"backend-{kind}", cpu, argv, [b1, b2])).pid
 
 
-def start_proxy(system: str, port: int, b1: int, b2: int, tmp: Path, stack: ExitStack) -> int:
+def lbx_argv(listen: str, up1: str, up2: str, noop: bool) -> list[str]:
+    """Scenario (a)'s command line, as in the quick start."""
+    argv = [str(VENV_BIN / "lbx"), "serve", "--plugin", "roundrobin", "--plugin", "healthcheck"]
+    argv += ["--health-check", "tcp", "--plugin", str(ROOT / "contrib" / "host_header.py")]
+    if noop:
+        argv += ["--plugin", str(HERE / "noop_hooks.py")]
+    return [*argv, "--listen", listen, "--upstream", up1, "--upstream", up2]
+
+
+def start_proxy(
+    system: str, port: int, b1: int, b2: int, tmp: Path, stack: ExitStack, workers: int = 1
+) -> int:
     listen, up1, up2 = f"{HOST}:{port}", f"{HOST}:{b1}", f"{HOST}:{b2}"
-    env = None
-    if system == "lbx":
-        argv = [str(VENV_BIN / "lbx"), "serve", "--plugin", "roundrobin", "--listen", listen]
-        argv += ["--upstream", up1, "--upstream", up2]
-        env = {"LBX_LOG": "warn"}
+    env: dict[str, str] = {}
+    cpu = PROXY_CPU if workers == 1 else ANY_CPU
+    if system.startswith("lbx"):
+        noop = system == "lbx+noop"
+        env = {"LBX_LOG": "warn", "LBX_UPSTREAM_HOST": UPSTREAM_HOST}
+        if workers == 1:
+            argv = lbx_argv(listen, up1, up2, noop)
+        else:
+            extra = f", {HERE / 'noop_hooks.py'}" if noop else ""
+            yaml = LBX_YAML.format(
+                workers=workers, root=ROOT, extra=extra, listen=listen, b1=up1, b2=up2
+            )
+            argv = [str(VENV_BIN / "lbx"), "serve", "-c", str(write(tmp, "lbx.yaml", yaml))]
     elif system == "nginx":
-        conf = write(tmp, "proxy.conf", NGINX_PROXY.format(tmp=tmp, listen=listen, b1=up1, b2=up2))
-        argv = ["nginx", "-e", str(tmp / "nginx-proxy.err"), "-c", str(conf)]
+        text = NGINX_PROXY.format(
+            tmp=tmp, listen=listen, b1=up1, b2=up2, workers=workers, host=UPSTREAM_HOST
+        )
+        argv = ["nginx", "-e", str(tmp / "nginx-proxy.err"), "-c", str(write(tmp, "px.conf", text))]
+    elif system == "haproxy":
+        text = HAPROXY.format(listen=listen, b1=up1, b2=up2, workers=workers, host=UPSTREAM_HOST)
+        argv = ["haproxy", "-db", "-f", str(write(tmp, "haproxy.cfg", text))]
+    elif system == "proxy.py":
+        argv = [str(PROXYPY_VENV / "bin" / "proxy"), "--hostname", HOST, "--port", str(port)]
+        argv += ["--enable-reverse-proxy", "--plugins", "proxypy_route.Route", "--threaded"]
+        argv += ["--num-workers", str(workers), "--num-acceptors", "1", "--log-level", "ERROR"]
+        env = {"PYTHONPATH": str(HERE), "BENCH_UPSTREAMS": f"http://{up1} http://{up2}"}
     else:
-        conf = write(tmp, "haproxy.cfg", HAPROXY.format(listen=listen, b1=up1, b2=up2))
-        argv = ["haproxy", "-db", "-f", str(conf)]
-    return stack.enter_context(running(system, PROXY_CPU, argv, [port], env)).pid
+        raise ValueError(f"unknown system {system}")
+    return stack.enter_context(running(system, cpu, argv, [port], env)).pid
 
 
 # ---------------------------------------------------------------- report
@@ -409,66 +579,188 @@ def spread(values: list[float], fmt: str) -> str:
     return f"{med:{fmt}} ({min(values):{fmt}}-{max(values):{fmt}})"
 
 
-def summarise(runs: list[Run], systems: list[str]) -> tuple[dict[str, dict[str, float]], str]:
-    base = {r.round: r for r in runs if r.system == "nginx"}
-    summary: dict[str, dict[str, float]] = {}
-    lines = [
-        "| system | req/s | CPU µs/req | core µs/req | p50 ms | p99 ms | RSS MiB "
-        "| req/s ÷ nginx | CPU/req ÷ nginx | client core busy |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+def paired(runs: list[Run], system: str, base: str, metric: Callable[[Run], float]) -> float:
+    """Median over rounds of metric(system) / metric(base), each pair from the same round."""
+    by = {(r.system, r.round): r for r in runs}
+    ratios = [
+        metric(r) / metric(by[base, r.round])
+        for r in runs
+        if r.system == system and (base, r.round) in by and metric(by[base, r.round])
     ]
+    return statistics.median(ratios) if ratios else float("nan")
+
+
+def summarise(sc: Scenario, runs: list[Run], systems: list[str]) -> tuple[dict, str]:  # type: ignore[type-arg]
+    summary: dict[str, dict[str, float]] = {}
+    big, idle = sc.path == "/1m", sc.idle > 0
+    head = ["system", "req/s"] + (["MB/s"] if big or sc.upload else [])
+    head += ["CPU µs/req", "core µs/req" if sc.pinned else "machine µs/req", "p50 ms", "p99 ms"]
+    head += ["RSS MiB" + (" (worker)" if sc.workers > 1 else "")]
+    head += ["RSS total MiB"] if sc.workers > 1 else []
+    head += ["RSS before idle", "KiB / idle conn", "idle kept"] if idle else []
+    head += ["req/s ÷ nginx" if not big else "MB/s ÷ nginx", "CPU/req ÷ nginx", "p99 ÷ nginx"]
+    head += ["client cores busy", "errors"]
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
     for system in systems:
         rs = [r for r in runs if r.system == system]
-        paired = [(r, base[r.round]) for r in rs if r.round in base]
-        rps_ratio = statistics.median(r.rps / b.rps for r, b in paired)
-        cpu_ratio = statistics.median(r.cpu_us_per_req / b.cpu_us_per_req for r, b in paired)
-        summary[system] = {
+        if not rs:
+            continue
+        s = {
             "rps": statistics.median(r.rps for r in rs),
+            "mbps": statistics.median(r.mbps for r in rs),
             "cpu_us_per_req": statistics.median(r.cpu_us_per_req for r in rs),
-            "core_us_per_req": statistics.median(r.core_us_per_req for r in rs),
             "p50_ms": statistics.median(r.p50_ms for r in rs),
             "p99_ms": statistics.median(r.p99_ms for r in rs),
             "rss_mib": statistics.median(r.rss_mib for r in rs),
-            "rps_vs_nginx": rps_ratio,
-            "cpu_vs_nginx": cpu_ratio,
+            "rss_total_mib": statistics.median(r.rss_total_mib for r in rs),
+            "kib_per_idle_conn": statistics.median(r.kib_per_idle_conn for r in rs),
+            "rps_vs_nginx": paired(runs, system, "nginx", lambda r: r.rps),
+            "mbps_vs_nginx": paired(runs, system, "nginx", lambda r: r.mbps),
+            "cpu_vs_nginx": paired(runs, system, "nginx", lambda r: r.cpu_us_per_req),
+            "p99_vs_nginx": paired(runs, system, "nginx", lambda r: r.p99_ms),
             "errors": sum(r.errors for r in rs),
         }
-        lines.append(
-            f"| {system} | {spread([r.rps for r in rs], ',.0f')} "
-            f"| {spread([r.cpu_us_per_req for r in rs], '.1f')} "
-            f"| {spread([r.core_us_per_req for r in rs], '.1f')} "
-            f"| {spread([r.p50_ms for r in rs], '.2f')} "
-            f"| {spread([r.p99_ms for r in rs], '.2f')} "
-            f"| {spread([r.rss_mib for r in rs], '.1f')} "
-            f"| {rps_ratio:.2f} | {cpu_ratio:.2f} "
-            f"| {spread([r.client_core_busy for r in rs], '.2f')} |"
-        )
+        for other in ("lbx", "proxy.py"):
+            if other != system and any(r.system == other for r in runs):
+                key = other.replace(".", "")
+                s[f"rps_vs_{key}"] = paired(runs, system, other, lambda r: r.rps)
+                s[f"mbps_vs_{key}"] = paired(runs, system, other, lambda r: r.mbps)
+                s[f"cpu_vs_{key}"] = paired(runs, system, other, lambda r: r.cpu_us_per_req)
+        summary[system] = s
+        cells = [system, spread([r.rps for r in rs], ",.0f")]
+        cells += [spread([r.mbps for r in rs], ",.0f")] if big or sc.upload else []
+        cells += [spread([r.cpu_us_per_req for r in rs], ".1f")]
+        cells += [spread([r.core_us_per_req for r in rs], ".1f")]
+        cells += [spread([r.p50_ms for r in rs], ".2f"), spread([r.p99_ms for r in rs], ".2f")]
+        cells += [spread([r.rss_mib for r in rs], ".1f")]
+        cells += [spread([r.rss_total_mib for r in rs], ".1f")] if sc.workers > 1 else []
+        if idle:
+            cells += [spread([r.rss_before_idle_mib for r in rs], ".1f")]
+            cells += [spread([r.kib_per_idle_conn for r in rs], ".1f")]
+            cells += [f"{min(r.idle_alive for r in rs)}/{sc.idle}"]
+        ratio = s["mbps_vs_nginx"] if big else s["rps_vs_nginx"]
+        cells += [f"{ratio:.2f}", f"{s['cpu_vs_nginx']:.2f}", f"{s['p99_vs_nginx']:.2f}"]
+        cells += [spread([r.client_core_busy for r in rs], ".2f"), str(s["errors"])]
+        lines.append("| " + " | ".join(cells) + " |")
     return summary, "\n".join(lines)
 
 
-def compare_backends(args: argparse.Namespace) -> None:
-    """wrk (on CPU 0) straight at each backend kind (on CPU 1): which one costs less per request."""
-    for kind in ("python", "nginx"):
-        with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="lbx-bench-") as tmpdir:
-            b1, b2 = free_port(), free_port()
-            pid = start_backend(kind, b1, b2, Path(tmpdir), stack)
-            wrk(b1, args.warmup, args.connections, PROXY_CPU)
-            pids = process_tree(pid)
-            c0 = cpu_ticks(pids)
-            out, _ = wrk(b1, args.duration, args.connections, PROXY_CPU)
-            rps, reqs, _, _, p99 = parse_wrk(out)
-            us = (cpu_ticks(pids) - c0) / HZ * 1e6 / max(reqs, 1)
-            print(f"backend {kind:6} {rps:>9,.0f} req/s  {us:5.1f} µs/req  p99 {p99:.2f} ms")
+def verdicts(summaries: dict[str, dict[str, dict[str, float]]]) -> list[str]:
+    """Issue #7's targets, each with the measured value and whether it is met."""
+    out = []
+
+    def check(name: str, sc: str, system: str, key: str, ok: Callable[[float], bool]) -> None:
+        value = summaries.get(sc, {}).get(system, {}).get(key)
+        if value is None:
+            out.append(f"- {name}: not measured")
+        else:
+            out.append(f"- {name}: {value:.2f} — {'met' if ok(value) else 'NOT met'}")
+
+    check("(a) req/s ≥ 0.5x nginx", "a", "lbx", "rps_vs_nginx", lambda v: v >= 0.5)
+    check("(a) CPU/req ≤ 2x nginx", "a", "lbx", "cpu_vs_nginx", lambda v: v <= 2)
+    check("(a) p99 ≤ 3x nginx", "a", "lbx", "p99_vs_nginx", lambda v: v <= 3)
+    check("(a) RSS ≤ 40 MiB per worker (MiB)", "a", "lbx", "rss_mib", lambda v: v <= 40)
+    check(
+        "(a) RSS ≤ 40 MiB per worker, 2 workers (f, MiB)", "f", "lbx", "rss_mib", lambda v: v <= 40
+    )
+    check("(b) req/s within 15% of (a) (b ÷ a)", "b", "lbx+noop", "rps_vs_lbx", lambda v: v >= 0.85)
+    check(
+        "(b) CPU/req within 15% of (a) (b ÷ a)", "b", "lbx+noop", "cpu_vs_lbx", lambda v: v <= 1.15
+    )
+    check("(c) MB/s ≥ 0.5x nginx", "c", "lbx", "mbps_vs_nginx", lambda v: v >= 0.5)
+    check("(a) req/s ≥ 10x proxy.py", "a", "lbx", "rps_vs_proxypy", lambda v: v >= 10)
+    check("(c) MB/s ≥ 10x proxy.py", "c", "lbx", "mbps_vs_proxypy", lambda v: v >= 10)
+    return out
+
+
+def noise_report(runs: list[Run]) -> str:
+    worst = max(runs, key=lambda r: r.other_cpu)
+    names: Counter[str] = Counter()
+    for r in runs:
+        for name, cores in r.others:
+            names[name] += cores / len(runs)
+    busiest = ", ".join(f"{n} {c:.2f}" for n, c in names.most_common(5)) or "nothing measurable"
+    return (
+        f"other processes' CPU per run (cores): median "
+        f"{statistics.median(r.other_cpu for r in runs):.2f}, max {worst.other_cpu:.2f} "
+        f"({worst.system}, round {worst.round}); on average: {busiest}"
+    )
+
+
+# ---------------------------------------------------------------- main
+
+
+def run_scenario(sc: Scenario, systems: list[str], args: argparse.Namespace) -> list[Run]:
+    rounds = args.rounds or sc.rounds
+    runs: list[Run] = []
+    with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="lbx-bench-") as tmpdir:
+        tmp = Path(tmpdir)
+        lua = write(tmp, "upload.lua", UPLOAD_LUA) if sc.upload else None
+        b1, b2 = free_port(), free_port()
+        backend_cpu = CLIENT_CPU if sc.pinned else ANY_CPU
+        backend = start_backend(args.backend, b1, b2, tmp, stack, backend_cpu)
+        targets = []
+        for system in systems:
+            port = free_port()
+            pid = start_proxy(system, port, b1, b2, tmp, stack, sc.workers)
+            targets.append(Target(system, port, pid, backend, sc, lua))
+        time.sleep(1.5)  # let the first health-check rounds pass
+        for rnd in range(1, rounds + 1):
+            for t in targets:
+                tries: list[Run] = []
+                while len(tries) <= args.retries:  # repeat runs disturbed by others
+                    client = CLIENT_CPU if sc.pinned else ANY_CPU
+                    if args.warmup > 0:
+                        wrk(t.port, args.warmup, sc.connections, client, sc.path, lua)
+                    idle: list[socket.socket] = []
+                    if sc.idle:
+                        before, _ = rss_of(t.pid)
+                        idle = open_idle(t.port, sc.idle)
+                        time.sleep(0.5)
+                        with_idle, _ = rss_of(t.pid)
+                    try:
+                        run = measure(t, rnd, args.duration)
+                    finally:
+                        alive = still_open(idle)
+                        for s in idle:
+                            s.close()
+                    if sc.idle:
+                        run.rss_before_idle_mib = round(before, 1)
+                        run.kib_per_idle_conn = round((with_idle - before) * 1024 / sc.idle, 1)
+                        run.idle_alive = alive
+                    tries.append(run)
+                    if run.other_cpu <= args.max_noise:
+                        break
+                run = min(tries, key=lambda r: r.other_cpu)
+                run.attempts = len(tries)
+                runs.append(run)
+                print(
+                    f"{sc.key} round {rnd} {t.system:8} {run.rps:>9,.0f} req/s "
+                    f"{run.mbps:>7,.0f} MB/s {run.cpu_us_per_req:6.1f} µs/req"
+                    f"  p50 {run.p50_ms:.2f}  p99 {run.p99_ms:.2f}  RSS {run.rss_mib:.1f}"
+                    f"  errors {run.errors}  client {run.client_core_busy:.2f}"
+                    f"  other {run.other_cpu:.2f} {run.others}  attempts {run.attempts}",
+                    file=sys.stderr,
+                )
+    return runs
+
+
+def raise_fd_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = min(hard, 65536) if hard != resource.RLIM_INFINITY else 65536
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))  # inherited by the proxies
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--scenario", default="a", help="a,b,c,d,e,f or all (comma-separated)")
+    ap.add_argument("--rounds", type=int, default=0, help="rounds per scenario (default: a 5, 3)")
     ap.add_argument("--duration", type=int, default=10, help="seconds per measured run")
     ap.add_argument("--warmup", type=int, default=2, help="seconds of load before each run")
-    ap.add_argument("--connections", type=int, default=50)
+    ap.add_argument("--quick", action="store_true", help="1 round of 3 s, 1 s warm-up")
     ap.add_argument("--backend", choices=["python", "nginx"], default="nginx")
-    ap.add_argument("--systems", default="lbx,nginx,haproxy", help="comma-separated")
+    ap.add_argument("--systems", default="", help="limit to these (comma-separated; keep nginx)")
     ap.add_argument(
         "--max-noise",
         type=float,
@@ -478,76 +770,94 @@ def main() -> None:
     ap.add_argument("--retries", type=int, default=2, help="repeats allowed per noisy run")
     ap.add_argument("--compare-backends", action="store_true", help="measure the backends only")
     args = ap.parse_args()
+    if args.quick:
+        args.rounds, args.duration, args.warmup, args.retries = 1, 3, 1, 0
     if args.compare_backends:
-        ensure_tools(False)
+        ensure_tools([])
         return compare_backends(args)
-    systems = [s for s in args.systems.split(",") if s]
-    if "nginx" not in systems:
-        sys.exit("nginx is the baseline; keep it in --systems")
-    ensure_tools("haproxy" in systems)
-    if "haproxy" in systems and not shutil.which("haproxy"):
-        systems.remove("haproxy")
+    keys = list(SCENARIOS) if args.scenario == "all" else args.scenario.split(",")
+    if unknown := [k for k in keys if k not in SCENARIOS]:
+        sys.exit(f"unknown scenario {unknown}; choose from {','.join(SCENARIOS)} or all")
     if (os.cpu_count() or 1) < 2:
         sys.exit("needs 2 CPUs (proxy on CPU 0, backends and wrk on CPU 1)")
+    only = [s for s in args.systems.split(",") if s]
+    if only and "nginx" not in only:
+        sys.exit("nginx is the baseline; keep it in --systems")
+    wanted = sorted({s for k in keys for s in SCENARIOS[k].systems if not only or s in only})
+    available = ensure_tools(wanted)
+    raise_fd_limit()
 
     load_before = os.getloadavg()
-    runs: list[Run] = []
-    with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="lbx-bench-") as tmpdir:
-        tmp = Path(tmpdir)
-        b1, b2 = free_port(), free_port()
-        backend = start_backend(args.backend, b1, b2, tmp, stack)
-        proxies = {}
-        for system in systems:
-            port = free_port()
-            proxies[system] = (port, start_proxy(system, port, b1, b2, tmp, stack))
-        for rnd in range(1, args.rounds + 1):
-            for system in systems:
-                port, pid = proxies[system]
-                tries: list[Run] = []
-                while len(tries) <= args.retries:  # repeat runs disturbed by others
-                    if args.warmup > 0:
-                        wrk(port, args.warmup, args.connections)
-                    tries.append(measure(system, rnd, pid, port, backend, args))
-                    if noise(tries[-1]) <= args.max_noise:
-                        break
-                run = min(tries, key=noise)
-                run.attempts = len(tries)
-                runs.append(run)
-                print(
-                    f"round {rnd} {system:8} {run.rps:>9,.0f} req/s  "
-                    f"{run.cpu_us_per_req:5.1f} µs/req (core {run.core_us_per_req:5.1f})"
-                    f"  p50 {run.p50_ms:.2f}  p99 {run.p99_ms:.2f}"
-                    f"  errors {run.errors}  client core {run.client_core_busy:.2f}"
-                    f"  other cpu {run.other_cpu:.2f}  attempts {run.attempts}",
-                    file=sys.stderr,
-                )
+    all_runs: list[Run] = []
+    summaries: dict[str, dict[str, dict[str, float]]] = {}
+    report: list[str] = []
+    for key in keys:
+        sc = SCENARIOS[key]
+        systems = [s for s in sc.systems if s in available and (not only or s in only)]
+        runs = run_scenario(sc, systems, args)
+        all_runs += runs
+        summaries[key], table = summarise(sc, runs, systems)
+        rounds = max(r.round for r in runs)
+        report += [
+            f"### ({key}) {sc.title}",
+            "",
+            f"{rounds} rounds x {args.duration} s, wrk -t1 -c{sc.connections} {sc.path}"
+            + (f" POST {UPLOAD // 1024} KiB" if sc.upload else "")
+            + ("" if sc.pinned else ", nothing pinned")
+            + f", backend: {args.backend}; median (min-max); ratios paired by round",
+            "",
+            table,
+            "",
+            noise_report(runs),
+            "",
+        ]
+        if key == "b":
+            s = summaries["b"].get("lbx+noop", {})
+            report += [
+                f"lbx+noop ÷ lbx (paired): req/s {s.get('rps_vs_lbx', float('nan')):.3f}, "
+                f"CPU/req {s.get('cpu_vs_lbx', float('nan')):.3f}",
+                "",
+            ]
+        print("\n".join(report[-(8 if key != "b" else 10) :]))
     load_after = os.getloadavg()
+    report += ["### targets", "", *verdicts(summaries), ""]
+    report += [f"load average before {load_before}, after {load_after}"]
+    text = "\n".join(report)
+    print("\n".join(["### targets", "", *verdicts(summaries)]))
 
-    summary, table = summarise(runs, systems)
-    noisiest = max(runs, key=noise)
+    out_dir = HERE / "results"
+    out_dir.mkdir(exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
     result = {
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "host": {"node": platform.node(), "cpus": os.cpu_count(), "kernel": platform.release()},
         "args": vars(args),
         "load_before": load_before,
         "load_after": load_after,
-        "summary": summary,
-        "runs": [asdict(r) for r in runs],
+        "summary": summaries,
+        "runs": [asdict(r) for r in all_runs],
     }
-    out_dir = HERE / "results"
-    out_dir.mkdir(exist_ok=True)
-    out = out_dir / f"{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(json.dumps(result, indent=2))
+    (out_dir / f"{stamp}.json").write_text(json.dumps(result, indent=2))
+    (out_dir / f"{stamp}.md").write_text(text + "\n")
+    print(f"\nresults: bench/results/{stamp}.json and .md")
 
-    print(f"\n{args.rounds} rounds x {args.duration} s, wrk -t1 -c{args.connections}, ", end="")
-    print(f"backend: {args.backend}; median (min-max); ratios paired by round\n")
-    print(table)
-    print(f"\nload average before {load_before}, after {load_after}")
-    worst = noise(noisiest)
-    print(f"CPU used by other processes: max {worst:.2f} cores during a kept run")
-    print(f"top during the noisiest run ({noisiest.system}, round {noisiest.round}):")
-    print(noisiest.top)
-    print(f"\nresults: {out.relative_to(ROOT)}")
+
+def compare_backends(args: argparse.Namespace) -> None:
+    """wrk (on CPU 0) straight at each backend kind (on CPU 1): which one costs less per request."""
+    for kind in ("python", "nginx"):
+        with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="lbx-bench-") as tmpdir:
+            b1, b2 = free_port(), free_port()
+            pid = start_backend(kind, b1, b2, Path(tmpdir), stack, CLIENT_CPU)
+            wrk(b1, args.warmup, 50, PROXY_CPU)
+            pids = process_tree(pid)
+            c0 = cpu_ticks(pids)
+            out, _ = wrk(b1, args.duration, 50, PROXY_CPU)
+            w = parse_wrk(out)
+            us = (cpu_ticks(pids) - c0) / HZ * 1e6 / max(w["requests"], 1)
+            print(
+                f"backend {kind:6} {w['rps']:>9,.0f} req/s  {us:5.1f} µs/req  "
+                f"p99 {w['p99_ms']:.2f} ms"
+            )
 
 
 if __name__ == "__main__":

@@ -106,6 +106,27 @@ SERVICE_KEYS: dict[str, Field] = {
         "str_list", None, "addresses: host:port, [v6]:port or unix:/path", check=_listen_address
     ),
     "upstreams": Field("any", None, "backends: 'ip:port' or {address, weight}"),
+    "tls_listen": Field(
+        "str_list", None, "addresses where clients connect with TLS", check=_listen_address
+    ),
+    "certificates": Field("any", None, "for tls_listen: [{cert: file, key: file}, ...]"),
+    "unknown_sni": Field(
+        "str",
+        "default",
+        "a TLS client naming no configured certificate: default (first certificate) or reject",
+        check=lambda v: None if v in ("default", "reject") else "must be default or reject",
+    ),
+    "client_ca": Field("str", None, "CA file for verifying client certificates (mTLS)"),
+    "client_cert": Field(
+        "str",
+        "none",
+        "client certificates: none, optional or required (with client_ca)",
+        check=lambda v: (
+            None
+            if v in ("none", "optional", "required")
+            else ("must be none, optional or required")
+        ),
+    ),
     "tls": Field("bool", False, "connect to upstreams with TLS"),
     "sni": Field("str", "", "TLS server name sent to upstreams (and verified)"),
     "host": Field("str", None, "Host header sent to upstreams (default: the client's)"),
@@ -158,6 +179,11 @@ class ServiceConfig:
     name: str
     listen: list[str]
     upstreams: list[Backend]
+    tls_listen: list[str] = field(default_factory=list)
+    certificates: list[dict[str, str]] = field(default_factory=list)
+    unknown_sni: str = "default"
+    client_ca: str | None = None
+    client_cert: str = "none"
     tls: bool = False
     sni: str = ""
     host: str | None = None
@@ -434,15 +460,51 @@ def build_config(doc: Document, schema: ConfigSchema) -> Config:
 def _build_service(doc: Document, index: int, data: Any, schema: ConfigSchema) -> ServiceConfig:
     path: Path = ("services", index)
     values = validate_mapping(doc, path, data, schema.service_keys)
-    if not values["listen"]:
+    if not values["listen"] and not values["tls_listen"]:
         raise doc.error((*path, "listen"), "a service needs at least one listen address")
     upstreams = parse_upstreams(doc, (*path, "upstreams"), values["upstreams"])
     kernel = {key: values[key] for key in SERVICE_KEYS if key not in ("upstreams", "name")}
     kernel["selection_options"] = kernel["selection_options"] or {}
+    kernel["listen"] = kernel["listen"] or []
+    kernel["tls_listen"] = kernel["tls_listen"] or []
+    kernel["certificates"] = parse_certificates(doc, (*path, "certificates"), values)
+    if values["client_ca"] is not None:
+        kernel["client_ca"] = _relative_to(doc, values["client_ca"])
+    if values["client_cert"] != "none" and values["client_ca"] is None:
+        raise doc.error((*path, "client_cert"), "client certificates need client_ca")
     extra = {key: values[key] for key in schema.service_keys if key not in SERVICE_KEYS}
     return ServiceConfig(
         name=values["name"] or f"service{index}", upstreams=upstreams, extra=extra, **kernel
     )
+
+
+def _relative_to(doc: Document, file: str) -> str:
+    """A path from the config, resolved from the config file's directory."""
+    base = os.path.dirname(os.path.abspath(doc.path)) if doc.path else os.getcwd()
+    return os.path.normpath(os.path.join(base, file))
+
+
+def parse_certificates(doc: Document, path: Path, values: dict[str, Any]) -> list[dict[str, str]]:
+    """``certificates:`` for ``tls_listen``: ``[{cert: file, key: file}, ...]``, files resolved."""
+    value = values["certificates"]
+    if not values["tls_listen"]:
+        if value:
+            raise doc.error(path, "certificates are only used with tls_listen")
+        return []
+    if not value:
+        raise doc.error(path, "tls_listen needs at least one certificate ({cert, key})")
+    if not isinstance(value, list):
+        raise doc.error(path, "expected a list of {cert, key}")
+    result = []
+    for index, item in enumerate(value):
+        entry = validate_mapping(
+            doc, (*path, index), item, {"cert": Field("str"), "key": Field("str")}
+        )
+        for name in ("cert", "key"):
+            if entry[name] is None:
+                raise doc.error((*path, index, name), f"missing {name} file")
+        result.append({name: _relative_to(doc, entry[name]) for name in ("cert", "key")})
+    return result
 
 
 def parse_upstreams(doc: Document, path: Path, value: Any) -> list[Backend]:

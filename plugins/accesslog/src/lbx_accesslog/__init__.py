@@ -1,0 +1,291 @@
+"""lbx-accesslog: one line per request, in the combined format or as JSON, written in batches.
+
+The ``logging`` hook formats the line and appends it to a buffer in memory; the buffer goes to the
+file in one ``write`` when it holds ``batch_lines`` lines, or ``flush_interval`` seconds after its
+first line (a timer on the worker's event loop), and at shutdown. The file is opened with
+``O_APPEND`` and every write holds whole lines, so the workers of ``threads: N`` share one file
+without interleaving. The file is reopened when it was moved away (logrotate). See
+docs/accesslog.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import json
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+from lbx import Config, ConfigError, ConfigSchema, Field, ProxyError, Session, hookimpl
+
+if TYPE_CHECKING:
+    from lbx.server import Server
+
+SECTION = "accesslog"
+FORMATS = ("combined", "json")
+FIELDS = (
+    "time",
+    "client",
+    "service",
+    "method",
+    "uri",
+    "version",
+    "host",
+    "status",
+    "bytes_sent",
+    "bytes_read",
+    "referer",
+    "user_agent",
+    "upstream",
+    "upstream_time",
+    "total_time",
+    "tries",
+    "retries",
+    "error",
+)
+"""Every field a line can carry; ``fields:`` chooses among them (all by default for JSON)."""
+
+
+def _check_fields(value: Any) -> str | None:
+    unknown = [name for name in value if name not in FIELDS]
+    if unknown:
+        return f"unknown field {unknown[0]!r}; known: {', '.join(FIELDS)}"
+    return None
+
+
+def _check_format(value: Any) -> str | None:
+    return None if value in FORMATS else f"must be one of {', '.join(FORMATS)}"
+
+
+CONFIG_KEYS = {
+    "format": Field("str", "combined", "combined (Apache/nginx) or json", check=_check_format),
+    "path": Field("str", None, "file to append to (default: stderr)"),
+    "fields": Field(
+        "str_list",
+        None,
+        "json: the keys of each object (default: all); combined: extra key=value fields",
+        check=_check_fields,
+    ),
+    "batch_lines": Field("int", 256, "write once this many lines are buffered", minimum=1),
+    "flush_interval": Field(
+        "number", 0.5, "seconds a line may wait in the buffer before it is written", minimum=0
+    ),
+}
+
+
+class AccessLog:
+    """The buffer and the file of one process (each forked worker inherits the open file)."""
+
+    def __init__(
+        self,
+        path: str | None,
+        fmt: str,
+        fields: list[str] | None,
+        batch_lines: int,
+        flush_interval: float,
+    ) -> None:
+        self.path = path
+        self.json = fmt == "json"
+        if fields is None:
+            fields = list(FIELDS) if self.json else []
+        self.fields = fields
+        self.batch_lines = batch_lines
+        self.flush_interval = flush_interval
+        self.buffer: list[str] = []
+        self.write_through = False
+        self.lines_written = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._fd = -1
+        self._inode: tuple[int, int] | None = None
+        self._second = -1
+        self._stamp = ""
+
+    # -- the file ------------------------------------------------------------------------------
+    def open(self) -> None:
+        """Open (or create) the file now, so a wrong path is a start-up error."""
+        if self.path is None:
+            self._fd = 2
+            return
+        try:
+            self._fd = os.open(
+                self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644
+            )
+        except OSError as exc:
+            raise ConfigError(
+                f"accesslog.path: cannot open {self.path!r}: {exc.strerror or exc}"
+            ) from None
+        st = os.fstat(self._fd)
+        self._inode = (st.st_dev, st.st_ino)
+
+    def _reopen_if_moved(self) -> None:
+        if self.path is None:
+            return
+        try:
+            st = os.stat(self.path)
+            moved = (st.st_dev, st.st_ino) != self._inode
+        except FileNotFoundError:
+            moved = True
+        if moved:
+            old = self._fd
+            self.open()
+            with contextlib.suppress(OSError):
+                os.close(old)
+
+    def flush(self) -> None:
+        """Write every buffered line in one ``write`` (``O_APPEND``: whole lines, never mixed)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self.buffer:
+            return
+        lines, self.buffer = self.buffer, []
+        data = "".join(lines).encode("utf-8", "backslashreplace")
+        if self._fd < 0:
+            self.open()
+        else:
+            self._reopen_if_moved()
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(self._fd, view) :]
+        except OSError:
+            # A full disk or a closed stderr must not fail requests; the lines are lost.
+            return
+        self.lines_written += len(lines)
+
+    def close(self) -> None:
+        self.flush()
+        if self._fd > 2:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+        self._fd = -1
+
+    # -- per request ---------------------------------------------------------------------------
+    def add(self, line: str) -> None:
+        buffer = self.buffer
+        buffer.append(line)
+        if self.write_through or len(buffer) >= self.batch_lines:
+            self.flush()
+        elif self._timer is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self.flush()
+                return
+            self._timer = loop.call_later(self.flush_interval, self.flush)
+
+    def _time_local(self, now: float) -> str:
+        """The time of the combined format (JSON: ISO 8601), formatted once per second."""
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            pattern = "%Y-%m-%dT%H:%M:%S%z" if self.json else "%d/%b/%Y:%H:%M:%S %z"
+            self._stamp = time.strftime(pattern, time.localtime(second))
+        return self._stamp
+
+    def values(self, session: Session, error: ProxyError | None, now: float) -> dict[str, Any]:
+        """Every field of ``FIELDS`` for this request (``fields`` picks which are written)."""
+        head = session.req_header
+        headers = head.headers
+        peer = session.peer
+        head_time = session.head_time
+        return {
+            "time": self._time_local(time.time()),
+            "client": session.client_ip,
+            "service": session.service.name,
+            "method": head.method,
+            "uri": head.uri,
+            "version": head.version,
+            "host": headers.get("host"),
+            "status": session.response_status,
+            "bytes_sent": session.body_bytes_sent,
+            "bytes_read": session.body_bytes_read,
+            "referer": headers.get("referer"),
+            "user_agent": headers.get("user-agent"),
+            "upstream": peer.addr if peer is not None else None,
+            "upstream_time": (
+                round(head_time - session.start_time, 6) if head_time is not None else None
+            ),
+            "total_time": round(now - session.start_time, 6),
+            "tries": session.tries,
+            "retries": max(0, session.tries - 1),
+            "error": str(error) if error is not None else None,
+        }
+
+    def format(self, session: Session, error: ProxyError | None) -> str:
+        now = time.monotonic()
+        if self.json:
+            values = self.values(session, error, now)
+            return json.dumps({k: values[k] for k in self.fields}, separators=(",", ":")) + "\n"
+        head = session.req_header
+        headers = head.headers
+        line = (
+            f"{session.client_ip} - - [{self._time_local(time.time())}] "
+            f'"{_quote(head.method)} {_quote(head.uri)} HTTP/{head.version}" '
+            f"{session.response_status or 0} {session.body_bytes_sent} "
+            f'"{_quote(headers.get("referer") or "-")}" '
+            f'"{_quote(headers.get("user-agent") or "-")}"'
+        )
+        if self.fields:
+            values = self.values(session, error, now)
+            extra = " ".join(f"{k}={_plain(values[k])}" for k in self.fields)
+            line = f"{line} {extra}"
+        return line + "\n"
+
+
+def _quote(text: str) -> str:
+    """Escape what would break the quoted fields of the combined format (as nginx does)."""
+    if '"' in text or "\\" in text or not text.isprintable():
+        return text.encode("unicode_escape").decode("ascii").replace('"', '\\"')
+    return text
+
+
+def _plain(value: Any) -> str:
+    if value is None:
+        return "-"
+    text = str(value)
+    return f'"{_quote(text)}"' if (" " in text or '"' in text or not text) else _quote(text)
+
+
+_LOG: AccessLog | None = None
+
+
+@hookimpl
+def add_config_keys(schema: ConfigSchema) -> None:
+    schema.add_section(SECTION, CONFIG_KEYS)
+
+
+@hookimpl
+def configure(config: Config) -> None:
+    global _LOG
+    section = config.sections.get(SECTION) or {}
+    values = {key: section.get(key, field.default) for key, field in CONFIG_KEYS.items()}
+    log = AccessLog(
+        values["path"],
+        values["format"],
+        values["fields"],
+        values["batch_lines"],
+        values["flush_interval"],
+    )
+    if not config.test:
+        log.open()  # before the workers fork: each inherits the descriptor
+        atexit.register(log.close)
+    _LOG = log
+
+
+@hookimpl
+def logging(session: Session, error: ProxyError | None) -> None:
+    log = _LOG
+    if log is not None:
+        log.add(log.format(session, error))
+
+
+@hookimpl
+async def server_stopping(server: Server) -> None:
+    """Write what is buffered; lines of requests still draining are written at once."""
+    log = _LOG
+    if log is not None:
+        log.write_through = True
+        log.flush()

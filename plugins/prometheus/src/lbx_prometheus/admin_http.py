@@ -1,0 +1,164 @@
+"""A tiny HTTP/1.1 server for admin endpoints: a few requests a second, one per connection.
+
+Admin traffic never goes through the proxy's data path: it is served by a background service
+(in the background-services process when ``threads: N``) with asyncio streams, which are plenty
+fast for a scrape or a status query.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import Awaitable, Callable
+
+from lbx import ConfigError
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[str, str, bytes], Awaitable[tuple[int, str, bytes]]]
+"""``handler(method, path, body)`` returns ``(status, content_type, body)``."""
+
+MAX_HEAD = 16 * 1024
+MAX_BODY = 64 * 1024
+TIMEOUT = 10.0
+REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    409: "Conflict",
+    413: "Content Too Large",
+    500: "Internal Server Error",
+}
+
+
+def parse_address(address: str) -> tuple[str, int] | str:
+    """``unix:/path`` gives the path; ``host:port`` or ``[v6]:port`` gives (host, port)."""
+    if address.startswith("unix:"):
+        path = address[len("unix:") :]
+        if not path:
+            raise ValueError(f"{address!r}: empty Unix socket path")
+        return path
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"{address!r}: expected host:port, [v6]:port or unix:/path")
+    return host.strip("[]"), int(port)
+
+
+def check_address(value: object) -> str | None:
+    """A config ``Field`` check for listen addresses."""
+    try:
+        parse_address(str(value))
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def describe(server: asyncio.Server, address: str) -> str:
+    """The address as bound (port 0 resolved)."""
+    if address.startswith("unix:"):
+        return address
+    name = server.sockets[0].getsockname()
+    host, port = name[0], name[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+async def start(address: str, handler: Handler, what: str) -> asyncio.Server:
+    """Listen on ``address``; a Unix socket is made readable by its owner only."""
+
+    async def connected(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await asyncio.wait_for(_exchange(reader, writer, handler), TIMEOUT)
+        except (TimeoutError, ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    target = parse_address(address)
+    try:
+        if isinstance(target, str):
+            with contextlib.suppress(FileNotFoundError):
+                _remove_stale(target)
+            old = os.umask(0o077)
+            try:
+                server = await asyncio.start_unix_server(connected, target)
+            finally:
+                os.umask(old)
+        else:
+            server = await asyncio.start_server(connected, target[0], target[1], reuse_address=True)
+    except OSError as exc:
+        raise ConfigError(f"{what}: cannot listen on {address}: {exc.strerror or exc}") from None
+    return server
+
+
+def _remove_stale(path: str) -> None:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except ConnectionRefusedError:
+        os.unlink(path)  # left by a process that died
+    except OSError:
+        pass
+    else:
+        raise OSError(98, "another process is listening there")
+    finally:
+        probe.close()
+
+
+async def serve_forever(server: asyncio.Server, address: str) -> None:
+    """Serve until cancelled, then close (and remove the Unix socket file)."""
+    try:
+        await asyncio.Event().wait()
+    finally:
+        server.close()
+        target = parse_address(address)
+        if isinstance(target, str):
+            with contextlib.suppress(OSError):
+                os.unlink(target)
+
+
+async def _exchange(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, handler: Handler
+) -> None:
+    head = await reader.readuntil(b"\r\n\r\n")
+    if len(head) > MAX_HEAD:
+        await _send(writer, 413, "text/plain", b"request head too large\n")
+        return
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ")
+    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+        await _send(writer, 400, "text/plain", b"bad request\n")
+        return
+    method, target = parts[0], parts[1]
+    length = 0
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        if name.strip().lower() == "content-length":
+            if not value.strip().isdigit():
+                await _send(writer, 400, "text/plain", b"bad content-length\n")
+                return
+            length = int(value)
+    if length > MAX_BODY:
+        await _send(writer, 413, "text/plain", b"body too large\n")
+        return
+    body = await reader.readexactly(length) if length else b""
+    try:
+        status, content_type, payload = await handler(method, target.split("?", 1)[0], body)
+    except Exception:
+        log.exception("admin endpoint failed on %s %s", method, target)
+        status, content_type, payload = 500, "text/plain", b"internal error\n"
+    await _send(writer, status, content_type, b"" if method == "HEAD" else payload)
+
+
+async def _send(writer: asyncio.StreamWriter, status: int, content_type: str, body: bytes) -> None:
+    head = (
+        f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}\r\nContent-Type: {content_type}\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    )
+    writer.write(head.encode("latin-1") + body)
+    await writer.drain()
