@@ -596,12 +596,22 @@ def test_yaml_merge_keys_can_be_overridden() -> None:
           - &base
             name: a
             listen: 127.0.0.1:1
+            keepalive_timeout: 5
           - <<: *base
             name: b
+            listen: 127.0.0.1:2
         """
     )
     assert [s.name for s in config.services] == ["a", "b"]
-    assert config.services[1].listen == ["127.0.0.1:1"]
+    assert config.services[1].listen == ["127.0.0.1:2"]
+    assert config.services[1].keepalive_timeout == 5
+
+
+def test_listen_address_twice_is_an_error() -> None:
+    """The same listen address in two services is refused (listeners are keyed by address)."""
+    error = error_of("services:\n  - listen: 127.0.0.1:1\n  - listen: [127.0.0.1:2, 127.0.0.1:1]\n")
+    assert error.message == "services[1].listen: 127.0.0.1:1 is listed twice (listen)"
+    assert error.line == 3
 
 
 @pytest.mark.parametrize("value", ["{}", '""'])

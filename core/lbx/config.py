@@ -100,6 +100,27 @@ PINGORA_ONLY_KEYS = frozenset(
     }
 )
 
+_MIN0: dict[str, Any] = {"minimum": 0}
+_MIN1: dict[str, Any] = {"minimum": 1}
+_NETS: dict[str, Any] = {"check": lambda v: _networks(v)}
+_MODE: dict[str, Any] = {
+    "check": lambda v: (
+        None if v in ("append", "replace", "off") else "must be append, replace or off"
+    )
+}
+
+
+def _networks(value: Any) -> str | None:
+    import ipaddress
+
+    for item in value:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            return f"{item!r} is not an IP address or network"
+    return None
+
+
 SERVICE_KEYS: dict[str, Field] = {
     "name": Field("str", None, "service name (default: service<N>)"),
     "listen": Field(
@@ -148,6 +169,34 @@ SERVICE_KEYS: dict[str, Field] = {
     "keepalive_timeout": Field(
         "number", 60, "seconds an idle client connection is kept", minimum=0
     ),
+    # HTTP limits and timeouts (docs/http.md); defaults close to nginx's.
+    **{
+        key: Field(kind, default, text, **extra)
+        for key, kind, default, text, extra in (
+            ("header_timeout", "number", 60, "seconds to receive a request head (408)", _MIN0),
+            ("body_timeout", "number", 60, "seconds without request body bytes (408)", _MIN0),
+            ("write_timeout", "number", 60, "seconds an upstream may not read (504)", _MIN0),
+            ("keepalive_requests", "int", 1000, "requests per client connection", _MIN0),
+            ("max_connections", "int", 10000, "open client connections per process", _MIN0),
+            ("max_request_line", "int", 8192, "request target bytes (414)", _MIN1),
+            ("max_header_size", "int", 32768, "request header block bytes (431)", _MIN1),
+            ("max_headers", "int", 100, "request header fields (431)", _MIN1),
+            ("max_body_size", "int", 1 << 30, "request body bytes (413); 0: no limit", _MIN0),
+            ("max_upstream_connections", "int", 0, "per upstream peer; 0: no limit", _MIN0),
+            ("upstream_queue_timeout", "number", 1, "wait for a peer's connection (503)", _MIN0),
+            ("x_forwarded_for", "str", "append", "append, replace or off", _MODE),
+            ("x_forwarded_proto", "str", "off", "append, replace or off", _MODE),
+            ("forwarded", "str", "off", "RFC 7239 Forwarded: append, replace or off", _MODE),
+            (
+                "trusted_proxies",
+                "str_list",
+                None,
+                "clients whose forwarding headers are kept",
+                _NETS,
+            ),
+            ("via", "bool", False, "add Via: 1.1 lbx in both directions", {}),
+        )
+    },
 }
 
 
@@ -196,6 +245,22 @@ class ServiceConfig:
     read_timeout: float = 60
     idle_timeout: float = 60
     keepalive_timeout: float = 60
+    header_timeout: float = 60
+    body_timeout: float = 60
+    write_timeout: float = 60
+    keepalive_requests: int = 1000
+    max_connections: int = 10000
+    max_request_line: int = 8192
+    max_header_size: int = 32768
+    max_headers: int = 100
+    max_body_size: int = 1 << 30
+    max_upstream_connections: int = 0
+    upstream_queue_timeout: float = 1
+    x_forwarded_for: str = "append"
+    x_forwarded_proto: str = "off"
+    forwarded: str = "off"
+    trusted_proxies: list[str] | None = None
+    via: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
     """Values of plugin-declared service keys."""
 
@@ -443,6 +508,14 @@ def build_config(doc: Document, schema: ConfigSchema) -> Config:
     for index, name in enumerate(names):
         if name in names[:index]:
             raise doc.error(("services", index, "name"), f"duplicate service name {name!r}")
+    seen: set[str] = set()
+    for index, service in enumerate(services):
+        for key, addresses in (("listen", service.listen), ("tls_listen", service.tls_listen)):
+            for address in addresses:
+                tagged = f"{key}:{address}"
+                if tagged in seen:
+                    raise doc.error(("services", index, key), f"{address} is listed twice ({key})")
+                seen.add(tagged)
     sections = {
         name: validate_mapping(doc, (name,), data.get(name), fields)
         for name, fields in schema.sections.items()

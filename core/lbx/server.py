@@ -20,15 +20,18 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from lbx.config import Config
+from lbx.config import Config, ServiceConfig
 from lbx.errors import ConfigError, StartupError
 from lbx.lb import Backend, Backends, Health, LoadBalancer, SelectorFactory, split_host_port
 from lbx.plugins import LbxPluginManager, installed_selection_plugins
 from lbx.proxy import Connections, ProxyService, RequestHooks, build_connector
+from lbx.tls import RELOAD_INTERVAL_SECONDS, CertificateError, ServerTLS
 
 log = logging.getLogger("lbx.server")
 
 LISTEN_BACKLOG = 65535  # Pingora's; the kernel caps it at net.core.somaxconn
+
+TLS_HANDSHAKE_TIMEOUT_SECONDS = 60.0  # Pingora's downstream handshake timeout
 
 UPGRADE_OVERLAP_SECONDS = 5.0
 """After handing the listeners over, keep accepting this long (Pingora's CLOSE_TIMEOUT)."""
@@ -54,6 +57,8 @@ class Server:
         self._asyncio_servers: list[asyncio.AbstractServer] = []
         self._bound_unix_paths: list[str] = []
         self._background: list[tuple[str, Callable[..., Any], bool]] = []
+        self.server_tls: dict[str, ServerTLS] = {}
+        """TLS termination per service name (services with ``tls_listen``)."""
 
     # -- preparation (also what ``-t`` checks) -----------------------------------------------
     def prepare(self) -> None:
@@ -98,6 +103,17 @@ class Server:
                     max_retries=config.max_retries,
                 )
             )
+            if service.tls_listen:
+                try:
+                    self.server_tls[service.name] = ServerTLS(
+                        service.name,
+                        service.certificates,
+                        unknown_sni=service.unknown_sni,
+                        client_ca=service.client_ca,
+                        client_cert=service.client_cert,
+                    )
+                except CertificateError as exc:
+                    raise config.error(("services", index, "certificates"), str(exc)) from None
         self.pm.hook.register_background_services(server=self, register=self._register_background)
 
     def _register_selector(self, name: str, factory: SelectorFactory) -> None:
@@ -187,6 +203,7 @@ class Server:
             await self.start_ready_services(tasks)
             await self.listen(await self.acquire_sockets())
             self.start_other_services(tasks)
+            self.start_certificate_reloader(tasks)
             await self.pm.ahook.server_started(server=self)
             log.info("lbx ready (pid %d)", os.getpid())
             await self._handle_signals(handover=True)
@@ -197,9 +214,12 @@ class Server:
         self, sockets: dict[str, socket.socket], ready: Callable[[], None]
     ) -> None:
         """A worker process: serve requests on the supervisor's sockets until told to stop."""
-        await self.listen(sockets)
-        ready()
-        await self._handle_signals(handover=False)
+        async with anyio.create_task_group() as tasks:
+            await self.listen(sockets)
+            self.start_certificate_reloader(tasks)
+            ready()
+            await self._handle_signals(handover=False)
+            tasks.cancel_scope.cancel()
         log.info("worker stopped")
 
     async def serve_background(self, ready: Callable[[], None]) -> None:
@@ -223,6 +243,17 @@ class Server:
         for name, run, ready in self._background:
             if not ready:
                 tasks.start_soon(_run_background, name, run, name=name)
+
+    def start_certificate_reloader(self, tasks: anyio.abc.TaskGroup) -> None:
+        """Watch certificate files: changed ones serve new connections within a second or so."""
+        if self.server_tls:
+            tasks.start_soon(self._reload_certificates, name="certificate reloader")
+
+    async def _reload_certificates(self) -> None:
+        while True:
+            await anyio.sleep(RELOAD_INTERVAL_SECONDS)
+            for tls in self.server_tls.values():
+                tls.reload_if_changed()
 
     @property
     def has_background_services(self) -> bool:
@@ -278,8 +309,8 @@ class Server:
         sockets: dict[str, socket.socket] = {}
         try:
             for service in self.services:
-                for address in service.config.listen:
-                    sockets[address] = inherited.pop(address, None) or self._bind(address)
+                for key, address in listener_keys(service.config):
+                    sockets[key] = inherited.pop(key, None) or self._bind(address)
         except BaseException:
             for sock in sockets.values():
                 sock.close()
@@ -303,6 +334,21 @@ class Server:
                     )
                     self._asyncio_servers.append(server)
                     log.info("service %s listening on %s", service.name, _describe(address, sock))
+                tls = self.server_tls.get(service.name)
+                for address in service.config.tls_listen:
+                    assert tls is not None
+                    sock = sockets[TLS_PREFIX + address]
+                    server = await loop.create_server(
+                        service.protocol_factory,
+                        sock=sock,
+                        backlog=LISTEN_BACKLOG,
+                        ssl=tls.listener_context,
+                        ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT_SECONDS,
+                    )
+                    self._asyncio_servers.append(server)
+                    log.info("service %s listening on %s", service.name, _describe(address, sock))
+                    names = ", ".join(n for c in tls.certificates for n in c.names)
+                    log.info("service %s: TLS on %s for %s", service.name, address, names)
         except BaseException:
             self.close_listeners()
             raise
@@ -401,6 +447,15 @@ class Server:
     def _close_pools(self) -> None:
         for service in self.services:
             service.connector.pool.close_all()
+
+
+TLS_PREFIX = "tls:"
+"""Listener keys (what ``upgrade`` hands over) of TLS addresses: ``tls:<address>``."""
+
+
+def listener_keys(service: ServiceConfig) -> list[tuple[str, str]]:
+    """(key, address) of every listener of a service; TLS ones are keyed ``tls:<address>``."""
+    return [(a, a) for a in service.listen] + [(TLS_PREFIX + a, a) for a in service.tls_listen]
 
 
 async def _run_background(name: str, run: Callable[[], Any]) -> None:
