@@ -102,3 +102,27 @@ def test_health_is_shared_by_every_worker(lbx, backends, tmp_path):
     assert seen == {expected}
     assert len(worker_pids(proc.lines)) == 2  # both workers answered, both avoided a
     assert proc.stop() == 0
+
+
+def test_active_health_checks_run_once_for_every_worker(lbx, backends, tmp_path):
+    """With threads: 2 one checker (not one per worker) takes a dead backend out of both."""
+    a, b = backends.start("a"), backends.start("b")
+    conf = tmp_path / "conf.yaml"
+    conf.write_text(
+        "threads: 2\nplugins: [roundrobin, healthcheck]\nservices:\n"
+        "  - listen: ['127.0.0.1:0']\n"
+        f"    upstreams: ['{a.address}', '{b.address}']\n"
+        "    health_check: {type: tcp, frequency: 0.5, timeout: 0.5}\n"
+    )
+    proc = lbx("-c", str(conf), env={"LBX_LOG": "debug"})
+    assert {get(proc.address)[1] for _ in range(20)} == {"a", "b"}
+    backends.stop(a)
+    line = proc.wait_for(rf"lbx\.server\[(\d+)\]: service service0: {a.address} becomes unhealthy")
+    checker = line.group(1)
+    mark = len(proc.lines)
+    assert {get(proc.address)[1] for _ in range(100)} == {"b"}
+    workers = worker_pids(proc.lines, mark)
+    assert len(workers) == 2 and checker not in workers  # checked elsewhere, seen by both
+    unhealthy_lines = [line for line in proc.lines if "becomes unhealthy" in line]
+    assert len(unhealthy_lines) == 1  # one checker, one verdict, one log line
+    assert proc.stop() == 0

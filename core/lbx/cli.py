@@ -170,10 +170,12 @@ def _print_plan(server: Any) -> None:
         lb = service.load_balancer
         upstreams = ", ".join(b.addr for b in lb.backends.items) if lb else "(chosen by plugins)"
         selection = f" by {lb.selector_name}" if lb else ""
+        listen = [*service.config.listen, *(f"{a} (TLS)" for a in service.config.tls_listen)]
         click.echo(
-            f"  service {service.name}: listen {', '.join(service.config.listen)} -> "
-            f"{upstreams}{selection}"
+            f"  service {service.name}: listen {', '.join(listen)} -> {upstreams}{selection}"
         )
+    if config.threads > 1:
+        click.echo(f"  {config.threads} worker processes")
 
 
 def _fail(message: str, code: int) -> None:

@@ -227,7 +227,14 @@ class Backends:
 
     def set_enabled(self, backend: Backend, enabled: bool) -> None:
         """Drain (False) or re-admit (True) a backend without touching its health."""
-        self.health[backend].enabled = enabled
+        state = self.health[backend]
+        if state.enabled == enabled:
+            return
+        was_ready = state.ready
+        state.enabled = enabled
+        if not enabled:
+            state.reason = "disabled by an operator"
+        self._notify(backend, state, was_ready)
 
     def share(self, cells: mmap.mmap, start: int) -> int:
         """Put every backend's state in shared ``cells`` from ``start``; returns the next free."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import http.client
 import re
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -78,9 +77,7 @@ def requests_through(address: str, count: int, path: str = "/") -> Iterator[int]
 
 
 def total(samples: list[Sample], **labels: str) -> float:
-    return sum(
-        s.value for s in samples if all(s.labels.get(k) == v for k, v in labels.items())
-    )
+    return sum(s.value for s in samples if all(s.labels.get(k) == v for k, v in labels.items()))
 
 
 def test_thousand_requests_add_up_across_workers(

@@ -20,10 +20,9 @@ from typing import TYPE_CHECKING, Any, cast
 import anyio
 import anyio.abc
 
-from lbx import Config, ConfigSchema, Field, Peer, ProxyError, Session, hookimpl
-from lbx_prometheus import admin_http
+from lbx import Config, ConfigSchema, Field, Peer, ProxyError, Session, adminhttp, hookimpl
+from lbx.sharedrows import SharedRows
 from lbx_prometheus.metrics import DEFAULT_BUCKETS, Layout, LbxCollector, Recorder
-from lbx_prometheus.shared import SharedRows
 
 if TYPE_CHECKING:
     from prometheus_client.registry import Collector
@@ -52,7 +51,7 @@ def _check_buckets(value: Any) -> str | None:
 
 CONFIG_KEYS = {
     "listen": Field(
-        "str", DEFAULT_LISTEN, "address of the /metrics listener", check=admin_http.check_address
+        "str", DEFAULT_LISTEN, "address of the /metrics listener", check=adminhttp.check_address
     ),
     "path": Field("str", "/metrics", "URL path of the metrics"),
     "buckets": Field(
@@ -192,11 +191,11 @@ async def _serve_metrics(
         state.recorder.sample_gauges()
         return 200, CONTENT_TYPE_LATEST, generate_latest(registry)
 
-    server = await admin_http.start(state.listen, handle, "prometheus.listen")
+    server = await adminhttp.start(state.listen, handle, "prometheus.listen")
     log.info(
         "prometheus: metrics on http://%s%s",
-        admin_http.describe(server, state.listen),
+        adminhttp.describe(server, state.listen),
         state.path,
     )
     task_status.started()
-    await admin_http.serve_forever(server, state.listen)
+    await adminhttp.serve_forever(server, state.listen)

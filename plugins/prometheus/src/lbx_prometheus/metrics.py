@@ -21,7 +21,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.utils import floatToGoString
 
-from lbx_prometheus.shared import SharedRows
+from lbx.sharedrows import SharedRows
 
 if TYPE_CHECKING:
     from lbx.server import Server

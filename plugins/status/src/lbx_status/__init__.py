@@ -1,0 +1,231 @@
+"""lbx-status: an admin endpoint with the live state of lbx, and ``lbx status`` / ``lbx backend``.
+
+``GET /status`` answers JSON: every service with its backends (address, weight, healthy, ejected,
+enabled, ready, reason) and live counters (requests and failures, all workers together).
+``POST /backends/<service>/<addr>/disable`` drains a backend and ``.../enable`` re-admits it, as
+HAProxy's runtime API does: the enabled flag lives in memory every worker shares, so all of them
+follow at once. The endpoint listens on a Unix socket (owner only) unless ``status.listen`` names
+a TCP address. See docs/status.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections.abc import Callable
+from logging import getLogger
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
+
+import anyio
+import anyio.abc
+import click
+
+from lbx import Config, ConfigSchema, Field, ProxyError, Session, adminhttp, hookimpl
+from lbx.sharedrows import SharedRows
+
+if TYPE_CHECKING:
+    from lbx.server import Server
+
+log = getLogger("lbx.status")
+
+SECTION = "status"
+SOCKET_NAME = "lbx-status.sock"
+SPARE_ROWS = 16
+OPEN = 0  # gauge column: client connections open in the process
+GAUGE_INTERVAL = 1.0
+
+
+def default_listen(pid_file: str | None) -> str:
+    """``unix:<directory of pid_file>/lbx-status.sock`` (``/tmp`` without a pid file)."""
+    directory = os.path.dirname(pid_file) if pid_file else ""
+    return "unix:" + os.path.join(directory or "/tmp", SOCKET_NAME)
+
+
+CONFIG_KEYS = {
+    "listen": Field(
+        "str",
+        None,
+        "unix:/path (default: lbx-status.sock beside pid_file) or host:port (explicitly only)",
+        check=adminhttp.check_address,
+    ),
+}
+
+
+class State:
+    """Counters in shared memory (one row per process) and the server, for the endpoint."""
+
+    def __init__(self, config: Config, listen: str) -> None:
+        self.listen = listen
+        self.columns: dict[tuple[str, str], int] = {}
+        column = 1
+        for service in config.services:
+            for addr in ["", *(b.addr for b in service.upstreams)]:
+                if (service.name, addr) not in self.columns:
+                    self.columns[(service.name, addr)] = column
+                    column += 2  # requests, failures
+        self.rows = SharedRows(column, config.threads + SPARE_ROWS, gauges=(OPEN,))
+        self.server: Server | None = None
+        self.started = time.time()
+        self._ticking = False
+        os.register_at_fork(after_in_child=self._forked)
+
+    def _forked(self) -> None:
+        self._ticking = False
+
+    def sample(self) -> None:
+        """Record this process's open client connections, then again every second."""
+        if self.server is not None:
+            self.rows.cells[self.rows.row() + OPEN] = len(self.server.connections.open)
+        asyncio.get_running_loop().call_later(GAUGE_INTERVAL, self.sample)
+
+    def count(self, service: str, addr: str | None, failed: bool) -> None:
+        base = self.rows.row()
+        cells = self.rows.cells
+        for key in ((service, ""), (service, addr)) if addr else ((service, ""),):
+            column = self.columns.get(key)
+            if column is not None:
+                cells[base + column] += 1
+                if failed:
+                    cells[base + column + 1] += 1
+        if not self._ticking:
+            self._ticking = True
+            self.sample()
+
+    def snapshot(self) -> dict[str, Any]:
+        """The JSON document of ``GET /status``."""
+        totals = self.rows.totals()
+        server = self.server
+        services = []
+        for service in server.services if server is not None else []:
+            lb: Any = service.load_balancer
+            column = self.columns.get((service.name, ""))
+            entry: dict[str, Any] = {
+                "name": service.name,
+                "listen": list(service.config.listen),
+                "selection": lb.selector_name if lb is not None else None,
+                "requests": int(totals[column]) if column else 0,
+                "failures": int(totals[column + 1]) if column else 0,
+                "backends": [],
+            }
+            for backend in lb.backends.items if lb is not None else ():
+                health = lb.backends.health[backend]
+                column = self.columns.get((service.name, backend.addr))
+                entry["backends"].append(
+                    {
+                        "addr": backend.addr,
+                        "weight": backend.weight,
+                        "healthy": health.healthy,
+                        "ejected": health.ejected,
+                        "enabled": health.enabled,
+                        "ready": health.ready,
+                        "reason": health.reason,
+                        "requests": int(totals[column]) if column else 0,
+                        "failures": int(totals[column + 1]) if column else 0,
+                    }
+                )
+            services.append(entry)
+        return {
+            "pid": os.getppid()
+            if server is not None and server.config.threads > 1
+            else os.getpid(),
+            "threads": server.config.threads if server is not None else 1,
+            "uptime_seconds": round(time.time() - self.started, 3),
+            "open_connections": int(totals[OPEN]),
+            "services": services,
+        }
+
+    def set_enabled(
+        self, service_name: str, addr: str, enabled: bool
+    ) -> tuple[int, dict[str, Any]]:
+        server = self.server
+        for service in server.services if server is not None else []:
+            if service.name != service_name:
+                continue
+            lb: Any = service.load_balancer
+            for backend in lb.backends.items if lb is not None else ():
+                if backend.addr == addr:
+                    lb.backends.set_enabled(backend, enabled)
+                    log.warning(
+                        "service %s: %s %s by the admin endpoint",
+                        service_name,
+                        addr,
+                        "enabled" if enabled else "disabled (draining)",
+                    )
+                    return 200, {"service": service_name, "addr": addr, "enabled": enabled}
+            return 404, {"error": f"service {service_name!r} has no backend {addr!r}"}
+        return 404, {"error": f"no service {service_name!r}"}
+
+    async def handle(self, method: str, path: str, body: bytes) -> tuple[int, str, bytes]:
+        parts = [unquote(p) for p in path.strip("/").split("/")]
+        if parts == ["status"]:
+            if method not in ("GET", "HEAD"):
+                return _json(405, {"error": "use GET"})
+            return _json(200, self.snapshot())
+        if len(parts) == 4 and parts[0] == "backends" and parts[3] in ("enable", "disable"):
+            if method != "POST":
+                return _json(405, {"error": "use POST"})
+            return _json(*self.set_enabled(parts[1], parts[2], parts[3] == "enable"))
+        return _json(404, {"error": "GET /status or POST /backends/<service>/<addr>/disable"})
+
+
+def _json(status: int, document: dict[str, Any]) -> tuple[int, str, bytes]:
+    return status, "application/json", json.dumps(document).encode() + b"\n"
+
+
+_STATE: State | None = None
+
+
+@hookimpl
+def add_config_keys(schema: ConfigSchema) -> None:
+    schema.add_section(SECTION, CONFIG_KEYS)
+
+
+@hookimpl
+def configure(config: Config) -> None:
+    global _STATE
+    section = config.sections.get(SECTION) or {}
+    listen = section.get("listen") or default_listen(config.pid_file)
+    _STATE = None if config.test else State(config, listen)
+
+
+@hookimpl
+def register_background_services(server: Server, register: Callable[..., None]) -> None:
+    state = _STATE
+    if state is not None:
+        state.server = server
+        register("status", _serve_status, ready=True)
+
+
+@hookimpl
+def logging(session: Session, error: ProxyError | None) -> None:
+    state = _STATE
+    if state is not None:
+        peer = session.peer
+        status = session.response_status
+        state.count(
+            session.service.name,
+            peer.addr if peer is not None else None,
+            error is not None or status is None or status >= 500,
+        )
+
+
+@hookimpl
+def register_commands(cli: click.Group) -> None:
+    from lbx_status.commands import backend, status
+
+    cli.add_command(status)
+    cli.add_command(backend)
+
+
+async def _serve_status(
+    *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+) -> None:
+    state = _STATE
+    assert state is not None
+    server = await adminhttp.start(state.listen, state.handle, "status.listen")
+    log.info("status: admin endpoint on %s", adminhttp.describe(server, state.listen))
+    task_status.started()
+    await adminhttp.serve_forever(server, state.listen)
