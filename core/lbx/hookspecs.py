@@ -150,10 +150,11 @@ async def acquire_listeners(server: Server) -> dict[str, socket.socket] | None:
 async def send_listeners(server: Server) -> bool | None:
     """SIGQUIT: hand the listening sockets (``server.listeners``) to the new process.
 
-    Return True once they were sent: the server then keeps accepting for a short overlap
-    (``UPGRADE_OVERLAP_SECONDS``, Pingora's 5 s) and drains as on SIGTERM, without removing Unix
-    socket files the new process now serves. Return None when nothing was sent: the server
-    drains as on SIGTERM.
+    Return True once the new process took them over: the server then keeps accepting for a
+    short overlap (``UPGRADE_OVERLAP_SECONDS``, Pingora's 5 s) and drains as on SIGTERM, without
+    removing Unix socket files the new process now serves. Return False when the hand-over
+    failed (no new process, or it died before serving): the server keeps serving. Return None
+    when the plugin does not handle upgrades: the server drains as on SIGTERM.
 
     Awaitable, firstresult hook.
 

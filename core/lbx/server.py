@@ -58,6 +58,8 @@ class Server:
         self._bound_unix_paths: list[str] = []
         self._background: list[tuple[str, Callable[..., Any], bool]] = []
         self.server_tls: dict[str, ServerTLS] = {}
+        self._busy_with = ""
+        """What a signal started: "upgrading", "draining" or nothing (serving)."""
         """TLS termination per service name (services with ``tls_listen``)."""
 
     # -- preparation (also what ``-t`` checks) -----------------------------------------------
@@ -267,7 +269,7 @@ class Server:
         """
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGQUIT) as signals:
             async with anyio.create_task_group() as stopping:
-                draining = False
+                self._busy_with = ""
                 async for signum in signals:
                     name = signal.Signals(signum).name
                     if signum == signal.SIGINT:
@@ -275,26 +277,46 @@ class Server:
                         stopping.cancel_scope.cancel()
                         await self._stop_fast()
                         return
-                    if draining:
-                        log.info("%s received while draining; SIGINT stops at once", name)
+                    if self._busy_with:
+                        log.info(
+                            "%s received while %s; SIGINT stops at once", name, self._busy_with
+                        )
+                        continue
+                    if handover and signum == signal.SIGQUIT:
+                        log.info("SIGQUIT received, handing the listeners over")
+                        self._busy_with = "upgrading"
+                        stopping.start_soon(self._upgrade, stopping.cancel_scope)
                         continue
                     log.info("%s received, shutting down gracefully", name)
-                    draining = True
-                    upgrade = handover and signum == signal.SIGQUIT
-                    stopping.start_soon(self._drain_then_stop, stopping.cancel_scope, upgrade)
+                    self._busy_with = "draining"
+                    stopping.start_soon(self._drain_then_stop, stopping.cancel_scope)
 
-    async def _drain_then_stop(self, scope: anyio.CancelScope, upgrade: bool) -> None:
-        if upgrade:
-            if await self.hand_over():
-                await anyio.sleep(UPGRADE_OVERLAP_SECONDS)
-            else:
-                log.warning("SIGQUIT: no plugin handed the listeners over; draining as SIGTERM")
+    async def _upgrade(self, scope: anyio.CancelScope) -> None:
+        handed_over = await self.hand_over()
+        if handed_over is False:
+            self._busy_with = ""  # the new process did not take over: keep serving
+            return
+        if handed_over:
+            await anyio.sleep(UPGRADE_OVERLAP_SECONDS)
+        self._busy_with = "draining"
+        await self._drain_then_stop(scope)
+
+    async def _drain_then_stop(self, scope: anyio.CancelScope) -> None:
         await self._stop_graceful()
         scope.cancel()
 
-    async def hand_over(self) -> bool:
-        """Send the listeners to a new process (``send_listeners``); True when sent."""
-        if not await self.pm.ahook.send_listeners(server=self):
+    async def hand_over(self) -> bool | None:
+        """Send the listeners to a new process (``send_listeners``).
+
+        True: the new process took over (drain after a short overlap). False: it failed, so this
+        process keeps serving. None: no upgrade plugin, so SIGQUIT drains as SIGTERM does.
+        """
+        result = await self.pm.ahook.send_listeners(server=self)
+        if result is None:
+            log.warning("SIGQUIT: no plugin hands listeners over; draining as on SIGTERM")
+            return None
+        if not result:
+            log.error("upgrade failed: the new process did not take over; still serving")
             return False
         # The new process owns the sockets (and Unix socket files) from now on.
         self.forget_unix_paths()

@@ -161,10 +161,11 @@ class Supervisor:
                 continue
             if signum == signal.SIGQUIT:
                 log.info("SIGQUIT received, handing the listeners over")
-                if self.server.run_loop(self.server.hand_over):
+                handed_over = self.server.run_loop(self.server.hand_over)
+                if handed_over is False:
+                    continue  # the new process did not take over: keep serving
+                if handed_over:
                     self._overlap()
-                else:
-                    log.warning("SIGQUIT: no plugin handed the listeners over; draining")
             else:
                 log.info("SIGTERM received, draining workers")
             self._stop(signal.SIGTERM)

@@ -169,3 +169,37 @@ def test_upgrade_without_old_process_fails_clearly(tmp_path, backends):
         proc.close()
     assert "no running lbx sent its listeners" in proc.output
     assert os.path.exists(tmp_path / "upgrade.sock") is False
+
+
+def test_failed_new_process_leaves_the_old_one_serving(tmp_path, backends):
+    """A new process that takes the listeners but dies before serving: the old one goes on."""
+    import socket
+
+    backend = backends.start("a")
+    conf = write_conf(tmp_path, backend.address)
+    old = LbxProcess("-c", str(conf)).start()
+    new = None
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = f"127.0.0.1:{taken.getsockname()[1]}"
+        broken = tmp_path / "broken.yaml"
+        broken.write_text(  # the same listener plus one that cannot be bound
+            f"upgrade_sock: {tmp_path / 'upgrade.sock'}\nplugins: [roundrobin]\nservices:\n"
+            f"  - listen: ['127.0.0.1:0', '{busy}']\n    upstreams: ['{backend.address}']\n"
+        )
+        try:
+            new = LbxProcess("-c", str(broken), "-u").start_async()
+            old.send_signal(signal.SIGQUIT)
+            assert new.wait(timeout=60) == 1
+            assert "cannot listen on" in new.output
+            old.wait_for("upgrade failed: the new process did not take over; still serving")
+            with Load(old.address, clients=4, seconds=5) as load:
+                while load.ok < 100:
+                    time.sleep(0.01)
+            assert load.errors == []
+            assert old.stop() == 0
+        finally:
+            old.close()
+            if new is not None:
+                new.close()

@@ -2,16 +2,19 @@
 
 The new process, started with ``-u``, listens on ``upgrade_sock``; the old one, on SIGQUIT,
 connects there and sends every listening socket in one message (``SCM_RIGHTS``), the payload
-being the listen addresses joined by spaces, in the order of the descriptors. The old process then
-keeps accepting for a few seconds and drains; the listening sockets are never closed, so no
-client sees a refused connection. Either order works: the new process waits for the old one, and
-the old one retries while the new one is not there yet.
+being the listen addresses joined by spaces, in the order of the descriptors. Beyond Pingora, the
+new process answers ``ready`` on the same connection once it serves; only then does the old one
+keep accepting for a few seconds and drain. If the new process never connects, or dies before it
+serves, the old one keeps serving. The listening sockets are never closed, so no client sees a
+refused connection. Either order works: the new process waits for the old one, and the old one
+retries while the new one is not there yet.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import socket
 import sys
@@ -36,6 +39,16 @@ SEND_RETRY_INTERVAL = 0.2
 
 MAX_FDS = 64
 PAYLOAD_SIZE = 4096
+READY = b"ready\n"
+
+log = logging.getLogger("lbx.upgrade")
+
+# In a new process (-u): the connection to the old one, answered once this process serves.
+_handover: socket.socket | None = None
+
+
+class UpgradeFailed(Exception):
+    """The new process did not take over; the old one keeps serving."""
 
 
 def supported() -> bool:
@@ -76,25 +89,42 @@ async def acquire_listeners(server: Server) -> dict[str, socket.socket] | None:
 
 
 @hookimpl
+async def server_started(server: Server) -> None:
+    """Tell the old process that this one serves now (it may drain)."""
+    global _handover
+    if _handover is not None:
+        with contextlib.suppress(OSError):
+            _handover.sendall(READY)
+        _handover.close()
+        _handover = None
+
+
+@hookimpl
 async def send_listeners(server: Server) -> bool | None:
     """On SIGQUIT: send every listening socket to the new process on ``upgrade_sock``."""
     if not supported() or not server.listeners:
         return None
-    path = server.config.upgrade_sock
-    timeout = server.config.sections["upgrade"]["send_timeout_seconds"]
+    section = server.config.sections["upgrade"]
     try:
-        await anyio.to_thread.run_sync(send_listeners_to, path, dict(server.listeners), timeout)
-    except OSError as exc:
-        # The old process keeps serving until it drains; nothing is lost but the upgrade.
-        import logging
-
-        logging.getLogger("lbx.upgrade").error("cannot hand listeners to %s: %s", path, exc)
-        return None
+        await anyio.to_thread.run_sync(
+            send_listeners_to,
+            server.config.upgrade_sock,
+            dict(server.listeners),
+            section["send_timeout_seconds"],
+            section["receive_timeout_seconds"],
+        )
+    except (OSError, UpgradeFailed) as exc:
+        log.error("upgrade: %s", exc)
+        return False
     return True
 
 
 def receive_listeners(path: str, timeout: float) -> dict[str, socket.socket]:
-    """Serve ``path`` once: accept the old process and take its sockets."""
+    """Serve ``path`` once: accept the old process and take its sockets.
+
+    The connection stays open until this process serves (``server_started`` answers ``ready``).
+    """
+    global _handover
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -110,9 +140,13 @@ def receive_listeners(path: str, timeout: float) -> dict[str, socket.socket]:
                 f"-u: no running lbx sent its listeners on {path} within {timeout:g}s "
                 "(send it SIGQUIT; does it use the same upgrade_sock?)"
             ) from None
-        with conn:
-            conn.settimeout(timeout)
+        conn.settimeout(timeout)
+        try:
             payload, fds, _, _ = socket.recv_fds(conn, PAYLOAD_SIZE, MAX_FDS)
+        except BaseException:
+            conn.close()
+            raise
+        _handover = conn
     except OSError as exc:
         raise StartupError(f"-u: cannot receive listeners on {path}: {exc}") from None
     finally:
@@ -133,9 +167,13 @@ def receive_listeners(path: str, timeout: float) -> dict[str, socket.socket]:
 
 
 def send_listeners_to(
-    path: str, listeners: dict[str, socket.socket], timeout: float = SEND_TIMEOUT_SECONDS
+    path: str,
+    listeners: dict[str, socket.socket],
+    timeout: float = SEND_TIMEOUT_SECONDS,
+    ready_timeout: float = RECEIVE_TIMEOUT_SECONDS,
 ) -> None:
-    """Connect to the new process (retrying while it starts) and send the sockets."""
+    """Connect to the new process (retrying while it starts), send the sockets, and wait until
+    it answers ``ready``; raises ``UpgradeFailed`` or ``OSError`` when it does not."""
     addresses = list(listeners)
     payload = " ".join(addresses).encode()
     if len(payload) > PAYLOAD_SIZE or len(addresses) > MAX_FDS:
@@ -153,4 +191,14 @@ def send_listeners_to(
             continue
         with client:
             socket.send_fds(client, [payload], [listeners[a].fileno() for a in addresses])
+            client.settimeout(ready_timeout)
+            try:
+                answer = client.recv(len(READY))
+            except TimeoutError:
+                raise UpgradeFailed(
+                    f"the new process took the listeners but did not serve within "
+                    f"{ready_timeout:g}s"
+                ) from None
+            if answer != READY:
+                raise UpgradeFailed("the new process took the listeners but exited before serving")
         return
