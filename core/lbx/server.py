@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import stat
 from collections.abc import Callable
 from typing import Any
@@ -55,6 +56,7 @@ class Server:
         self.listeners: dict[str, socket.socket] = {}
         self.connections = Connections()
         self._asyncio_servers: list[asyncio.AbstractServer] = []
+        self._serving: list[tuple[socket.socket, Callable[[], Any], ssl.SSLContext | None]] = []
         self._bound_unix_paths: list[str] = []
         self._background: list[tuple[str, Callable[..., Any], bool]] = []
         self.server_tls: dict[str, ServerTLS] = {}
@@ -355,6 +357,7 @@ class Server:
                         service.protocol_factory, sock=sock, backlog=LISTEN_BACKLOG
                     )
                     self._asyncio_servers.append(server)
+                    self._serving.append((sock, service.protocol_factory, None))
                     log.info("service %s listening on %s", service.name, _describe(address, sock))
                 tls = self.server_tls.get(service.name)
                 for address in service.config.tls_listen:
@@ -368,6 +371,7 @@ class Server:
                         ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT_SECONDS,
                     )
                     self._asyncio_servers.append(server)
+                    self._serving.append((sock, service.protocol_factory, tls.listener_context))
                     log.info("service %s listening on %s", service.name, _describe(address, sock))
                     names = ", ".join(n for c in tls.certificates for n in c.names)
                     log.info("service %s: TLS on %s for %s", service.name, address, names)
@@ -434,8 +438,22 @@ class Server:
                 os.unlink(path)
         self._bound_unix_paths.clear()
 
+    async def _accept_pending(self) -> None:
+        """Take the connections already queued on the listeners: closing a listening socket
+        resets every connection still in its queue, and those clients did nothing wrong."""
+        loop = asyncio.get_running_loop()
+        for sock, factory, ssl_context in self._serving:
+            while True:
+                try:
+                    conn, _ = sock.accept()
+                except OSError:  # BlockingIOError: the queue is empty
+                    break
+                conn.setblocking(False)
+                await loop.connect_accepted_socket(factory, conn, ssl=ssl_context)
+
     async def _stop_graceful(self) -> None:
         config = self.config
+        await self._accept_pending()
         self.close_listeners()
         await self.pm.ahook.server_stopping(server=self, graceful=True)
         self.connections.begin_shutdown()

@@ -9,7 +9,7 @@ import threading
 import time
 from pathlib import Path
 
-from lbx.testing import LbxProcess
+from lbx.testing import ClientLoad, LbxProcess
 
 
 def write_conf(tmp_path: Path, upstream: str, listen: str = "127.0.0.1:0") -> Path:
@@ -22,57 +22,6 @@ def write_conf(tmp_path: Path, upstream: str, listen: str = "127.0.0.1:0") -> Pa
         f"    upstreams: ['{upstream}']\n"
     )
     return path
-
-
-class Load:
-    """Bounded client load: keep-alive and new-connection clients, counting every failure."""
-
-    def __init__(self, address: str, clients: int = 20, seconds: float = 15) -> None:
-        self.host, port = address.rsplit(":", 1)
-        self.port = int(port)
-        self.deadline = time.monotonic() + seconds
-        self.stop = threading.Event()
-        self.ok = 0
-        self.errors: list[str] = []
-        self.lock = threading.Lock()
-        self.threads = [
-            threading.Thread(target=self.run, args=(i % 2 == 0,), daemon=True)
-            for i in range(clients)
-        ]
-
-    def __enter__(self) -> Load:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(30)
-
-    def run(self, keep_alive: bool) -> None:
-        conn = None
-        while not self.stop.is_set() and time.monotonic() < self.deadline:
-            if conn is None:
-                conn = http.client.HTTPConnection(self.host, self.port, timeout=10)
-            try:
-                conn.request("GET", "/")
-                response = conn.getresponse()
-                body = response.read()
-                closing = response.getheader("Connection", "").lower() == "close"
-                if response.status != 200 or not body.startswith(b"Hello"):
-                    raise RuntimeError(f"status {response.status} body {body[:40]!r}")
-                with self.lock:
-                    self.ok += 1
-            except Exception as exc:
-                with self.lock:
-                    self.errors.append(repr(exc))
-                closing = True
-            if closing or not keep_alive:
-                conn.close()
-                conn = None
-        if conn is not None:
-            conn.close()
 
 
 def slow_request(address: str, results: list[int]) -> None:
@@ -97,7 +46,7 @@ def test_upgrade_under_load_drops_nothing(tmp_path, backends):
     new = None
     try:
         address = old.address
-        with Load(address, clients=20, seconds=15) as load:
+        with ClientLoad(address, clients=20, seconds=15) as load:
             while load.ok < 200:  # the load is flowing through the old process
                 time.sleep(0.01)
             slow: list[int] = []
@@ -139,7 +88,7 @@ def test_kill_and_restart_does_drop_requests(tmp_path, backends):
     conf2 = write_conf(tmp_path, backend.address, listen=address)
     new = None
     try:
-        with Load(address, clients=20, seconds=15) as load:
+        with ClientLoad(address, clients=20, seconds=15) as load:
             while load.ok < 200:
                 time.sleep(0.01)
             assert old.stop(signal.SIGINT) == 0
@@ -194,7 +143,7 @@ def test_failed_new_process_leaves_the_old_one_serving(tmp_path, backends):
             assert new.wait(timeout=60) == 1
             assert "cannot listen on" in new.output
             old.wait_for("upgrade failed: the new process did not take over; still serving")
-            with Load(old.address, clients=4, seconds=5) as load:
+            with ClientLoad(old.address, clients=4, seconds=5) as load:
                 while load.ok < 100:
                     time.sleep(0.01)
             assert load.errors == []
