@@ -8,8 +8,11 @@ candidates and returns the first one that is ready (healthy, not ejected, enable
 from __future__ import annotations
 
 import ipaddress
+import math
 import mmap
 import socket
+import struct
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -90,6 +93,9 @@ def split_host_port(text: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
+_UNTIL = struct.Struct("d")
+
+
 class Health:
     """Health and admin state of one backend. Health checks write it; selection reads it.
 
@@ -102,13 +108,15 @@ class Health:
 
     __slots__ = ("_at", "_cells", "consecutive", "reason")
 
-    SIZE = 3
-    """Bytes of shared state per backend."""
+    SIZE = 3 + _UNTIL.size
+    """Bytes of shared state per backend: the three flags, then when an ejection ends."""
 
     def __init__(
         self, healthy: bool = True, enabled: bool = True, consecutive: int = 0, reason: str = ""
     ) -> None:
-        self._cells: bytearray | mmap.mmap = bytearray((healthy, enabled, False))
+        self._cells: bytearray | mmap.mmap = bytearray((healthy, enabled, False)) + bytes(
+            _UNTIL.size
+        )
         self._at = 0
         self.consecutive = consecutive
         self.reason = reason
@@ -138,7 +146,26 @@ class Health:
         self._cells[self._at + 2] = 1 if value else 0
 
     @property
+    def ejected_until(self) -> float:
+        """``time.monotonic()`` at which the current ejection ends (inf: until cleared)."""
+        return float(_UNTIL.unpack_from(self._cells, self._at + 3)[0])
+
+    @ejected_until.setter
+    def ejected_until(self, value: float) -> None:
+        _UNTIL.pack_into(self._cells, self._at + 3, value)
+
+    @property
     def ready(self) -> bool:
+        cells, at = self._cells, self._at
+        if cells[at] != 1 or cells[at + 1] != 1:
+            return False
+        # An ejection is over at its deadline even if the process that set it died meanwhile
+        # (CLOCK_MONOTONIC is the same for every process of the machine).
+        return cells[at + 2] == 0 or self.ejected_until <= time.monotonic()
+
+    @property
+    def flags_ready(self) -> bool:
+        """``ready`` by the flags alone: what changes announce (an ejection ends when cleared)."""
         cells, at = self._cells, self._at
         return cells[at] == 1 and cells[at + 1] == 1 and cells[at + 2] == 0
 
@@ -201,26 +228,30 @@ class Backends:
         state = self.health[backend]
         if state.healthy == healthy:
             return False
-        was_ready = state.ready
+        was_ready = state.flags_ready
         state.healthy = healthy
         state.reason = reason if not healthy else state.reason
         self._notify(backend, state, was_ready)
         return True
 
-    def set_ejected(self, backend: Backend, ejected: bool, reason: str = "") -> bool:
-        """Eject a backend after proxy failures (passive checks), or re-admit it."""
+    def set_ejected(
+        self, backend: Backend, ejected: bool, reason: str = "", until: float = math.inf
+    ) -> bool:
+        """Eject a backend after proxy failures (passive checks) until ``until`` (a
+        ``time.monotonic()`` value), or re-admit it (``ejected=False``)."""
         state = self.health[backend]
         if state.ejected == ejected:
             return False
-        was_ready = state.ready
+        was_ready = state.flags_ready
+        state.ejected_until = until if ejected else 0.0
         state.ejected = ejected
         state.reason = reason if ejected else state.reason
         self._notify(backend, state, was_ready)
         return True
 
     def _notify(self, backend: Backend, state: Health, was_ready: bool) -> None:
-        if state.ready != was_ready:
-            if state.ready:
+        if state.flags_ready != was_ready:
+            if state.flags_ready:
                 state.reason = ""
             for listener in self.listeners:
                 listener(backend, state)
@@ -230,7 +261,7 @@ class Backends:
         state = self.health[backend]
         if state.enabled == enabled:
             return
-        was_ready = state.ready
+        was_ready = state.flags_ready
         state.enabled = enabled
         if not enabled:
             state.reason = "disabled by an operator"

@@ -38,6 +38,8 @@ class BackendState:
     probation: bool = False
     """Re-admitted after an ejection and no request succeeded yet: one failure ejects again."""
     refused_logged: bool = False
+    until: float = 0.0
+    """When the current ejection ends (``time.monotonic()``), shared with every worker."""
     readmit: asyncio.TimerHandle | None = None
 
 
@@ -74,7 +76,7 @@ class ServiceHealth:
     def _apply_passive(self, backend: Backend) -> None:
         state = self.state(backend)
         if backend in self.backends.health:
-            self.backends.set_ejected(backend, state.ejected, state.eject_reason)
+            self.backends.set_ejected(backend, state.ejected, state.eject_reason, state.until)
 
     # -- active checks ----------------------------------------------------------------------
     def observe_check(self, backend: Backend, ok: bool, reason: str, initial: bool = False) -> None:
@@ -164,6 +166,7 @@ class ServiceHealth:
         state.probation = False
         state.refused_logged = False
         state.eject_reason = f"passive check: {cause}; ejected for {seconds:g}s"
+        state.until = time.monotonic() + seconds
         loop = asyncio.get_running_loop()
         state.readmit = loop.call_later(seconds, self._readmit, backend)
         self._apply_passive(backend)
