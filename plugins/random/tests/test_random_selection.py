@@ -129,3 +129,23 @@ def test_update_rebuilds_over_the_new_set() -> None:
     lb.update([A, C])
     assert lb.selector is not old
     assert {lb.select(b"") for _ in range(100)} == {C}
+
+
+def test_forked_workers_draw_different_sequences():
+    """Workers forked after the selector was built do not all pick the same backends."""
+    import os
+
+    backends = [Backend("127.0.0.1", port) for port in range(8001, 8011)]
+    selector = Random(backends, {})
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        picks = ",".join(next(selector.iter(b"")).addr for _ in range(30))
+        os.write(write_fd, picks.encode())
+        os._exit(0)
+    os.close(write_fd)
+    os.waitpid(pid, 0)
+    child = os.read(read_fd, 65536).decode()
+    os.close(read_fd)
+    parent = ",".join(next(selector.iter(b"")).addr for _ in range(30))
+    assert child != parent

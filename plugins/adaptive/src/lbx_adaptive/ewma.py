@@ -69,7 +69,9 @@ class PeakEwma:
         self._index = {backend: index for index, backend in enumerate(self.backends)}
         self._cumulative = list(accumulate(backend.weight for backend in self.backends))
         self._clock = clock
-        self._random = (rng or random.Random()).random
+        # The module's generator is reseeded in every forked worker; an own Random() built
+        # before the fork would make every worker draw the same sequence.
+        self._random = rng.random if rng is not None else random.random
         now = clock()
         self.rtt = [self.default_rtt] * len(self.backends)
         """Latency estimate per backend (seconds) as of ``stamp``, in the order of ``backends``."""

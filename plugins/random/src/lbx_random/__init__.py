@@ -34,7 +34,9 @@ class Random:
         self.weighted = tuple(
             index for index, backend in enumerate(self.backends) for _ in range(backend.weight)
         )
-        self._bits = (rng or random.Random()).getrandbits
+        # The module's generator is reseeded in every forked worker; an own Random() built
+        # before the fork would make every worker draw the same sequence.
+        self._bits = rng.getrandbits if rng is not None else random.getrandbits
 
     def iter(self, key: bytes) -> Iterator[Backend]:
         backends = self.backends
