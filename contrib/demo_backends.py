@@ -6,7 +6,7 @@
 
 Each backend answers ``Hello from backend <n>`` (plus the routes of ``lbx.testing``), so the
 load balancer can be tried with no network. Shows ``add_config_keys`` and
-``register_background_services``.
+``register_background_services`` with ``ready=True``: lbx listens once the backends are up.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any
+
+import anyio.abc
 
 from lbx import ConfigSchema, Field, hookimpl
 from lbx.server import Server
@@ -32,12 +33,10 @@ def add_config_keys(schema: ConfigSchema) -> None:
 
 
 @hookimpl
-def register_background_services(
-    server: Server, register: Callable[[str, Callable[[], Any]], None]
-) -> None:
+def register_background_services(server: Server, register: Callable[..., None]) -> None:
     addresses = server.config.sections["demo_backends"]["listen"]
 
-    async def run() -> None:
+    async def run(task_status: anyio.abc.TaskStatus[None]) -> None:
         backends = []
         for index, address in enumerate(addresses, start=1):
             host, _, port = address.rpartition(":")
@@ -45,10 +44,11 @@ def register_background_services(
             await backend.start()
             backends.append(backend)
             log.info("demo backend %s listening on %s", index, backend.address)
+        task_status.started()  # lbx starts listening only now: the first request finds them
         try:
             await asyncio.Event().wait()
         finally:
             for backend in backends:
                 await backend.stop()
 
-    register("demo backends", run)
+    register("demo backends", run, ready=True)
