@@ -1,6 +1,7 @@
 """Profile lbx under wrk load with py-spy and list the functions that take the most time.
 
-Same layout as run.py: lbx on CPU 0, the nginx backends and wrk on CPU 1.
+Same layout and command line as run.py scenario (a): lbx (round robin, TCP health check, the
+Host hook of contrib/host_header.py) on CPU 0, the nginx backends and wrk on CPU 1.
 
     .venv/bin/pip install py-spy
     .venv/bin/python bench/profile_lbx.py --duration 10 [--native]
@@ -23,7 +24,7 @@ from collections import Counter
 from contextlib import ExitStack
 from pathlib import Path
 
-from run import HERE, VENV_BIN, free_port, start_backend, start_proxy, wrk
+from run import CLIENT_CPU, HERE, VENV_BIN, free_port, start_backend, start_proxy, wrk
 
 LINE = re.compile(r" \(([^:)]+)(?::\d+)?\)$")  # "func (file.py:12)" -> "func (file.py)"
 
@@ -93,7 +94,7 @@ def main() -> None:
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="lbx-bench-") as tmpdir:
         tmp = Path(tmpdir)
         b1, b2, port = free_port(), free_port(), free_port()
-        start_backend("nginx", b1, b2, tmp, stack)
+        start_backend("nginx", b1, b2, tmp, stack, CLIENT_CPU)
         pid = start_proxy("lbx", port, b1, b2, tmp, stack)
         wrk(port, 2, 50)  # warm-up
         load = threading.Thread(target=wrk, args=(port, args.duration + 4, 50), daemon=True)

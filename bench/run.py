@@ -70,6 +70,7 @@ http {{
     scgi_temp_path {tmp}/ngx-scgi;
     keepalive_requests 1000000;
     client_max_body_size 1m;
+    client_body_buffer_size 128k;
     upstream backends {{
         server {b1};
         server {b2};
@@ -84,6 +85,9 @@ http {{
             proxy_set_header Connection "";
             proxy_set_header Host {host};
             proxy_max_temp_file_size 0;
+            proxy_buffers 16 64k;
+            proxy_busy_buffers_size 128k;
+            proxy_request_buffering off;
         }}
     }}
 }}
@@ -319,7 +323,7 @@ class Run:
     system: str
     round: int
     rps: float
-    mbps: float  # response bytes / s, MB = 10**6 bytes (wrk's Transfer/sec)
+    mbps: float  # response bytes / s (d: request bodies), MB = 10**6 bytes
     requests: int
     errors: int
     p50_ms: float
@@ -430,7 +434,7 @@ def measure(t: Target, rnd: int, duration: int) -> Run:
         system=t.system,
         round=rnd,
         rps=w["rps"],
-        mbps=round(w["mbps"], 1),
+        mbps=round(w["rps"] * UPLOAD / 1e6 if sc.upload else w["mbps"], 1),
         requests=reqs,
         errors=int(w["errors"]),
         p50_ms=w["p50_ms"],
@@ -516,7 +520,9 @@ def write(tmp: Path, name: str, text: str) -> Path:
 
 def start_backend(kind: str, b1: int, b2: int, tmp: Path, stack: ExitStack, cpu: str) -> int:
     if kind == "nginx":
+        tmp.chmod(0o755)  # nginx workers run as nobody: let them read the 1 MiB file
         (tmp / "1m.bin").write_bytes(os.urandom(BIG))
+        (tmp / "1m.bin").chmod(0o644)
         conf = write(tmp, "backend.conf", NGINX_BACKEND.format(tmp=tmp, b1=b1, b2=b2))
         argv = ["nginx", "-e", str(tmp / "nginx-backend.err"), "-c", str(conf)]
     else:
