@@ -56,11 +56,16 @@ def test_round_robin_alternates_exactly(lbx, backends):
     assert all(x != y for x, y in itertools.pairwise(seen)), seen
 
 
-def test_broken_upstream_fails_one_in_three_with_502(lbx, backends):
-    """With a third upstream that refuses connections, exactly one request in three gets 502."""
+def test_broken_upstream_fails_one_in_three_with_502(lbx, backends, tmp_path):
+    """With ``max_retries: 1`` (Pingora's behaviour: connect failures not retried) and a third
+    upstream that refuses connections, exactly one request in three gets 502."""
     a, b = backends.start("a"), backends.start("b")
     dead = f"127.0.0.1:{free_port()}"
+    conf = tmp_path / "conf.yaml"
+    conf.write_text("version: 1\nmax_retries: 1\n")
     proc = lbx(
+        "-c",
+        str(conf),
         "--plugin",
         "roundrobin",
         "--listen",
@@ -84,6 +89,29 @@ def test_broken_upstream_fails_one_in_three_with_502(lbx, backends):
         (200, b"Hello from backend b\n"),
         (502, b""),
     )
+
+
+def test_default_retries_connect_failures_on_another_backend(lbx, backends):
+    """By default (nginx's): a refused connection goes to the next backend, so one dead upstream
+    out of three costs no 502 at all."""
+    a, b = backends.start("a"), backends.start("b")
+    dead = f"127.0.0.1:{free_port()}"
+    proc = lbx(
+        "--plugin",
+        "roundrobin",
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        a.address,
+        "--upstream",
+        b.address,
+        "--upstream",
+        dead,
+    )
+    answers = [get(proc.address) for _ in range(99)]
+    assert [status for status, _, _ in answers] == [200] * 99
+    assert {headers["X-Backend"] for _, headers, _ in answers} == {"a", "b"}
+    proc.wait_for(r"Fail to proxy: .*refused.*tries: 1, retry: true")
 
 
 def test_502_is_pingoras_error_response(lbx):

@@ -26,10 +26,16 @@ class ErrorType(enum.Enum):
     READ_ERROR = "ReadError"
     WRITE_ERROR = "WriteError"
     READ_TIMEDOUT = "ReadTimedout"
+    WRITE_TIMEDOUT = "WriteTimedout"
     CONNECTION_CLOSED = "ConnectionClosed"
     HTTP_STATUS = "HTTPStatus"
     NO_UPSTREAM = "NoUpstream"
     INTERNAL_ERROR = "InternalError"
+
+
+_TIMEOUTS = frozenset(
+    {ErrorType.CONNECT_TIMEDOUT, ErrorType.READ_TIMEDOUT, ErrorType.WRITE_TIMEDOUT}
+)
 
 
 class ProxyError(Exception):
@@ -76,7 +82,7 @@ class ProxyError(Exception):
         if self.status is not None:
             return self.status
         if self.source is ErrorSource.UPSTREAM:
-            if self.etype in (ErrorType.CONNECT_TIMEDOUT, ErrorType.READ_TIMEDOUT):
+            if self.etype in _TIMEOUTS:
                 return 504
             return 502
         if self.source is ErrorSource.DOWNSTREAM:

@@ -315,8 +315,10 @@ def selection_key(session: Session, ctx: dict[str, Any]) -> bytes | None:
 def fail_to_connect(session: Session, peer: Peer, ctx: dict[str, Any], error: ProxyError) -> None:
     """Connecting to ``peer`` failed; nothing was sent upstream.
 
-    Set ``error.retry = True`` to try again (``upstream_peer`` is asked anew), bounded by
-    ``max_retries``. By default connect failures are not retried (Pingora's default).
+    ``error.retry`` arrives True: nothing was sent, so by default lbx tries another backend, as
+    nginx does (``upstream_peer`` is asked anew; the built-in one skips backends already tried),
+    bounded by ``max_retries`` attempts. Set it to False to answer the client at once (Pingora's
+    default, which ``max_retries: 1`` also gives).
 
     Sync hook.
 

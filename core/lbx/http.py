@@ -24,6 +24,7 @@ HOP_BY_HOP = frozenset(
         b"upgrade",
         b"proxy-authorization",
         b"proxy-authenticate",
+        b"http2-settings",
     }
 )
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import ipaddress
 import logging
+import re
 import socket
 import time
 from collections import deque
@@ -191,6 +193,48 @@ class ProxyService:
         self.max_retries = max(1, max_retries)
         self.read_timeout = config.read_timeout
         self.keepalive_timeout = config.keepalive_timeout
+        self.header_timeout = config.header_timeout
+        self.body_timeout = config.body_timeout
+        self.write_timeout = config.write_timeout
+        self.keepalive_requests = config.keepalive_requests
+        self.max_connections = config.max_connections
+        self.open_connections = 0
+        self.max_request_line = config.max_request_line
+        self.max_header_size = config.max_header_size
+        self.max_headers = config.max_headers
+        # What a head may take while it arrives in pieces (request line, fields, line ends).
+        self.max_head_bytes = (
+            config.max_request_line + config.max_header_size + 4 * config.max_headers + 1024
+        )
+        self.max_body_size = config.max_body_size
+        self.max_upstream_connections = config.max_upstream_connections
+        self.upstream_queue_timeout = config.upstream_queue_timeout
+        self.via = config.via
+        modes = {
+            b"x-forwarded-for": config.x_forwarded_for,
+            b"x-forwarded-proto": config.x_forwarded_proto,
+            b"forwarded": config.forwarded,
+        }
+        self.special_fields = frozenset(
+            {b"content-length", b"host", b"expect"}
+            | {name for name, mode in modes.items() if mode != "off"}
+        )
+        """Request fields ``on_headers_complete`` looks at (one set lookup per field)."""
+        self.append_forwarding = {name: mode == "append" for name, mode in modes.items()}
+        titles = {
+            b"x-forwarded-for": b"X-Forwarded-For",
+            b"x-forwarded-proto": b"X-Forwarded-Proto",
+            b"forwarded": b"Forwarded",
+        }
+        self.forwarding_fields = [
+            (name, titles[name]) for name, mode in modes.items() if mode != "off"
+        ]
+        """The forwarding fields lbx writes, (lower-case name, name) in this order."""
+        self._trusted_networks = (
+            None
+            if config.trusted_proxies is None
+            else [ipaddress.ip_network(n, strict=False) for n in config.trusted_proxies]
+        )
         self.upstream_host = config.host.encode("latin-1") if config.host else None
         self._peers: dict[Any, Peer] = {}
         self._hash_key = hashkey.key_function(config.hash_key)
@@ -202,6 +246,17 @@ class ProxyService:
             if key is not None:
                 return bytes(key)
         return self._hash_key(session)
+
+    def is_trusted(self, client_ip: str) -> bool:
+        """Whether forwarding fields from this client are kept (``trusted_proxies``)."""
+        networks = self._trusted_networks
+        if networks is None:
+            return True
+        try:
+            address = ipaddress.ip_address(client_ip)
+        except ValueError:  # a Unix socket client
+            return False
+        return any(address in network for network in networks)
 
     def protocol_factory(self) -> DownstreamProtocol:
         return DownstreamProtocol(self)
@@ -270,12 +325,16 @@ class ProxyService:
 
     async def _proxy(self, session: Session, ctx: dict[str, Any]) -> None:
         hooks = self.hooks
+        last: ProxyError | None = None
         while True:
             session.tries += 1
             peer = None
             if hooks.upstream_peer is not None:
                 peer = await hooks.upstream_peer(session=session, ctx=ctx)
             if peer is None:
+                if last is not None:
+                    # A retry found no other peer: the request fails with the last error.
+                    raise last
                 raise ProxyError(
                     ErrorType.NO_UPSTREAM,
                     ErrorSource.INTERNAL,
@@ -285,11 +344,11 @@ class ProxyService:
             session.peer = peer
             tracked = self._track_start(peer)
             try:
-                retry = await self._attempt(session, ctx, peer)
+                last = await self._attempt(session, ctx, peer)
             finally:
                 if tracked is not None:
                     self._track_finish(session, tracked)
-            if not retry:
+            if last is None:
                 return
 
     def _track_start(self, peer: Peer) -> tuple[LoadBalancer, Backend, float] | None:
@@ -307,26 +366,39 @@ class ProxyService:
         ok = session.upstream_response is not None and session.upstream_response.status < 500
         lb.selector.on_finish(backend, head_time - started, ok)  # type: ignore[attr-defined]
 
-    async def _attempt(self, session: Session, ctx: dict[str, Any], peer: Peer) -> bool:
-        """One upstream attempt; returns True when it failed and a retry was decided."""
+    async def _attempt(
+        self, session: Session, ctx: dict[str, Any], peer: Peer
+    ) -> ProxyError | None:
+        """One upstream attempt; returns the error when it failed and a retry was decided."""
         hooks = self.hooks
         pool = self.connector.pool
-        conn = pool.take(peer)
+        conn = None if session._fresh else pool.take(peer)
         reused = conn is not None
         if conn is None:
             try:
-                conn = await self.connector.connect(peer)
+                limit = self.max_upstream_connections
+                if limit and pool.open_count(peer) >= limit:
+                    conn = await pool.wait_for_slot(peer, limit, self.upstream_queue_timeout)
+                    reused = conn is not None
+                if conn is None:
+                    conn = await self.connector.connect(peer)
             except ProxyError as exc:
+                # Nothing was sent: by default another peer is tried (nginx's default).
+                exc.retry = True
                 if hooks.fail_to_connect is not None:
                     hooks.fail_to_connect.call_sync(session=session, peer=peer, ctx=ctx, error=exc)
-                if exc.retry and session.tries < self.max_retries:
+                if exc.retry and session.tries < self.max_retries and not session._conn.lost:
                     log.warning(
                         "Fail to proxy: %s, tries: %d, retry: true, %s",
                         exc,
                         session.tries,
                         session.request_summary(),
                     )
-                    return True
+                    if peer.backend is not None:
+                        if session.tried is None:
+                            session.tried = []
+                        session.tried.append(peer.backend)
+                    return exc
                 raise
             if session._conn.lost:
                 pool.put(conn)
@@ -343,6 +415,7 @@ class ProxyService:
             # sending again is safe if nothing came back and no body byte left lbx.
             exc.retry = (
                 reused
+                and not session._fresh
                 and not conn.got_response_bytes
                 and session.retry_safe
                 and session.req_header.method in _IDEMPOTENT
@@ -352,10 +425,17 @@ class ProxyService:
                     session=session, peer=peer, ctx=ctx, error=exc, client_reused=reused
                 )
             if exc.retry and session.tries < self.max_retries and session.retry_safe:
+                log.warning(
+                    "Fail to proxy: %s, tries: %d, retry: true, %s",
+                    exc,
+                    session.tries,
+                    session.request_summary(),
+                )
                 session.reset_attempt()
-                return True
+                session._fresh = True  # the retry opens a new connection
+                return exc
             raise
-        return False
+        return None
 
     async def _exchange(
         self,
@@ -379,6 +459,11 @@ class ProxyService:
                 await hooks.upstream_request_filter(
                     session=session, upstream_request=request, ctx=ctx
                 )
+        if session._conn.lost:
+            pool_put = conn.reusable
+            if pool_put:
+                self.connector.pool.put(conn)
+            raise ProxyError(ErrorType.CONNECTION_CLOSED, ErrorSource.DOWNSTREAM, "client closed")
         session.new_futures()
         session._upstream = conn
         conn.start(
@@ -459,6 +544,39 @@ def _time_out(future: asyncio.Future[None], peer: Peer, seconds: float) -> None:
         )
 
 
+class _Rejected(Exception):
+    """Raised from a parser callback to stop parsing; the status is in ``_reject``."""
+
+
+class _TrailerSink:
+    """Where the trailer fields of a chunked request go: counted, then dropped."""
+
+    __slots__ = ("count", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.count = 0
+        self.limit = limit
+
+    def append(self, item: object) -> None:
+        self.count += 1
+        if self.count > self.limit:
+            raise _TooManyTrailers
+
+
+class _TooManyTrailers(Exception):
+    """More trailer fields than ``max_headers``."""
+
+
+# Timer states of a client connection (one deadline per connection at a time).
+_NO_TIMER, _IDLE, _HEAD, _BODY, _LINGER = range(5)
+LINGER_SECONDS = 2.0
+"""After an error answer, how long unread request bytes are drained before the close (so the
+client reads the answer instead of a reset)."""
+
+# RFC 9110 4.2.3 / RFC 3986 3.2.2: IP-literal or reg-name, optional port.
+_HOST_RE = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?\Z")
+
+
 class DownstreamProtocol(asyncio.Protocol):
     """One client connection: parses requests, runs one at a time, answers in order."""
 
@@ -474,6 +592,19 @@ class DownstreamProtocol(asyncio.Protocol):
         self._parser = httptools.HttpRequestParser(self)
         self._url = b""
         self._headers: HeaderList = []
+        self._max_headers = service.max_headers
+        self._max_url = service.max_request_line
+        self._trailers = _TrailerSink(service.max_headers)
+        self._forwarding: list[tuple[bytes, bytes, bytes | None]] = []
+        self._forwarded_for = b""
+        self._head_bytes = 0
+        self._fed = 0
+        self._in_head = False
+        self._reject: tuple[int, str] | None = None
+        self._discard = False
+        self._requests = 0
+        self._timer = _NO_TIMER
+        self._body_mark = -1
         self._current: Session | None = None
         self._parsing: Session | None = None
         self._queue: deque[Session] = deque()
@@ -481,6 +612,9 @@ class DownstreamProtocol(asyncio.Protocol):
         self._drain_waiter: asyncio.Future[None] | None = None
         self._close_when_idle = False
         self._client_ip = b""
+        self._trusted = True
+        self._scheme = b"http"
+        self._good_host = b""
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -488,6 +622,7 @@ class DownstreamProtocol(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         # Kept: on Python 3.11 every get_running_loop() costs a getpid() syscall.
         self.loop = asyncio.get_running_loop()
+        service = self.service
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -501,29 +636,72 @@ class DownstreamProtocol(asyncio.Protocol):
             self.server_addr = "unix:" + str(transport.get_extra_info("sockname") or "")
             self.client_ip = "unix"
         self._client_ip = self.client_ip.encode("latin-1")
-        self.service.connections.add(self)
-        if self.service.connections.shutting_down:
+        if transport.get_extra_info("sslcontext") is not None:
+            self._scheme = b"https"
+        self._trusted = service.is_trusted(self.client_ip)
+        if service.forwarding_fields:
+            self._forwarding = [
+                (lower, name, self._forwarding_value(lower))
+                for lower, name in service.forwarding_fields
+            ]
+        service.connections.add(self)
+        service.open_connections += 1
+        if service.connections.shutting_down:
             transport.close()
+            return
+        if service.max_connections and service.open_connections > service.max_connections:
+            log.warning(
+                "service %s: %d client connections open, closing %s",
+                service.name,
+                service.max_connections,
+                self.client_addr,
+            )
+            self.transport.write(error_response(503, close=True))
+            transport.close()
+            self.lost = True
             return
         self._arm_timer()
 
     def data_received(self, data: bytes) -> None:
+        if self._discard:
+            return
+        self._fed = len(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
-            # Upgrade is not proxied yet: the request was forwarded without it (hop-by-hop), so
-            # whatever follows is parsed as the next request.
+            # Upgrade is not proxied: the request was forwarded without it (hop-by-hop) and had
+            # no body (checked in on_headers_complete), so what follows is the next request.
             offset = exc.args[0] if exc.args and isinstance(exc.args[0], int) else len(data)
             self._parser = httptools.HttpRequestParser(self)
             if offset < len(data):
                 self.data_received(data[offset:])
+            return
         except httptools.HttpParserError as exc:
-            self._bad_request(400, f"malformed request: {exc}")
+            reject, self._reject = self._reject, None
+            if reject is None and isinstance(exc.__context__, _TooManyTrailers):
+                reject = (431, "too many trailer fields")
+            if reject is None:
+                reject = (_parse_error_status(exc), f"malformed request: {exc}")
+            self._bad_request(*reject)
+            return
+        if self._in_head:
+            # A head arriving in pieces: its deadline runs, and its size is bounded here too
+            # (httptools buffers a header line until it is complete).
+            if self._timer != _HEAD:
+                self._arm_timer(self.service.header_timeout, _HEAD)
+            if self._head_bytes < 0:
+                self._head_bytes = 0  # the piece that started the head (bounded by the read)
+            else:
+                self._head_bytes += len(data)
+                if self._head_bytes > self.service.max_head_bytes:
+                    self._bad_request(431, "request head too large")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         self._cancel_timer()
-        self.service.connections.remove(self)
+        service = self.service
+        service.open_connections -= 1
+        service.connections.remove(self)
         current = self._current
         if current is not None:
             current.downstream_lost()
@@ -549,16 +727,24 @@ class DownstreamProtocol(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._url = b""
         self._headers = []
+        self._head_bytes = -1
+        self._in_head = True
 
     def on_url(self, url: bytes) -> None:
-        self._url += url
+        url = self._url + url
+        self._url = url
+        if len(url) > self._max_url:
+            self._reject = (414, f"request target longer than {self._max_url} bytes")
+            raise _Rejected
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        # Counted in on_headers_complete: a head is bounded by the read size (one piece) or by
+        # data_received (several); trailers go to a counting sink.
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        # The idle timer also bounds how long a request head may take to arrive (slowloris).
-        self._cancel_timer()
+        self._in_head = False
+        service = self.service
         parser = self._parser
         method_bytes: bytes = parser.get_method()
         method = _METHODS.get(method_bytes)
@@ -568,74 +754,211 @@ class DownstreamProtocol(asyncio.Protocol):
                 _METHODS[method_bytes] = method
         version: str = parser.get_http_version()
         keep_alive = bool(parser.should_keep_alive()) and not self._close_when_idle
+        self._requests += 1
+        if self._requests == service.keepalive_requests:
+            keep_alive = False
         headers: HeaderList = []
         content_length = None
-        chunked = False
+        te = None
         hosts = 0
-        forwarded_for: list[bytes] = []
+        host = b""
+        expect = None
+        upgrade = False
+        received: dict[bytes, list[bytes]] | None = None
         drop: set[bytes] | None = None
-        for name, value in self._headers:
+        special = service.special_fields
+        fields = self._headers
+        for item in fields:
+            name, value = item
             lower = name.lower()
             if lower in HOP_BY_HOP:
                 if lower == b"transfer-encoding":
-                    chunked = True
+                    te = value if te is None else te + b"," + value
                 elif lower == b"connection":
                     tokens = connection_tokens(value)
                     drop = tokens if drop is None else drop | tokens
+                elif lower == b"upgrade":
+                    upgrade = True
                 continue
-            if lower == b"content-length":
-                content_length = value
-                continue
-            if lower == b"host":
-                hosts += 1
-            elif lower == b"x-forwarded-for":
-                forwarded_for.append(value)
-                continue
-            headers.append((name, value))
-        problem = None
-        if method == "CONNECT":
-            problem = (405, "CONNECT is not proxied")
-        elif version not in ("1.1", "1.0"):
-            problem = (505, f"HTTP/{version} is not supported")
-        elif chunked and version == "1.0":
-            problem = (400, "Transfer-Encoding in an HTTP/1.0 request")
-        elif version == "1.1" and hosts != 1:
-            problem = (400, "an HTTP/1.1 request needs exactly one Host field")
-        elif drop and drop & _PROTECTED_FIELDS:
-            problem = (400, "Connection names a field that cannot be dropped")
-        if problem is not None:
-            self._bad_request(*problem)
-            return
-        if drop:
-            headers = [item for item in headers if item[0].lower() not in drop]
-        forwarded_for.append(self._client_ip)
-        headers.append((b"X-Forwarded-For", b", ".join(forwarded_for)))
-        if chunked:
+            if lower in special:
+                if lower == b"host":
+                    hosts += 1
+                    host = value
+                elif lower == b"content-length":
+                    content_length = value
+                    continue
+                elif lower == b"expect":
+                    expect = value
+                    continue
+                else:  # a forwarding field lbx writes itself
+                    if received is None:
+                        received = {}
+                    received.setdefault(lower, []).append(value)
+                    continue
+            headers.append(item)
+        url = self._url
+        length = 0
+        if not (
+            hosts == 1
+            and te is None
+            and content_length is None
+            and expect is None
+            and drop is None
+            and version == "1.1"
+            and host == self._good_host
+            and url[:1] == b"/"
+            and b"#" not in url
+            and method != "CONNECT"
+            and self._head_bytes < 0
+            and self._fed <= service.max_header_size
+            and len(fields) <= self._max_headers
+        ):
+            # Anything but the plainest request: every rule is checked (raises _Rejected).
+            headers, url, host, length = self._check_head(
+                method,
+                version,
+                url,
+                headers,
+                hosts,
+                host,
+                te,
+                content_length,
+                expect,
+                drop,
+                upgrade,
+            )
+        for lower, field_name, ours in self._forwarding:
+            values = received.get(lower) if received is not None else None
+            if ours is None:  # Forwarded: the element names the host of this request
+                ours = self._forwarded_for + _quoted_host(host)
+            if values is not None and self._trusted and service.append_forwarding[lower]:
+                values.append(ours)
+                ours = b", ".join(values)
+            headers.append((field_name, ours))
+        if service.via:
+            headers.append((b"Via", b"1.1 lbx"))
+        if te is not None:
             body_kind = RequestBody.CHUNKED
             framing: HeaderList = [(b"Transfer-Encoding", b"chunked")]
-        elif content_length is not None and content_length.strip() != b"0":
+        elif length:
             body_kind = RequestBody.LENGTH
-            framing = [(b"Content-Length", content_length.strip())]
+            framing = [(b"Content-Length", b"%d" % length)]
         else:
             body_kind = RequestBody.NONE
             framing = [(b"Content-Length", b"0")] if content_length is not None else []
-        head = RequestHeader(method, self._url.decode("latin-1"), Headers(headers), version)
-        session = Session(self, self.service, head, body_kind, framing, keep_alive)
+        head = RequestHeader(method, url.decode("latin-1"), Headers(headers), version)
+        session = Session(self, service, head, body_kind, framing, keep_alive)
+        if body_kind:
+            if expect is not None and version == "1.1":
+                session._expect_continue = 1
+            self._body_mark = -1
+            self._arm_timer(service.body_timeout, _BODY)
+        elif self._timer:
+            self._cancel_timer()
         self._parsing = session
         if self._current is None:
             self._start(session)
         else:
             self._queue.append(session)
 
+    def _check_head(
+        self,
+        method: str,
+        version: str,
+        url: bytes,
+        headers: HeaderList,
+        hosts: int,
+        host: bytes,
+        te: bytes | None,
+        content_length: bytes | None,
+        expect: bytes | None,
+        drop: set[bytes] | None,
+        upgrade: bool,
+    ) -> tuple[HeaderList, bytes, bytes, int]:
+        """The request rules beyond the plainest GET: (headers, target, host, body length)."""
+        service = self.service
+        problem = None
+        if method == "CONNECT":
+            problem = (405, "CONNECT is not proxied")
+        elif version != "1.1" and version != "1.0":
+            problem = (505, f"HTTP/{version} is not supported")
+        elif te is not None and version == "1.0":
+            problem = (400, "Transfer-Encoding in an HTTP/1.0 request")
+        elif te is not None and te.strip().lower() != b"chunked":
+            problem = (501, f"transfer coding {te.decode('latin-1')!r} is not supported")
+        elif hosts > 1 or (hosts == 0 and version == "1.1"):
+            problem = (400, "an HTTP/1.1 request needs exactly one Host field")
+        elif host != self._good_host and _HOST_RE.match(host) is None:
+            problem = (400, "invalid Host")
+        elif drop and drop & _PROTECTED_FIELDS:
+            problem = (400, "Connection names a field that cannot be dropped")
+        elif url[:1] != b"/" or b"#" in url:
+            url, host, problem = _other_target(method, url, host)
+        elif hosts:
+            self._good_host = host
+        length = 0
+        if problem is not None:
+            pass
+        elif len(self._headers) > service.max_headers:
+            problem = (431, f"more than {service.max_headers} header fields")
+        elif sum(len(n) + len(v) for n, v in self._headers) > service.max_header_size:
+            problem = (431, f"header fields larger than {service.max_header_size} bytes")
+        elif content_length is not None:
+            length = int(content_length)
+            if service.max_body_size and length > service.max_body_size:
+                problem = (413, f"request body of {length} bytes over the limit")
+        if problem is not None:
+            pass
+        elif upgrade and (te is not None or length) and drop and b"upgrade" in drop:
+            # httptools would take the body for upgraded-protocol bytes: refuse, never guess.
+            problem = (400, "an Upgrade request with a body")
+        elif expect is not None and expect.lower() != b"100-continue":
+            problem = (417, "unsupported Expect")
+        if problem is not None:
+            self._reject = problem
+            raise _Rejected
+        if te is not None:
+            # Trailer fields are not forwarded, only counted (bounded like header fields).
+            self._trailers.count = 0
+            self._headers = self._trailers  # type: ignore[assignment]
+        if drop:
+            headers = [item for item in headers if item[0].lower() not in drop]
+        if hosts == 0:
+            headers.append((b"Host", host))
+        elif url is not self._url:  # absolute-form: Host comes from the target
+            headers = [(n, host if n.lower() == b"host" else v) for n, v in headers]
+        return headers, url, host, length
+
+    def _forwarding_value(self, lower: bytes) -> bytes | None:
+        """What this connection adds to a forwarding field (None: Forwarded, per request)."""
+        if lower == b"x-forwarded-for":
+            return self._client_ip
+        if lower == b"x-forwarded-proto":
+            return self._scheme
+        if self.client_ip == "unix":
+            node = b"unknown"
+        elif ":" in self.client_ip:
+            node = b'"[' + self._client_ip + b']"'
+        else:
+            node = self._client_ip
+        self._forwarded_for = b"for=" + node + b";proto=" + self._scheme
+        return None
+
     def on_body(self, body: bytes) -> None:
-        if self._parsing is not None:
-            self._parsing.request_body(body)
+        session = self._parsing
+        if session is not None:
+            session.request_body(body)
+            limit = self.service.max_body_size
+            if limit and session.body_bytes_read > limit:
+                self._fail_body(413, "request body over the limit")
 
     def on_message_complete(self) -> None:
         session = self._parsing
         self._parsing = None
         if session is None:
             return
+        if self._timer == _BODY:
+            self._cancel_timer()
         session.request_body_end()
         if session is not self._current:
             # Pipelined: hold further input until the queued requests are answered.
@@ -663,18 +986,18 @@ class DownstreamProtocol(asyncio.Protocol):
             self._start(self._queue.popleft())
             if not self._queue:
                 self.resume_reading_for("pipeline")
-        else:
+        elif not self._in_head:
             self._arm_timer()
 
     def _bad_request(self, status: int, reason: str) -> None:
         log.info("%s from %s: %d", reason, self.client_addr, status)
         transport = self.transport
+        self._discard = True
         if transport is None or self.lost:
             return
         if self._current is None:
             transport.write(error_response(status, close=True))
-            transport.close()
-            self.lost = True
+            self._linger()
         elif self._parsing is self._current:
             # The request in flight has a body we can no longer frame: cut it off.
             self.abort()
@@ -683,6 +1006,40 @@ class DownstreamProtocol(asyncio.Protocol):
             self._close_when_idle = True
             self._queue.clear()
             self.pause_reading_for("bad-request")
+
+    def _fail_body(self, status: int, reason: str) -> None:
+        """The request body being read broke a limit: answer if possible, then close."""
+        session = self._parsing
+        self._parsing = None
+        self._discard = True
+        log.info("%s from %s: %d", reason, self.client_addr, status)
+        if session is None or self.lost or self.transport is None:
+            return
+        if session is self._current and not session.response_written:
+            session.response_status = status
+            session._resp_started = session._resp_complete = True
+            self.transport.write(error_response(status, close=True))
+            self._linger()
+            session.downstream_lost()  # stops the upstream exchange
+        elif session is self._current:
+            self.abort()
+        else:
+            self._close_when_idle = True
+            self._queue.clear()
+            self.pause_reading_for("bad-request")
+
+    def _linger(self) -> None:
+        """Stop writing, drain what the client still sends for a moment, then close."""
+        transport = self.transport
+        assert transport is not None
+        self.lost = True  # nothing more is written
+        self._discard = True
+        if self._pause_reasons:
+            self._pause_reasons.clear()
+            transport.resume_reading()
+        if transport.can_write_eof():
+            transport.write_eof()
+        self._arm_timer(LINGER_SECONDS, _LINGER)
 
     # -- flow control and writes -------------------------------------------------------------
     def write(self, data: bytes) -> None:
@@ -720,7 +1077,6 @@ class DownstreamProtocol(asyncio.Protocol):
         """
         self._close_when_idle = True
         if self._current is None and self.transport is not None and not self.lost:
-            self._cancel_timer()
             self._arm_timer(DRAIN_LINGER_SECONDS)
 
     def abort(self) -> None:
@@ -728,20 +1084,87 @@ class DownstreamProtocol(asyncio.Protocol):
             self.lost = True
             self.transport.abort()
 
-    # -- timers ------------------------------------------------------------------------------
-    def _arm_timer(self, timeout: float | None = None) -> None:
+    # -- timers (one deadline per connection, in the shared sweeper) -------------------------
+    def _arm_timer(self, timeout: float | None = None, state: int = _IDLE) -> None:
         if timeout is None:
             timeout = self.service.keepalive_timeout
         if timeout:
-            self.service.connections.deadlines.set(self.loop, self, timeout, self._idle_timeout)
+            self._timer = state
+            self.service.connections.deadlines.set(self.loop, self, timeout, self._on_timer)
+        elif self._timer:
+            self._cancel_timer()
 
     def _cancel_timer(self) -> None:
+        self._timer = _NO_TIMER
         self.service.connections.deadlines.clear(self)
 
-    def _idle_timeout(self) -> None:
-        if self._current is None and self.transport is not None and not self.lost:
-            self.transport.close()
+    def _on_timer(self) -> None:
+        state, self._timer = self._timer, _NO_TIMER
+        transport = self.transport
+        if transport is None:
+            return
+        if state == _LINGER:
+            transport.close()
+            return
+        if self.lost:
+            return
+        if state == _HEAD:
+            if self._in_head:
+                self._bad_request(408, "request head not received in time")
+        elif state == _BODY:
+            session = self._parsing
+            if session is None:
+                return
+            if session.body_bytes_read != self._body_mark or self._pause_reasons:
+                # Progress, or lbx itself stopped reading (back-pressure): wait again.
+                self._body_mark = session.body_bytes_read
+                self._arm_timer(self.service.body_timeout, _BODY)
+                return
+            self._fail_body(408, "request body stalled")
+        elif self._current is None:
+            transport.close()
             self.lost = True
+
+
+def _parse_error_status(exc: Exception) -> int:
+    """The status for an httptools error: 505 for a version it rejects, else 400."""
+    return 505 if "HTTP version" in str(exc) else 400
+
+
+def _other_target(
+    method: str, url: bytes, host: bytes
+) -> tuple[bytes, bytes, tuple[int, str] | None]:
+    """A target that is not origin-form: ``*`` for OPTIONS, or absolute-form (rewritten to
+    origin-form; its authority becomes Host, RFC 9112 3.2.2). Anything else is a 400."""
+    if b"#" in url:
+        return url, host, (400, "a fragment in the request target")
+    if url == b"*":
+        return url, host, None if method == "OPTIONS" else (400, "'*' is only for OPTIONS")
+    lowered = url[:8].lower()
+    if lowered.startswith((b"http://", b"https://")):
+        try:
+            parts = httptools.parse_url(url)
+        except httptools.HttpParserInvalidURLError:
+            return url, host, (400, "invalid absolute-form target")
+        if parts.userinfo or not parts.host:
+            return url, host, (400, "invalid authority in the request target")
+        authority = parts.host if b":" not in parts.host else b"[" + parts.host + b"]"
+        if parts.port is not None:
+            authority += b":%d" % parts.port
+        if _HOST_RE.match(authority) is None:
+            return url, host, (400, "invalid authority in the request target")
+        target = parts.path or b"/"
+        if parts.query is not None:
+            target += b"?" + parts.query
+        return target, authority, None
+    return url, host, (400, "invalid request target")
+
+
+def _quoted_host(host: bytes) -> bytes:
+    """``;host="..."`` for a Forwarded element (empty without a Host)."""
+    if not host:
+        return b""
+    return b';host="' + host.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
 
 
 def _format_addr(addr: Any) -> str:

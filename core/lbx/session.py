@@ -36,6 +36,7 @@ REQUEST_BUFFER_HIGH_WATER = 64 * 1024
 RESPONSE_BUFFER_HIGH_WATER = 64 * 1024
 
 _RELAYED_INFORMATIONAL = frozenset({100, 103})
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 class RequestBody(enum.IntEnum):
@@ -65,7 +66,9 @@ class Session:
         "_collected",
         "_conn",
         "_done_future",
+        "_expect_continue",
         "_failure",
+        "_fresh",
         "_head_future",
         "_keep_alive",
         "_resp_body_kind",
@@ -93,6 +96,7 @@ class Session:
         "server_addr",
         "service",
         "start_time",
+        "tried",
         "tries",
         "upstream_response",
     )
@@ -114,6 +118,11 @@ class Session:
         self.server_addr: str = conn.server_addr
         self.peer: Peer | None = None
         self.tries = 0
+        self.tried: list[Any] | None = None
+        """Backends whose connection failed in this request; ``upstream_peer`` skips them."""
+        self._fresh = False
+        self._expect_continue = 0
+        """1: the client sent ``Expect: 100-continue``; 2: lbx answered it with its own 100."""
         self.response_status: int | None = None
         self.upstream_response: ResponseHeader | None = None
         self.body_bytes_read = 0
@@ -244,6 +253,12 @@ class Session:
     def start_request_body(self) -> None:
         """The request head went upstream: send what was buffered and stream the rest."""
         self._streaming_request = True
+        if self._expect_continue == 1:
+            # The client waits for this before sending its body; lbx answers Expect itself
+            # (never forwarded), so there is no deadlock whatever the upstream does.
+            self._expect_continue = 2
+            if not self._body_done and not self._resp_started:
+                self._conn.write(CONTINUE)
         buffered, self._body_buffer = self._body_buffer, []
         self._body_buffered = 0
         for chunk in buffered:
@@ -273,7 +288,11 @@ class Session:
 
     # -- upstream exchange (called by UpstreamConnection) ------------------------------------
     def upstream_informational(self, status: int, headers: HeaderList) -> None:
-        if status in _RELAYED_INFORMATIONAL and self.req_header.version == "1.1":
+        if (
+            status in _RELAYED_INFORMATIONAL
+            and self.req_header.version == "1.1"
+            and not (status == 100 and self._expect_continue == 2)  # lbx sent its own 100
+        ):
             kept = [(n, v) for n, v in headers if n.lower() not in HOP_BY_HOP]
             self._conn.write(serialize_response(ResponseHeader(status, Headers(kept)), []))
 
@@ -318,10 +337,59 @@ class Session:
 
     def upstream_write_paused(self, paused: bool) -> None:
         self._upstream_paused = paused
+        conn = self._conn
+        upstream = self._upstream
+        deadlines = self.service.connections.deadlines
         if paused:
-            self._conn.pause_reading_for(self)
+            conn.pause_reading_for(self)
+            timeout = self.service.write_timeout
+            if timeout and upstream is not None:
+                deadlines.set(conn.loop, upstream, timeout, self._write_timed_out)
         else:
-            self._conn.resume_reading_for(self)
+            conn.resume_reading_for(self)
+            if upstream is not None:
+                deadlines.clear(upstream)
+
+    def _write_timed_out(self) -> None:
+        upstream = self._upstream
+        if upstream is None or not self._upstream_paused:
+            return
+        upstream.close()
+        self.upstream_failed(
+            ProxyError(
+                ErrorType.WRITE_TIMEDOUT,
+                ErrorSource.UPSTREAM,
+                f"upstream read nothing for {self.service.write_timeout}s",
+            )
+        )
+
+    def _read_timed_out(self, mark: int) -> None:
+        """The response-body inactivity check (armed by ``wait_response_end``)."""
+        if self._resp_complete or self._done_future is None or self._done_future.done():
+            return
+        upstream = self._upstream
+        if upstream is None:
+            return
+        if upstream.received != mark or self._upstream_read_paused:
+            self._arm_read_timeout()
+            return
+        upstream.close()
+        self.upstream_failed(
+            ProxyError(
+                ErrorType.READ_TIMEDOUT,
+                ErrorSource.UPSTREAM,
+                f"no response body byte for {self.service.read_timeout}s",
+            )
+        )
+
+    def _arm_read_timeout(self) -> None:
+        timeout = self.service.read_timeout
+        if timeout:
+            upstream = self._upstream
+            mark = upstream.received if upstream is not None else 0
+            self.service.connections.deadlines.set(
+                self._conn.loop, self, timeout, lambda: self._read_timed_out(mark)
+            )
 
     def downstream_lost(self) -> None:
         """The client went away: stop the upstream exchange and wake the request task."""
@@ -364,6 +432,8 @@ class Session:
                 self._keep_alive = False
         self._resp_mode = mode
         self._mark_started(head.status)
+        if self.service.via:
+            head.headers.append(b"Via", b"1.1 lbx")
         if not self._keep_alive:
             framing.append((b"Connection", b"close"))
         elif self.req_header.version == "1.0":
@@ -408,4 +478,8 @@ class Session:
         if self._resp_complete:
             return
         self._done_future = self._conn.loop.create_future()
-        await self._done_future
+        self._arm_read_timeout()
+        try:
+            await self._done_future
+        finally:
+            self.service.connections.deadlines.clear(self)

@@ -23,6 +23,11 @@ from lbx.peer import Peer
 
 log = logging.getLogger("lbx.upstream")
 
+
+class _InvalidResponse(Exception):
+    """Raised from a parser callback: the response is well-formed HTTP but not acceptable."""
+
+
 # No body follows these statuses whatever the headers say (RFC 9112 6.3).
 _NO_BODY_STATUSES = frozenset({204, 304})
 
@@ -64,7 +69,10 @@ class UpstreamConnection(asyncio.Protocol):
         self._body_kind = BodyKind.NONE
         self._keep_alive = True
         self._got_head = False
-        self._got_bytes = False
+        self.received = 0
+        """Response bytes received in the current exchange."""
+        self.counted = False
+        """Whether this connection holds one of its peer's slots in the pool's open count."""
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -79,15 +87,16 @@ class UpstreamConnection(asyncio.Protocol):
             # An idle pooled connection must stay silent; anything else means it is unusable.
             self.close()
             return
-        self._got_bytes = True
+        self.received += len(data)
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserError as exc:
+        except (httptools.HttpParserError, _InvalidResponse) as exc:
+            cause = exc.__context__ if isinstance(exc, httptools.HttpParserCallbackError) else exc
             self._fail(
                 ProxyError(
                     ErrorType.INVALID_HTTP_HEADER if not self._got_head else ErrorType.H1_ERROR,
                     ErrorSource.UPSTREAM,
-                    f"invalid response from {self.peer.addr}: {exc}",
+                    f"invalid response from {self.peer.addr}: {cause or exc}",
                 )
             )
 
@@ -132,7 +141,10 @@ class UpstreamConnection(asyncio.Protocol):
         if exchange is None:
             return
         raw = self._headers
-        if 100 <= status < 200 and status != 101:
+        if 100 <= status < 200:
+            if status == 101:
+                # lbx never forwards Upgrade, so a 101 is a broken (or hostile) upstream.
+                raise _InvalidResponse("101 Switching Protocols without an upgrade request")
             exchange.upstream_informational(status, raw)
             return
         self._keep_alive = bool(parser.should_keep_alive())
@@ -155,6 +167,8 @@ class UpstreamConnection(asyncio.Protocol):
             headers = [item for item in headers if item[0].lower() not in drop]
         if self._head_only or status in _NO_BODY_STATUSES:
             body_kind = BodyKind.NONE
+            if status == 204:
+                headers = [item for item in headers if item[0].lower() != b"content-length"]
         self._body_kind = body_kind
         self._got_head = True
         exchange.upstream_head(status, headers, body_kind)
@@ -178,7 +192,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.exchange = exchange
         self._head_only = head_only
         self._got_head = False
-        self._got_bytes = False
+        self.received = 0
         assert self.transport is not None
         self.transport.write(head)
 
@@ -190,7 +204,7 @@ class UpstreamConnection(asyncio.Protocol):
     @property
     def got_response_bytes(self) -> bool:
         """Whether any byte of the response arrived (decides if a retry is safe)."""
-        return self._got_bytes
+        return self.received > 0
 
     def pause_reading(self) -> None:
         if self.transport is not None and not self.closed:
@@ -242,6 +256,9 @@ class ConnectionPool:
         self._idle: dict[tuple[object, ...], list[UpstreamConnection]] = {}
         self._lru: OrderedDict[UpstreamConnection, None] = OrderedDict()
         self._sweep_handle: asyncio.TimerHandle | None = None
+        self._open: dict[tuple[object, ...], int] = {}
+        """Open (or opening) connections per peer, for ``max_upstream_connections``."""
+        self._waiters: dict[tuple[object, ...], list[asyncio.Future[None]]] = {}
 
     def __len__(self) -> int:
         return len(self._lru)
@@ -261,11 +278,74 @@ class ConnectionPool:
             conn.close()
         return None
 
+    def open_count(self, peer: Peer) -> int:
+        """Connections to ``peer`` that are open or being opened."""
+        return self._open.get(peer.pool_key, 0)
+
+    def reserve(self, key: tuple[object, ...]) -> None:
+        self._open[key] = self._open.get(key, 0) + 1
+
+    def release(self, key: tuple[object, ...]) -> None:
+        count = self._open.get(key, 0) - 1
+        if count > 0:
+            self._open[key] = count
+        else:
+            self._open.pop(key, None)
+        self._wake(key)
+
+    def _wake(self, key: tuple[object, ...]) -> None:
+        waiters = self._waiters.get(key)
+        while waiters:
+            future = waiters.pop(0)
+            if not future.done():
+                future.set_result(None)
+                return
+
+    async def wait_for_slot(
+        self, peer: Peer, limit: int, timeout: float
+    ) -> UpstreamConnection | None:
+        """Wait until ``peer`` has an idle connection (returned) or a free slot (None).
+
+        Raises a 503 ``ProxyError`` when neither comes within ``timeout`` seconds.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        key = peer.pool_key
+        while True:
+            conn = self.take(peer)
+            if conn is not None:
+                return conn
+            if self._open.get(key, 0) < limit:
+                return None
+            remaining = deadline - loop.time()
+            future: asyncio.Future[None] = loop.create_future()
+            waiters = self._waiters.setdefault(key, [])
+            waiters.append(future)
+            try:
+                if remaining <= 0:
+                    raise TimeoutError
+                async with asyncio.timeout(remaining):
+                    await future
+            except TimeoutError:
+                raise ProxyError(
+                    ErrorType.CONNECT_ERROR,
+                    ErrorSource.UPSTREAM,
+                    f"all {limit} connections to {peer.addr} busy for {timeout}s",
+                    status=503,
+                ) from None
+            finally:
+                if future in waiters:
+                    waiters.remove(future)
+                if not waiters:
+                    self._waiters.pop(key, None)
+
     def put(self, conn: UpstreamConnection) -> None:
         """Keep ``conn`` for reuse, or close it when pooling is off."""
         if self.size <= 0 or conn.closed:
             conn.close()
             return
+        if self._waiters and conn.peer.pool_key in self._waiters:
+            self._wake(conn.peer.pool_key)
         conn.resume_reading()  # an idle connection must notice when the upstream closes it
         conn.idle_since = time.monotonic()
         self._idle.setdefault(conn.peer.pool_key, []).append(conn)
@@ -280,6 +360,9 @@ class ConnectionPool:
 
     def discard(self, conn: UpstreamConnection) -> None:
         """Forget ``conn`` (it closed or is being closed)."""
+        if conn.counted:
+            conn.counted = False
+            self.release(conn.peer.pool_key)
         if self._lru.pop(conn, None) is not None or conn in self._idle.get(conn.peer.pool_key, ()):
             stack = self._idle.get(conn.peer.pool_key)
             if stack and conn in stack:
@@ -343,10 +426,29 @@ class Connector:
 
     async def connect(self, peer: Peer) -> UpstreamConnection:
         """A new connection to ``peer``; connect and TLS errors become ``ProxyError``s."""
-        loop = asyncio.get_running_loop()
         timeout = peer.connection_timeout or self.connect_timeout
         ssl_context = self.ssl_context(peer) if peer.tls else None
         server_hostname = (peer.sni or peer.host) if peer.tls else None
+        pool = self.pool
+        pool.reserve(peer.pool_key)
+        try:
+            conn = await self._connect(peer, timeout, ssl_context, server_hostname)
+        except BaseException:
+            pool.release(peer.pool_key)
+            raise
+        conn.counted = True
+        if conn.closed:  # closed between connecting and now
+            pool.discard(conn)
+        return conn
+
+    async def _connect(
+        self,
+        peer: Peer,
+        timeout: float,
+        ssl_context: ssl.SSLContext | None,
+        server_hostname: str | None,
+    ) -> UpstreamConnection:
+        loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(timeout):
                 if peer.unix_path is not None:

@@ -27,7 +27,18 @@ def upstream_peer(session: Session, ctx: dict[str, Any]) -> Peer | None:
     load_balancer = service.load_balancer
     if load_balancer is None:
         return None
-    backend = load_balancer.select(service.selection_key(session, ctx), MAX_ITERATIONS)
+    tried = session.tried
+    if tried:
+        # A retry after a connect failure: another backend, never one already tried.
+        backend = load_balancer.select_with(
+            service.selection_key(session, ctx),
+            MAX_ITERATIONS,
+            lambda candidate, ready: ready and candidate not in tried,
+        )
+        if backend is None:
+            return None  # every ready backend was tried: the request fails with the last error
+    else:
+        backend = load_balancer.select(service.selection_key(session, ctx), MAX_ITERATIONS)
     if backend is None:
         raise ProxyError.http_status(
             503, f"no ready backend in service {service.name!r} (all unhealthy or disabled)"

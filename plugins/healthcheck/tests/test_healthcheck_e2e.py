@@ -431,6 +431,7 @@ def test_passive_ejects_resetting_backend_and_readmits(lbx, backends, scripted, 
         tmp_path,
         f"""
 version: 1
+max_retries: 1  # one attempt: every failure reaches the client, as the test counts them
 plugins: [roundrobin, healthcheck]
 services:
   - name: web

@@ -1,0 +1,203 @@
+"""An in-process lbx request path for fuzzing: client bytes in, upstream bytes out, no sockets.
+
+``run(request, response)`` feeds ``request`` (split where the input says) to a real
+``DownstreamProtocol`` of a real ``ProxyService`` whose connector hands out real
+``UpstreamConnection``s over fake transports; each upstream answers with ``response``. It checks
+what must always hold, raising ``AssertionError`` otherwise:
+
+- no exception escapes a protocol callback or a request task;
+- every request that reached an upstream is one canonical HTTP/1.1 request: it parses strictly,
+  has exactly one Host and at most one framing field, and no hop-by-hop field;
+- once the client is gone, no request task is left running (no hang, nothing leaked).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httptools
+
+import lbx
+from lbx.config import ServiceConfig
+from lbx.http import HOP_BY_HOP
+from lbx.peer import Peer
+from lbx.proxy import Connections, DownstreamProtocol, ProxyService, RequestHooks
+from lbx.upstream import ConnectionPool, Connector, UpstreamConnection
+
+
+class FakeTransport(asyncio.Transport):
+    def __init__(self, loop: asyncio.AbstractEventLoop, protocol: asyncio.Protocol) -> None:
+        super().__init__()
+        self.loop = loop
+        self.protocol = protocol
+        self.out = bytearray()
+        self.closed = False
+        self.paused = False
+
+    def write(self, data: Any) -> None:
+        self.out += data
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.loop.call_soon(self.protocol.connection_lost, None)
+
+    def abort(self) -> None:
+        self.close()
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        self.paused = False
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        pass
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"peername": ("127.0.0.1", 40000), "sockname": ("127.0.0.1", 80)}.get(name, default)
+
+
+class _Capture:
+    """Parses what lbx sends upstream, strictly, and checks it is canonical."""
+
+    def __init__(self, upstream: UpstreamTransport) -> None:
+        self.upstream = upstream
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.url = b""
+
+    def on_message_begin(self) -> None:
+        self.headers = []
+        self.url = b""
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        names = [name.lower() for name, _ in self.headers]
+        assert names.count(b"host") == 1, self.headers
+        framing = names.count(b"content-length") + names.count(b"transfer-encoding")
+        assert framing <= 1, self.headers
+        hop = [n for n in names if n in HOP_BY_HOP and n != b"transfer-encoding"]
+        assert not hop, self.headers
+        assert self.url[:1] == b"/" or self.url == b"*", self.url
+        self.upstream.heads += 1
+        # Answer as soon as the head arrived (the body may still be on its way).
+        self.upstream.loop.call_soon(self.upstream.respond)
+
+    def on_message_complete(self) -> None:
+        self.upstream.requests += 1
+
+
+class UpstreamTransport(FakeTransport):
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, protocol: UpstreamConnection, response: bytes
+    ) -> None:
+        super().__init__(loop, protocol)
+        self.response = response
+        self.heads = 0
+        self.requests = 0
+        self.parser = httptools.HttpRequestParser(_Capture(self))
+
+    def write(self, data: Any) -> None:
+        super().write(data)
+        self.parser.feed_data(bytes(data))  # a parse error fails the run: lbx sent bad bytes
+
+    def respond(self) -> None:
+        if not self.closed:
+            protocol = self.protocol
+            assert isinstance(protocol, UpstreamConnection)
+            # In two pieces, so a head split across reads is exercised too.
+            middle = len(self.response) // 2
+            protocol.data_received(self.response[:middle])
+            if not self.closed:
+                protocol.data_received(self.response[middle:])
+
+
+class FakeConnector(Connector):
+    def __init__(self) -> None:
+        super().__init__(ConnectionPool(8, 60), ca_file=None, connect_timeout=1)
+        self.response = b""
+        self.transports: list[UpstreamTransport] = []
+
+    async def connect(self, peer: Peer) -> UpstreamConnection:
+        conn = UpstreamConnection(peer, self.pool)
+        transport = UpstreamTransport(asyncio.get_running_loop(), conn, self.response)
+        self.transports.append(transport)
+        conn.connection_made(transport)
+        return conn
+
+
+class _Plugin:
+    @lbx.hookimpl
+    def upstream_peer(self, session: lbx.Session, ctx: dict[str, Any]) -> Peer:
+        return Peer("127.0.0.1:9")
+
+
+class Harness:
+    def __init__(self, **config: Any) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.errors: list[dict[str, Any]] = []
+        self.loop.set_exception_handler(lambda _loop, context: self.errors.append(context))
+        pm = lbx.get_plugin_manager(defaults=False)
+        pm.register(_Plugin(), "fuzz-peer")
+        self.connector = FakeConnector()
+        service_config = ServiceConfig(name="fuzz", listen=[], upstreams=[], **config)
+        self.service = ProxyService(
+            service_config,
+            None,
+            RequestHooks(pm),
+            self.connector,
+            Connections(),
+            max_retries=2,
+        )
+
+    def run(self, request: bytes, response: bytes, splits: list[int]) -> bytes:
+        """Feed ``request`` in pieces (cut at ``splits``); returns what the client received."""
+        return self.loop.run_until_complete(self._run(request, response, splits))
+
+    async def _run(self, request: bytes, response: bytes, splits: list[int]) -> bytes:
+        self.connector.response = response
+        self.connector.transports = []
+        self.connector.pool.close_all()
+        protocol = DownstreamProtocol(self.service)
+        transport = FakeTransport(self.loop, protocol)
+        protocol.connection_made(transport)
+        start = 0
+        for cut in [*sorted(set(splits)), len(request)]:
+            if cut <= start or cut > len(request):
+                continue
+            if not transport.closed:
+                protocol.data_received(request[start:cut])
+            start = cut
+            for _ in range(4):
+                await asyncio.sleep(0)
+        for _ in range(20):
+            await asyncio.sleep(0)
+        out = bytes(transport.out)
+        if not transport.closed:
+            transport.close()
+        for _ in range(20):
+            await asyncio.sleep(0)
+        for upstream in self.connector.transports:
+            upstream.close()
+        for _ in range(5):
+            await asyncio.sleep(0)
+        pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        assert not pending, f"request tasks left running after the client left: {pending}"
+        assert not self.errors, self.errors
+        return out
+
+    def close(self) -> None:
+        self.connector.pool.close_all()
+        self.loop.close()

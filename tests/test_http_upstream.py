@@ -1,0 +1,260 @@
+"""Upstream faults end to end (issue 6; docs/http.md): each fault ends in the right status, the
+client connection is kept or closed as it must be, and upstream connections are pooled only
+after a complete exchange."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import pytest
+from tests.http_helpers import Client, Upstream, exchange, respond_with, write_conf
+
+from lbx.testing import LbxProcess
+
+TIMEOUTS = {"connect_timeout": 0.5, "read_timeout": 1, "write_timeout": 1}
+GET = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+POST = b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi"
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    server = Upstream()
+    conf = write_conf(tmp_path_factory.mktemp("conf"), [server.address], **TIMEOUTS)
+    with LbxProcess("-c", conf) as process:
+        yield server, process
+    server.close()
+
+
+@pytest.fixture
+def upstream(shared):
+    server, _ = shared
+    server.reset()
+    return server
+
+
+@pytest.fixture
+def proxy(shared, upstream):
+    return shared[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_refused_is_502(lbx, tmp_path):
+    proc = lbx("-c", write_conf(tmp_path, [f"127.0.0.1:{free_port()}"]))
+    response, closed = exchange(proc.address, GET)
+    assert response.status == 502 and not closed
+
+
+def test_connect_timeout_is_504(lbx, tmp_path):
+    """An upstream whose accept queue is full drops the SYN: connect times out, 504."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    fillers = []
+    try:
+        for _ in range(8):  # fill the accept queue; further connects hang
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(listener.getsockname())
+            fillers.append(filler)
+        address = f"127.0.0.1:{listener.getsockname()[1]}"
+        proc = lbx("-c", write_conf(tmp_path, [address], connect_timeout=0.5))
+        started = time.monotonic()
+        response, _ = exchange(proc.address, GET)
+        assert response.status == 504
+        assert time.monotonic() - started < 3
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()
+
+
+def test_read_timeout_is_504_and_not_retried(proxy, upstream):
+    upstream.handler = lambda conn, request: None  # never answers
+    started = time.monotonic()
+    response, _ = exchange(proxy.address, POST)
+    assert response.status == 504
+    assert 0.9 < time.monotonic() - started < 3
+    assert len(upstream.requests) == 1
+
+
+@pytest.mark.parametrize(
+    ("answer", "then"),
+    [
+        (b"", "close"),
+        (b"", "reset"),
+        (b"garbage\r\n\r\n", None),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n", None),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok", None),
+        (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: upgrade\r\n\r\n", None),
+        (b"HTTP/1.1 200 OK\r\nContent-Le", "close"),
+    ],
+)
+def test_failure_before_the_head_is_502(proxy, upstream, answer, then):
+    """Closed, reset, garbage or ambiguous framing before a complete head: 502, client kept."""
+    upstream.handler = respond_with(answer, then)
+    with Client(proxy.address) as client:
+        client.send(POST)
+        assert client.read_response().status == 502
+        upstream.handler = respond_with(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        client.send(GET)
+        assert client.read_response().status == 200  # the client connection is still good
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\na\r\n0123456789\r\n",
+    ],
+)
+def test_truncation_after_the_head_aborts_the_client(proxy, upstream, answer):
+    """A client must never take a short body for a complete one: lbx cuts the connection."""
+    upstream.handler = respond_with(answer, "close")
+    with Client(proxy.address) as client:
+        client.send(GET)
+        response = client.read_response()
+        assert response.status == 200 and not response.complete
+        assert client.closed()
+    # ...and the broken upstream connection was not pooled: the next request opens a new one.
+    upstream.reset()
+    response, _ = exchange(proxy.address, GET)
+    assert response.status == 200
+    assert len([c for c in upstream.conns if c.requests]) == 1
+    assert upstream.conns[-1].requests  # a new connection
+
+
+def test_informational_responses_are_relayed(proxy, upstream):
+    upstream.handler = respond_with(
+        b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n"
+        b"HTTP/1.1 100 Continue\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    )
+    with Client(proxy.address) as client:
+        client.send(GET)
+        response = client.read_response()
+    assert response.informational == [103, 100]
+    assert (response.status, response.body) == (200, b"ok")
+
+
+@pytest.mark.parametrize(
+    ("method", "answer", "cl"),
+    [
+        (b"GET", b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\nhello", None),
+        (b"GET", b"HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n", b"10"),
+        (b"HEAD", b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n", b"10"),
+        (b"HEAD", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", None),
+    ],
+)
+def test_head_204_304_carry_no_body(proxy, upstream, method, answer, cl):
+    """No body after HEAD / 204 / 304 whatever the upstream says; framing stays right for the
+    next response on the same client connection."""
+    upstream.handler = respond_with(answer)
+    with Client(proxy.address) as client:
+        client.send(method + b" / HTTP/1.1\r\nHost: x\r\n\r\n")
+        response = client.read_response(method)
+        assert response.get("Content-Length") == cl
+        assert response.get("Transfer-Encoding") is None
+        upstream.handler = respond_with(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnext")
+        client.send(GET)
+        response = client.read_response()
+        assert (response.status, response.body) == (200, b"next")  # no stray body in between
+
+
+def test_upstream_connection_reused_only_after_complete_exchange(proxy, upstream):
+    """Complete exchanges share one pooled connection; Connection: close and an early answer
+    (before the request body was sent) do not go back to the pool."""
+    for _ in range(3):
+        assert exchange(proxy.address, GET)[0].status == 200
+    assert len([c for c in upstream.conns if c.requests]) == 1
+    upstream.reset()
+    upstream.handler = respond_with(
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    )
+    assert exchange(proxy.address, GET)[0].status == 200
+    upstream.handler = respond_with(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    assert exchange(proxy.address, GET)[0].status == 200
+    assert len([c for c in upstream.conns if c.requests]) == 2
+    # An early answer while the body is still coming: the client connection closes after it.
+    upstream.reset()
+    upstream.on_head = lambda conn, request: conn.send(
+        b"HTTP/1.1 413 Too Large\r\nContent-Length: 0\r\n\r\n"
+    )
+    with Client(proxy.address) as client:
+        client.send(
+            b"POST /early HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n" + b"x" * 10
+        )
+        assert client.read_response().status == 413
+        assert client.closed()
+    upstream.on_head = None
+    assert upstream.wait(lambda: all(c.closed_by_peer.is_set() for c in upstream.conns))
+
+
+def test_client_disconnect_cancels_the_upstream_request(proxy, upstream):
+    upstream.handler = lambda conn, request: None
+    with Client(proxy.address) as client:
+        client.send(GET)
+        assert upstream.wait(lambda: len(upstream.requests) == 1)
+    conn = next(c for c in upstream.conns if c.requests)
+    assert conn.closed_by_peer.wait(3), "lbx kept the upstream request after the client left"
+
+
+def test_write_timeout_is_504(proxy, upstream):
+    """An upstream that stops reading the request body: 504 after write_timeout, client closed."""
+    release = threading.Event()
+    upstream.on_head = lambda conn, request: release.wait(10)  # stops this connection's reads
+    with Client(proxy.address) as client:
+        client.send(b"POST /w HTTP/1.1\r\nHost: x\r\nContent-Length: 200000000\r\n\r\n")
+
+        def send_body() -> None:
+            piece = b"x" * 65536
+            try:
+                for _ in range(3000):
+                    client.sock.sendall(piece)
+            except OSError:
+                pass
+
+        sender = threading.Thread(target=send_body, daemon=True)
+        sender.start()
+        try:
+            response = client.read_response()
+            assert response.status == 504
+            assert client.closed()
+        finally:
+            release.set()
+
+
+def test_max_upstream_connections_bounded_wait_503(lbx, tmp_path):
+    """With max_upstream_connections: 1, a second concurrent request waits at most
+    upstream_queue_timeout for the connection, then gets 503; later requests reuse it."""
+
+    def slow(conn, request):
+        if request.target == b"/slow":
+            time.sleep(1.5)
+        conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    upstream = Upstream(slow)
+    try:
+        conf = write_conf(
+            tmp_path, [upstream.address], max_upstream_connections=1, upstream_queue_timeout=0.3
+        )
+        proc = lbx("-c", conf)
+        with Client(proc.address) as busy:
+            busy.send(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert upstream.wait(lambda: len(upstream.requests) == 1)
+            started = time.monotonic()
+            response, _ = exchange(proc.address, GET)
+            assert response.status == 503
+            assert 0.25 < time.monotonic() - started < 1.4
+            assert busy.read_response().status == 200
+        for _ in range(3):
+            assert exchange(proc.address, GET)[0].status == 200
+        assert len(upstream.conns) == 1
+    finally:
+        upstream.close()
