@@ -148,6 +148,12 @@ SERVICE_KEYS: dict[str, Field] = {
             else ("must be none, optional or required")
         ),
     ),
+    "upgrades": Field(
+        "str_list",
+        ["websocket"],
+        "protocols an Upgrade request may switch to through lbx (h2c never)",
+        check=lambda v: "h2c is never passed on" if "h2c" in [p.lower() for p in v] else None,
+    ),
     "tls": Field("bool", False, "connect to upstreams with TLS"),
     "sni": Field("str", "", "TLS server name sent to upstreams (and verified)"),
     "host": Field("str", None, "Host header sent to upstreams (default: the client's)"),
@@ -233,6 +239,7 @@ class ServiceConfig:
     unknown_sni: str = "default"
     client_ca: str | None = None
     client_cert: str = "none"
+    upgrades: list[str] = field(default_factory=lambda: ["websocket"])
     tls: bool = False
     sni: str = ""
     host: str | None = None

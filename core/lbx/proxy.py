@@ -33,7 +33,7 @@ from lbx.http import (
     serialize_request,
 )
 from lbx.session import RequestBody, Session
-from lbx.upstream import ConnectionPool, Connector
+from lbx.upstream import ConnectionPool, Connector, UpstreamConnection
 
 if TYPE_CHECKING:
     from lbx.config import ServiceConfig
@@ -196,6 +196,7 @@ class ProxyService:
         self.header_timeout = config.header_timeout
         self.body_timeout = config.body_timeout
         self.write_timeout = config.write_timeout
+        self.upgrades = frozenset(p.lower() for p in config.upgrades) - {"h2c"}
         self.keepalive_requests = config.keepalive_requests
         self.max_connections = config.max_connections
         self.open_connections = 0
@@ -467,7 +468,10 @@ class ProxyService:
         session.new_futures()
         session._upstream = conn
         conn.start(
-            session, serialize_request(request, session._upstream_framing), request.method == "HEAD"
+            session,
+            serialize_request(request, session._upstream_framing),
+            request.method == "HEAD",
+            session.upgrade is not None,
         )
         session.start_request_body()
         head_future = session._head_future
@@ -615,6 +619,12 @@ class DownstreamProtocol(asyncio.Protocol):
         self._trusted = True
         self._scheme = b"http"
         self._good_host = b""
+        self._last: Session | None = None
+        """The most recent request parsed (an Upgrade request ends the HTTP input)."""
+        self._early = b""
+        """Bytes that followed an Upgrade request, held until the upstream answers it."""
+        self._tunnel: Session | None = None
+        """The request whose 101 turned this connection into a byte stream."""
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -663,16 +673,27 @@ class DownstreamProtocol(asyncio.Protocol):
         self._arm_timer()
 
     def data_received(self, data: bytes) -> None:
+        tunnel = self._tunnel
+        if tunnel is not None:
+            tunnel.tunnel_request_data(data)
+            return
         if self._discard:
             return
         self._fed = len(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
-            # Upgrade is not proxied: the request was forwarded without it (hop-by-hop) and had
-            # no body (checked in on_headers_complete), so what follows is the next request.
             offset = exc.args[0] if exc.args and isinstance(exc.args[0], int) else len(data)
             self._parser = httptools.HttpRequestParser(self)
+            last = self._last
+            if last is not None and last.upgrade is not None:
+                # Passed on: what follows belongs to the new protocol if the upstream agrees
+                # (101), else it is the next request. Hold it until the answer.
+                self._early = data[offset:]
+                self.pause_reading_for("upgrade")
+                return
+            # Not passed on (a protocol lbx does not allow): the request went upstream without
+            # Upgrade and had no body (checked in on_headers_complete), so this is the next one.
             if offset < len(data):
                 self.data_received(data[offset:])
             return
@@ -704,7 +725,10 @@ class DownstreamProtocol(asyncio.Protocol):
         service.connections.remove(self)
         current = self._current
         if current is not None:
-            current.downstream_lost()
+            if current is self._tunnel:
+                current.tunnel_closed()  # the client ended the stream: a normal end
+            else:
+                current.downstream_lost()
         self._queue.clear()
         waiter = self._drain_waiter
         if waiter is not None and not waiter.done():
@@ -763,7 +787,7 @@ class DownstreamProtocol(asyncio.Protocol):
         hosts = 0
         host = b""
         expect = None
-        upgrade = False
+        upgrade: bytes | None = None
         received: dict[bytes, list[bytes]] | None = None
         drop: set[bytes] | None = None
         special = service.special_fields
@@ -778,7 +802,7 @@ class DownstreamProtocol(asyncio.Protocol):
                     tokens = connection_tokens(value)
                     drop = tokens if drop is None else drop | tokens
                 elif lower == b"upgrade":
-                    upgrade = True
+                    upgrade = value
                 continue
             if lower in special:
                 if lower == b"host":
@@ -825,7 +849,7 @@ class DownstreamProtocol(asyncio.Protocol):
                 content_length,
                 expect,
                 drop,
-                upgrade,
+                upgrade is not None,
             )
         for lower, field_name, ours in self._forwarding:
             values = received.get(lower) if received is not None else None
@@ -846,8 +870,15 @@ class DownstreamProtocol(asyncio.Protocol):
         else:
             body_kind = RequestBody.NONE
             framing = [(b"Content-Length", b"0")] if content_length is not None else []
+        protocol = None
+        if upgrade is not None and drop is not None and b"upgrade" in drop:
+            protocol = self._allowed_upgrade(method, version, body_kind, upgrade)
+            if protocol is not None:
+                framing = [*framing, (b"Connection", b"upgrade"), (b"Upgrade", upgrade)]
         head = RequestHeader(method, url.decode("latin-1"), Headers(headers), version)
         session = Session(self, service, head, body_kind, framing, keep_alive)
+        session.upgrade = protocol
+        self._last = session
         if body_kind:
             if expect is not None and version == "1.1":
                 session._expect_continue = 1
@@ -929,6 +960,18 @@ class DownstreamProtocol(asyncio.Protocol):
             headers = [(n, host if n.lower() == b"host" else v) for n, v in headers]
         return headers, url, host, length
 
+    def _allowed_upgrade(
+        self, method: str, version: str, body_kind: int, upgrade: bytes
+    ) -> str | None:
+        """The protocol of an Upgrade request lbx passes on (``upgrades:``), or None.
+
+        Only a bodyless HTTP/1.1 GET may switch (RFC 9110 7.8, RFC 6455); ``h2c`` never does.
+        """
+        if method != "GET" or version != "1.1" or body_kind != RequestBody.NONE:
+            return None
+        protocol = upgrade.split(b",", 1)[0].strip().split(b"/", 1)[0].decode("latin-1").lower()
+        return protocol if protocol in self.service.upgrades else None
+
     def _forwarding_value(self, lower: bytes) -> bytes | None:
         """What this connection adds to a forwarding field (None: Forwarded, per request)."""
         if lower == b"x-forwarded-for":
@@ -963,6 +1006,35 @@ class DownstreamProtocol(asyncio.Protocol):
         if session is not self._current:
             # Pipelined: hold further input until the queued requests are answered.
             self.pause_reading_for("pipeline")
+
+    # -- upgraded connections --------------------------------------------------------------
+    def start_tunnel(self, session: Session, upstream: UpstreamConnection) -> None:
+        """The upstream switched protocols: from now on client bytes go to it unparsed."""
+        self._tunnel = session
+        self._cancel_timer()
+        early, self._early = self._early, b""
+        if early:
+            session.tunnel_request_data(early)
+        self.resume_reading_for("upgrade")
+
+    def cancel_upgrade(self) -> None:
+        """The upstream answered the Upgrade request without switching: back to HTTP."""
+        early, self._early = self._early, b""
+        self.resume_reading_for("upgrade")
+        if early and not self.lost:
+            self.data_received(early)
+
+    def eof_received(self) -> bool | None:
+        tunnel = self._tunnel
+        if tunnel is not None:
+            tunnel.tunnel_request_eof()  # half-close: the other direction may still flow
+            return True
+        return None
+
+    def write_eof(self) -> None:
+        transport = self.transport
+        if transport is not None and not self.lost and transport.can_write_eof():
+            transport.write_eof()
 
     # -- request life cycle ------------------------------------------------------------------
     def _start(self, session: Session) -> None:

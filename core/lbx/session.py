@@ -80,6 +80,8 @@ class Session:
         "_streaming_request",
         "_streaming_response",
         "_task",
+        "_tunnel",
+        "_tunnel_bytes",
         "_upstream",
         "_upstream_framing",
         "_upstream_paused",
@@ -98,6 +100,7 @@ class Session:
         "start_time",
         "tried",
         "tries",
+        "upgrade",
         "upstream_response",
     )
 
@@ -133,6 +136,10 @@ class Session:
         self._body_kind = body_kind
         self._upstream_framing = upstream_framing
         self._keep_alive = keep_alive
+        self.upgrade: str | None = None
+        """The protocol an Upgrade request asks for (``websocket``), when lbx passes it on."""
+        self._tunnel = False
+        self._tunnel_bytes = 0
         self._body_buffer: list[bytes] = []
         self._body_buffered = 0
         self._body_done = body_kind == RequestBody.NONE
@@ -220,6 +227,9 @@ class Session:
         self.response_status = status
         if self._conn.shutting_down:
             self._keep_alive = False
+        if self.upgrade is not None and status != 101:
+            # No switch after all (declined, refused or failed): the connection stays HTTP.
+            self._conn.cancel_upgrade()
 
     # -- request body (called by the downstream protocol) ------------------------------------
     def request_body(self, data: bytes) -> None:
@@ -370,8 +380,11 @@ class Session:
         upstream = self._upstream
         if upstream is None:
             return
-        if upstream.received != mark or self._upstream_read_paused:
+        if self._activity() != mark or self._upstream_read_paused:
             self._arm_read_timeout()
+            return
+        if self._tunnel:  # an idle tunnel just ends, as nginx's proxy_read_timeout ends it
+            self.tunnel_closed()
             return
         upstream.close()
         self.upstream_failed(
@@ -382,11 +395,17 @@ class Session:
             )
         )
 
+    def _activity(self) -> int:
+        """Bytes moved so far: from the upstream, or both ways once a tunnel is open."""
+        if self._tunnel:
+            return self._tunnel_bytes
+        upstream = self._upstream
+        return upstream.received if upstream is not None else 0
+
     def _arm_read_timeout(self) -> None:
         timeout = self.service.read_timeout
         if timeout:
-            upstream = self._upstream
-            mark = upstream.received if upstream is not None else 0
+            mark = self._activity()
             self.service.connections.deadlines.set(
                 self._conn.loop, self, timeout, lambda: self._read_timed_out(mark)
             )
@@ -415,6 +434,9 @@ class Session:
     # -- response to the client --------------------------------------------------------------
     def send_response_head(self, head: ResponseHeader) -> None:
         """Frame and send ``head``; body bytes that arrived meanwhile follow at once."""
+        if self.upgrade is not None and head.status == 101:
+            self._open_tunnel(head)
+            return
         hooks = self.service.hooks
         body_kind = self._resp_body_kind
         framing: HeaderList = []
@@ -453,6 +475,58 @@ class Session:
         if self._upstream_read_paused and self._upstream is not None and self._conn.writable:
             self._upstream_read_paused = False
             self._upstream.resume_reading()
+
+    # -- upgraded connections (WebSocket...): bytes both ways until either side closes ----------
+    def _open_tunnel(self, head: ResponseHeader) -> None:
+        self._mark_started(101)
+        self._keep_alive = False  # after the tunnel, the connection is gone
+        self._tunnel = True
+        self._streaming_response = True
+        pending, self._resp_pending = self._resp_pending, []
+        self._resp_pending_size = 0
+        head.headers.remove("connection")
+        self._conn.write(
+            serialize_response(head, [(b"Connection", b"upgrade")]) + b"".join(pending)
+        )
+        self.body_bytes_sent += sum(len(chunk) for chunk in pending)
+        upstream = self._upstream
+        assert upstream is not None
+        self._conn.start_tunnel(self, upstream)
+        if self._upstream_read_paused and self._conn.writable:
+            self._upstream_read_paused = False
+            upstream.resume_reading()
+
+    def tunnel_data(self, data: bytes) -> None:
+        """Bytes from the upstream side of a tunnel."""
+        self._tunnel_bytes += len(data)
+        if self._tunnel:
+            self.body_bytes_sent += len(data)
+            self._conn.write(data)
+        else:  # the 101 is still with the response hooks
+            self.upstream_body(data)
+
+    def tunnel_request_data(self, data: bytes) -> None:
+        """Bytes from the client side of a tunnel."""
+        self._tunnel_bytes += len(data)
+        self.body_bytes_read += len(data)
+        if self._upstream is not None:
+            self._upstream.write(data)
+
+    def tunnel_request_eof(self) -> None:
+        """The client finished sending: pass the half-close on to the upstream."""
+        if self._upstream is not None:
+            self._upstream.write_eof()
+
+    def tunnel_eof(self) -> None:
+        """The upstream finished sending: pass the half-close on to the client."""
+        self._conn.write_eof()
+
+    def tunnel_closed(self) -> None:
+        """Either side closed: the tunnel (and this request) is over."""
+        upstream = self._upstream
+        if upstream is not None:
+            upstream.close()
+        self.upstream_done()
 
     def _send_response_body(self, data: bytes, end: bool) -> None:
         hooks = self.service.hooks

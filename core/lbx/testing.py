@@ -76,6 +76,13 @@ class _BackendProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         try:
             self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            # This backend speaks no other protocol: it answered the request as plain HTTP, and
+            # what follows is the next request.
+            self.parser = httptools.HttpRequestParser(self)
+            offset = exc.args[0] if exc.args and isinstance(exc.args[0], int) else len(data)
+            if offset < len(data):
+                self.data_received(data[offset:])
         except httptools.HttpParserError:
             assert self.transport is not None
             self.transport.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")

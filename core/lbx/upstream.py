@@ -50,6 +50,9 @@ class Exchange(Protocol):
     def upstream_done(self) -> None: ...
     def upstream_failed(self, error: ProxyError) -> None: ...
     def upstream_write_paused(self, paused: bool) -> None: ...
+    def tunnel_data(self, data: bytes) -> None: ...
+    def tunnel_eof(self) -> None: ...
+    def tunnel_closed(self) -> None: ...
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -65,6 +68,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.requests_served = 0
         self._parser = httptools.HttpResponseParser(self)
         self._head_only = False
+        self._upgrade = False
+        self.tunnel = False
+        """After a 101 to an Upgrade request: raw bytes both ways until either side closes."""
         self._headers: HeaderList = []
         self._body_kind = BodyKind.NONE
         self._keep_alive = True
@@ -83,13 +89,22 @@ class UpstreamConnection(asyncio.Protocol):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def data_received(self, data: bytes) -> None:
-        if self.exchange is None:
+        exchange = self.exchange
+        if exchange is None:
             # An idle pooled connection must stay silent; anything else means it is unusable.
             self.close()
             return
         self.received += len(data)
+        if self.tunnel:
+            exchange.tunnel_data(data)
+            return
         try:
             self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            # The 101 head is parsed (on_headers_complete opened the tunnel): the rest is raw.
+            offset = exc.args[0] if exc.args and isinstance(exc.args[0], int) else len(data)
+            if self.tunnel and offset < len(data):
+                exchange.tunnel_data(data[offset:])
         except (httptools.HttpParserError, _InvalidResponse) as exc:
             cause = exc.__context__ if isinstance(exc, httptools.HttpParserCallbackError) else exc
             self._fail(
@@ -106,6 +121,10 @@ class UpstreamConnection(asyncio.Protocol):
         exchange = self.exchange
         if exchange is None:
             return
+        if self.tunnel:
+            self.exchange = None
+            exchange.tunnel_closed()
+            return
         if self._got_head and self._body_kind is BodyKind.CLOSE_DELIMITED:
             # A close-delimited body ends when the upstream closes (RFC 9112 6.3 rule 8).
             self.exchange = None
@@ -118,6 +137,12 @@ class UpstreamConnection(asyncio.Protocol):
             error.__cause__ = exc
         self.exchange = None
         exchange.upstream_failed(error)
+
+    def eof_received(self) -> bool | None:
+        if self.tunnel and self.exchange is not None:
+            self.exchange.tunnel_eof()  # half-close: the other direction may still flow
+            return True
+        return None
 
     def pause_writing(self) -> None:
         if self.exchange is not None:
@@ -143,8 +168,11 @@ class UpstreamConnection(asyncio.Protocol):
         raw = self._headers
         if 100 <= status < 200:
             if status == 101:
-                # lbx never forwards Upgrade, so a 101 is a broken (or hostile) upstream.
-                raise _InvalidResponse("101 Switching Protocols without an upgrade request")
+                if not self._upgrade:
+                    # lbx forwarded no Upgrade, so a 101 is a broken (or hostile) upstream.
+                    raise _InvalidResponse("101 Switching Protocols without an upgrade request")
+                self._open_tunnel(exchange, raw)
+                return
             exchange.upstream_informational(status, raw)
             return
         self._keep_alive = bool(parser.should_keep_alive())
@@ -183,14 +211,34 @@ class UpstreamConnection(asyncio.Protocol):
             self.exchange.upstream_body(body)
 
     def on_message_complete(self) -> None:
-        if self._got_head and not self._head_only:
+        # After a 101 the "message" is over but the tunnel goes on until a side closes.
+        if self._got_head and not self._head_only and not self.tunnel:
             self._finish()
 
+    def _open_tunnel(self, exchange: Exchange, raw: HeaderList) -> None:
+        """101 to our Upgrade request: report the head (with its Upgrade) and turn raw."""
+        headers = [
+            (name, value)
+            for name, value in raw
+            if name.lower() == b"upgrade" or name.lower() not in HOP_BY_HOP
+        ]
+        self.tunnel = True
+        self._keep_alive = False
+        self._got_head = True
+        self._body_kind = BodyKind.NONE
+        exchange.upstream_head(101, headers, BodyKind.NONE)
+
     # -- used by the proxy -----------------------------------------------------------------
-    def start(self, exchange: Exchange, head: bytes, head_only: bool) -> None:
-        """Send a request head; the response is reported to ``exchange``."""
+    def start(
+        self, exchange: Exchange, head: bytes, head_only: bool, upgrade: bool = False
+    ) -> None:
+        """Send a request head; the response is reported to ``exchange``.
+
+        ``upgrade``: the request asks for a protocol switch, so a 101 opens a tunnel.
+        """
         self.exchange = exchange
         self._head_only = head_only
+        self._upgrade = upgrade
         self._got_head = False
         self.received = 0
         assert self.transport is not None
@@ -233,7 +281,13 @@ class UpstreamConnection(asyncio.Protocol):
     @property
     def reusable(self) -> bool:
         """The response was complete and the upstream did not ask to close."""
-        return self._keep_alive and not self.closed and self.exchange is None
+        return self._keep_alive and not self.closed and self.exchange is None and not self.tunnel
+
+    def write_eof(self) -> None:
+        """Half-close towards the upstream (the client finished sending in a tunnel)."""
+        transport = self.transport
+        if transport is not None and not self.closed and transport.can_write_eof():
+            transport.write_eof()
 
     def _fail(self, error: ProxyError) -> None:
         exchange = self.exchange
