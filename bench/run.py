@@ -78,7 +78,7 @@ http {{
         keepalive_requests 1000000;
     }}
     server {{
-        listen {listen};
+        listen {listen}{ssl};{certificates}
         location / {{
             proxy_pass http://backends;
             proxy_http_version 1.1;
@@ -141,7 +141,7 @@ defaults
     timeout server 30s
     http-reuse always
 frontend fe
-    bind {listen}
+    bind {listen}{ssl}
     default_backend be
 backend be
     balance roundrobin
@@ -181,6 +181,7 @@ class Scenario:
     upload: bool = False
     idle: int = 0
     workers: int = 1
+    tls: bool = False
 
     @property
     def pinned(self) -> bool:
@@ -197,6 +198,7 @@ SCENARIOS = {
         Scenario("d", "64 KiB uploads", ALL, connections=16, upload=True),
         Scenario("e", f"{IDLE:,} idle keep-alive clients + load", ALL[:3], idle=IDLE),
         Scenario("f", "2 workers each, nothing pinned", ALL[:3], workers=2),
+        Scenario("g", "TLS termination (keep-alive), else as a", ALL[:3], tls=True),
     )
 }
 
@@ -377,12 +379,14 @@ def wrk(
     cpu: str = CLIENT_CPU,
     path: str = "/",
     lua: Path | None = None,
+    scheme: str = "http",
 ) -> tuple[str, float]:
     """Run wrk pinned to ``cpu``; return its output and its own CPU seconds."""
     with tempfile.TemporaryFile() as out:
         argv = ["taskset", "-c", cpu, "wrk", "-t1", f"-c{connections}", f"-d{duration}s"]
         argv += ["--latency", "--timeout", "5s", *(["-s", str(lua)] if lua else [])]
-        proc = subprocess.Popen([*argv, f"http://{HOST}:{port}{path}"], stdout=out, stderr=out)
+        url = f"{scheme}://{HOST}:{port}{path}"
+        proc = subprocess.Popen([*argv, url], stdout=out, stderr=out)
         try:
             _, status, usage = os.wait4(proc.pid, 0)  # the rusage of wrk itself
         finally:
@@ -416,7 +420,8 @@ def measure(t: Target, rnd: int, duration: int) -> Run:
     client_cpu = CLIENT_CPU if sc.pinned else ANY_CPU
     everyone0, core0, t0 = all_ticks(), cpu_busy(core), time.monotonic()
     p0, b0 = cpu_ticks(pids), cpu_ticks(bpids)
-    out, wrk_cpu = wrk(t.port, duration, sc.connections, client_cpu, sc.path, t.lua)
+    scheme = "https" if sc.tls else "http"
+    out, wrk_cpu = wrk(t.port, duration, sc.connections, client_cpu, sc.path, t.lua, scheme)
     p1, b1, wall, core1 = cpu_ticks(pids), cpu_ticks(bpids), time.monotonic() - t0, cpu_busy(core)
     everyone1 = all_ticks()
     rss, rss_total = rss_of(t.pid)
@@ -540,16 +545,62 @@ def lbx_argv(listen: str, up1: str, up2: str, noop: bool) -> list[str]:
     return [*argv, "--listen", listen, "--upstream", up1, "--upstream", up2]
 
 
+def self_signed(tmp: Path) -> tuple[Path, Path]:
+    """A throwaway P-256 certificate for the TLS scenario (the client does not verify)."""
+    cert, key = tmp / "bench.pem", tmp / "bench.key"
+    if not cert.exists():
+        subprocess.run(
+            [
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=bench.test",
+                "-keyout",
+                str(key),
+                "-out",
+                str(cert),
+            ],
+            check=True,
+            capture_output=True,
+        )
+        (tmp / "bench-haproxy.pem").write_bytes(cert.read_bytes() + key.read_bytes())
+    return cert, key
+
+
 def start_proxy(
-    system: str, port: int, b1: int, b2: int, tmp: Path, stack: ExitStack, workers: int = 1
+    system: str,
+    port: int,
+    b1: int,
+    b2: int,
+    tmp: Path,
+    stack: ExitStack,
+    workers: int = 1,
+    tls: bool = False,
 ) -> int:
     listen, up1, up2 = f"{HOST}:{port}", f"{HOST}:{b1}", f"{HOST}:{b2}"
     env: dict[str, str] = {}
     cpu = PROXY_CPU if workers == 1 else ANY_CPU
+    cert, key = self_signed(tmp) if tls else (Path(), Path())
     if system.startswith("lbx"):
         noop = system == "lbx+noop"
         env = {"LBX_LOG": "warn", "LBX_UPSTREAM_HOST": UPSTREAM_HOST}
-        if workers == 1:
+        if tls:
+            yaml = LBX_YAML.format(
+                workers=workers, root=ROOT, extra="", listen=listen, b1=up1, b2=up2
+            ).replace(
+                f'listen: ["{listen}"]',
+                f'tls_listen: ["{listen}"]\n    certificates: [{{cert: {cert}, key: {key}}}]',
+            )
+            argv = [str(VENV_BIN / "lbx"), "serve", "-c", str(write(tmp, "lbx.yaml", yaml))]
+        elif workers == 1:
             argv = lbx_argv(listen, up1, up2, noop)
         else:
             extra = f", {HERE / 'noop_hooks.py'}" if noop else ""
@@ -558,12 +609,25 @@ def start_proxy(
             )
             argv = [str(VENV_BIN / "lbx"), "serve", "-c", str(write(tmp, "lbx.yaml", yaml))]
     elif system == "nginx":
+        certificates = (
+            f"\n        ssl_certificate {cert};\n        ssl_certificate_key {key};" if tls else ""
+        )
         text = NGINX_PROXY.format(
-            tmp=tmp, listen=listen, b1=up1, b2=up2, workers=workers, host=UPSTREAM_HOST
+            tmp=tmp,
+            listen=listen,
+            b1=up1,
+            b2=up2,
+            workers=workers,
+            host=UPSTREAM_HOST,
+            ssl=" ssl" if tls else "",
+            certificates=certificates,
         )
         argv = ["nginx", "-e", str(tmp / "nginx-proxy.err"), "-c", str(write(tmp, "px.conf", text))]
     elif system == "haproxy":
-        text = HAPROXY.format(listen=listen, b1=up1, b2=up2, workers=workers, host=UPSTREAM_HOST)
+        ssl = f" ssl crt {tmp / 'bench-haproxy.pem'}" if tls else ""
+        text = HAPROXY.format(
+            listen=listen, b1=up1, b2=up2, workers=workers, host=UPSTREAM_HOST, ssl=ssl
+        )
         argv = ["haproxy", "-db", "-f", str(write(tmp, "haproxy.cfg", text))]
     elif system == "proxy.py":
         argv = [str(PROXYPY_VENV / "bin" / "proxy"), "--hostname", HOST, "--port", str(port)]
@@ -708,7 +772,7 @@ def run_scenario(sc: Scenario, systems: list[str], args: argparse.Namespace) -> 
         targets = []
         for system in systems:
             port = free_port()
-            pid = start_proxy(system, port, b1, b2, tmp, stack, sc.workers)
+            pid = start_proxy(system, port, b1, b2, tmp, stack, sc.workers, sc.tls)
             targets.append(Target(system, port, pid, backend, sc, lua))
         time.sleep(1.5)  # let the first health-check rounds pass
         for rnd in range(1, rounds + 1):
