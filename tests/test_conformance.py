@@ -363,7 +363,9 @@ FORWARDING = (
 @pytest.mark.parametrize(
     ("keys", "xff", "xfp", "fwd"),
     [
-        ({}, [b"203.0.113.7, 127.0.0.1"], [b"https"], [b"for=203.0.113.7"]),
+        # Defaults: X-Forwarded-For appended; X-Forwarded-Proto replaced by this hop's scheme
+        # (a client cannot claim https); Forwarded passed on untouched.
+        ({}, [b"203.0.113.7, 127.0.0.1"], [b"http"], [b"for=203.0.113.7"]),
         (
             {"x_forwarded_for": "replace", "x_forwarded_proto": "replace", "forwarded": "replace"},
             [b"127.0.0.1"],
@@ -376,7 +378,7 @@ FORWARDING = (
             [b"https, http"],
             [b'for=203.0.113.7, for=127.0.0.1;proto=http;host="site"'],
         ),
-        ({"x_forwarded_for": "off"}, [b"203.0.113.7"], [b"https"], [b"for=203.0.113.7"]),
+        ({"x_forwarded_for": "off"}, [b"203.0.113.7"], [b"http"], [b"for=203.0.113.7"]),
         (
             {"trusted_proxies": ["10.0.0.0/8"], "x_forwarded_proto": "append"},
             [b"127.0.0.1"],
@@ -386,7 +388,7 @@ FORWARDING = (
         (
             {"trusted_proxies": ["127.0.0.0/8", "::1"], "forwarded": "append"},
             [b"203.0.113.7, 127.0.0.1"],
-            [b"https"],
+            [b"http"],
             [b'for=203.0.113.7, for=127.0.0.1;proto=http;host="site"'],
         ),
     ],

@@ -244,3 +244,29 @@ def test_missing_certificate_file_is_a_clear_config_error(tmp_path):
     )
     assert result.returncode == 2
     assert "nope.pem: no such file" in result.stderr
+
+
+def test_upstream_learns_the_client_used_https(lbx, backends, ca, tmp_path):
+    """Requests that came over TLS reach the upstream with X-Forwarded-Proto: https."""
+    import json
+
+    a = backends.start("a")
+    proc = lbx(
+        "-c", str(write_conf(tmp_path, a.address, [write_pair(ca, tmp_path, "a", "a.test")]))
+    )
+    plain, tls_address = proc.addresses
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    host, port = tls_address.rsplit(":", 1)
+    conn = http.client.HTTPSConnection(host, int(port), timeout=10, context=context)
+    context.check_hostname = False
+    conn.request("GET", "/echo", headers={"X-Forwarded-Proto": "spoofed"})
+    seen = json.loads(conn.getresponse().read())["headers"]
+    conn.close()
+    assert [v for k, v in seen if k.lower() == "x-forwarded-proto"] == ["https"]
+    host, port = plain.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    conn.request("GET", "/echo", headers={"X-Forwarded-Proto": "https"})
+    seen = json.loads(conn.getresponse().read())["headers"]
+    conn.close()
+    assert [v for k, v in seen if k.lower() == "x-forwarded-proto"] == ["http"]

@@ -191,7 +191,7 @@ SERVICE_KEYS: dict[str, Field] = {
             ("max_upstream_connections", "int", 0, "per upstream peer; 0: no limit", _MIN0),
             ("upstream_queue_timeout", "number", 1, "wait for a peer's connection (503)", _MIN0),
             ("x_forwarded_for", "str", "append", "append, replace or off", _MODE),
-            ("x_forwarded_proto", "str", "off", "append, replace or off", _MODE),
+            ("x_forwarded_proto", "str", "replace", "append, replace or off", _MODE),
             ("forwarded", "str", "off", "RFC 7239 Forwarded: append, replace or off", _MODE),
             (
                 "trusted_proxies",
@@ -264,7 +264,7 @@ class ServiceConfig:
     max_upstream_connections: int = 0
     upstream_queue_timeout: float = 1
     x_forwarded_for: str = "append"
-    x_forwarded_proto: str = "off"
+    x_forwarded_proto: str = "replace"
     forwarded: str = "off"
     trusted_proxies: list[str] | None = None
     via: bool = False
