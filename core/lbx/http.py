@@ -85,7 +85,26 @@ class Headers:
         self.raw[:] = [item for item in self.raw if item[0].lower() != key]
 
 
-class RequestHeader:
+class _HeaderEdits:
+    """Pingora's header-editing methods, shared by request and response heads."""
+
+    __slots__ = ()
+    headers: Headers
+
+    def insert_header(self, name: str | bytes, value: str | bytes) -> None:
+        """Set ``name`` to ``value``, replacing existing values (Pingora's ``insert_header``)."""
+        self.headers.insert(name, value)
+
+    def append_header(self, name: str | bytes, value: str | bytes) -> None:
+        """Add a value for ``name``, keeping the others (Pingora's ``append_header``)."""
+        self.headers.append(name, value)
+
+    def remove_header(self, name: str | bytes) -> None:
+        """Remove every value of ``name`` (Pingora's ``remove_header``)."""
+        self.headers.remove(name)
+
+
+class RequestHeader(_HeaderEdits):
     """A request head: method, target, version and headers. Pingora's ``RequestHeader``."""
 
     __slots__ = ("headers", "method", "uri", "version")
@@ -103,24 +122,12 @@ class RequestHeader:
         """The target without its query string."""
         return self.uri.split("?", 1)[0]
 
-    def insert_header(self, name: str | bytes, value: str | bytes) -> None:
-        """Set ``name`` to ``value``, replacing existing values (Pingora's ``insert_header``)."""
-        self.headers.insert(name, value)
-
-    def append_header(self, name: str | bytes, value: str | bytes) -> None:
-        """Add a value for ``name`` (Pingora's ``append_header``)."""
-        self.headers.append(name, value)
-
-    def remove_header(self, name: str | bytes) -> None:
-        """Remove every value of ``name`` (Pingora's ``remove_header``)."""
-        self.headers.remove(name)
-
     def __repr__(self) -> str:
         counted = f"{len(self.headers)} fields"
         return f"RequestHeader({self.method} {self.uri} HTTP/{self.version}, {counted})"
 
 
-class ResponseHeader:
+class ResponseHeader(_HeaderEdits):
     """A response head: status, reason and headers. Pingora's ``ResponseHeader``."""
 
     __slots__ = ("headers", "reason", "status", "version")
@@ -132,18 +139,6 @@ class ResponseHeader:
         self.reason = reason
         self.version = "1.1"
         self.headers = headers if headers is not None else Headers()
-
-    def insert_header(self, name: str | bytes, value: str | bytes) -> None:
-        """Set ``name`` to ``value``, replacing existing values."""
-        self.headers.insert(name, value)
-
-    def append_header(self, name: str | bytes, value: str | bytes) -> None:
-        """Add a value for ``name``."""
-        self.headers.append(name, value)
-
-    def remove_header(self, name: str | bytes) -> None:
-        """Remove every value of ``name``."""
-        self.headers.remove(name)
 
     def __repr__(self) -> str:
         return f"ResponseHeader({self.status}, {len(self.headers)} fields)"
