@@ -88,7 +88,16 @@ class _Capture:
         assert names.count(b"host") == 1, self.headers
         framing = names.count(b"content-length") + names.count(b"transfer-encoding")
         assert framing <= 1, self.headers
-        hop = [n for n in names if n in HOP_BY_HOP and n != b"transfer-encoding"]
+        passed_on: set[bytes] = set()
+        if b"upgrade" in names:  # an allowed protocol switch keeps exactly its two fields
+            values = {name.lower(): value for name, value in self.headers}
+            assert values.get(b"connection", b"").lower() == b"upgrade", self.headers
+            protocol = values[b"upgrade"].split(b",")[0].strip().split(b"/")[0].lower()
+            assert protocol == b"websocket", self.headers
+            passed_on = {b"connection", b"upgrade"}
+        hop = [
+            n for n in names if n in HOP_BY_HOP and n != b"transfer-encoding" and n not in passed_on
+        ]
         assert not hop, self.headers
         assert self.url[:1] == b"/" or self.url == b"*", self.url
         self.upstream.heads += 1
@@ -107,11 +116,17 @@ class UpstreamTransport(FakeTransport):
         self.response = response
         self.heads = 0
         self.requests = 0
+        self.tunnel = False
         self.parser = httptools.HttpRequestParser(_Capture(self))
 
     def write(self, data: Any) -> None:
         super().write(data)
-        self.parser.feed_data(bytes(data))  # a parse error fails the run: lbx sent bad bytes
+        if self.tunnel:
+            return  # after a passed-on Upgrade: raw bytes of the other protocol
+        try:
+            self.parser.feed_data(bytes(data))  # a parse error fails the run: lbx sent bad bytes
+        except httptools.HttpParserUpgrade:
+            self.tunnel = True
 
     def respond(self) -> None:
         if not self.closed:
