@@ -143,3 +143,31 @@ def test_protocols_not_allowed_are_not_passed_on(lbx, backends, tmp_path):
     (answer,) = _raw_exchange(proc.address, UPGRADE, 1)
     seen = {k.lower() for k, _ in json.loads(answer.split(b"\r\n\r\n", 1)[1])["headers"]}
     assert "upgrade" not in seen and "connection" not in seen
+
+
+def test_hooks_see_the_upgrade(lbx, echo):
+    """request_filter sees session.upgrade, the 101 goes through response_filter, and logging
+    runs once the tunnel is over."""
+    from pathlib import Path
+
+    plugin = Path(__file__).parent / "plugins" / "see_upgrade.py"
+    proc = lbx(
+        "--plugin",
+        "roundrobin",
+        "--plugin",
+        str(plugin),
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        echo.address,
+    )
+
+    async def talk() -> None:
+        async with connect(f"ws://{proc.address}/") as websocket:
+            await websocket.send("hello")
+            assert await websocket.recv() == "hello"
+
+    asyncio.run(talk())
+    proc.wait_for("request_filter sees upgrade to websocket")
+    proc.wait_for("response_filter sees 101")
+    proc.wait_for("logging sees status 101, error None")

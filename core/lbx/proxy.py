@@ -1031,10 +1031,13 @@ class DownstreamProtocol(asyncio.Protocol):
             return True
         return None
 
-    def write_eof(self) -> None:
+    def write_eof(self) -> bool:
+        """Half-close towards the client; False when the transport cannot (TLS)."""
         transport = self.transport
-        if transport is not None and not self.lost and transport.can_write_eof():
-            transport.write_eof()
+        if transport is None or self.lost or not transport.can_write_eof():
+            return False
+        transport.write_eof()
+        return True
 
     # -- request life cycle ------------------------------------------------------------------
     def _start(self, session: Session) -> None:

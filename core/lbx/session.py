@@ -82,6 +82,7 @@ class Session:
         "_task",
         "_tunnel",
         "_tunnel_bytes",
+        "_tunnel_eofs",
         "_upstream",
         "_upstream_framing",
         "_upstream_paused",
@@ -140,6 +141,7 @@ class Session:
         """The protocol an Upgrade request asks for (``websocket``), when lbx passes it on."""
         self._tunnel = False
         self._tunnel_bytes = 0
+        self._tunnel_eofs = 0  # 1: the client finished sending, 2: the upstream did
         self._body_buffer: list[bytes] = []
         self._body_buffered = 0
         self._body_done = body_kind == RequestBody.NONE
@@ -514,15 +516,21 @@ class Session:
 
     def tunnel_request_eof(self) -> None:
         """The client finished sending: pass the half-close on to the upstream."""
-        if self._upstream is not None:
-            self._upstream.write_eof()
+        self._tunnel_eofs |= 1
+        upstream = self._upstream
+        if self._tunnel_eofs == 3 or upstream is None or not upstream.write_eof():
+            self.tunnel_closed()
 
     def tunnel_eof(self) -> None:
         """The upstream finished sending: pass the half-close on to the client."""
-        self._conn.write_eof()
+        self._tunnel_eofs |= 2
+        if self._tunnel_eofs == 3 or not self._conn.write_eof():
+            self.tunnel_closed()
 
     def tunnel_closed(self) -> None:
         """Either side closed: the tunnel (and this request) is over."""
+        if self._resp_complete:
+            return  # both sides reported the end
         upstream = self._upstream
         if upstream is not None:
             upstream.close()

@@ -283,11 +283,13 @@ class UpstreamConnection(asyncio.Protocol):
         """The response was complete and the upstream did not ask to close."""
         return self._keep_alive and not self.closed and self.exchange is None and not self.tunnel
 
-    def write_eof(self) -> None:
-        """Half-close towards the upstream (the client finished sending in a tunnel)."""
+    def write_eof(self) -> bool:
+        """Half-close towards the upstream; False when the transport cannot (TLS)."""
         transport = self.transport
-        if transport is not None and not self.closed and transport.can_write_eof():
-            transport.write_eof()
+        if transport is None or self.closed or not transport.can_write_eof():
+            return False
+        transport.write_eof()
+        return True
 
     def _fail(self, error: ProxyError) -> None:
         exchange = self.exchange
