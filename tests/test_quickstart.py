@@ -8,19 +8,15 @@ import json
 import socket
 from pathlib import Path
 
+from lbx.testing import http_get
+
 PLUGINS = Path(__file__).parent / "plugins"
 
 
 def get(address: str, path: str = "/", conn: http.client.HTTPConnection | None = None):
     """One GET; returns (status, headers, body). Reuses ``conn`` when given (keep-alive)."""
-    host, port = address.rsplit(":", 1)
-    client = conn or http.client.HTTPConnection(host, int(port), timeout=10)
-    client.request("GET", path)
-    response = client.getresponse()
-    body = response.read()
-    if conn is None:
-        client.close()
-    return response.status, response.headers, body
+    reply = http_get(address, path, conn=conn)
+    return reply.status, reply.headers, reply.body
 
 
 def free_port() -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import http.client
 import os
 import re
 import signal
@@ -10,7 +9,7 @@ import threading
 import time
 from pathlib import Path
 
-from lbx.testing import ClientLoad
+from lbx.testing import ClientLoad, http_get
 
 PLUGINS = Path(__file__).parent / "plugins"
 
@@ -27,15 +26,8 @@ def write_conf(tmp_path: Path, *upstreams: str, threads: int = 2, plugins: str =
 
 
 def get(address: str, path: str = "/") -> tuple[int, str]:
-    host, port = address.rsplit(":", 1)
-    conn = http.client.HTTPConnection(host, int(port), timeout=10)
-    try:
-        conn.request("GET", path)
-        response = conn.getresponse()
-        response.read()
-        return response.status, response.getheader("X-Backend", "")
-    finally:
-        conn.close()
+    reply = http_get(address, path)
+    return reply.status, reply.backend
 
 
 def worker_pids(lines: list[str], start: int = 0) -> set[str]:

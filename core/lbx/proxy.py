@@ -32,13 +32,13 @@ from lbx.http import (
     error_response,
     serialize_request,
 )
+from lbx.peer import Peer
 from lbx.session import RequestBody, Session
 from lbx.upstream import ConnectionPool, Connector, UpstreamConnection
 
 if TYPE_CHECKING:
     from lbx.config import ServiceConfig
     from lbx.lb import Backend, LoadBalancer
-    from lbx.peer import Peer
 
 log = logging.getLogger("lbx.proxy")
 
@@ -266,8 +266,6 @@ class ProxyService:
         """The ``Peer`` for a backend of this service (cached: one object per backend)."""
         peer = self._peers.get(backend)
         if peer is None:
-            from lbx.peer import Peer
-
             cfg = self.config
             peer = Peer(
                 backend,

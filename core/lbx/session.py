@@ -161,6 +161,7 @@ class Session:
         self._resp_pending_size = 0
         self._upstream_read_paused = False
         self._collected: list[bytes] | None = None
+        # The loop keeps only weak references to tasks: this one lives as long as the request.
         self._task: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:

@@ -30,6 +30,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from typing import cast
 from urllib.parse import parse_qs, urlsplit
 
@@ -287,6 +288,45 @@ class BackendThread:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
         self.loop.close()
+
+
+@dataclass
+class Reply:
+    """One response as a test sees it."""
+
+    status: int
+    headers: http.client.HTTPMessage
+    body: bytes
+
+    @property
+    def backend(self) -> str:
+        """The name of the ``DemoBackend`` that answered (its ``X-Backend`` header)."""
+        return str(self.headers.get("X-Backend", ""))
+
+
+def http_connection(address: str, timeout: float = 10) -> http.client.HTTPConnection:
+    """A client connection to ``host:port`` (keep-alive: reuse it for several requests)."""
+    host, port = address.rsplit(":", 1)
+    return http.client.HTTPConnection(host.strip("[]"), int(port), timeout=timeout)
+
+
+def http_get(
+    address: str,
+    path: str = "/",
+    headers: dict[str, str] | None = None,
+    *,
+    conn: http.client.HTTPConnection | None = None,
+    timeout: float = 10,
+) -> Reply:
+    """One GET to ``address``: on ``conn`` when given (keep-alive), else a new connection."""
+    client = conn or http_connection(address, timeout)
+    try:
+        client.request("GET", path, headers=headers or {})
+        response = client.getresponse()
+        return Reply(response.status, response.headers, response.read())
+    finally:
+        if conn is None:
+            client.close()
 
 
 class ClientLoad:

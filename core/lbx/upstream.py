@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import errno
 import logging
 import socket
 import ssl
@@ -539,8 +540,9 @@ class Connector:
                 ErrorType.CONNECT_REFUSED, ErrorSource.UPSTREAM, f"{peer.addr} refused"
             ) from exc
         except OSError as exc:
+            unreachable = exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH)
             raise ProxyError(
-                ErrorType.CONNECT_ERROR,
+                ErrorType.CONNECT_NO_ROUTE if unreachable else ErrorType.CONNECT_ERROR,
                 ErrorSource.UPSTREAM,
                 f"cannot connect to {peer.addr}: {exc.strerror or exc}",
             ) from exc

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import http.client
 import json
 import re
 import time
@@ -11,7 +10,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from lbx import Headers, RequestHeader
-from lbx.testing import BackendThread, LbxProcess
+from lbx.testing import BackendThread, LbxProcess, http_get
 from lbx_accesslog import AccessLog
 
 TIMEOUT = 10.0
@@ -23,15 +22,7 @@ COMBINED = re.compile(
 
 
 def get(address: str, path: str) -> int:
-    host, port = address.rsplit(":", 1)
-    conn = http.client.HTTPConnection(host, int(port), timeout=TIMEOUT)
-    try:
-        conn.request("GET", path, headers={"User-Agent": "lbx-test"})
-        response = conn.getresponse()
-        response.read()
-        return response.status
-    finally:
-        conn.close()
+    return http_get(address, path, {"User-Agent": "lbx-test"}, timeout=TIMEOUT).status
 
 
 def run(lbx: Any, backends: BackendThread, tmp_path: Path, section: str) -> list[str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import http.client
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from lbx.testing import BackendThread, LbxProcess
+from lbx.testing import BackendThread, LbxProcess, http_connection, http_get
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -75,16 +74,13 @@ def slow(backends: BackendThread) -> Iterator[Callable[[float], SlowBackend]]:
 
 def client(address: str, count: int) -> list[str]:
     """``count`` GETs on one keep-alive connection; the names of the backends that answered."""
-    host, port = address.rsplit(":", 1)
-    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    conn = http_connection(address)
     names = []
     try:
         for index in range(count):
-            conn.request("GET", f"/r{index}")
-            response = conn.getresponse()
-            response.read()
-            assert response.status == 200
-            names.append(str(response.headers["X-Backend"]))
+            reply = http_get(address, f"/r{index}", conn=conn)
+            assert reply.status == 200
+            names.append(reply.backend)
     finally:
         conn.close()
     return names
@@ -92,16 +88,9 @@ def client(address: str, count: int) -> list[str]:
 
 def get_one(address: str, path: str) -> str:
     """One GET on a new connection; the name of the backend that answered."""
-    host, port = address.rsplit(":", 1)
-    conn = http.client.HTTPConnection(host, int(port), timeout=10)
-    try:
-        conn.request("GET", path)
-        response = conn.getresponse()
-        response.read()
-        assert response.status == 200
-        return str(response.headers["X-Backend"])
-    finally:
-        conn.close()
+    reply = http_get(address, path)
+    assert reply.status == 200
+    return reply.backend
 
 
 def traffic(address: str, clients: int, each: int) -> Counter[str]:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import http.client
 from collections.abc import Callable
 from pathlib import Path
 
 from lbx import Backend
-from lbx.testing import BackendThread, DemoBackend, LbxProcess
+from lbx.testing import BackendThread, DemoBackend, LbxProcess, http_get
 from lbx_hashing import Consistent, FnvHash
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -15,16 +14,9 @@ ROOT = Path(__file__).resolve().parents[3]
 
 def served_by(address: str, path: str = "/", headers: dict[str, str] | None = None) -> str:
     """The name of the backend that answered one GET through lbx."""
-    host, port = address.rsplit(":", 1)
-    conn = http.client.HTTPConnection(host, int(port), timeout=10)
-    try:
-        conn.request("GET", path, headers=headers or {})
-        response = conn.getresponse()
-        response.read()
-        assert response.status == 200
-        return str(response.headers["X-Backend"])
-    finally:
-        conn.close()
+    reply = http_get(address, path, headers)
+    assert reply.status == 200
+    return reply.backend
 
 
 def names(demos: list[DemoBackend], weights: list[int] | None = None) -> dict[Backend, str]:

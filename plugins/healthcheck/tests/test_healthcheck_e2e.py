@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import trustme
 
-from lbx.testing import BackendThread, LbxProcess
+from lbx.testing import BackendThread, LbxProcess, http_connection, http_get
 
 TIMEOUT = 10.0
 
@@ -36,21 +36,12 @@ def get(
     address: str, path: str = "/", conn: http.client.HTTPConnection | None = None
 ) -> tuple[int, str | None]:
     """One GET; returns (status, X-Backend). Reuses ``conn`` when given (keep-alive)."""
-    host, port = address.rsplit(":", 1)
-    client = conn or http.client.HTTPConnection(host, int(port), timeout=TIMEOUT)
-    try:
-        client.request("GET", path)
-        response = client.getresponse()
-        response.read()
-        return response.status, response.headers.get("X-Backend")
-    finally:
-        if conn is None:
-            client.close()
+    reply = http_get(address, path, conn=conn, timeout=TIMEOUT)
+    return reply.status, reply.headers.get("X-Backend")
 
 
 def connect(address: str) -> http.client.HTTPConnection:
-    host, port = address.rsplit(":", 1)
-    return http.client.HTTPConnection(host, int(port), timeout=TIMEOUT)
+    return http_connection(address, TIMEOUT)
 
 
 def free_port() -> int:
