@@ -153,3 +153,45 @@ def test_sigterm_under_load_completes_in_flight_requests(lbx, backends, tmp_path
     assert code == 0 and took < 30  # grace_period_seconds defaults to 30
     cut = [e for e in load.errors if not e.startswith("new connection: ")]
     assert cut == []  # no request on an established connection failed
+
+
+def started_pids(lines: list[str], hook: str, start: int = 0) -> list[str]:
+    """The pids that announce_start.py logged for ``hook``, in order."""
+    found = [re.search(rf"{hook} in pid (\d+)", line) for line in lines[start:]]
+    return [match.group(1) for match in found if match]
+
+
+def test_worker_started_runs_in_every_worker(lbx, backends, tmp_path):
+    """worker_started: once in each worker (a replacement too); server_started: the supervisor."""
+    a = backends.start("a")
+    conf = write_conf(tmp_path, a.address, plugins=repr(str(PLUGINS / "announce_start.py")))
+    proc = lbx("-c", str(conf))
+    started = re.search(
+        r"\(pid (\d+), 2 workers: (\d+), (\d+)\)", proc.wait_for("lbx ready").string
+    )
+    assert started is not None
+    supervisor, first, second = started.groups()
+    assert sorted(started_pids(proc.lines, "worker_started")) == sorted([first, second])
+    assert started_pids(proc.lines, "server_started") == [supervisor]
+    mark = len(proc.lines)
+    os.kill(int(first), signal.SIGKILL)
+    replaced = proc.wait_for(r"worker 0 started \(pid (\d+)\)", start=mark).group(1)
+    assert started_pids(proc.lines, "worker_started", mark) == [replaced]
+    assert proc.stop() == 0
+
+
+def test_worker_started_in_a_single_process(lbx, backends, tmp_path):
+    """threads: 1: both hooks in the one process, worker_started first, each once."""
+    a = backends.start("a")
+    conf = write_conf(
+        tmp_path, a.address, threads=1, plugins=repr(str(PLUGINS / "announce_start.py"))
+    )
+    proc = lbx("-c", str(conf))
+    proc.wait_for("lbx ready")
+    order = [line for line in proc.lines if "_started in pid" in line]
+    assert [line.split(" in pid")[0].rsplit(" ", 1)[-1] for line in order] == [
+        "worker_started",
+        "server_started",
+    ]
+    assert started_pids(proc.lines, "worker_started") == [str(proc.pid)]
+    assert proc.stop() == 0

@@ -199,9 +199,27 @@ def backend_health_changed(service: str, backend: Backend, health: Health) -> No
 async def server_started(server: Server) -> None:
     """The server is listening on every address (``server.listeners`` has the sockets).
 
+    Called once per server: in the single lbx process, or in the supervisor once every worker
+    is ready with ``threads: N`` (per-process work goes in ``worker_started``).
+
     Awaitable hook.
 
     .. versionadded:: 0.1
+    """
+
+
+@hookspec
+async def worker_started(server: Server) -> None:
+    """This process is about to serve requests: its listeners are open in its event loop.
+
+    Called once in every process that serves requests: the single lbx process (before
+    ``server_started``), or each worker with ``threads: N`` (``server_started`` then runs once, in
+    the supervisor). The place for per-process work on the event loop that serves requests:
+    sampling gauges, timers, connections to a log collector. An exception stops the process.
+
+    Awaitable hook.
+
+    .. versionadded:: 0.2
     """
 
 

@@ -210,6 +210,7 @@ class Server:
             await self.listen(await self.acquire_sockets())
             self.start_other_services(tasks)
             self.start_certificate_reloader(tasks)
+            await self.pm.ahook.worker_started(server=self)
             await self.pm.ahook.server_started(server=self)
             log.info("lbx ready (pid %d)", os.getpid())
             await self._handle_signals(handover=True)
@@ -223,6 +224,7 @@ class Server:
         async with anyio.create_task_group() as tasks:
             await self.listen(sockets)
             self.start_certificate_reloader(tasks)
+            await self.pm.ahook.worker_started(server=self)
             ready()
             await self._handle_signals(handover=False)
             tasks.cancel_scope.cancel()

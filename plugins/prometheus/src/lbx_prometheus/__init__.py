@@ -73,20 +73,11 @@ class State:
         self.rows = SharedRows(layout.columns, config.threads + SPARE_ROWS, gauges=(0, 1))
         self.recorder = Recorder(layout, self.rows)
         self.threads = config.threads
-        self._ticking = False
-        os.register_at_fork(after_in_child=self._stop_ticking)
-
-    def _stop_ticking(self) -> None:
-        self._ticking = False
 
     def tick(self) -> None:
         """Sample this worker's gauges every ``GAUGE_INTERVAL`` while its loop runs."""
         self.recorder.sample_gauges()
         asyncio.get_running_loop().call_later(GAUGE_INTERVAL, self.tick)
-
-    def start_ticking(self) -> None:
-        self._ticking = True
-        self.tick()
 
 
 _STATE: State | None = None
@@ -117,12 +108,17 @@ def register_background_services(server: Server, register: Callable[..., None]) 
 
 
 @hookimpl
+async def worker_started() -> None:
+    """Each process that serves requests samples its own gauges (open connections, pool)."""
+    if _STATE is not None:
+        _STATE.tick()
+
+
+@hookimpl
 def logging(session: Session, error: ProxyError | None) -> None:
     state = _STATE
     if state is None:
         return
-    if not state._ticking:
-        state.start_ticking()
     peer = session.peer
     head_time = session.head_time
     start = session.start_time

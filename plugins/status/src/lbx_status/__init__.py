@@ -69,11 +69,6 @@ class State:
         self.rows = SharedRows(column, config.threads + SPARE_ROWS, gauges=(OPEN,))
         self.server: Server | None = None
         self.started = time.time()
-        self._ticking = False
-        os.register_at_fork(after_in_child=self._forked)
-
-    def _forked(self) -> None:
-        self._ticking = False
 
     def sample(self) -> None:
         """Record this process's open client connections, then again every second."""
@@ -90,9 +85,6 @@ class State:
                 cells[base + column] += 1
                 if failed:
                     cells[base + column + 1] += 1
-        if not self._ticking:
-            self._ticking = True
-            self.sample()
 
     def snapshot(self) -> dict[str, Any]:
         """The JSON document of ``GET /status``."""
@@ -197,6 +189,13 @@ def register_background_services(server: Server, register: Callable[..., None]) 
     if state is not None:
         state.server = server
         register("status", _serve_status, ready=True)
+
+
+@hookimpl
+async def worker_started() -> None:
+    """Each process that serves requests samples its own open connections."""
+    if _STATE is not None:
+        _STATE.sample()
 
 
 @hookimpl
