@@ -13,7 +13,7 @@ import pytest
 
 import lbx
 from lbx import hookimpl
-from lbx._hookcall import HookCaller, resolve
+from lbx._hookcall import HookCaller, Pending, resolve
 from lbx.errors import PluginValidationError
 from lbx.plugins import LbxPluginManager, load_plugin_arg
 
@@ -156,6 +156,61 @@ def test_builtin_default_peer_runs_after_a_user_plugin() -> None:
     ctx: dict[str, Any] = {}
     # The user impl answers, so default_peer (which would need a real session) never runs.
     assert asyncio.run(caller(session=None, ctx=ctx)) == "user-peer"
+
+
+# -- run: no coroutine while impls are plain functions -----------------------------------------
+
+
+def test_run_with_sync_impls_returns_the_result_itself() -> None:
+    """``run`` calls ``def`` impls directly: the result comes back without anything to await."""
+    pm = LbxPluginManager()
+    register_all(
+        pm,
+        make_impl("upstream_peer", "winner", "peer-b", is_async=False),
+        make_impl("upstream_peer", "declines", None, is_async=False),
+    )
+    caller = resolve(pm, "upstream_peer")
+    assert caller is not None
+    ctx: dict[str, Any] = {}
+    assert caller.run(session=None, ctx=ctx) == "peer-b"
+    assert ctx["calls"] == ["declines", "winner"]
+
+
+def test_run_hands_over_at_the_first_awaitable_and_keeps_the_semantics() -> None:
+    """After a sync impl declines, an ``async def`` impl makes ``run`` return ``Pending``; awaiting
+    it finishes the chain in order and halts as the spec says."""
+    pm = LbxPluginManager()
+    register_all(
+        pm,
+        make_impl("request_filter", "not-reached", True, is_async=False),
+        make_impl("request_filter", "answers", True, is_async=False),
+        make_impl("request_filter", "async-none", None, is_async=True),
+        make_impl("request_filter", "sync-false", False, is_async=False),
+    )
+    caller = resolve(pm, "request_filter")
+    assert caller is not None
+    ctx: dict[str, Any] = {}
+    pending = caller.run(session=None, ctx=ctx)
+    assert type(pending) is Pending
+    assert ctx["calls"] == ["sync-false"]
+    assert asyncio.run(pending) is True
+    assert ctx["calls"] == ["sync-false", "async-none", "answers"]
+
+
+def test_run_collects_results_across_the_hand_over() -> None:
+    """A non-firstresult hook collects sync and awaited results alike, in call order."""
+    pm = LbxPluginManager()
+    register_all(
+        pm,
+        make_impl("logging", "c", 3, is_async=False),
+        make_impl("logging", "b", 2, is_async=True),
+        make_impl("logging", "a", 1, is_async=False),
+    )
+    caller = resolve(pm, "logging")
+    assert caller is not None
+    pending = caller.run(session=None, ctx={}, error=None)
+    assert type(pending) is Pending
+    assert asyncio.run(pending) == [1, 2, 3]
 
 
 # -- halting --------------------------------------------------------------------------------------

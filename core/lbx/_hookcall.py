@@ -14,7 +14,9 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import types
 from collections.abc import Callable
+from inspect import isawaitable
 from typing import Any
 
 import pluggy
@@ -24,6 +26,10 @@ from lbx.errors import PluginValidationError
 log = logging.getLogger("lbx.hooks")
 
 _NO_HALT = object()
+
+Pending = types.CoroutineType
+"""What ``HookCaller.run`` returns when an impl returned an awaitable: await it for the result.
+(A hook's result is never itself a coroutine: awaitable results are awaited in the chain.)"""
 
 
 def halts_on(value: bool) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -105,33 +111,73 @@ class HookCaller:
 
     async def __call__(self, **kwargs: Any) -> Any:
         """Run an awaitable hook: sequentially, awaiting each result, halting per the spec."""
-        results = []
+        result = self.run(**kwargs)
+        if type(result) is Pending:
+            result = await result
+        return result
+
+    def run(self, **kwargs: Any) -> Any:
+        """Run an awaitable hook without a coroutine while its impls return plain values.
+
+        Returns the hook's result, or a ``Pending`` coroutine as soon as an impl returns an
+        awaitable: the caller awaits only that (``if type(r) is Pending: r = await r``). Most
+        impls are plain ``def``s, and on the request path a coroutine per hook call costs more
+        than the impl itself.
+        """
         halt = self.halt
-        for function, argnames in self._impls:
-            result = function(*[kwargs[name] for name in argnames])
-            if inspect.isawaitable(result):
-                result = await result
+        results: list[Any] = []
+        for index, (function, argnames) in enumerate(self._impls):
+            result = function(*map(kwargs.__getitem__, argnames))
+            if result is None:
+                continue
+            if isawaitable(result):
+                return self._finish(index, result, kwargs, results)
             if halt is not _NO_HALT:
                 if result is halt:
                     return result
-            elif result is not None:
-                if self.firstresult:
-                    return result
+            elif self.firstresult:
+                return result
+            else:
                 results.append(result)
+        if self.firstresult or halt is not _NO_HALT:
+            return None
+        return results
+
+    async def _finish(
+        self, index: int, awaitable: Any, kwargs: dict[str, Any], results: list[Any]
+    ) -> Any:
+        """``run`` from the impl at ``index``, whose result ``awaitable`` is awaited first."""
+        halt = self.halt
+        impls = self._impls
+        result = await awaitable
+        while True:
+            if result is not None:
+                if halt is not _NO_HALT:
+                    if result is halt:
+                        return result
+                elif self.firstresult:
+                    return result
+                else:
+                    results.append(result)
+            index += 1
+            if index == len(impls):
+                break
+            function, argnames = impls[index]
+            result = function(*map(kwargs.__getitem__, argnames))
+            if result is not None and isawaitable(result):
+                result = await result
         if self.firstresult or halt is not _NO_HALT:
             return None
         return results
 
     def call_sync(self, **kwargs: Any) -> list[Any]:
         """Run a sync per-request hook (``fail_to_connect``, ``error_while_proxy``)."""
-        return [
-            function(*[kwargs[name] for name in argnames]) for function, argnames in self._impls
-        ]
+        return [function(*map(kwargs.__getitem__, argnames)) for function, argnames in self._impls]
 
     def call_first(self, **kwargs: Any) -> Any:
         """Run a sync firstresult per-request hook: the first non-None result, or None."""
         for function, argnames in self._impls:
-            result = function(*[kwargs[name] for name in argnames])
+            result = function(*map(kwargs.__getitem__, argnames))
             if result is not None:
                 return result
         return None
@@ -141,7 +187,7 @@ class HookCaller:
         kwargs: dict[str, Any] = {"session": session, "end_of_stream": end_of_stream, "ctx": ctx}
         for function, argnames in self._impls:
             kwargs["body"] = body
-            result = function(*[kwargs[name] for name in argnames])
+            result = function(*map(kwargs.__getitem__, argnames))
             if result is not None:
                 body = result
         return body
@@ -152,9 +198,16 @@ class TracingHookCaller(HookCaller):
 
     __slots__ = ()
 
-    async def __call__(self, **kwargs: Any) -> Any:
+    def run(self, **kwargs: Any) -> Any:
         log.debug("hook %s(%s)", self.name, ", ".join(kwargs))
-        result = await super().__call__(**kwargs)
+        result = super().run(**kwargs)
+        if type(result) is Pending:
+            return self._traced(result)
+        log.debug("hook %s -> %r", self.name, result)
+        return result
+
+    async def _traced(self, pending: Any) -> Any:
+        result = await pending
         log.debug("hook %s -> %r", self.name, result)
         return result
 

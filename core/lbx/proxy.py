@@ -22,6 +22,7 @@ import httptools
 import pluggy
 
 from lbx import _hookcall, hashkey
+from lbx._hookcall import Pending
 from lbx.errors import ErrorSource, ErrorType, ProxyError
 from lbx.http import (
     HOP_BY_HOP,
@@ -288,11 +289,16 @@ class ProxyService:
         error: ProxyError | None = None
         try:
             if hooks.early_request_filter is not None:
-                await hooks.early_request_filter(session=session, ctx=ctx)
-            if (
-                hooks.request_filter is not None
-                and await hooks.request_filter(session=session, ctx=ctx) is True
-            ):
+                done = hooks.early_request_filter.run(session=session, ctx=ctx)
+                if type(done) is Pending:
+                    await done
+            if hooks.request_filter is not None:
+                answered = hooks.request_filter.run(session=session, ctx=ctx)
+                if type(answered) is Pending:
+                    answered = await answered
+            else:
+                answered = None
+            if answered is True:
                 if not session.response_written:
                     raise ProxyError(
                         ErrorType.INTERNAL_ERROR,
@@ -317,7 +323,9 @@ class ProxyService:
             await self._fail(session, ctx, error)
         if hooks.logging is not None:
             try:
-                await hooks.logging(session=session, ctx=ctx, error=error)
+                done = hooks.logging.run(session=session, ctx=ctx, error=error)
+                if type(done) is Pending:
+                    await done
             except Exception:
                 log.exception("logging hook failed, %s", session.request_summary())
         session._conn.request_finished(session)
@@ -329,7 +337,9 @@ class ProxyService:
             session.tries += 1
             peer = None
             if hooks.upstream_peer is not None:
-                peer = await hooks.upstream_peer(session=session, ctx=ctx)
+                peer = hooks.upstream_peer.run(session=session, ctx=ctx)
+                if type(peer) is Pending:
+                    peer = await peer
             if peer is None:
                 if last is not None:
                     # A retry found no other peer: the request fails with the last error.
@@ -446,7 +456,11 @@ class ProxyService:
     ) -> None:
         hooks = self.hooks
         if hooks.connected_to_upstream is not None:
-            await hooks.connected_to_upstream(session=session, reused=reused, peer=peer, ctx=ctx)
+            done = hooks.connected_to_upstream.run(
+                session=session, reused=reused, peer=peer, ctx=ctx
+            )
+            if type(done) is Pending:
+                await done
         request = session.req_header
         if self.upstream_host is not None or hooks.upstream_request_filter is not None:
             request = RequestHeader(
@@ -455,9 +469,11 @@ class ProxyService:
             if self.upstream_host is not None:
                 request.headers.insert(b"Host", self.upstream_host)
             if hooks.upstream_request_filter is not None:
-                await hooks.upstream_request_filter(
+                done = hooks.upstream_request_filter.run(
                     session=session, upstream_request=request, ctx=ctx
                 )
+                if type(done) is Pending:
+                    await done
         if session._conn.lost:
             pool_put = conn.reusable
             if pool_put:
@@ -491,11 +507,15 @@ class ProxyService:
         assert response is not None
         session.head_time = time.monotonic()
         if hooks.upstream_response_filter is not None:
-            await hooks.upstream_response_filter(
+            done = hooks.upstream_response_filter.run(
                 session=session, upstream_response=response, ctx=ctx
             )
+            if type(done) is Pending:
+                await done
         if hooks.response_filter is not None:
-            await hooks.response_filter(session=session, upstream_response=response, ctx=ctx)
+            done = hooks.response_filter.run(session=session, upstream_response=response, ctx=ctx)
+            if type(done) is Pending:
+                await done
         session.send_response_head(response)
         await session.wait_response_end()
         session._upstream = None
