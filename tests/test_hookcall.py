@@ -213,6 +213,40 @@ def test_run_collects_results_across_the_hand_over() -> None:
     assert asyncio.run(pending) == [1, 2, 3]
 
 
+def test_a_suspended_async_impl_sees_the_cancellation_of_its_task() -> None:
+    """``run`` starts an ``async def`` impl eagerly; once it waits, the request's task drives it,
+    so cancelling the task reaches the impl (as with a plain ``await``)."""
+    seen: list[str] = []
+
+    class Waits:
+        @hookimpl
+        async def request_filter(self, ctx: dict[str, Any]) -> bool | None:
+            seen.append("started")
+            try:
+                await asyncio.get_running_loop().create_future()  # never resolved
+            except asyncio.CancelledError:
+                seen.append("cancelled")
+                raise
+            return None
+
+    pm = LbxPluginManager()
+    pm.register(Waits())
+    caller = resolve(pm, "request_filter")
+    assert caller is not None
+
+    async def main() -> None:
+        pending = caller.run(session=None, ctx={})
+        assert type(pending) is Pending and seen == ["started"]  # ran up to its first await
+        task = asyncio.get_running_loop().create_task(pending)
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    assert seen == ["started", "cancelled"]
+
+
 # -- halting --------------------------------------------------------------------------------------
 
 

@@ -130,8 +130,20 @@ class HookCaller:
             result = function(*map(kwargs.__getitem__, argnames))
             if result is None:
                 continue
-            if isawaitable(result):
-                return self._finish(index, result, kwargs, results)
+            if hasattr(result.__class__, "__await__"):  # as inspect.isawaitable, for 3.11+
+                if result.__class__ is not types.CoroutineType:
+                    return self._finish(index, result, kwargs, results)
+                # An ``async def`` impl often finishes without ever suspending: run it to its
+                # first suspension right here, and hand over to a coroutine only if it gets there.
+                try:
+                    suspended_on = result.send(None)
+                except StopIteration as finished:
+                    result = finished.value
+                    if result is None:
+                        continue
+                else:
+                    return self._finish(index, _resume(result, suspended_on), kwargs, results)
+
             if halt is not _NO_HALT:
                 if result is halt:
                     return result
@@ -191,6 +203,28 @@ class HookCaller:
             if result is not None:
                 body = result
         return body
+
+
+@types.coroutine
+def _resume(coroutine: Any, suspended_on: Any) -> Any:
+    """Await a coroutine that already ran up to its first suspension (``yield from``, by hand).
+
+    ``suspended_on`` (what it yielded: the Future it waits for) goes to the task first; then
+    every value or exception the task sends goes on to the coroutine, until it returns.
+    """
+    while True:
+        try:
+            sent = yield suspended_on
+        except BaseException as exc:  # cancellation or close: passed on
+            try:
+                suspended_on = coroutine.throw(exc)
+            except StopIteration as finished:
+                return finished.value
+        else:
+            try:
+                suspended_on = coroutine.send(sent)
+            except StopIteration as finished:
+                return finished.value
 
 
 class TracingHookCaller(HookCaller):

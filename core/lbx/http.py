@@ -30,7 +30,7 @@ HOP_BY_HOP = frozenset(
 
 
 def _b(text: str | bytes) -> bytes:
-    return text if isinstance(text, bytes) else text.encode("latin-1")
+    return text if text.__class__ is bytes else text.encode("latin-1")  # type: ignore[union-attr]
 
 
 class Headers:
@@ -71,9 +71,21 @@ class Headers:
         return f"Headers({list(self)!r})"
 
     def insert(self, name: str | bytes, value: str | bytes) -> None:
-        """Set ``name`` to exactly one ``value``, replacing every existing value."""
-        self.remove(name)
-        self.raw.append((_b(name), _b(value)))
+        """Set ``name`` to exactly one ``value``, replacing every existing value.
+
+        A single existing value is replaced where it stands (the usual case: Host); with none
+        or several, the field goes last.
+        """
+        name = _b(name)
+        key = name.lower()
+        raw = self.raw
+        found = [index for index, item in enumerate(raw) if item[0].lower() == key]
+        if len(found) == 1:
+            raw[found[0]] = (name, _b(value))
+            return
+        if found:
+            raw[:] = [item for item in raw if item[0].lower() != key]
+        raw.append((name, _b(value)))
 
     def append(self, name: str | bytes, value: str | bytes) -> None:
         """Add a value to ``name``, keeping the existing ones."""
@@ -82,7 +94,11 @@ class Headers:
     def remove(self, name: str | bytes) -> None:
         """Remove every value of ``name``."""
         key = _b(name).lower()
-        self.raw[:] = [item for item in self.raw if item[0].lower() != key]
+        raw = self.raw
+        for field, _ in raw:
+            if field.lower() == key:
+                raw[:] = [item for item in raw if item[0].lower() != key]
+                return
 
 
 class _HeaderEdits:
@@ -203,6 +219,18 @@ def error_response(status: int, *, close: bool) -> bytes:
 def connection_tokens(value: bytes) -> set[bytes]:
     """The lower-cased field names listed in a ``Connection`` header value."""
     return {token.strip().lower() for token in value.split(b",") if token.strip()}
+
+
+def fields_to_drop(value: bytes) -> frozenset[bytes] | set[bytes]:
+    """The fields a ``Connection`` value asks to drop beyond the hop-by-hop ones (which are
+    always dropped): empty for the usual ``keep-alive`` or ``close``, without parsing."""
+    lowered = value.lower()
+    if lowered == b"keep-alive" or lowered == b"close":
+        return _NOTHING
+    return connection_tokens(value) - HOP_BY_HOP
+
+
+_NOTHING: frozenset[bytes] = frozenset()
 
 
 def encode_chunk(data: bytes) -> bytes:

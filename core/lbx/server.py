@@ -16,7 +16,7 @@ import signal
 import socket
 import ssl
 import stat
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -211,9 +211,12 @@ class Server:
             self.start_other_services(tasks)
             self.start_certificate_reloader(tasks)
             await self.pm.ahook.worker_started(server=self)
-            await self.pm.ahook.server_started(server=self)
-            log.info("lbx ready (pid %d)", os.getpid())
-            await self._handle_signals(handover=True)
+
+            async def announce() -> None:
+                await self.pm.ahook.server_started(server=self)
+                log.info("lbx ready (pid %d)", os.getpid())
+
+            await self._handle_signals(announce, handover=True)
             tasks.cancel_scope.cancel()
         log.info("lbx stopped")
 
@@ -225,8 +228,11 @@ class Server:
             await self.listen(sockets)
             self.start_certificate_reloader(tasks)
             await self.pm.ahook.worker_started(server=self)
-            ready()
-            await self._handle_signals(handover=False)
+
+            async def announce() -> None:
+                ready()
+
+            await self._handle_signals(announce, handover=False)
             tasks.cancel_scope.cancel()
         log.info("worker stopped")
 
@@ -267,13 +273,18 @@ class Server:
     def has_background_services(self) -> bool:
         return bool(self._background)
 
-    async def _handle_signals(self, *, handover: bool) -> None:
+    async def _handle_signals(
+        self, announce: Callable[[], Awaitable[None]], *, handover: bool
+    ) -> None:
         """SIGTERM/SIGQUIT: drain gracefully (repeats are ignored); SIGINT: stop at once.
 
-        With ``handover``, SIGQUIT first hands the listeners to a new process (upgrade); a worker
-        of a supervisor leaves that to the supervisor.
+        ``announce`` says the process is ready; it runs once the signals are handled, so a
+        SIGTERM sent right after "lbx ready" drains instead of killing the process. With
+        ``handover``, SIGQUIT first hands the listeners to a new process (upgrade); a worker of
+        a supervisor leaves that to the supervisor.
         """
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGQUIT) as signals:
+            await announce()
             async with anyio.create_task_group() as stopping:
                 self._busy_with = ""
                 async for signum in signals:

@@ -19,7 +19,7 @@ from typing import Protocol, cast
 import httptools
 
 from lbx.errors import ErrorSource, ErrorType, ProxyError
-from lbx.http import HOP_BY_HOP, HeaderList, connection_tokens
+from lbx.http import HOP_BY_HOP, HeaderList, fields_to_drop
 from lbx.peer import Peer
 
 log = logging.getLogger("lbx.upstream")
@@ -179,14 +179,14 @@ class UpstreamConnection(asyncio.Protocol):
         self._keep_alive = bool(parser.should_keep_alive())
         headers: HeaderList = []
         body_kind = BodyKind.CLOSE_DELIMITED
-        drop: set[bytes] | None = None
+        drop: frozenset[bytes] | set[bytes] | None = None
         for name, value in raw:
             lower = name.lower()
             if lower in HOP_BY_HOP:
                 if lower == b"transfer-encoding":
                     body_kind = BodyKind.CHUNKED
                 elif lower == b"connection":
-                    tokens = connection_tokens(value)
+                    tokens = fields_to_drop(value)
                     drop = tokens if drop is None else drop | tokens
                 continue
             if lower == b"content-length" and body_kind is BodyKind.CLOSE_DELIMITED:
