@@ -180,29 +180,32 @@ def status_line(status: int) -> bytes:
     return line
 
 
+def _fields(fields: HeaderList, framing: HeaderList) -> bytes:
+    """``name: value`` lines, CRLF-terminated, and the empty line that ends a head."""
+    if framing:
+        fields = fields + framing
+    if not fields:
+        return b"\r\n"
+    # One join per field instead of four appends: the heads are built on every request.
+    return b"\r\n".join(map(b": ".join, fields)) + b"\r\n\r\n"
+
+
 def serialize_request(head: RequestHeader, framing: HeaderList) -> bytes:
     """The canonical request head sent upstream: one framing header, CRLF line endings."""
-    parts = [head.method.encode("latin-1"), b" ", head.uri.encode("latin-1"), b" HTTP/1.1\r\n"]
-    for name, value in head.headers.raw:
-        parts += (name, b": ", value, b"\r\n")
-    for name, value in framing:
-        parts += (name, b": ", value, b"\r\n")
-    parts.append(b"\r\n")
-    return b"".join(parts)
+    return b"%s %s HTTP/1.1\r\n%s" % (
+        head.method.encode("latin-1"),
+        head.uri.encode("latin-1"),
+        _fields(head.headers.raw, framing),
+    )
 
 
 def serialize_response(head: ResponseHeader, framing: HeaderList) -> bytes:
     """The response head sent downstream; ``framing`` carries the kernel's framing fields."""
     if head.reason is None:
-        parts = [status_line(head.status)]
+        start = status_line(head.status)
     else:
-        parts = [b"HTTP/1.1 %d %s\r\n" % (head.status, head.reason.encode("latin-1"))]
-    for name, value in head.headers.raw:
-        parts += (name, b": ", value, b"\r\n")
-    for name, value in framing:
-        parts += (name, b": ", value, b"\r\n")
-    parts.append(b"\r\n")
-    return b"".join(parts)
+        start = b"HTTP/1.1 %d %s\r\n" % (head.status, head.reason.encode("latin-1"))
+    return start + _fields(head.headers.raw, framing)
 
 
 def error_response(status: int, *, close: bool) -> bytes:
