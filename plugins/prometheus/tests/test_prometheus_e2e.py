@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import http.client
 import re
+import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -109,3 +111,26 @@ def test_thousand_requests_add_up_across_workers(
     lines = (tmp_path / "access.log").read_text().splitlines()
     assert len(lines) == REQUESTS
     print(f"\n/metrics: {total(requests):.0f} requests counted across 2 workers")
+
+
+def test_open_connections_are_sampled_before_any_request(
+    lbx: type[LbxProcess], backends: BackendThread, tmp_path: Path
+) -> None:
+    """Each worker samples its gauges from ``worker_started``: idle clients that never sent a
+    request show in ``lbx_downstream_connections`` (sampled every second)."""
+    proc = lbx("-c", config(tmp_path, backends))
+    address = metrics_address(proc)
+    host, port = proc.address.rsplit(":", 1)
+    idle = [socket.create_connection((host, int(port)), timeout=TIMEOUT) for _ in range(3)]
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            open_now = total(scrape(address)["lbx_downstream_connections"])
+            if open_now == 3 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)  # the gauge changes only at the next sampling tick: poll it
+        assert open_now == 3
+    finally:
+        for sock in idle:
+            sock.close()
+    assert proc.stop() == 0
