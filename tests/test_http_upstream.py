@@ -12,6 +12,7 @@ import pytest
 from tests.http_helpers import Client, Upstream, exchange, respond_with, write_conf
 
 from lbx.testing import LbxProcess
+from lbx.upstream import MAX_RESPONSE_HEAD_BYTES, MAX_RESPONSE_HEADERS
 
 TIMEOUTS = {"connect_timeout": 0.5, "read_timeout": 1, "write_timeout": 1}
 GET = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -94,6 +95,8 @@ def test_read_timeout_is_504_and_not_retried(proxy, upstream):
         (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok", None),
         (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: upgrade\r\n\r\n", None),
         (b"HTTP/1.1 200 OK\r\nContent-Le", "close"),
+        (b"HTTP/1.1 200 OK\r\nX-Endless: " + b"a" * (MAX_RESPONSE_HEAD_BYTES + 1), None),
+        (b"HTTP/1.1 200 OK\r\n" + b"X-F: v\r\n" * (MAX_RESPONSE_HEADERS + 1) + b"\r\n", None),
     ],
 )
 def test_failure_before_the_head_is_502(proxy, upstream, answer, then):
@@ -105,6 +108,39 @@ def test_failure_before_the_head_is_502(proxy, upstream, answer, then):
         upstream.handler = respond_with(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
         client.send(GET)
         assert client.read_response().status == 200  # the client connection is still good
+
+
+def test_a_large_response_head_within_the_limits_is_relayed(proxy, upstream):
+    """A head just under both limits, sent in pieces, passes whole (no false 502)."""
+    fields = [b"X-F%d: %s" % (i, b"v" * 200) for i in range(MAX_RESPONSE_HEADERS - 1)]
+    head = b"HTTP/1.1 200 OK\r\n" + b"\r\n".join(fields) + b"\r\nContent-Length: 2\r\n\r\n"
+    assert len(head) < MAX_RESPONSE_HEAD_BYTES
+
+    def in_pieces(conn, request):
+        for start in range(0, len(head), 1000):
+            conn.send(head[start : start + 1000])
+        conn.send(b"ok")
+
+    upstream.handler = in_pieces
+    response, _ = exchange(proxy.address, GET)
+    assert response.status == 200 and response.body == b"ok"
+    assert len([name for name, _ in response.headers if name.startswith(b"X-F")]) == len(fields)
+
+
+def test_an_endless_response_head_is_cut_at_the_limit(proxy, upstream):
+    """An upstream that never ends its head gets a 502 as soon as the limit is passed, not
+    after read_timeout, and the log says why."""
+    mark = len(proxy.lines)
+    endless = b"HTTP/1.1 200 OK\r\nX-Endless: " + b"a" * (MAX_RESPONSE_HEAD_BYTES + 1)
+    upstream.handler = respond_with(endless)
+    with Client(proxy.address) as client:
+        started = time.monotonic()
+        client.send(GET)
+        assert client.read_response().status == 502
+        assert time.monotonic() - started < TIMEOUTS["read_timeout"]
+    proxy.wait_for(
+        f"no end of the response head within {MAX_RESPONSE_HEAD_BYTES} bytes", start=mark
+    )
 
 
 @pytest.mark.parametrize(

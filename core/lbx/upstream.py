@@ -29,6 +29,12 @@ class _InvalidResponse(Exception):
     """Raised from a parser callback: the response is well-formed HTTP but not acceptable."""
 
 
+MAX_RESPONSE_HEAD_BYTES = 64 * 1024
+"""How many bytes of an unfinished response head lbx holds (Envoy allows 60 KiB, HAProxy's
+buffer is 16 KiB, nginx's ``proxy_buffer_size`` 4-8 KiB): past that the answer is a 502."""
+MAX_RESPONSE_HEADERS = 256
+"""The most header fields in one response head from an upstream (Pingora parses up to 256)."""
+
 # No body follows these statuses whatever the headers say (RFC 9112 6.3).
 _NO_BODY_STATUSES = frozenset({204, 304})
 
@@ -76,6 +82,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._body_kind = BodyKind.NONE
         self._keep_alive = True
         self._got_head = False
+        self._head_bytes = 0
+        """Bytes of the response head(s) received so far in this exchange (bounded)."""
         self.received = 0
         """Response bytes received in the current exchange."""
         self.counted = False
@@ -101,6 +109,13 @@ class UpstreamConnection(asyncio.Protocol):
             return
         try:
             self._parser.feed_data(data)
+            if not self._got_head:
+                # httptools keeps an unfinished head (even one endless line): bound what it holds.
+                self._head_bytes += len(data)
+                if self._head_bytes > MAX_RESPONSE_HEAD_BYTES:
+                    raise _InvalidResponse(
+                        f"no end of the response head within {MAX_RESPONSE_HEAD_BYTES} bytes"
+                    )
         except httptools.HttpParserUpgrade as exc:
             # The 101 head is parsed (on_headers_complete opened the tunnel): the rest is raw.
             offset = exc.args[0] if exc.args and isinstance(exc.args[0], int) else len(data)
@@ -167,6 +182,8 @@ class UpstreamConnection(asyncio.Protocol):
         if exchange is None:
             return
         raw = self._headers
+        if len(raw) > MAX_RESPONSE_HEADERS:  # counted once per head; its bytes are bounded
+            raise _InvalidResponse(f"more than {MAX_RESPONSE_HEADERS} response header fields")
         if 100 <= status < 200:
             if status == 101:
                 if not self._upgrade:
@@ -241,6 +258,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._head_only = head_only
         self._upgrade = upgrade
         self._got_head = False
+        self._head_bytes = 0
         self.received = 0
         assert self.transport is not None
         self.transport.write(head)
