@@ -171,3 +171,35 @@ def test_hooks_see_the_upgrade(lbx, echo):
     proc.wait_for("request_filter sees upgrade to websocket")
     proc.wait_for("response_filter sees 101")
     proc.wait_for("logging sees status 101, error None")
+
+
+def test_body_filters_see_the_tunnel_bytes(lbx, echo):
+    """request_body_filter can change what the client sends through the tunnel (here: upper
+    case), and both filters get their end_of_stream when the tunnel closes (as in Pingora)."""
+    from pathlib import Path
+
+    plugin = Path(__file__).parent / "plugins" / "tunnel_filters.py"
+    proc = lbx(
+        "--plugin",
+        "roundrobin",
+        "--plugin",
+        str(plugin),
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        echo.address,
+    )
+
+    async def talk() -> list[str]:
+        async with connect(f"ws://{proc.address}/", compression=None) as websocket:
+            replies = []
+            for word in ("hello", "tunnel"):
+                await websocket.send(word)
+                replies.append(await websocket.recv())
+            return replies
+
+    assert asyncio.run(talk()) == ["HELLO", "TUNNEL"]
+    up = int(proc.wait_for(r"request_body_filter end: (\d+) bytes").group(1))
+    down = int(proc.wait_for(r"response_body_filter end: (\d+) bytes").group(1))
+    assert up > 0 and down > 0
+    assert sum("body_filter end" in line for line in proc.lines) == 2  # once per direction

@@ -274,7 +274,8 @@ def request_body_filter(
 
     Return replacement bytes, or None to keep ``body``. The last call has ``end_of_stream`` True
     (``body`` may then be empty). lbx keeps the client's framing upstream: a chunked body may
-    change length freely, a ``Content-Length`` body must keep its length.
+    change length freely, a ``Content-Length`` body must keep its length. After a ``101``, what
+    the client sends through the tunnel is one body, ended when the client side closes.
 
     Sync hook (called per chunk); each impl sees the previous impl's result.
 
@@ -428,7 +429,8 @@ def response_body_filter(
     """See or change each chunk of the response body on its way to the client.
 
     Return replacement bytes, or None to keep ``body``. When any impl exists lbx re-frames the
-    response (chunked for HTTP/1.1 clients), since the length may change.
+    response (chunked for HTTP/1.1 clients), since the length may change. After a ``101``, what
+    the upstream sends through the tunnel is one body, ended when the upstream side closes.
 
     Sync hook (called per chunk); each impl sees the previous impl's result.
 

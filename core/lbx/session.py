@@ -334,7 +334,7 @@ class Session:
 
     def upstream_done(self) -> None:
         self._resp_complete = True
-        if self._streaming_response:
+        if self._streaming_response and not self._tunnel:  # a tunnel ends its streams itself
             self._send_response_body(b"", True)
         future = self._done_future
         if future is not None and not future.done():
@@ -488,10 +488,9 @@ class Session:
         pending, self._resp_pending = self._resp_pending, []
         self._resp_pending_size = 0
         head.headers.remove("connection")
-        self._conn.write(
-            serialize_response(head, [(b"Connection", b"upgrade")]) + b"".join(pending)
-        )
-        self.body_bytes_sent += sum(len(chunk) for chunk in pending)
+        early = self._to_client(b"".join(pending), False)
+        self._conn.write(serialize_response(head, [(b"Connection", b"upgrade")]) + early)
+        self.body_bytes_sent += len(early)
         upstream = self._upstream
         assert upstream is not None
         self._conn.start_tunnel(self, upstream)
@@ -499,12 +498,28 @@ class Session:
             self._upstream_read_paused = False
             upstream.resume_reading()
 
+    # The body filters see tunnel bytes too (as Pingora's do): each direction is one body,
+    # whose end (``end_of_stream``) comes with the half-close or the close of the tunnel.
+    def _to_client(self, data: bytes, end: bool) -> bytes:
+        hooks = self.service.hooks
+        if hooks.response_body_filter is not None:
+            return hooks.response_body_filter.chain(self, data, end, self.ctx)
+        return data
+
+    def _to_upstream(self, data: bytes, end: bool) -> bytes:
+        hooks = self.service.hooks
+        if hooks.request_body_filter is not None:
+            return hooks.request_body_filter.chain(self, data, end, self.ctx)
+        return data
+
     def tunnel_data(self, data: bytes) -> None:
         """Bytes from the upstream side of a tunnel."""
         self._tunnel_bytes += len(data)
         if self._tunnel:
-            self.body_bytes_sent += len(data)
-            self._conn.write(data)
+            data = self._to_client(data, False)
+            if data:
+                self.body_bytes_sent += len(data)
+                self._conn.write(data)
         else:  # the 101 is still with the response hooks
             self.upstream_body(data)
 
@@ -512,26 +527,49 @@ class Session:
         """Bytes from the client side of a tunnel."""
         self._tunnel_bytes += len(data)
         self.body_bytes_read += len(data)
-        if self._upstream is not None:
+        data = self._to_upstream(data, False)
+        if data and self._upstream is not None:
             self._upstream.write(data)
 
     def tunnel_request_eof(self) -> None:
         """The client finished sending: pass the half-close on to the upstream."""
-        self._tunnel_eofs |= 1
+        self._end_request_stream()
         upstream = self._upstream
         if self._tunnel_eofs == 3 or upstream is None or not upstream.write_eof():
             self.tunnel_closed()
 
     def tunnel_eof(self) -> None:
         """The upstream finished sending: pass the half-close on to the client."""
-        self._tunnel_eofs |= 2
+        self._end_response_stream()
         if self._tunnel_eofs == 3 or not self._conn.write_eof():
             self.tunnel_closed()
+
+    def _end_request_stream(self) -> None:
+        """The client-to-upstream direction is over: the filters' last word goes out."""
+        if self._tunnel_eofs & 1:
+            return
+        self._tunnel_eofs |= 1
+        last = self._to_upstream(b"", True)
+        if last and self._upstream is not None:
+            self._upstream.write(last)
+
+    def _end_response_stream(self) -> None:
+        """The upstream-to-client direction is over: the filters' last word goes out."""
+        if self._tunnel_eofs & 2:
+            return
+        self._tunnel_eofs |= 2
+        last = self._to_client(b"", True)
+        if last:
+            self.body_bytes_sent += len(last)
+            self._conn.write(last)
 
     def tunnel_closed(self) -> None:
         """Either side closed: the tunnel (and this request) is over."""
         if self._resp_complete:
             return  # both sides reported the end
+        if self._tunnel:
+            self._end_request_stream()
+            self._end_response_stream()
         upstream = self._upstream
         if upstream is not None:
             upstream.close()
