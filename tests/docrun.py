@@ -677,18 +677,13 @@ def end_pid(pid: int, signum: int = signal.SIGINT, timeout: float = TIMEOUT) -> 
 
 
 def end_daemon(pid: int, log: list[str]) -> None:
-    """End a daemon: SIGINT (lbx stops at once). A supervisor still handing its sockets over
-    to a new instance (``-u``) answers signals only after that overlap: it is killed instead,
-    and its workers, named in its log, are ended by their pids."""
-    if end_pid(pid, signal.SIGINT, OVERLAP_WAIT):
+    """End a daemon: SIGINT (lbx stops at once, also while handing over to a new instance).
+    If it had to be killed, its workers, named in its log, are ended by their pids too."""
+    if end_pid(pid, signal.SIGINT):
         return
     pattern = re.compile(rf"lbx\.workers\[{pid}\]: .* started \(pid (\d+)\)")
     for worker in {int(m[1]) for line in log if (m := pattern.search(line))}:
         end_pid(worker)
-
-
-OVERLAP_WAIT = 1.0
-"""How long a daemon gets to exit on SIGINT before it is taken to be in an upgrade overlap."""
 
 
 def wait_pid(pid: int, timeout: float = TIMEOUT) -> bool:

@@ -55,6 +55,9 @@ class Server:
         self.selectors: dict[str, SelectorFactory] = {}
         self.services: list[ProxyService] = []
         self.listeners: dict[str, socket.socket] = {}
+        self.bound: dict[str, str] = {}
+        """Listener key -> the address it is bound to (``127.0.0.1:0`` -> the real port); kept
+        where the sockets are not (the background-services process)."""
         self.connections = Connections()
         self._asyncio_servers: list[asyncio.AbstractServer] = []
         self._serving: list[tuple[socket.socket, Callable[[], Any], ssl.SSLContext | None]] = []
@@ -358,6 +361,9 @@ class Server:
             for unused in inherited.values():
                 unused.close()
         self.listeners = sockets
+        self.bound = {
+            key: _describe(key.removeprefix(TLS_PREFIX), sock) for key, sock in sockets.items()
+        }
         return sockets
 
     async def listen(self, sockets: dict[str, socket.socket]) -> None:
@@ -387,9 +393,10 @@ class Server:
                     )
                     self._asyncio_servers.append(server)
                     self._serving.append((sock, service.protocol_factory, tls.listener_context))
-                    log.info("service %s listening on %s", service.name, _describe(address, sock))
+                    bound = _describe(address, sock)
+                    log.info("service %s listening on %s", service.name, bound)
                     names = ", ".join(n for c in tls.certificates for n in c.names)
-                    log.info("service %s: TLS on %s for %s", service.name, address, names)
+                    log.info("service %s: TLS on %s for %s", service.name, bound, names)
         except BaseException:
             self.close_listeners()
             raise

@@ -164,8 +164,10 @@ class Supervisor:
                 handed_over = self.server.run_loop(self.server.hand_over)
                 if handed_over is False:
                     continue  # the new process did not take over: keep serving
-                if handed_over:
-                    self._overlap()
+                if handed_over and self._overlap() == signal.SIGINT:
+                    log.info("SIGINT received, stopping workers at once")
+                    self._stop(signal.SIGINT)
+                    continue
             else:
                 log.info("SIGTERM received, draining workers")
             self._stop(signal.SIGTERM)
@@ -179,15 +181,25 @@ class Supervisor:
         log.info("lbx stopped")
         return 0
 
-    def _overlap(self) -> None:
-        """Keep the workers accepting a little longer while still replacing dead ones."""
+    def _overlap(self) -> int | None:
+        """Keep the workers accepting a little longer while still replacing dead ones.
+
+        SIGTERM or SIGINT cut the overlap short (returned: the caller drains or stops at once).
+        """
         from lbx.server import UPGRADE_OVERLAP_SECONDS
 
         end = time.monotonic() + UPGRADE_OVERLAP_SECONDS
         while (left := end - time.monotonic()) > 0:
-            info = signal.sigtimedwait({signal.SIGCHLD}, left)
-            if info is not None:
+            info = signal.sigtimedwait(SIGNALS, left)
+            if info is None:
+                break
+            if info.si_signo == signal.SIGCHLD:
                 self._reap(block=False)
+            elif info.si_signo == signal.SIGQUIT:
+                log.info("SIGQUIT received while upgrading")
+            else:
+                return info.si_signo
+        return None
 
     def _stop(self, signum: int) -> None:
         self.stopping = True

@@ -82,6 +82,7 @@ def test_status_json_and_drain(
     document = json.loads(result.stdout)
     service = document["services"][0]
     assert service["requests"] == 4
+    assert service["listen"] == [proc.address]  # the bound port, not the configured 0
     # Round robin runs in each worker, so the split depends on which worker took each request.
     assert {b["addr"]: b["ready"] for b in service["backends"]} == {one: True, two: True}
     assert sum(b["requests"] for b in service["backends"]) == 4

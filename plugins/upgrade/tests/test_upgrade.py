@@ -152,3 +152,32 @@ def test_failed_new_process_leaves_the_old_one_serving(tmp_path, backends):
             old.close()
             if new is not None:
                 new.close()
+
+
+def test_sigint_during_the_overlap_stops_a_supervisor_at_once(tmp_path, backends):
+    """threads: 2: after handing over, the old supervisor keeps its workers accepting for a few
+    seconds; a SIGINT in that time stops it at once (not when the overlap ends)."""
+    from lbx.server import UPGRADE_OVERLAP_SECONDS
+
+    backend = backends.start("a")
+    conf = write_conf(tmp_path, backend.address)
+    conf.write_text("threads: 2\n" + conf.read_text())
+    old = LbxProcess("-c", str(conf)).start()
+    new = None
+    try:
+        new = LbxProcess("-c", str(conf), "-u").start_async()
+        old.send_signal(signal.SIGQUIT)
+        new.wait_for("lbx ready", timeout=30)
+        old.wait_for("listeners handed over")
+        started = time.monotonic()
+        old.send_signal(signal.SIGINT)
+        assert old.wait(timeout=30) == 0
+        stopped_after = time.monotonic() - started
+        print(f"\nold supervisor stopped {stopped_after:.2f}s after SIGINT")
+        assert stopped_after < UPGRADE_OVERLAP_SECONDS / 2
+        assert "SIGINT received, stopping workers at once" in old.output
+    finally:
+        old.close()
+        if new is not None:
+            assert new.stop() == 0
+            new.close()

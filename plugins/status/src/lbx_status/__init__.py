@@ -91,12 +91,13 @@ class State:
         totals = self.rows.totals()
         server = self.server
         services = []
+        bound = server.bound if server is not None else {}
         for service in server.services if server is not None else []:
             lb: Any = service.load_balancer
             column = self.columns.get((service.name, ""))
             entry: dict[str, Any] = {
                 "name": service.name,
-                "listen": list(service.config.listen),
+                "listen": [bound.get(a, a) for a in service.config.listen],
                 "selection": lb.selector_name if lb is not None else None,
                 "requests": int(totals[column]) if column else 0,
                 "failures": int(totals[column + 1]) if column else 0,
