@@ -28,7 +28,7 @@ import uvloop
 from lbx import config as config_module
 from lbx.plugins import get_plugin_manager
 from lbx.proxy import DownstreamProtocol
-from lbx.server import Server
+from lbx.server import Server, tune_gc
 from lbx.upstream import UpstreamConnection
 
 HERE = Path(__file__).resolve().parent
@@ -71,8 +71,10 @@ class MemoryTransport:
     def write_eof(self) -> None: ...
 
 
-def build_server(noop: bool) -> Server:
+def build_server(noop: bool, bare: bool = False) -> Server:
     plugins = ["roundrobin", "healthcheck", str(HERE.parent / "contrib" / "host_header.py")]
+    if bare:
+        plugins = ["roundrobin"]
     if noop:
         plugins.append(str(HERE / "noop_hooks.py"))
     pm = get_plugin_manager(plugins)
@@ -91,12 +93,13 @@ def build_server(noop: bool) -> Server:
     pm.hook.configure(config=config)
     server = Server(config, pm)
     server.prepare()
+    tune_gc()  # as Server.run does
     return server
 
 
-async def run(requests: int, noop: bool) -> float:
+async def run(requests: int, noop: bool, bare: bool = False) -> float:
     """Proxy ``requests`` requests over one client connection; returns µs per request."""
-    service = build_server(noop).services[0]
+    service = build_server(noop, bare).services[0]
     assert service.load_balancer is not None
     answered: list[bytes] = []
     sent_upstream: list[UpstreamConnection] = []
@@ -133,16 +136,17 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--noop", action="store_true", help="add bench/noop_hooks.py (scenario b)")
     ap.add_argument("--profile", action="store_true", help="print a cProfile table")
+    ap.add_argument("--bare", action="store_true", help="round robin only: no hook module")
     args = ap.parse_args()
     uvloop.install()
-    times = [asyncio.run(run(args.requests, args.noop)) for _ in range(args.repeat)]
+    times = [asyncio.run(run(args.requests, args.noop, args.bare)) for _ in range(args.repeat)]
     print(
         f"{min(times):.2f} µs/request (best of {args.repeat}; all: "
         f"{', '.join(f'{t:.2f}' for t in times)})"
     )
     if args.profile:
         profiler = cProfile.Profile()
-        profiler.runcall(asyncio.run, run(args.requests // 4, args.noop))
+        profiler.runcall(asyncio.run, run(args.requests // 4, args.noop, args.bare))
         pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
 
 

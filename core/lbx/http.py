@@ -76,16 +76,16 @@ class Headers:
         A single existing value is replaced where it stands (the usual case: Host); with none
         or several, the field goes last.
         """
-        name = _b(name)
-        key = name.lower()
+        field = (_b(name), _b(value))
+        key = field[0].lower()
         raw = self.raw
-        found = [index for index, item in enumerate(raw) if item[0].lower() == key]
-        if len(found) == 1:
-            raw[found[0]] = (name, _b(value))
+        lowered = [existing.lower() for existing, _ in raw]
+        if lowered.count(key) == 1:
+            raw[lowered.index(key)] = field
             return
-        if found:
+        if key in lowered:
             raw[:] = [item for item in raw if item[0].lower() != key]
-        raw.append((name, _b(value)))
+        raw.append(field)
 
     def append(self, name: str | bytes, value: str | bytes) -> None:
         """Add a value to ``name``, keeping the existing ones."""
