@@ -10,6 +10,8 @@ two workers per proxy, pins nothing). Rounds are interleaved (lbx, nginx, haprox
   d  64 KiB uploads (POST)
   e  1,000 idle keep-alive clients, then the load of a (memory per connection)
   f  two workers (lbx threads: 2, nginx worker_processes 2, HAProxy nbthread 2), nothing pinned
+  h  a, plus an access log to a file: lbx (accesslog plugin, combined and JSON), nginx (combined,
+     unbuffered and buffer=64k): each beside the same proxy without it
 
     .venv/bin/python bench/run.py --scenario all          # a: 5 rounds, others 3; ~20 min
     .venv/bin/python bench/run.py --scenario a,c --quick  # 1 round x 3 s
@@ -161,6 +163,13 @@ services:
     health_check: tcp
 """
 
+# Scenario h: each system with an access log to {tmp}/{system}.access.log, measured beside the
+# same system without one. lbx: the accesslog plugin's defaults but the format (256-line batches);
+# nginx: the combined format, a write per request by default or 64 KiB batches with buffer=.
+LBX_ACCESS_LOG = {"lbx+log": "combined", "lbx+json": "json"}
+NGINX_ACCESS_LOG = {"nginx+log": "", "nginx+logbuf": " buffer=64k flush=1s"}
+ACCESS_LOG_BASE = {s: s.partition("+")[0] for s in (*LBX_ACCESS_LOG, *NGINX_ACCESS_LOG)}
+
 UPLOAD_LUA = f"""\
 wrk.method = "POST"
 wrk.body = string.rep("x", {UPLOAD})
@@ -199,6 +208,11 @@ SCENARIOS = {
         Scenario("e", f"{IDLE:,} idle keep-alive clients + load", ALL[:3], idle=IDLE),
         Scenario("f", "2 workers each, nothing pinned", ALL[:3], workers=2),
         Scenario("g", "TLS termination (keep-alive), else as a", ALL[:3], tls=True),
+        Scenario(
+            "h",
+            "a + access log to a file",
+            ("lbx", "lbx+log", "lbx+json", "nginx", "nginx+log", "nginx+logbuf"),
+        ),
     )
 }
 
@@ -536,12 +550,16 @@ def start_backend(kind: str, b1: int, b2: int, tmp: Path, stack: ExitStack, cpu:
     return stack.enter_context(running(f"backend-{kind}", cpu, argv, [b1, b2])).pid
 
 
-def lbx_argv(listen: str, up1: str, up2: str, noop: bool) -> list[str]:
-    """Scenario (a)'s command line, as in the quick start."""
+def lbx_argv(
+    listen: str, up1: str, up2: str, noop: bool, access_log: Path | None = None
+) -> list[str]:
+    """Scenario (a)'s command line, as in the quick start (h: plus an accesslog config file)."""
     argv = [str(VENV_BIN / "lbx"), "serve", "--plugin", "roundrobin", "--plugin", "healthcheck"]
     argv += ["--health-check", "tcp", "--plugin", str(ROOT / "contrib" / "host_header.py")]
     if noop:
         argv += ["--plugin", str(HERE / "noop_hooks.py")]
+    if access_log is not None:
+        argv += ["--plugin", "accesslog", "-c", str(access_log)]
     return [*argv, "--listen", listen, "--upstream", up1, "--upstream", up2]
 
 
@@ -601,14 +619,18 @@ def start_proxy(
             )
             argv = [str(VENV_BIN / "lbx"), "serve", "-c", str(write(tmp, "lbx.yaml", yaml))]
         elif workers == 1:
-            argv = lbx_argv(listen, up1, up2, noop)
+            access_log = None
+            if system in LBX_ACCESS_LOG:
+                section = f"{{path: {tmp / system}.access.log, format: {LBX_ACCESS_LOG[system]}}}"
+                access_log = write(tmp, f"{system}.yaml", f"accesslog: {section}\n")
+            argv = lbx_argv(listen, up1, up2, noop, access_log)
         else:
             extra = f", {HERE / 'noop_hooks.py'}" if noop else ""
             yaml = LBX_YAML.format(
                 workers=workers, root=ROOT, extra=extra, listen=listen, b1=up1, b2=up2
             )
             argv = [str(VENV_BIN / "lbx"), "serve", "-c", str(write(tmp, "lbx.yaml", yaml))]
-    elif system == "nginx":
+    elif system.startswith("nginx"):
         certificates = (
             f"\n        ssl_certificate {cert};\n        ssl_certificate_key {key};" if tls else ""
         )
@@ -622,7 +644,13 @@ def start_proxy(
             ssl=" ssl" if tls else "",
             certificates=certificates,
         )
-        argv = ["nginx", "-e", str(tmp / "nginx-proxy.err"), "-c", str(write(tmp, "px.conf", text))]
+        name = "px.conf"
+        if system in NGINX_ACCESS_LOG:  # runs beside plain nginx: its own pid file
+            access_log = f"access_log {tmp / system}.access.log combined{NGINX_ACCESS_LOG[system]};"
+            text = text.replace("access_log off;", access_log)
+            text = text.replace("nginx-proxy.pid", f"{system}.pid")
+            name = f"{system}.conf"
+        argv = ["nginx", "-e", str(tmp / "nginx-proxy.err"), "-c", str(write(tmp, name, text))]
     elif system == "haproxy":
         ssl = f" ssl crt {tmp / 'bench-haproxy.pem'}" if tls else ""
         text = HAPROXY.format(
@@ -658,6 +686,41 @@ def paired(runs: list[Run], system: str, base: str, metric: Callable[[Run], floa
         if r.system == system and (base, r.round) in by and metric(by[base, r.round])
     ]
     return statistics.median(ratios) if ratios else float("nan")
+
+
+def paired_difference(runs: list[Run], system: str, base: str) -> float:
+    """Median over rounds of CPU µs/request of ``system`` minus ``base``'s in the same round."""
+    by = {(r.system, r.round): r for r in runs}
+    deltas = [
+        r.cpu_us_per_req - by[base, r.round].cpu_us_per_req
+        for r in runs
+        if r.system == system and (base, r.round) in by
+    ]
+    return statistics.median(deltas) if deltas else float("nan")
+
+
+def access_log_cost(runs: list[Run]) -> list[str]:
+    """Scenario h: what its access log costs each system, against itself without one."""
+    out = []
+    for system, base in ACCESS_LOG_BASE.items():
+        if any(r.system == system for r in runs):
+            rps = paired(runs, system, base, lambda r: r.rps)
+            cpu = paired(runs, system, base, lambda r: r.cpu_us_per_req)
+            delta = paired_difference(runs, system, base)
+            out.append(
+                f"- {system} ÷ {base} (paired): req/s {rps:.3f}, CPU/req {cpu:.3f} "
+                f"({delta:+.1f} µs/request)"
+            )
+    return out
+
+
+def access_log_lines(tmp: Path) -> str:
+    """Scenario h: lines each access log holds, to see that they were written at all."""
+    counts = []
+    for path in sorted(tmp.glob("*.access.log")):
+        lines = path.read_bytes().count(b"\n")
+        counts.append(f"{path.name.removesuffix('.access.log')} {lines:,}")
+    return "access log lines written: " + (", ".join(counts) or "none")
 
 
 def summarise(sc: Scenario, runs: list[Run], systems: list[str]) -> tuple[dict, str]:  # type: ignore[type-arg]
@@ -812,6 +875,8 @@ def run_scenario(sc: Scenario, systems: list[str], args: argparse.Namespace) -> 
                     f"  other {run.other_cpu:.2f} {run.others}  attempts {run.attempts}",
                     file=sys.stderr,
                 )
+        if any(s in ACCESS_LOG_BASE for s in systems):
+            print(access_log_lines(tmp), file=sys.stderr)
     return runs
 
 
@@ -868,6 +933,7 @@ def main() -> None:
         all_runs += runs
         summaries[key], table = summarise(sc, runs, systems)
         rounds = max(r.round for r in runs)
+        start = len(report)
         report += [
             f"### ({key}) {sc.title}",
             "",
@@ -888,7 +954,10 @@ def main() -> None:
                 f"CPU/req {s.get('cpu_vs_lbx', float('nan')):.3f}",
                 "",
             ]
-        print("\n".join(report[-(8 if key != "b" else 10) :]))
+        if key == "h":
+            report += ["access log cost, each system against itself without one:", ""]
+            report += [*access_log_cost(runs), ""]
+        print("\n".join(report[start:]))
     load_after = os.getloadavg()
     report += ["### targets", "", *verdicts(summaries), ""]
     report += [f"load average before {load_before}, after {load_after}"]

@@ -1,8 +1,9 @@
 """lbx-accesslog: one line per request, in the combined format or as JSON, written in batches.
 
-The ``logging`` hook formats the line and appends it to a buffer in memory; the buffer goes to the
-file in one ``write`` when it holds ``batch_lines`` lines, or ``flush_interval`` seconds after its
-first line (a timer on the worker's event loop), and at shutdown. The file is opened with
+The ``logging`` hook formats the line (``lines.py``) and appends it to a buffer in memory; the
+buffer goes to the file in one ``write`` when it holds ``batch_lines`` lines, or
+``flush_interval`` seconds after its first line (a timer on the worker's event loop), and at
+shutdown. The file is opened with
 ``O_APPEND`` and every write holds whole lines, so the workers of ``threads: N`` share one file
 without interleaving. The file is reopened when it was moved away (logrotate). See
 docs/accesslog.md.
@@ -13,39 +14,16 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
-import json
 import os
-import time
 from typing import TYPE_CHECKING, Any
 
 from lbx import Config, ConfigError, ConfigSchema, Field, ProxyError, Session, hookimpl
+from lbx_accesslog.lines import FIELDS, FORMATS, line_format
 
 if TYPE_CHECKING:
     from lbx.server import Server
 
 SECTION = "accesslog"
-FORMATS = ("combined", "json")
-FIELDS = (
-    "time",
-    "client",
-    "service",
-    "method",
-    "uri",
-    "version",
-    "host",
-    "status",
-    "bytes_sent",
-    "bytes_read",
-    "referer",
-    "user_agent",
-    "upstream",
-    "upstream_time",
-    "total_time",
-    "tries",
-    "retries",
-    "error",
-)
-"""Every field a line can carry; ``fields:`` chooses among them (all by default for JSON)."""
 
 
 def _check_fields(value: Any) -> str | None:
@@ -87,10 +65,7 @@ class AccessLog:
         flush_interval: float,
     ) -> None:
         self.path = path
-        self.json = fmt == "json"
-        if fields is None:
-            fields = list(FIELDS) if self.json else []
-        self.fields = fields
+        self.format = line_format(fmt, fields)
         self.batch_lines = batch_lines
         self.flush_interval = flush_interval
         self.buffer: list[str] = []
@@ -99,8 +74,6 @@ class AccessLog:
         self._timer: asyncio.TimerHandle | None = None
         self._fd = -1
         self._inode: tuple[int, int] | None = None
-        self._second = -1
-        self._stamp = ""
 
     # -- the file ------------------------------------------------------------------------------
     def open(self) -> None:
@@ -175,78 +148,6 @@ class AccessLog:
                 self.flush()
                 return
             self._timer = loop.call_later(self.flush_interval, self.flush)
-
-    def _time_local(self, now: float) -> str:
-        """The time of the combined format (JSON: ISO 8601), formatted once per second."""
-        second = int(now)
-        if second != self._second:
-            self._second = second
-            pattern = "%Y-%m-%dT%H:%M:%S%z" if self.json else "%d/%b/%Y:%H:%M:%S %z"
-            self._stamp = time.strftime(pattern, time.localtime(second))
-        return self._stamp
-
-    def values(self, session: Session, error: ProxyError | None, now: float) -> dict[str, Any]:
-        """Every field of ``FIELDS`` for this request (``fields`` picks which are written)."""
-        head = session.req_header
-        headers = head.headers
-        peer = session.peer
-        head_time = session.head_time
-        return {
-            "time": self._time_local(time.time()),
-            "client": session.client_ip,
-            "service": session.service.name,
-            "method": head.method,
-            "uri": head.uri,
-            "version": head.version,
-            "host": headers.get("host"),
-            "status": session.response_status,
-            "bytes_sent": session.body_bytes_sent,
-            "bytes_read": session.body_bytes_read,
-            "referer": headers.get("referer"),
-            "user_agent": headers.get("user-agent"),
-            "upstream": peer.addr if peer is not None else None,
-            "upstream_time": (
-                round(head_time - session.start_time, 6) if head_time is not None else None
-            ),
-            "total_time": round(now - session.start_time, 6),
-            "tries": session.tries,
-            "retries": max(0, session.tries - 1),
-            "error": str(error) if error is not None else None,
-        }
-
-    def format(self, session: Session, error: ProxyError | None) -> str:
-        now = time.monotonic()
-        if self.json:
-            values = self.values(session, error, now)
-            return json.dumps({k: values[k] for k in self.fields}, separators=(",", ":")) + "\n"
-        head = session.req_header
-        headers = head.headers
-        line = (
-            f"{session.client_ip} - - [{self._time_local(time.time())}] "
-            f'"{_quote(head.method)} {_quote(head.uri)} HTTP/{head.version}" '
-            f"{session.response_status or 0} {session.body_bytes_sent} "
-            f'"{_quote(headers.get("referer") or "-")}" '
-            f'"{_quote(headers.get("user-agent") or "-")}"'
-        )
-        if self.fields:
-            values = self.values(session, error, now)
-            extra = " ".join(f"{k}={_plain(values[k])}" for k in self.fields)
-            line = f"{line} {extra}"
-        return line + "\n"
-
-
-def _quote(text: str) -> str:
-    """Escape what would break the quoted fields of the combined format (as nginx does)."""
-    if '"' in text or "\\" in text or not text.isprintable():
-        return text.encode("unicode_escape").decode("ascii").replace('"', '\\"')
-    return text
-
-
-def _plain(value: Any) -> str:
-    if value is None:
-        return "-"
-    text = str(value)
-    return f'"{_quote(text)}"' if (" " in text or '"' in text or not text) else _quote(text)
 
 
 _LOG: AccessLog | None = None
