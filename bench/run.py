@@ -10,6 +10,7 @@ two workers per proxy, pins nothing). Rounds are interleaved (lbx, nginx, haprox
   d  64 KiB uploads (POST)
   e  1,000 idle keep-alive clients, then the load of a (memory per connection)
   f  two workers (lbx threads: 2, nginx worker_processes 2, HAProxy nbthread 2), nothing pinned
+  g  TLS termination (keep-alive clients), else as a
   h  a, plus an access log to a file: lbx (accesslog plugin, combined and JSON), nginx (combined,
      unbuffered and buffer=64k): each beside the same proxy without it
 
@@ -889,7 +890,7 @@ def raise_fd_limit() -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--scenario", default="a", help="a,b,c,d,e,f or all (comma-separated)")
+    ap.add_argument("--scenario", default="a", help="a to h, or all (comma-separated)")
     ap.add_argument("--rounds", type=int, default=0, help="rounds per scenario (default: a 5, 3)")
     ap.add_argument("--duration", type=int, default=10, help="seconds per measured run")
     ap.add_argument("--warmup", type=int, default=2, help="seconds of load before each run")
