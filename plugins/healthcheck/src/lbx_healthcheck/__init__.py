@@ -16,7 +16,6 @@ calls ``backend_health_changed``. See docs/healthcheck.md.
 from __future__ import annotations
 
 import functools
-import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -47,7 +46,8 @@ HEALTH_CHECK_KEY = "health_check"
 PASSIVE_KEY = "passive_health"
 BACKGROUND_SERVICE = "health check"
 
-_SERVICES: weakref.WeakKeyDictionary[object, ServiceHealth] = weakref.WeakKeyDictionary()
+_SERVICES: dict[str, ServiceHealth] = {}
+"""Services with passive checks, by name (the server being built registers them)."""
 """The ``ServiceHealth`` of each running ``ProxyService`` with passive checks, for the hooks."""
 
 
@@ -110,6 +110,7 @@ def configure(config: Config) -> None:
 @hookimpl
 def register_background_services(server: Server, register: Callable[..., None]) -> None:
     checkers: list[ServiceChecker] = []
+    _SERVICES.clear()
     for service in server.services:
         lb = service.load_balancer
         active = service.config.extra.get(HEALTH_CHECK_KEY)
@@ -122,7 +123,7 @@ def register_background_services(server: Server, register: Callable[..., None]) 
             raise ConfigError("healthcheck: configure() did not run before the server was built")
         health = ServiceHealth(service.name, lb.backends, active, passive)
         if passive is not None:
-            _SERVICES[service] = health
+            _SERVICES[service.name] = health
         if active is not None:
             check_class = HttpCheck if active.type == "http" else TcpCheck
             check = check_class(active, service.config, server.config.ca_file)
@@ -135,7 +136,7 @@ def register_background_services(server: Server, register: Callable[..., None]) 
 
 
 def _failure(session: Session, peer: Peer, error: ProxyError) -> None:
-    health = _SERVICES.get(session.service)
+    health = _SERVICES.get(session.service.name)
     if health is not None and peer.backend is not None:
         health.record_failure(peer.backend, str(error))
 
@@ -157,7 +158,7 @@ def logging(session: Session, error: ProxyError | None) -> None:
     """Successes reset the failure count; a 5xx counts as a failure with ``on_5xx``."""
     if error is not None:
         return  # failures were counted where they happened, other errors say nothing
-    health = _SERVICES.get(session.service)
+    health = _SERVICES.get(session.service.name)
     if health is None:
         return
     peer = session.peer
