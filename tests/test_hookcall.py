@@ -40,6 +40,10 @@ def make_impl(hook: str, tag: str, result: Any = None, *, is_async: bool, **opts
     return type(tag, (), {hook: staticmethod(hookimpl(**opts)(impl))})()
 
 
+async def awaited(pending: Pending) -> Any:
+    return await pending
+
+
 def register_all(pm: LbxPluginManager, *plugins: object) -> None:
     for plugin in plugins:
         pm.register(plugin)
@@ -193,7 +197,7 @@ def test_run_hands_over_at_the_first_awaitable_and_keeps_the_semantics() -> None
     pending = caller.run(session=None, ctx=ctx)
     assert type(pending) is Pending
     assert ctx["calls"] == ["sync-false"]
-    assert asyncio.run(pending) is True
+    assert asyncio.run(awaited(pending)) is True
     assert ctx["calls"] == ["sync-false", "async-none", "answers"]
 
 
@@ -210,7 +214,7 @@ def test_run_collects_results_across_the_hand_over() -> None:
     assert caller is not None
     pending = caller.run(session=None, ctx={}, error=None)
     assert type(pending) is Pending
-    assert asyncio.run(pending) == [1, 2, 3]
+    assert asyncio.run(awaited(pending)) == [1, 2, 3]
 
 
 def test_a_suspended_async_impl_sees_the_cancellation_of_its_task() -> None:
@@ -237,7 +241,7 @@ def test_a_suspended_async_impl_sees_the_cancellation_of_its_task() -> None:
     async def main() -> None:
         pending = caller.run(session=None, ctx={})
         assert type(pending) is Pending and seen == ["started"]  # ran up to its first await
-        task = asyncio.get_running_loop().create_task(pending)
+        task = asyncio.get_running_loop().create_task(awaited(pending))
         await asyncio.sleep(0)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):

@@ -15,7 +15,7 @@ import inspect
 import logging
 import os
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Generator
 from inspect import isawaitable
 from typing import Any
 
@@ -27,9 +27,55 @@ log = logging.getLogger("lbx.hooks")
 
 _NO_HALT = object()
 
-Pending = types.CoroutineType
-"""What ``HookCaller.run`` returns when an impl returned an awaitable: await it for the result.
-(A hook's result is never itself a coroutine: awaitable results are awaited in the chain.)"""
+
+class Pending:
+    """What ``HookCaller.run`` returns when an impl returned an awaitable: await it for the
+    hook's result (``if type(r) is Pending: r = await r``)."""
+
+    __slots__ = ("_rest",)
+
+    def __init__(self, rest: Coroutine[Any, Any, Any]) -> None:
+        self._rest = rest
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        return self._rest.__await__()
+
+
+class _Resumed:
+    """Await a coroutine that already ran up to its first suspension (``yield from``, by hand).
+
+    What it yielded (the Future it waits for) goes to the task first; from then on every value
+    or exception the task sends goes on to the coroutine, whose return ends the await.
+    """
+
+    __slots__ = ("_coroutine", "_first")
+
+    def __init__(self, coroutine: Coroutine[Any, Any, Any], suspended_on: Any) -> None:
+        self._coroutine = coroutine
+        self._first = suspended_on
+
+    def __await__(self) -> _Resumed:
+        return self
+
+    def __iter__(self) -> _Resumed:
+        return self
+
+    def __next__(self) -> Any:
+        return self.send(None)
+
+    def send(self, value: Any) -> Any:
+        first = self._first
+        if first is not _NO_HALT:
+            self._first = _NO_HALT
+            return first
+        return self._coroutine.send(value)  # its StopIteration is the end of the await
+
+    def throw(self, exc: BaseException) -> Any:  # cancellation: passed on
+        self._first = _NO_HALT
+        return self._coroutine.throw(exc)
+
+    def close(self) -> None:
+        self._coroutine.close()
 
 
 def halts_on(value: bool) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -119,7 +165,7 @@ class HookCaller:
     def run(self, **kwargs: Any) -> Any:
         """Run an awaitable hook without a coroutine while its impls return plain values.
 
-        Returns the hook's result, or a ``Pending`` coroutine as soon as an impl returns an
+        Returns the hook's result, or a ``Pending`` as soon as an impl returns an
         awaitable: the caller awaits only that (``if type(r) is Pending: r = await r``). Most
         impls are plain ``def``s, and on the request path a coroutine per hook call costs more
         than the impl itself.
@@ -132,7 +178,7 @@ class HookCaller:
                 continue
             if hasattr(result.__class__, "__await__"):  # as inspect.isawaitable, for 3.11+
                 if result.__class__ is not types.CoroutineType:
-                    return self._finish(index, result, kwargs, results)
+                    return Pending(self._finish(index, result, kwargs, results))
                 # An ``async def`` impl often finishes without ever suspending: run it to its
                 # first suspension right here, and hand over to a coroutine only if it gets there.
                 try:
@@ -142,7 +188,8 @@ class HookCaller:
                     if result is None:
                         continue
                 else:
-                    return self._finish(index, _resume(result, suspended_on), kwargs, results)
+                    resumed = _Resumed(result, suspended_on)
+                    return Pending(self._finish(index, resumed, kwargs, results))
 
             if halt is not _NO_HALT:
                 if result is halt:
@@ -205,28 +252,6 @@ class HookCaller:
         return body
 
 
-@types.coroutine
-def _resume(coroutine: Any, suspended_on: Any) -> Any:
-    """Await a coroutine that already ran up to its first suspension (``yield from``, by hand).
-
-    ``suspended_on`` (what it yielded: the Future it waits for) goes to the task first; then
-    every value or exception the task sends goes on to the coroutine, until it returns.
-    """
-    while True:
-        try:
-            sent = yield suspended_on
-        except BaseException as exc:  # cancellation or close: passed on
-            try:
-                suspended_on = coroutine.throw(exc)
-            except StopIteration as finished:
-                return finished.value
-        else:
-            try:
-                suspended_on = coroutine.send(sent)
-            except StopIteration as finished:
-                return finished.value
-
-
 class TracingHookCaller(HookCaller):
     """``LBX_DEBUG_HOOKS=1``: log every call and result, for sync and awaitable hooks alike."""
 
@@ -236,7 +261,7 @@ class TracingHookCaller(HookCaller):
         log.debug("hook %s(%s)", self.name, ", ".join(kwargs))
         result = super().run(**kwargs)
         if type(result) is Pending:
-            return self._traced(result)
+            return Pending(self._traced(result))
         log.debug("hook %s -> %r", self.name, result)
         return result
 

@@ -570,21 +570,6 @@ class _Rejected(Exception):
     """Raised from a parser callback to stop parsing; the status is in ``_reject``."""
 
 
-class _TrailerSink:
-    """Where the trailer fields of a chunked request go: counted, then dropped."""
-
-    __slots__ = ("count", "limit")
-
-    def __init__(self, limit: int) -> None:
-        self.count = 0
-        self.limit = limit
-
-    def append(self, item: object) -> None:
-        self.count += 1
-        if self.count > self.limit:
-            raise _TooManyTrailers
-
-
 class _TooManyTrailers(Exception):
     """More trailer fields than ``max_headers``."""
 
@@ -616,7 +601,8 @@ class DownstreamProtocol(asyncio.Protocol):
         self._headers: HeaderList = []
         self._max_headers = service.max_headers
         self._max_url = service.max_request_line
-        self._trailers = _TrailerSink(service.max_headers)
+        self._trailers = -1
+        """Trailer fields of the chunked request being read (-1: reading a head, not trailers)."""
         self._forwarding: list[tuple[bytes, bytes, bytes | None]] = []
         self._forwarded_for = b""
         self._head_bytes = 0
@@ -769,6 +755,7 @@ class DownstreamProtocol(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._url = b""
         self._headers = []
+        self._trailers = -1
         self._head_bytes = -1
         self._in_head = True
 
@@ -781,8 +768,13 @@ class DownstreamProtocol(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         # Counted in on_headers_complete: a head is bounded by the read size (one piece) or by
-        # data_received (several); trailers go to a counting sink.
-        self._headers.append((name, value))
+        # data_received (several). Trailer fields are not forwarded, only counted.
+        if self._trailers < 0:
+            self._headers.append((name, value))
+            return
+        self._trailers += 1
+        if self._trailers > self._max_headers:
+            raise _TooManyTrailers
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -967,9 +959,7 @@ class DownstreamProtocol(asyncio.Protocol):
             self._reject = problem
             raise _Rejected
         if te is not None:
-            # Trailer fields are not forwarded, only counted (bounded like header fields).
-            self._trailers.count = 0
-            self._headers = self._trailers  # type: ignore[assignment]
+            self._trailers = 0  # fields after the body are trailers (bounded like the head's)
         if drop:
             headers = [item for item in headers if item[0].lower() not in drop]
         if hosts == 0:
