@@ -4,6 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PLUGINS := $(wildcard plugins/*)
+# The request-path modules mypyc compiles (setup.py): editing one means building again.
+COMPILED := $(shell $(PYTHON) -c "import tomllib; print(*(f'core/lbx/{m}.py' for m in \
+	tomllib.load(open('pyproject.toml', 'rb'))['tool']['lbx']['compiled']))")
 
 .PHONY: demo test check pytest clean
 
@@ -16,18 +19,18 @@ demo: $(STAMP)
 test: check pytest
 
 check: $(STAMP)
-	$(BIN)/ruff check core plugins contrib tests bench conftest.py
-	$(BIN)/ruff format --check core plugins contrib tests bench conftest.py
+	$(BIN)/ruff check core plugins contrib tests bench conftest.py setup.py
+	$(BIN)/ruff format --check core plugins contrib tests bench conftest.py setup.py
 	$(BIN)/mypy
 
 pytest: $(STAMP)
 	$(BIN)/python -m pytest
 
-$(STAMP): pyproject.toml $(foreach p,$(PLUGINS),$(p)/pyproject.toml)
+$(STAMP): pyproject.toml setup.py $(COMPILED) $(foreach p,$(PLUGINS),$(p)/pyproject.toml)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]' $(foreach p,$(PLUGINS),-e $(p))
 	touch $(STAMP)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build core/*.so core/lbx/*.so

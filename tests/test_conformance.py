@@ -6,8 +6,6 @@ strictly), and whether lbx closed the client connection.
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 from tests.http_helpers import Client, Upstream, exchange, write_conf
 
@@ -423,9 +421,11 @@ def test_keepalive_connection_survives_many_requests(proxy, upstream):
 def test_unix_client_is_never_a_trusted_proxy():
     """``trusted_proxies`` matches IP clients only (a Unix socket client has no address)."""
     from lbx.config import ServiceConfig
-    from lbx.proxy import ProxyService
+    from lbx.plugins import get_plugin_manager
+    from lbx.proxy import Connections, ProxyService, RequestHooks, build_connector
 
     config = ServiceConfig(name="s", listen=[], upstreams=[], trusted_proxies=["0.0.0.0/0"])
-    service = ProxyService(config, None, None, None, None, max_retries=1)  # type: ignore[arg-type]
+    connector = build_connector(pool_size=1, idle_timeout=1, ca_file=None, connect_timeout=1)
+    hooks = RequestHooks(get_plugin_manager([]))
+    service = ProxyService(config, None, hooks, connector, Connections(), max_retries=1)
     assert service.is_trusted("192.0.2.1") and not service.is_trusted("unix")
-    assert socket.AF_INET  # keep the import used

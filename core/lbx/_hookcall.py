@@ -70,9 +70,13 @@ class _Resumed:
             return first
         return self._coroutine.send(value)  # its StopIteration is the end of the await
 
-    def throw(self, exc: BaseException) -> Any:  # cancellation: passed on
+    def throw(
+        self, kind: Any, value: BaseException | None = None, traceback: Any = None
+    ) -> Any:  # cancellation: passed on (compiled code still calls the 3-argument form)
         self._first = _NO_HALT
-        return self._coroutine.throw(exc)
+        if value is None:
+            value = kind if isinstance(kind, BaseException) else kind()
+        return self._coroutine.throw(value)
 
     def close(self) -> None:
         self._coroutine.close()

@@ -72,6 +72,15 @@ class ProxyError(Exception):
             text += f" cause: {self.__cause__!r}"
         return text
 
+    def caused_by(self, cause: BaseException) -> ProxyError:
+        """Set the cause and return the error: ``raise ProxyError(...).caused_by(exc) from exc``.
+
+        The request path is compiled with mypyc, which drops the cause of ``raise ... from``
+        (the ``from`` stays for readers and linters).
+        """
+        self.__cause__ = cause
+        return self
+
     @classmethod
     def http_status(cls, status: int, context: str = "") -> ProxyError:
         """An error that the kernel answers with exactly ``status``."""

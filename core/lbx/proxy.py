@@ -1226,7 +1226,8 @@ def _other_target(
     lowered = url[:8].lower()
     if lowered.startswith((b"http://", b"https://")):
         try:
-            parts = httptools.parse_url(url)
+            # Any: httptools' stub types the fields as bytes, but absent ones are None.
+            parts: Any = httptools.parse_url(url)
         except httptools.HttpParserInvalidURLError:
             return url, host, (400, "invalid absolute-form target")
         if parts.userinfo or not parts.host:

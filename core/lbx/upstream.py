@@ -546,22 +546,22 @@ class Connector:
                 ErrorType.CONNECT_TIMEDOUT,
                 ErrorSource.UPSTREAM,
                 f"connecting to {peer.addr} took longer than {timeout}s",
-            ) from exc
+            ).caused_by(exc) from exc
         except ssl.SSLError as exc:
             raise ProxyError(
                 ErrorType.TLS_HANDSHAKE_FAILURE,
                 ErrorSource.UPSTREAM,
                 f"TLS handshake with {peer.addr} (sni {server_hostname!r}) failed",
-            ) from exc
+            ).caused_by(exc) from exc
         except ConnectionRefusedError as exc:
             raise ProxyError(
                 ErrorType.CONNECT_REFUSED, ErrorSource.UPSTREAM, f"{peer.addr} refused"
-            ) from exc
+            ).caused_by(exc) from exc
         except OSError as exc:
             unreachable = exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH)
             raise ProxyError(
                 ErrorType.CONNECT_NO_ROUTE if unreachable else ErrorType.CONNECT_ERROR,
                 ErrorSource.UPSTREAM,
                 f"cannot connect to {peer.addr}: {exc.strerror or exc}",
-            ) from exc
+            ).caused_by(exc) from exc
         return conn

@@ -1,0 +1,30 @@
+"""Builds lbx with its request path compiled by mypyc (the rest of the metadata: pyproject.toml).
+
+The modules listed under ``[tool.lbx] compiled`` in pyproject.toml run for every request. They
+are strictly typed Python, which mypyc turns into C extensions: the same code, about half the
+CPU per request (docs/performance.md).
+``LBX_PURE_PYTHON=1`` builds plain Python instead, for py-spy profiles and for fuzzing (atheris
+only sees Python code).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+
+from setuptools import Extension, setup
+
+with open("pyproject.toml", "rb") as project:
+    COMPILED = [f"core/lbx/{name}.py" for name in tomllib.load(project)["tool"]["lbx"]["compiled"]]
+
+
+def extensions() -> list[Extension]:
+    if os.environ.get("LBX_PURE_PYTHON"):
+        return []
+    from mypyc.build import mypycify
+
+    # No config file: the project's mypy settings cover the plugins too, which are not built here.
+    return mypycify(["--config-file=", *COMPILED], opt_level="3")
+
+
+setup(ext_modules=extensions())
