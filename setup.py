@@ -4,7 +4,7 @@ The modules listed under ``[tool.lbx] compiled`` in pyproject.toml run for every
 are strictly typed Python, which mypyc turns into C extensions: the same code, about half the
 CPU per request (docs/performance.md).
 ``LBX_PURE_PYTHON=1`` builds plain Python instead, for py-spy profiles and for fuzzing (atheris
-only sees Python code).
+only sees Python code); so does a machine without a C compiler.
 """
 
 from __future__ import annotations
@@ -24,7 +24,10 @@ def extensions() -> list[Extension]:
     from mypyc.build import mypycify
 
     # No config file: the project's mypy settings cover the plugins too, which are not built here.
-    return mypycify(["--config-file=", *COMPILED], opt_level="3")
+    built = mypycify(["--config-file=", *COMPILED], opt_level="3")
+    for extension in built:
+        extension.optional = True  # no C compiler: lbx installs as plain Python (same behaviour)
+    return built
 
 
 setup(ext_modules=extensions())
