@@ -89,6 +89,16 @@ def service_yaml(tmp_path: Path, extra: str) -> Path:
             "than ejection_time (30s)",
         ),
         (
+            "    health_check:\n      type: tcp\n      reuse_connection: false\n",
+            8,
+            "services[0].health_check.reuse_connection: only for 'type: http' checks",
+        ),
+        (
+            "    health_check:\n      type: http\n      reuse_connection: sometimes\n",
+            8,
+            "services[0].health_check.reuse_connection: expected true or false, got 'sometimes'",
+        ),
+        (
             "    passive_health: yes please\n",
             6,
             "services[0].passive_health: expected true or a mapping of settings",
@@ -121,6 +131,7 @@ def test_good_config_passes_dash_t(tmp_path):
         "      method: head\n"
         "      host: health.test\n"
         "      expected_statuses: [2xx, 301]\n"
+        "      reuse_connection: false\n"
         "    passive_health:\n"
         "      max_fails: 5\n"
         "      ejection_time: 30\n"
@@ -172,6 +183,7 @@ def test_shorthand_and_defaults():
     assert (settings.frequency, settings.timeout) == (1.0, 1.0)
     assert (settings.consecutive_success, settings.consecutive_failure) == (1, 1)
     assert settings.status_ok(200) and not settings.status_ok(204)
+    assert settings.reuse_connection  # unlike Pingora: see docs/healthcheck.md
     wide = HealthCheckSettings(type="http", expected_statuses=("2xx", 301))
     assert wide.status_ok(204) and wide.status_ok(301) and not wide.status_ok(302)
 

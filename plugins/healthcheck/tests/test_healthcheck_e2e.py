@@ -289,7 +289,8 @@ services:
             back = time.monotonic() - restarted
             break
         assert time.monotonic() - restarted < frequency + timeout + 5, "A never came back"
-    assert logged(proc, f"{a.address} becomes healthy", mark)
+    # lbx logged it before routing to A, but the test reads the log in another thread.
+    proc.wait_for(rf"{a.address} becomes healthy", timeout=5, start=mark)
     print(f"restart A: traffic again after {back:.3f}s (period {frequency}s)")
     assert back <= frequency + timeout
 
@@ -497,8 +498,9 @@ def _p99(values: list[float]) -> float:
 
 @pytest.mark.timeout(120)
 def test_checks_never_block_the_request_path(lbx, backends, tmp_path):
-    """200 backends, half black-holed, HTTP checks every 1 s with a 1 s timeout: requests are
-    served with the same p99 as without any check (2000+ requests over 3 s each)."""
+    """200 backends, half black-holed, HTTP checks every 1 s with a 1 s timeout: every request
+    is served, with a p99 within twice (or 2 ms over) the p99 without any check (2000+ requests
+    over 3 s each; the printed numbers are the ones docs/healthcheck.md quotes)."""
     good = [backends.start(f"g{index}") for index in range(100)]
     holes = BlackHoles(100)
     try:

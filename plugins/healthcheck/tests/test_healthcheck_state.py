@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import itertools
+import time
+from collections.abc import Callable, Collection
 from typing import Any
 
 import anyio
@@ -149,12 +151,16 @@ def test_checker_bounds_each_check_with_the_timeout():
     settings = HealthCheckSettings(timeout=0.05, max_parallel=2)
     health, changes = service(A, B, C, active=settings)
 
-    async def check(backend: Backend) -> str | None:
-        if backend == B:
-            await anyio.sleep_forever()
-        return None
+    class HangsOnB:
+        async def __call__(self, backend: Backend) -> str | None:
+            if backend == B:
+                await anyio.sleep_forever()
+            return None
 
-    checker = ServiceChecker(health, check)
+        async def retain(self, backends: Collection[Backend]) -> None:
+            pass
+
+    checker = ServiceChecker(health, HangsOnB())
 
     async def main() -> float:
         started = anyio.current_time()
@@ -164,3 +170,36 @@ def test_checker_bounds_each_check_with_the_timeout():
     elapsed = anyio.run(main)
     assert changes == [(B.addr, False, "tcp check timed out after 0.05s (at start-up)")]
     assert elapsed < 1
+
+
+def test_checks_that_waited_for_a_slot_start_paced():
+    """With ``max_parallel: 1`` a slow check of A holds the only slot while B, C and D fall due:
+    they then start one by one, ``frequency / (2 x backends)`` apart, not back to back."""
+    settings = HealthCheckSettings(frequency=0.4, max_parallel=1)
+    health, _ = service(A, B, C, D, active=settings)
+    starts: list[tuple[Backend, float]] = []
+
+    class SlowOnceOnA:
+        async def __call__(self, backend: Backend) -> str | None:
+            starts.append((backend, time.monotonic()))
+            if len(starts) == 1:
+                await anyio.sleep(0.3)
+            return None
+
+        async def retain(self, backends: Collection[Backend]) -> None:
+            pass
+
+    checker = ServiceChecker(health, SlowOnceOnA())
+
+    async def main() -> None:
+        await checker.current_backends()
+        # A falls due at once, B, C and D 0.1, 0.2 and 0.3 s later (the staggered schedule).
+        with anyio.move_on_after(0.45):
+            await checker.run_forever(time.monotonic() - settings.frequency)
+
+    anyio.run(main)
+    assert [backend for backend, _ in starts[:4]] == [A, B, C, D]
+    moments = [moment for _, moment in starts[:4]]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(moments)]
+    assert gaps[0] >= 0.29  # B waited for A's slot
+    assert min(gaps[1:]) >= 0.045  # then C and D were paced (0.05 s), not started at once

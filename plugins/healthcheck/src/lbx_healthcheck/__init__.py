@@ -47,8 +47,8 @@ PASSIVE_KEY = "passive_health"
 BACKGROUND_SERVICE = "health check"
 
 _SERVICES: dict[str, ServiceHealth] = {}
-"""Services with passive checks, by name (the server being built registers them)."""
-"""The ``ServiceHealth`` of each running ``ProxyService`` with passive checks, for the hooks."""
+"""The ``ServiceHealth`` of each service with passive checks, by name, for the request hooks
+(the server being built registers them)."""
 
 
 # -- configuration ------------------------------------------------------------------------------

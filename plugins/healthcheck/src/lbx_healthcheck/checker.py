@@ -3,7 +3,8 @@
 Every backend is checked every ``frequency`` seconds, each check bounded by ``timeout``:
 
 - ``parallel: true`` (the default): one loop per backend, their start times spread evenly over
-  the period, at most ``max_parallel`` checks in flight at once;
+  the period, at most ``max_parallel`` checks in flight at once, and never two starts closer
+  than half the spread allows (``ServiceChecker._pace``);
 - ``parallel: false``: Pingora's sequential round, one backend after the other, rounds starting
   every ``frequency`` seconds from the start of the previous one (an overrunning round is
   followed by the next at once).
@@ -16,7 +17,8 @@ backend that was already dead at start.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Collection, Sequence
+from typing import Protocol
 
 import anyio
 import anyio.abc
@@ -24,7 +26,16 @@ import anyio.abc
 from lbx import Backend
 from lbx_healthcheck.state import ServiceHealth
 
-Check = Callable[[Backend], Awaitable[str | None]]
+
+class Check(Protocol):
+    """One kind of active check (``checks.TcpCheck``, ``checks.HttpCheck``)."""
+
+    async def __call__(self, backend: Backend) -> str | None:
+        """None when ``backend`` is healthy, else the reason it is not."""
+
+    async def retain(self, backends: Collection[Backend]) -> None:
+        """Let go of what is kept between checks (connections) for backends not in
+        ``backends``: called when the service's backends change, and with ``()`` at the end."""
 
 
 class ServiceChecker:
@@ -37,6 +48,21 @@ class ServiceChecker:
         self.check = check
         self.limiter = anyio.CapacityLimiter(self.settings.max_parallel)
         self.rounds = 0
+        self._backends: tuple[Backend, ...] = ()
+        self._next_start = 0.0
+        """The earliest start of the next paced check (``time.monotonic()``)."""
+
+    async def current_backends(self) -> tuple[Backend, ...]:
+        """The service's backends; when they changed, the check lets go of those that left.
+
+        The load balancer replaces its tuple on every change, so an identity test is enough and
+        costs nothing in the periods where nothing changed.
+        """
+        items = self.health.backends.items
+        if items is not self._backends:
+            self._backends = items
+            await self.check.retain(items)
+        return items
 
     async def check_one(self, backend: Backend, initial: bool = False) -> None:
         timeout = self.settings.timeout
@@ -54,7 +80,7 @@ class ServiceChecker:
             await self.check_one(backend, initial)
 
     async def run_round(self, initial: bool = False) -> None:
-        backends: Sequence[Backend] = self.health.backends.items
+        backends = await self.current_backends()
         if self.settings.parallel:
             async with anyio.create_task_group() as tasks:
                 for backend in backends:
@@ -89,17 +115,20 @@ class ServiceChecker:
         running: dict[Backend, anyio.CancelScope] = {}
         async with anyio.create_task_group() as tasks:
             next_sync = first_round_started
+            scheduled: tuple[Backend, ...] = ()
             while True:
-                items = self.health.backends.items
-                for backend in set(running) - set(items):
-                    running.pop(backend).cancel()
-                count = len(items)
-                for index, backend in enumerate(items):
-                    if backend not in running:
-                        offset = frequency * index / count
-                        first = max(next_sync + frequency + offset, time.monotonic())
-                        running[backend] = scope = anyio.CancelScope()
-                        tasks.start_soon(self._backend_loop, backend, first, scope)
+                items = await self.current_backends()
+                if items is not scheduled:
+                    scheduled = items
+                    for backend in set(running) - set(items):
+                        running.pop(backend).cancel()
+                    count = len(items)
+                    for index, backend in enumerate(items):
+                        if backend not in running:
+                            offset = frequency * index / count
+                            first = max(next_sync + frequency + offset, time.monotonic())
+                            running[backend] = scope = anyio.CancelScope()
+                            tasks.start_soon(self._backend_loop, backend, first, scope)
                 next_sync += frequency
                 await anyio.sleep(max(0.0, next_sync - time.monotonic()))
 
@@ -109,8 +138,24 @@ class ServiceChecker:
             next_check = first
             while True:
                 await anyio.sleep(max(0.0, next_check - time.monotonic()))
-                await self._limited(backend, False)
+                async with self.limiter:
+                    await self._pace()
+                    await self.check_one(backend)
                 next_check = max(next_check + frequency, time.monotonic())
+
+    async def _pace(self) -> None:
+        """Start checks at least ``frequency / (2 x backends)`` apart, whatever delayed them.
+
+        The schedule alone spreads them, but checks that waited for a slot (``max_parallel``
+        checks in flight: with black-holed backends each holds one for ``timeout``) or for a
+        busy event loop would otherwise all start as soon as they can, back to back. Paced, they
+        catch up at twice the scheduled rate at most.
+        """
+        now = time.monotonic()
+        start = max(now, self._next_start)
+        self._next_start = start + self.settings.frequency / (2 * max(1, len(self._backends)))
+        if start > now:
+            await anyio.sleep(start - now)
 
 
 async def run_checks(
@@ -120,10 +165,15 @@ async def run_checks(
 ) -> None:
     """First round everywhere (lbx waits for it before listening), then a loop per service."""
     started = time.monotonic()
-    async with anyio.create_task_group() as first:
-        for checker in checkers:
-            first.start_soon(checker.run_round, True)
-    task_status.started()
-    async with anyio.create_task_group() as tasks:
-        for checker in checkers:
-            tasks.start_soon(checker.run_forever, started)
+    try:
+        async with anyio.create_task_group() as first:
+            for checker in checkers:
+                first.start_soon(checker.run_round, True)
+        task_status.started()
+        async with anyio.create_task_group() as tasks:
+            for checker in checkers:
+                tasks.start_soon(checker.run_forever, started)
+    finally:
+        with anyio.CancelScope(shield=True):  # lbx stops: close the kept connections
+            for checker in checkers:
+                await checker.check.retain(())

@@ -7,16 +7,22 @@ the configured timeout.
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import inspect
 import ssl
+from collections.abc import AsyncGenerator, Collection
+from typing import cast
 
+import anyio
 import httpcore
 
 from lbx import Backend, Headers, ServiceConfig
+from lbx_healthcheck.network import open_stream
 from lbx_healthcheck.settings import HealthCheckSettings
 
 USER_AGENT = b"lbx-healthcheck/0.1"
+DRAIN_LIMIT = 64 * 1024
+"""Body bytes a check reads to keep its connection; a longer body closes it instead."""
 
 
 def client_ssl_context(service: ServiceConfig, ca_file: str | None) -> ssl.SSLContext:
@@ -41,10 +47,8 @@ def _describe(exc: BaseException) -> str:
         return f"TLS handshake failed: {exc.reason or exc}"
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror.lower()
-    if isinstance(exc, httpcore.TimeoutException):
-        return "timed out"
     cause = exc.__cause__ or exc.__context__
-    if isinstance(exc, httpcore.ConnectError) and cause is not None and cause is not exc:
+    if isinstance(exc, httpcore.NetworkError) and cause is not None and cause is not exc:
         return _describe(cause)
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
@@ -61,30 +65,48 @@ class TcpCheck:
         self.ssl_context = client_ssl_context(service, ca_file) if service.tls else None
 
     async def __call__(self, backend: Backend) -> str | None:
-        loop = asyncio.get_running_loop()
         tls = self.ssl_context
-        server_hostname = (self.service.sni or backend.host or "localhost") if tls else None
+        sni = (self.service.sni or backend.host or "localhost") if tls else None
+        port = self.settings.port or backend.port
         try:
-            if backend.unix_path is not None:
-                transport, _ = await loop.create_unix_connection(
-                    asyncio.Protocol, backend.unix_path, ssl=tls, server_hostname=server_hostname
-                )
-            else:
-                transport, _ = await loop.create_connection(
-                    asyncio.Protocol,
-                    backend.host or "",
-                    self.settings.port or backend.port,
-                    ssl=tls,
-                    server_hostname=server_hostname,
-                )
+            stream = await open_stream(backend.host or "", port, backend.unix_path, tls, sni)
         except Exception as exc:
             return f"tcp check failed: {_describe(exc)}"
-        transport.close()
+        await stream.aclose()
         return None
+
+    async def retain(self, backends: Collection[Backend]) -> None:
+        """Nothing is kept between TCP checks."""
+
+
+class _Target:
+    """What an HTTP check keeps per backend: where to connect, the request (built once) and the
+    connection of the previous check."""
+
+    __slots__ = ("connection", "host", "origin", "port", "request", "sni", "unix_path")
+
+    def __init__(
+        self, backend: Backend, port: int, sni: str | None, request: httpcore.Request
+    ) -> None:
+        self.host = backend.host or ""
+        self.port = port
+        self.unix_path = backend.unix_path
+        self.sni = sni
+        self.request = request
+        self.origin = request.url.origin
+        self.connection: httpcore.AsyncHTTP11Connection | None = None
+        """Kept alive since the last check (``reuse_connection``), None when there is none."""
 
 
 class HttpCheck:
-    """One request per check on a new connection (Pingora's ``reuse_connection: false``)."""
+    """One request per check; with ``reuse_connection`` on the connection of the previous check.
+
+    A kept connection is used only if the backend did not close it meanwhile. If the request on it
+    fails all the same (the backend closed it at that very moment, at the end of its keep-alive
+    timeout), the check tries once more on a new connection, which alone gives the verdict. A
+    connection that failed or timed out, or whose response body is longer than ``DRAIN_LIMIT``,
+    is closed, never kept.
+    """
 
     def __init__(
         self, settings: HealthCheckSettings, service: ServiceConfig, ca_file: str | None
@@ -95,6 +117,8 @@ class HttpCheck:
         self.ssl_context = client_ssl_context(service, ca_file) if service.tls else None
         self.method = settings.method.encode("ascii")
         self.target = settings.path.encode("latin-1")
+        self.summary = f"http check {settings.method} {settings.path}"
+        self.targets: dict[Backend, _Target] = {}
 
     def host_header(self, backend: Backend, port: int) -> str:
         """``host:`` of the check, else the service's ``host``, else its ``sni``, else the
@@ -106,52 +130,110 @@ class HttpCheck:
             return "localhost"
         return f"[{backend.host}]:{port}" if ":" in backend.host else f"{backend.host}:{port}"
 
-    async def __call__(self, backend: Backend) -> str | None:
-        settings = self.settings
-        port = settings.port or backend.port
+    def _target(self, backend: Backend) -> _Target:
+        port = self.settings.port or backend.port
         host = backend.host.encode("ascii") if backend.host is not None else b"localhost"
         if backend.unix_path is not None:
             port = 443 if self.service.tls else 80
-        origin = httpcore.Origin(self.scheme, host, port)
-        url = httpcore.URL(scheme=self.scheme, host=host, port=port, target=self.target)
-        timeout = settings.timeout
-        extensions: dict[str, object] = {
-            "timeout": {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}
-        }
-        if self.service.tls:
-            extensions["sni_hostname"] = self.service.sni or backend.host or "localhost"
         headers = [
             (b"Host", self.host_header(backend, port).encode("latin-1")),
             (b"User-Agent", USER_AGENT),
-            (b"Connection", b"close"),
         ]
-        summary = f"http check {settings.method} {settings.path}"
+        if not self.settings.reuse_connection:
+            headers.append((b"Connection", b"close"))
+        url = httpcore.URL(scheme=self.scheme, host=host, port=port, target=self.target)
+        request = httpcore.Request(self.method, url, headers=headers)
+        sni = (self.service.sni or backend.host or "localhost") if self.service.tls else None
+        target = self.targets[backend] = _Target(backend, port, sni, request)
+        return target
+
+    async def __call__(self, backend: Backend) -> str | None:
+        target = self.targets.get(backend) or self._target(backend)
+        kept, target.connection = target.connection, None
+        if kept is not None:
+            if not kept.has_expired():
+                try:
+                    return await self._exchange(target, kept)
+                except Exception:
+                    pass  # closed by the backend as it was reused: the new connection decides
+            else:
+                await kept.aclose()  # the backend closed it while idle
         try:
-            async with (
-                httpcore.AsyncHTTPConnection(
-                    origin, ssl_context=self.ssl_context, uds=backend.unix_path
-                ) as connection,
-                connection.stream(
-                    self.method, url, headers=headers, extensions=extensions
-                ) as response,
-            ):
-                status = response.status
-                response_headers = Headers(list(response.headers))
+            stream = await open_stream(
+                target.host, target.port, target.unix_path, self.ssl_context, target.sni
+            )
+            return await self._exchange(
+                target, httpcore.AsyncHTTP11Connection(target.origin, stream)
+            )
         except Exception as exc:
-            return f"{summary} failed: {_describe(exc)}"
+            return f"{self.summary} failed: {_describe(exc)}"
+
+    async def _exchange(
+        self, target: _Target, connection: httpcore.AsyncHTTP11Connection
+    ) -> str | None:
+        """The request on ``connection`` and the verdict on its response; transport and protocol
+        errors are raised. The connection is kept in ``target`` if it can carry the next check,
+        else closed."""
+        reuse = self.settings.reuse_connection
+        keep = False
+        try:
+            response = await connection.handle_async_request(target.request)
+            try:
+                status, headers = response.status, response.headers
+                if reuse:
+                    await _drain(response)
+            finally:
+                await response.aclose()
+            keep = reuse and connection.is_idle()
+        finally:
+            if keep:
+                target.connection = connection
+            else:
+                with anyio.CancelScope(shield=True):  # also when the check timed out
+                    await connection.aclose()
+        return await self._verdict(status, headers)
+
+    async def _verdict(self, status: int, headers: list[tuple[bytes, bytes]]) -> str | None:
+        settings = self.settings
         validator = settings.validator
         if validator is None:
             if settings.status_ok(status):
                 return None
-            return f"{summary} answered {status}, expected {settings.describe_expected()}"
+            return f"{self.summary} answered {status}, expected {settings.describe_expected()}"
         try:
-            verdict = validator(status, response_headers)
+            verdict = validator(status, Headers(list(headers)))
             if inspect.isawaitable(verdict):
                 verdict = await verdict
         except Exception as exc:
-            return f"{summary} answered {status}, validator {settings.validator_name}: {exc!r}"
+            return f"{self.summary} answered {status}, validator {settings.validator_name}: {exc!r}"
         if verdict is None or verdict is True:
             return None
         if isinstance(verdict, str) and verdict:
-            return f"{summary} answered {status}, validator {settings.validator_name}: {verdict}"
-        return f"{summary} answered {status}, refused by validator {settings.validator_name}"
+            return (
+                f"{self.summary} answered {status}, validator {settings.validator_name}: {verdict}"
+            )
+        return f"{self.summary} answered {status}, refused by validator {settings.validator_name}"
+
+    async def retain(self, backends: Collection[Backend]) -> None:
+        """Close the kept connections of backends that left the service (all with ``()``)."""
+        keep = set(backends)
+        for backend in [backend for backend in self.targets if backend not in keep]:
+            connection = self.targets.pop(backend).connection
+            if connection is not None:
+                await connection.aclose()
+
+
+async def _drain(response: httpcore.Response) -> None:
+    """Read the body, so the connection can carry the next check (Pingora drains it too).
+
+    Past ``DRAIN_LIMIT`` bytes reading stops: the connection is then closed rather than kept.
+    """
+    size = 0
+    # aiter_stream() is an async generator (typed as an iterator): closed at once when the
+    # reading stops early, not whenever the garbage collector gets to it.
+    body = cast(AsyncGenerator[bytes, None], response.aiter_stream())
+    async with contextlib.aclosing(body) as chunks:
+        async for chunk in chunks:
+            size += len(chunk)
+            if size > DRAIN_LIMIT:
+                return
