@@ -27,9 +27,7 @@ processes on 127.0.0.1 (``tests/docrun.py`` has the runner and its conventions):
   started for real; fragments are merged into the config they belong to.
 - ``python`` blocks with ``@hookimpl``: loaded as plugins (hook names, colours, arguments); the
   others run (a validator, a plugin's tests, an ``lbx`` command).
-- ``skip(lang, first_line, reason)``: not runnable, with the reason. ``known_wrong=(reason,
-  correction)`` on an output block of a page this test's author may not edit: the output is
-  checked as corrected, and the test fails once the page is fixed, so that the entry goes.
+- ``skip(lang, first_line, reason)``: not runnable, with the reason.
 
 ``test_every_block_is_run_or_listed`` fails when a page has a block no step takes (a new or
 changed example), and when a page of docs/ has no entry in ``PAGES``.
@@ -110,7 +108,6 @@ class Step:
     first: str
     action: Action | None
     reason: str = ""
-    known_wrong: str = ""
 
 
 def skip(lang: str, first: str, reason: str) -> Step:
@@ -146,23 +143,16 @@ def out(
     produce: Callable[[Page], Result | Child | None] | None = None,
     exact: bool = True,
     fix: Callable[[str], str] | None = None,
-    known_wrong: tuple[str, Callable[[str], str]] | None = None,
 ) -> Step:
     """An output block: what the last command printed (or ``produce``), see ``Runner.expect``.
-    ``fix`` adjusts the documented text for a difference the test itself causes (say which).
-    ``known_wrong``: (what is wrong in a page this test may not edit, the correction): the
-    output is checked corrected, and the correction must still change the page's text."""
+    ``fix`` adjusts the documented text for a difference the test itself causes (say which)."""
 
     def action(page: Page, block: Block) -> None:
         text = block.text
-        if known_wrong is not None:
-            corrected = known_wrong[1](text)
-            assert corrected != text, f"fixed in the page: remove known_wrong ({known_wrong[0]})"
-            text = corrected
         of = produce(page) if produce is not None else None
         page.r.expect(fix(text) if fix is not None else text, exact, of)
 
-    return Step("", first, action, known_wrong=known_wrong[0] if known_wrong else "")
+    return Step("", first, action)
 
 
 def plugin(first: str, save_as: str | None = None, lang: str = "python") -> Step:
@@ -966,23 +956,16 @@ def nothing_ready(page: Page) -> Child:
     return foreground(page)
 
 
-def with_pid(text: str) -> str:
-    """``... LEVEL lbx.logger: message`` -> ``... LEVEL lbx.logger[4242]: message``."""
-    return re.sub(r"^(\.\.\. [A-Z]+ lbx\.\w+):", r"\1[4242]:", text, flags=re.MULTILINE)
-
-
 HEALTHCHECK_STEPS = [
     sh("lbx serve --plugin roundrobin --plugin healthcheck --health-check tcp", after=alternating),
     out(
-        "... WARNING lbx.server: service default: 127.0.0.1:343 becomes unhealthy",
-        known_wrong=("the lines lack the [pid] lbx logs after the logger's name", with_pid),
+        "... WARNING lbx.server[4242]: service default: 127.0.0.1:343 becomes unhealthy",
     ),
     config("plugins: [roundrobin, healthcheck]", "healthcheck.yaml", then=healthcheck_example),
     custom("python", "# mymodule.py", validator),
     out(
-        "... ERROR lbx.proxy: Fail to proxy: internal HTTPStatus 503",
+        "... ERROR lbx.proxy[4242]: Fail to proxy: internal HTTPStatus 503",
         produce=nothing_ready,
-        known_wrong=("the line lacks the [pid] lbx logs after the logger's name", with_pid),
     ),
 ]
 
