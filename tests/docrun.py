@@ -18,7 +18,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,19 +121,8 @@ class Child(LbxProcess):
         self.env = env
         self.argv = argv
 
-    def start_async(self) -> Child:
-        self.proc = subprocess.Popen(
-            self.argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=self.env,
-            cwd=self.cwd,
-        )
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        return self
+    def command(self) -> list[str]:
+        return self.argv
 
     def __repr__(self) -> str:
         return f"<{shlex.join(self.argv)} pid {self.proc.pid if self.proc else None}>"

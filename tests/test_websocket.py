@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 from websockets.asyncio.client import connect
@@ -42,6 +43,15 @@ class EchoServer:
             await self.server.wait_closed()
 
         asyncio.run_coroutine_threadsafe(stop(), self.loop).result(10)
+
+
+def with_test_plugin(lbx, echo, name):
+    """lbx in front of the echo backend with a hook module from tests/plugins."""
+    plugin = Path(__file__).parent / "plugins" / name
+    return lbx(
+        *("--plugin", "roundrobin", "--plugin", str(plugin)),
+        *("--listen", "127.0.0.1:0", "--upstream", echo.address),
+    )
 
 
 @pytest.fixture
@@ -148,19 +158,7 @@ def test_protocols_not_allowed_are_not_passed_on(lbx, backends, tmp_path):
 def test_hooks_see_the_upgrade(lbx, echo):
     """request_filter sees session.upgrade, the 101 goes through response_filter, and logging
     runs once the tunnel is over."""
-    from pathlib import Path
-
-    plugin = Path(__file__).parent / "plugins" / "see_upgrade.py"
-    proc = lbx(
-        "--plugin",
-        "roundrobin",
-        "--plugin",
-        str(plugin),
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
-        echo.address,
-    )
+    proc = with_test_plugin(lbx, echo, "see_upgrade.py")
 
     async def talk() -> None:
         async with connect(f"ws://{proc.address}/") as websocket:
@@ -176,19 +174,7 @@ def test_hooks_see_the_upgrade(lbx, echo):
 def test_body_filters_see_the_tunnel_bytes(lbx, echo):
     """request_body_filter can change what the client sends through the tunnel (here: upper
     case), and both filters get their end_of_stream when the tunnel closes (as in Pingora)."""
-    from pathlib import Path
-
-    plugin = Path(__file__).parent / "plugins" / "tunnel_filters.py"
-    proc = lbx(
-        "--plugin",
-        "roundrobin",
-        "--plugin",
-        str(plugin),
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
-        echo.address,
-    )
+    proc = with_test_plugin(lbx, echo, "tunnel_filters.py")
 
     async def talk() -> list[str]:
         async with connect(f"ws://{proc.address}/", compression=None) as websocket:

@@ -16,7 +16,6 @@ import logging
 import os
 import types
 from collections.abc import Callable, Coroutine, Generator
-from inspect import isawaitable
 from typing import Any
 
 import pluggy
@@ -26,6 +25,16 @@ from lbx.errors import PluginValidationError
 log = logging.getLogger("lbx.hooks")
 
 _NO_HALT = object()
+
+
+_NOT_COLLECTED: list[Any] = []
+"""The results list of hooks that do not collect (nothing is ever added to it)."""
+
+
+def _is_awaitable(value: object) -> bool:
+    """Whether an impl returned something to await: a coroutine, a Future, any ``__await__``
+    object (``inspect.isawaitable`` minus legacy generator-based coroutines)."""
+    return hasattr(value.__class__, "__await__")
 
 
 class Pending:
@@ -139,7 +148,7 @@ class HookCaller:
     Build it when the plugin set is final; it does not follow later (un)registrations.
     """
 
-    __slots__ = ("_impls", "awaitable", "chained", "firstresult", "halt", "name")
+    __slots__ = ("_impls", "awaitable", "chained", "collects", "firstresult", "halt", "name")
 
     def __init__(self, caller: pluggy.HookCaller) -> None:
         assert caller.spec is not None, f"{caller.name} has no spec"
@@ -148,6 +157,8 @@ class HookCaller:
         self.firstresult = bool(caller.spec.opts.get("firstresult"))
         self.halt = getattr(caller.spec.function, "lbx_halts_on", _NO_HALT)
         self.chained = bool(getattr(caller.spec.function, "lbx_chained", False))
+        self.collects = not self.firstresult and self.halt is _NO_HALT
+        """Whether the hook's result is the list of its impls' non-None results."""
         # pluggy calls the last registered (and tryfirst) impls first: reversed get_hookimpls().
         self._impls: tuple[tuple[Callable[..., Any], tuple[str, ...]], ...] = tuple(
             (impl.function, tuple(impl.argnames)) for impl in reversed(caller.get_hookimpls())
@@ -174,13 +185,12 @@ class HookCaller:
         impls are plain ``def``s, and on the request path a coroutine per hook call costs more
         than the impl itself.
         """
-        halt = self.halt
-        results: list[Any] = []
+        results: list[Any] = [] if self.collects else _NOT_COLLECTED
         for index, (function, argnames) in enumerate(self._impls):
             result = function(*map(kwargs.__getitem__, argnames))
             if result is None:
                 continue
-            if hasattr(result.__class__, "__await__"):  # as inspect.isawaitable, for 3.11+
+            if _is_awaitable(result):
                 if result.__class__ is not types.CoroutineType:
                     return Pending(self._finish(index, result, kwargs, results))
                 # An ``async def`` impl often finishes without ever suspending: run it to its
@@ -194,44 +204,36 @@ class HookCaller:
                 else:
                     resumed = _Resumed(result, suspended_on)
                     return Pending(self._finish(index, resumed, kwargs, results))
-
-            if halt is not _NO_HALT:
-                if result is halt:
-                    return result
-            elif self.firstresult:
+            if self._ends_chain(result, results):
                 return result
-            else:
-                results.append(result)
-        if self.firstresult or halt is not _NO_HALT:
-            return None
-        return results
+        return results if self.collects else None
 
     async def _finish(
         self, index: int, awaitable: Any, kwargs: dict[str, Any], results: list[Any]
     ) -> Any:
         """``run`` from the impl at ``index``, whose result ``awaitable`` is awaited first."""
-        halt = self.halt
         impls = self._impls
         result = await awaitable
         while True:
-            if result is not None:
-                if halt is not _NO_HALT:
-                    if result is halt:
-                        return result
-                elif self.firstresult:
-                    return result
-                else:
-                    results.append(result)
+            if result is not None and self._ends_chain(result, results):
+                return result
             index += 1
             if index == len(impls):
-                break
+                return results if self.collects else None
             function, argnames = impls[index]
             result = function(*map(kwargs.__getitem__, argnames))
-            if result is not None and isawaitable(result):
+            if result is not None and _is_awaitable(result):
                 result = await result
-        if self.firstresult or halt is not _NO_HALT:
-            return None
-        return results
+
+    def _ends_chain(self, result: Any, results: list[Any]) -> bool:
+        """Take an impl's non-None result: True when it is the hook's result (the halting
+        value, or the first result of a firstresult hook); collected otherwise."""
+        if self.halt is not _NO_HALT:
+            return result is self.halt
+        if self.firstresult:
+            return True
+        results.append(result)
+        return False
 
     def call_sync(self, **kwargs: Any) -> list[Any]:
         """Run a sync per-request hook (``fail_to_connect``, ``error_while_proxy``)."""

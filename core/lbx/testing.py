@@ -414,10 +414,14 @@ class LbxProcess:
         self.wait_for(r"lbx ready", timeout)
         return self
 
+    def command(self) -> list[str]:
+        """What runs in the child process (a subclass may run something else)."""
+        return [sys.executable, "-m", "lbx", "serve", *self.args]
+
     def start_async(self) -> LbxProcess:
         """Start without waiting (use ``wait_for`` or ``wait``)."""
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "lbx", "serve", *self.args],
+            self.command(),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
