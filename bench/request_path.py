@@ -90,7 +90,7 @@ def build_server(noop: bool, bare: bool = False) -> Server:
         host=None,
     )
     config.test = True  # plugins skip what a running server needs (files, listeners)
-    pm.hook.configure(config=config)
+    pm.hook.configure(config=config, plugin_manager=pm)
     server = Server(config, pm)
     server.prepare()
     tune_gc()  # as Server.run does

@@ -618,7 +618,7 @@ def test_wrapper_on_plain_sync_hook_is_allowed() -> None:
 
     pm = LbxPluginManager()
     register_all(pm, Plain(), Wrapper())
-    pm.hook.configure(config=None)
+    pm.hook.configure(config=None, plugin_manager=pm)
     assert calls == ["before", "impl", "after"]
 
 

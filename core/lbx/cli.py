@@ -131,7 +131,7 @@ def serve(
         config.upgrade = upgrade
         config.test = test
         config.options = _plugin_options(ctx, pm)
-        pm.hook.configure(config=config)
+        pm.hook.configure(config=config, plugin_manager=pm)
         server = Server(config, pm)
         server.prepare()
     except ConfigError as exc:

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from lbx.http import RequestHeader, ResponseHeader
     from lbx.lb import Backend, Health, SelectorFactory
     from lbx.peer import Peer
+    from lbx.plugins import LbxPluginManager
     from lbx.server import Server
     from lbx.session import Session
 
@@ -102,11 +103,13 @@ def register_commands(cli: click.Group) -> None:
 
 
 @hookspec
-def configure(config: Config) -> None:
+def configure(config: Config, plugin_manager: LbxPluginManager) -> None:
     """Receive the validated configuration, after every plugin is registered.
 
     Raise ``lbx.ConfigError`` to refuse it: the message is printed as one line and lbx exits
-    with code 2. Runs for ``lbx serve -t`` too.
+    with code 2. Runs for ``lbx serve -t`` too. ``plugin_manager.register(obj)`` adds hook impls
+    that only this configuration needs: per-request hooks nobody implements cost nothing, so a
+    plugin registers them only when they have work to do (as pytest's ``config.pluginmanager``).
 
     Sync hook.
 

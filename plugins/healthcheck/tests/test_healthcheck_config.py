@@ -10,8 +10,10 @@ import pytest
 
 import lbx
 from lbx import Config, ConfigError, ServiceConfig
+from lbx.plugins import LbxPluginManager
 from lbx_healthcheck import HealthCheckSettings, PassiveSettings
 from lbx_healthcheck import configure as configure_hook
+from lbx_healthcheck import passive as passive_hooks
 
 
 def lbx_test(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -165,7 +167,9 @@ def test_cli_applies_to_services_without_their_own_check():
         services=[own, bare],
         options={"health_check": "tcp", "health_check_frequency": 3.0},
     )
-    configure_hook(config)
+    pm = LbxPluginManager()
+    configure_hook(config, pm)
+    assert pm.is_registered(passive_hooks)  # "bare" has passive checks
     assert own.extra["health_check"] == HealthCheckSettings(type="http")
     assert bare.extra["health_check"] == HealthCheckSettings(type="tcp", frequency=3.0)
     assert bare.extra["passive_health"] == PassiveSettings()
@@ -177,7 +181,9 @@ def test_shorthand_and_defaults():
     config = Config(
         services=[ServiceConfig("s", ["127.0.0.1:1"], [], extra={"health_check": "http"})]
     )
-    configure_hook(config)
+    pm = LbxPluginManager()
+    configure_hook(config, pm)
+    assert not pm.is_registered(passive_hooks)  # no passive checks: no request hooks
     settings = config.services[0].extra["health_check"]
     assert settings == HealthCheckSettings(type="http")
     assert (settings.frequency, settings.timeout) == (1.0, 1.0)
@@ -195,4 +201,4 @@ def test_plugin_registers_through_its_entry_point():
     options = [o.name for batch in pm.hook.add_cli_options() for o in batch]
     assert options == ["health_check", "health_check_frequency"]
     with pytest.raises(ConfigError, match="needs --health-check"):
-        configure_hook(Config(options={"health_check_frequency": 1.0}))
+        configure_hook(Config(options={"health_check_frequency": 1.0}), pm)

@@ -413,6 +413,25 @@ def test_nothing_healthy_answers_503_and_logs_why(lbx):
 # -- done means: passive checks -------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("passive", [False, True])
+def test_request_hooks_only_with_passive_checks(lbx, backends, tmp_path, passive):
+    """Without passive_health the request path calls none of the plugin's hooks (the logging
+    hook would run on every request for nothing); with it, it does."""
+    a = backends.start("a")
+    extra = "\n    passive_health: true" if passive else ""
+    conf = write_config(
+        tmp_path,
+        "version: 1\nplugins: [roundrobin, healthcheck]\nservices:\n"
+        f"  - listen: 127.0.0.1:0\n    upstreams: ['{a.address}']\n"
+        f"    health_check: tcp{extra}\n",
+    )
+    proc = lbx("-c", conf, env={"LBX_LOG": "debug", "LBX_DEBUG_HOOKS": "1"})
+    assert http_get(proc.address, "/").status == 200
+    proc.wait_for("hook upstream_peer -> ")  # the request's hooks are being traced
+    assert proc.stop() == 0
+    assert any("hook logging(" in line for line in proc.lines) is passive
+
+
 def test_passive_ejects_resetting_backend_and_readmits(lbx, backends, scripted, tmp_path):
     """Without any active check, a backend that resets every connection is ejected after
     max_fails failures, re-admitted after the ejection time, ejected for twice as long when it

@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING
 
 import click
 
-from lbx import Config, ConfigError, ConfigSchema, Field, Peer, ProxyError, Session, hookimpl
+from lbx import Config, ConfigError, ConfigSchema, Field, hookimpl
+from lbx_healthcheck import passive as passive_hooks
 from lbx_healthcheck.checker import ServiceChecker, run_checks
 from lbx_healthcheck.checks import HttpCheck, TcpCheck
 from lbx_healthcheck.settings import (
@@ -33,6 +34,7 @@ from lbx_healthcheck.settings import (
 from lbx_healthcheck.state import ServiceHealth
 
 if TYPE_CHECKING:
+    from lbx.plugins import LbxPluginManager
     from lbx.server import Server
 
 __all__ = [
@@ -45,11 +47,6 @@ __all__ = [
 HEALTH_CHECK_KEY = "health_check"
 PASSIVE_KEY = "passive_health"
 BACKGROUND_SERVICE = "health check"
-
-_SERVICES: dict[str, ServiceHealth] = {}
-"""The ``ServiceHealth`` of each service with passive checks, by name, for the request hooks
-(the server being built registers them)."""
-
 
 # -- configuration ------------------------------------------------------------------------------
 
@@ -86,8 +83,12 @@ def add_cli_options() -> list[click.Option]:
 
 
 @hookimpl
-def configure(config: Config) -> None:
-    """Parse and validate the plugin's service keys; apply the command-line shortcuts."""
+def configure(config: Config, plugin_manager: LbxPluginManager) -> None:
+    """Parse and validate the plugin's service keys; apply the command-line shortcuts.
+
+    The passive checks' request hooks are registered only when a service has passive checks:
+    otherwise every request would call them for nothing.
+    """
     cli_type = config.options.get("health_check")
     cli_frequency = config.options.get("health_check_frequency")
     if cli_frequency is not None and cli_type is None:
@@ -102,6 +103,9 @@ def configure(config: Config) -> None:
         passive = parse_passive(config, (*path, PASSIVE_KEY), service.extra.get(PASSIVE_KEY))
         service.extra[HEALTH_CHECK_KEY] = active
         service.extra[PASSIVE_KEY] = passive
+    wanted = any(service.extra[PASSIVE_KEY] is not None for service in config.services)
+    if wanted and not plugin_manager.is_registered(passive_hooks):
+        plugin_manager.register(passive_hooks, name="healthcheck.passive")
 
 
 # -- the background service -------------------------------------------------------------------
@@ -110,7 +114,7 @@ def configure(config: Config) -> None:
 @hookimpl
 def register_background_services(server: Server, register: Callable[..., None]) -> None:
     checkers: list[ServiceChecker] = []
-    _SERVICES.clear()
+    passive_hooks.SERVICES.clear()
     for service in server.services:
         lb = service.load_balancer
         active = service.config.extra.get(HEALTH_CHECK_KEY)
@@ -123,53 +127,10 @@ def register_background_services(server: Server, register: Callable[..., None]) 
             raise ConfigError("healthcheck: configure() did not run before the server was built")
         health = ServiceHealth(service.name, lb.backends, active, passive)
         if passive is not None:
-            _SERVICES[service.name] = health
+            passive_hooks.SERVICES[service.name] = health
         if active is not None:
             check_class = HttpCheck if active.type == "http" else TcpCheck
             check = check_class(active, service.config, server.config.ca_file)
             checkers.append(ServiceChecker(health, check))
     if checkers:
         register(BACKGROUND_SERVICE, functools.partial(run_checks, checkers), ready=True)
-
-
-# -- passive checks: the request path -----------------------------------------------------------
-
-
-def _failure(session: Session, peer: Peer, error: ProxyError) -> None:
-    health = _SERVICES.get(session.service.name)
-    if health is not None and peer.backend is not None:
-        health.record_failure(peer.backend, str(error))
-
-
-@hookimpl
-def fail_to_connect(session: Session, peer: Peer, error: ProxyError) -> None:
-    _failure(session, peer, error)
-
-
-@hookimpl
-def error_while_proxy(session: Session, peer: Peer, error: ProxyError, client_reused: bool) -> None:
-    if client_reused and error.retry:
-        return  # a pooled connection the backend had closed: not the backend's fault
-    _failure(session, peer, error)
-
-
-@hookimpl
-def logging(session: Session, error: ProxyError | None) -> None:
-    """Successes reset the failure count; a 5xx counts as a failure with ``on_5xx``."""
-    if error is not None:
-        return  # failures were counted where they happened, other errors say nothing
-    health = _SERVICES.get(session.service.name)
-    if health is None:
-        return
-    peer = session.peer
-    backend = peer.backend if peer is not None else None
-    if backend is None:
-        return
-    response = session.upstream_response
-    if response is None:
-        return
-    assert health.passive is not None
-    if health.passive.on_5xx and response.status >= 500:
-        health.record_failure(backend, f"status {response.status}")
-    else:
-        health.record_success(backend)
