@@ -97,7 +97,7 @@ def test_resolved_caller_uses_the_same_order_as_pluggy() -> None:
     caller = resolve(pm, "fail_to_connect")
     assert caller is not None
     ctx: dict[str, Any] = {}
-    caller.call_sync(session=None, peer=None, ctx=ctx, error=None)
+    caller.call_sync(None, None, ctx, None)
     assert ctx["calls"] == pluggy_ctx["calls"] == ["c", "d", "b", "a"]
 
 
@@ -176,7 +176,7 @@ def test_run_with_sync_impls_returns_the_result_itself() -> None:
     caller = resolve(pm, "upstream_peer")
     assert caller is not None
     ctx: dict[str, Any] = {}
-    assert caller.run(session=None, ctx=ctx) == "peer-b"
+    assert caller.run(None, ctx) == "peer-b"
     assert ctx["calls"] == ["declines", "winner"]
 
 
@@ -194,7 +194,7 @@ def test_run_hands_over_at_the_first_awaitable_and_keeps_the_semantics() -> None
     caller = resolve(pm, "request_filter")
     assert caller is not None
     ctx: dict[str, Any] = {}
-    pending = caller.run(session=None, ctx=ctx)
+    pending = caller.run(None, ctx)
     assert type(pending) is Pending
     assert ctx["calls"] == ["sync-false"]
     assert asyncio.run(awaited(pending)) is True
@@ -212,7 +212,7 @@ def test_run_collects_results_across_the_hand_over() -> None:
     )
     caller = resolve(pm, "logging")
     assert caller is not None
-    pending = caller.run(session=None, ctx={}, error=None)
+    pending = caller.run(None, {}, None)
     assert type(pending) is Pending
     assert asyncio.run(awaited(pending)) == [1, 2, 3]
 
@@ -239,7 +239,7 @@ def test_a_suspended_async_impl_sees_the_cancellation_of_its_task() -> None:
     assert caller is not None
 
     async def main() -> None:
-        pending = caller.run(session=None, ctx={})
+        pending = caller.run(None, {})
         assert type(pending) is Pending and seen == ["started"]  # ran up to its first await
         task = asyncio.get_running_loop().create_task(awaited(pending))
         await asyncio.sleep(0)
@@ -698,3 +698,38 @@ def test_async_fixture_plugin_file_registers_and_defers() -> None:
         "fallback",
         "async_hooks.logging",
     ]
+
+
+# -- arguments ------------------------------------------------------------------------------------
+
+
+def test_impl_gets_the_arguments_it_names_in_any_order() -> None:
+    """An impl may take some of the spec's arguments, in any order (pluggy's rule)."""
+    seen: list[tuple[Any, ...]] = []
+
+    class Plugin:
+        @hookimpl
+        def error_while_proxy(self, client_reused: bool, error: Any, session: Any) -> None:
+            seen.append((client_reused, error, session))
+
+    class AllOfThem:
+        @hookimpl
+        def error_while_proxy(
+            self, session: Any, peer: Any, ctx: Any, error: Any, client_reused: bool
+        ) -> None:
+            seen.append((session, peer, ctx, error, client_reused))
+
+    pm = LbxPluginManager()
+    register_all(pm, Plugin(), AllOfThem())
+    caller = resolve(pm, "error_while_proxy")
+    assert caller is not None
+    caller.call_sync("session", "peer", "ctx", "error", True)
+    assert seen == [("session", "peer", "ctx", "error", True), (True, "error", "session")]
+
+
+def test_awaitable_hook_called_without_an_argument_names_them() -> None:
+    """A setup-time call (``pm.ahook``) must pass every argument of the spec."""
+    pm = LbxPluginManager()
+    pm.register(make_impl("logging", "a", is_async=False))
+    with pytest.raises(TypeError, match=r"logging\(\) takes session, ctx, error; got session, ctx"):
+        asyncio.run(pm.ahook.logging(session=None, ctx={}))

@@ -148,11 +148,22 @@ class HookCaller:
     Build it when the plugin set is final; it does not follow later (un)registrations.
     """
 
-    __slots__ = ("_impls", "awaitable", "chained", "collects", "firstresult", "halt", "name")
+    __slots__ = (
+        "_impls",
+        "argnames",
+        "awaitable",
+        "chained",
+        "collects",
+        "firstresult",
+        "halt",
+        "name",
+    )
 
     def __init__(self, caller: pluggy.HookCaller) -> None:
         assert caller.spec is not None, f"{caller.name} has no spec"
         self.name = caller.name
+        self.argnames: tuple[str, ...] = tuple(caller.spec.argnames)
+        """The spec's arguments: the order the request path passes them in (``run(*args)``)."""
         self.awaitable = is_awaitable_spec(caller)
         self.firstresult = bool(caller.spec.opts.get("firstresult"))
         self.halt = getattr(caller.spec.function, "lbx_halts_on", _NO_HALT)
@@ -160,8 +171,11 @@ class HookCaller:
         self.collects = not self.firstresult and self.halt is _NO_HALT
         """Whether the hook's result is the list of its impls' non-None results."""
         # pluggy calls the last registered (and tryfirst) impls first: reversed get_hookimpls().
-        self._impls: tuple[tuple[Callable[..., Any], tuple[str, ...]], ...] = tuple(
-            (impl.function, tuple(impl.argnames)) for impl in reversed(caller.get_hookimpls())
+        # An impl that takes the spec's arguments in order gets them as they are (None here);
+        # one that takes fewer, or another order, gets the ones it names picked out.
+        self._impls: tuple[tuple[Callable[..., Any], tuple[int, ...] | None], ...] = tuple(
+            (impl.function, _positions(self.argnames, tuple(impl.argnames)))
+            for impl in reversed(caller.get_hookimpls())
         )
 
     def __bool__(self) -> bool:
@@ -172,13 +186,24 @@ class HookCaller:
 
     async def __call__(self, **kwargs: Any) -> Any:
         """Run an awaitable hook: sequentially, awaiting each result, halting per the spec."""
-        result = self.run(**kwargs)
+        result = self.run(*self.positional(kwargs))
         if type(result) is Pending:
             result = await result
         return result
 
-    def run(self, **kwargs: Any) -> Any:
+    def positional(self, kwargs: dict[str, Any]) -> list[Any]:
+        """Keyword arguments as ``run`` takes them, in the spec's order (all are required)."""
+        if kwargs.keys() != set(self.argnames):
+            raise TypeError(
+                f"{self.name}() takes {', '.join(self.argnames)}; got {', '.join(kwargs)}"
+            )
+        return [kwargs[name] for name in self.argnames]
+
+    def run(self, *args: Any) -> Any:
         """Run an awaitable hook without a coroutine while its impls return plain values.
+
+        ``args`` are the spec's arguments in order: on the request path a keyword dict per
+        call, and picking each impl's arguments out of it, cost more than a no-op impl.
 
         Returns the hook's result, or a ``Pending`` as soon as an impl returns an
         awaitable: the caller awaits only that (``if type(r) is Pending: r = await r``). Most
@@ -186,13 +211,16 @@ class HookCaller:
         than the impl itself.
         """
         results: list[Any] = [] if self.collects else _NOT_COLLECTED
-        for index, (function, argnames) in enumerate(self._impls):
-            result = function(*map(kwargs.__getitem__, argnames))
+        for index, (function, positions) in enumerate(self._impls):
+            if positions is None:
+                result = function(*args)
+            else:
+                result = function(*[args[i] for i in positions])
             if result is None:
                 continue
             if _is_awaitable(result):
                 if result.__class__ is not types.CoroutineType:
-                    return Pending(self._finish(index, result, kwargs, results))
+                    return Pending(self._finish(index, result, args, results))
                 # An ``async def`` impl often finishes without ever suspending: run it to its
                 # first suspension right here, and hand over to a coroutine only if it gets there.
                 try:
@@ -203,13 +231,13 @@ class HookCaller:
                         continue
                 else:
                     resumed = _Resumed(result, suspended_on)
-                    return Pending(self._finish(index, resumed, kwargs, results))
+                    return Pending(self._finish(index, resumed, args, results))
             if self._ends_chain(result, results):
                 return result
         return results if self.collects else None
 
     async def _finish(
-        self, index: int, awaitable: Any, kwargs: dict[str, Any], results: list[Any]
+        self, index: int, awaitable: Any, args: tuple[Any, ...], results: list[Any]
     ) -> Any:
         """``run`` from the impl at ``index``, whose result ``awaitable`` is awaited first."""
         impls = self._impls
@@ -220,8 +248,11 @@ class HookCaller:
             index += 1
             if index == len(impls):
                 return results if self.collects else None
-            function, argnames = impls[index]
-            result = function(*map(kwargs.__getitem__, argnames))
+            function, positions = impls[index]
+            if positions is None:
+                result = function(*args)
+            else:
+                result = function(*[args[i] for i in positions])
             if result is not None and _is_awaitable(result):
                 result = await result
 
@@ -235,27 +266,45 @@ class HookCaller:
         results.append(result)
         return False
 
-    def call_sync(self, **kwargs: Any) -> list[Any]:
+    def call_sync(self, *args: Any) -> list[Any]:
         """Run a sync per-request hook (``fail_to_connect``, ``error_while_proxy``)."""
-        return [function(*map(kwargs.__getitem__, argnames)) for function, argnames in self._impls]
+        return [
+            function(*args) if positions is None else function(*[args[i] for i in positions])
+            for function, positions in self._impls
+        ]
 
-    def call_first(self, **kwargs: Any) -> Any:
+    def call_first(self, *args: Any) -> Any:
         """Run a sync firstresult per-request hook: the first non-None result, or None."""
-        for function, argnames in self._impls:
-            result = function(*map(kwargs.__getitem__, argnames))
+        for function, positions in self._impls:
+            if positions is None:
+                result = function(*args)
+            else:
+                result = function(*[args[i] for i in positions])
             if result is not None:
                 return result
         return None
 
     def chain(self, session: Any, body: bytes, end_of_stream: bool, ctx: Any) -> bytes:
-        """Run a chained body filter: each non-None result replaces the chunk for the next impl."""
-        kwargs: dict[str, Any] = {"session": session, "end_of_stream": end_of_stream, "ctx": ctx}
-        for function, argnames in self._impls:
-            kwargs["body"] = body
-            result = function(*map(kwargs.__getitem__, argnames))
+        """Run a chained body filter: each non-None result replaces the chunk for the next impl.
+
+        The body filter specs take ``(session, body, end_of_stream, ctx)``.
+        """
+        for function, positions in self._impls:
+            args = (session, body, end_of_stream, ctx)
+            if positions is None:
+                result = function(*args)
+            else:
+                result = function(*[args[i] for i in positions])
             if result is not None:
                 body = result
         return body
+
+
+def _positions(spec: tuple[str, ...], names: tuple[str, ...]) -> tuple[int, ...] | None:
+    """Where an impl's arguments are among the spec's; None when they are the spec's own."""
+    if names == spec:
+        return None
+    return tuple(spec.index(name) for name in names)
 
 
 class TracingHookCaller(HookCaller):
@@ -263,9 +312,9 @@ class TracingHookCaller(HookCaller):
 
     __slots__ = ()
 
-    def run(self, **kwargs: Any) -> Any:
-        log.debug("hook %s(%s)", self.name, ", ".join(kwargs))
-        result = super().run(**kwargs)
+    def run(self, *args: Any) -> Any:
+        log.debug("hook %s(%s)", self.name, ", ".join(self.argnames))
+        result = super().run(*args)
         if type(result) is Pending:
             return Pending(self._traced(result))
         log.debug("hook %s -> %r", self.name, result)
@@ -276,9 +325,9 @@ class TracingHookCaller(HookCaller):
         log.debug("hook %s -> %r", self.name, result)
         return result
 
-    def call_sync(self, **kwargs: Any) -> list[Any]:
-        log.debug("hook %s(%s)", self.name, ", ".join(kwargs))
-        result = super().call_sync(**kwargs)
+    def call_sync(self, *args: Any) -> list[Any]:
+        log.debug("hook %s(%s)", self.name, ", ".join(self.argnames))
+        result = super().call_sync(*args)
         log.debug("hook %s -> %r", self.name, result)
         return result
 

@@ -431,9 +431,10 @@ def response_body_filter(
 ) -> bytes | None:
     """See or change each chunk of the response body on its way to the client.
 
-    Return replacement bytes, or None to keep ``body``. When any impl exists lbx re-frames the
-    response (chunked for HTTP/1.1 clients), since the length may change. After a ``101``, what
-    the upstream sends through the tunnel is one body, ended when the upstream side closes.
+    Return replacement bytes, or None to keep ``body``. The length may change: a body that
+    arrived whole with its head is filtered before the head goes out and sent with its new
+    ``Content-Length``; any other is re-framed (chunked for HTTP/1.1 clients). After a ``101``,
+    what the upstream sends through the tunnel is one body, ended when the upstream side closes.
 
     Sync hook (called per chunk); each impl sees the previous impl's result.
 

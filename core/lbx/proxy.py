@@ -244,7 +244,7 @@ class ProxyService:
     def selection_key(self, session: Session, ctx: dict[str, Any]) -> bytes:
         """The key for hashing selection: the ``selection_key`` hook, else ``hash_key``."""
         if self.hooks.selection_key is not None:
-            key = self.hooks.selection_key.call_first(session=session, ctx=ctx)
+            key = self.hooks.selection_key.call_first(session, ctx)
             if key is not None:
                 return bytes(key)
         return self._hash_key(session)
@@ -289,11 +289,11 @@ class ProxyService:
         error: ProxyError | None = None
         try:
             if hooks.early_request_filter is not None:
-                done = hooks.early_request_filter.run(session=session, ctx=ctx)
+                done = hooks.early_request_filter.run(session, ctx)
                 if type(done) is Pending:
                     await done
             if hooks.request_filter is not None:
-                answered = hooks.request_filter.run(session=session, ctx=ctx)
+                answered = hooks.request_filter.run(session, ctx)
                 if type(answered) is Pending:
                     answered = await answered
             else:
@@ -305,14 +305,17 @@ class ProxyService:
                         ErrorSource.INTERNAL,
                         "request_filter returned True without sending a response",
                     )
-            elif (
-                hooks.proxy_upstream_filter is not None
-                and await hooks.proxy_upstream_filter(session=session, ctx=ctx) is False
-            ):
-                if not session.response_written:
-                    await session.respond_error(502)
             else:
-                await self._proxy(session, ctx)
+                proceed = None
+                if hooks.proxy_upstream_filter is not None:
+                    proceed = hooks.proxy_upstream_filter.run(session, ctx)
+                    if type(proceed) is Pending:
+                        proceed = await proceed
+                if proceed is False:
+                    if not session.response_written:
+                        await session.respond_error(502)
+                else:
+                    await self._proxy(session, ctx)
         except ProxyError as exc:
             error = exc
         except Exception as exc:
@@ -323,7 +326,7 @@ class ProxyService:
             await self._fail(session, ctx, error)
         if hooks.logging is not None:
             try:
-                done = hooks.logging.run(session=session, ctx=ctx, error=error)
+                done = hooks.logging.run(session, ctx, error)
                 if type(done) is Pending:
                     await done
             except Exception:
@@ -337,7 +340,7 @@ class ProxyService:
             session.tries += 1
             peer = None
             if hooks.upstream_peer is not None:
-                peer = hooks.upstream_peer.run(session=session, ctx=ctx)
+                peer = hooks.upstream_peer.run(session, ctx)
                 if type(peer) is Pending:
                     peer = await peer
             if peer is None:
@@ -395,7 +398,7 @@ class ProxyService:
                 # Nothing was sent: by default another peer is tried (nginx's default).
                 exc.retry = True
                 if hooks.fail_to_connect is not None:
-                    hooks.fail_to_connect.call_sync(session=session, peer=peer, ctx=ctx, error=exc)
+                    hooks.fail_to_connect.call_sync(session, peer, ctx, exc)
                 if exc.retry and session.tries < self.max_retries and not session._conn.lost:
                     log.warning(
                         "Fail to proxy: %s, tries: %d, retry: true, %s",
@@ -430,9 +433,7 @@ class ProxyService:
                 and session.req_header.method in _IDEMPOTENT
             )
             if hooks.error_while_proxy is not None:
-                hooks.error_while_proxy.call_sync(
-                    session=session, peer=peer, ctx=ctx, error=exc, client_reused=reused
-                )
+                hooks.error_while_proxy.call_sync(session, peer, ctx, exc, reused)
             if exc.retry and session.tries < self.max_retries and session.retry_safe:
                 log.warning(
                     "Fail to proxy: %s, tries: %d, retry: true, %s",
@@ -456,9 +457,7 @@ class ProxyService:
     ) -> None:
         hooks = self.hooks
         if hooks.connected_to_upstream is not None:
-            done = hooks.connected_to_upstream.run(
-                session=session, reused=reused, peer=peer, ctx=ctx
-            )
+            done = hooks.connected_to_upstream.run(session, reused, peer, ctx)
             if type(done) is Pending:
                 await done
         request = session.req_header
@@ -469,9 +468,7 @@ class ProxyService:
             if self.upstream_host is not None:
                 request.headers.insert(b"Host", self.upstream_host)
             if hooks.upstream_request_filter is not None:
-                done = hooks.upstream_request_filter.run(
-                    session=session, upstream_request=request, ctx=ctx
-                )
+                done = hooks.upstream_request_filter.run(session, request, ctx)
                 if type(done) is Pending:
                     await done
         if session._conn.lost:
@@ -507,13 +504,11 @@ class ProxyService:
         assert response is not None
         session.head_time = time.monotonic()
         if hooks.upstream_response_filter is not None:
-            done = hooks.upstream_response_filter.run(
-                session=session, upstream_response=response, ctx=ctx
-            )
+            done = hooks.upstream_response_filter.run(session, response, ctx)
             if type(done) is Pending:
                 await done
         if hooks.response_filter is not None:
-            done = hooks.response_filter.run(session=session, upstream_response=response, ctx=ctx)
+            done = hooks.response_filter.run(session, response, ctx)
             if type(done) is Pending:
                 await done
         session.send_response_head(response)
@@ -529,7 +524,9 @@ class ProxyService:
         status = None
         if hooks.fail_to_proxy is not None:
             try:
-                status = await hooks.fail_to_proxy(session=session, ctx=ctx, error=error)
+                status = hooks.fail_to_proxy.run(session, ctx, error)
+                if type(status) is Pending:
+                    status = await status
             except Exception:
                 log.exception("fail_to_proxy hook failed, %s", session.request_summary())
         if status is None:

@@ -443,18 +443,24 @@ class Session:
         hooks = self.service.hooks
         body_kind = self._resp_body_kind
         framing: HeaderList = []
+        whole: bytes | None = None
         if body_kind is BodyKind.NONE:
             mode = BodyKind.NONE
-        elif body_kind is BodyKind.CONTENT_LENGTH and hooks.response_body_filter is None:
+        elif hooks.response_body_filter is None:
+            mode = (
+                BodyKind.CONTENT_LENGTH
+                if body_kind is BodyKind.CONTENT_LENGTH
+                else self._length_unknown(head, framing)
+            )
+        elif self._resp_complete:
+            # The whole body is already here: filter it now and send its real length, instead
+            # of re-framing a response whose filtered length nobody knows in advance.
+            whole = self._filter_whole_body()
+            head.headers.remove("content-length")
+            framing.append((b"Content-Length", b"%d" % len(whole)))
             mode = BodyKind.CONTENT_LENGTH
         else:
-            head.headers.remove("content-length")
-            if self.req_header.version == "1.1":
-                mode = BodyKind.CHUNKED
-                framing.append((b"Transfer-Encoding", b"chunked"))
-            else:
-                mode = BodyKind.CLOSE_DELIMITED
-                self._keep_alive = False
+            mode = self._length_unknown(head, framing)
         self._resp_mode = mode
         self._mark_started(head.status)
         if self.service.via:
@@ -466,18 +472,49 @@ class Session:
         # One write for the head and whatever body already arrived: a syscall per request less.
         parts = [serialize_response(head, framing)]
         self._streaming_response = True
-        self._collected = parts
-        pending, self._resp_pending = self._resp_pending, []
-        self._resp_pending_size = 0
-        for chunk in pending:
-            self._send_response_body(chunk, False)
-        if self._resp_complete:
-            self._send_response_body(b"", True)
-        self._collected = None
+        if whole is not None:
+            if whole:
+                self.body_bytes_sent += len(whole)
+                parts.append(whole)
+        else:
+            self._collected = parts
+            pending, self._resp_pending = self._resp_pending, []
+            self._resp_pending_size = 0
+            for chunk in pending:
+                self._send_response_body(chunk, False)
+            if self._resp_complete:
+                self._send_response_body(b"", True)
+            self._collected = None
         self._conn.write(b"".join(parts) if len(parts) > 1 else parts[0])
         if self._upstream_read_paused and self._upstream is not None and self._conn.writable:
             self._upstream_read_paused = False
             self._upstream.resume_reading()
+
+    def _length_unknown(self, head: ResponseHeader, framing: HeaderList) -> BodyKind:
+        """Frame a body whose length is not known yet: chunked, or to the close for HTTP/1.0."""
+        head.headers.remove("content-length")
+        if self.req_header.version == "1.1":
+            framing.append((b"Transfer-Encoding", b"chunked"))
+            return BodyKind.CHUNKED
+        self._keep_alive = False
+        return BodyKind.CLOSE_DELIMITED
+
+    def _filter_whole_body(self) -> bytes:
+        """Run the response body filters over a body that arrived whole (the last chunk ends
+        the stream); returns what the client gets."""
+        hook = self.service.hooks.response_body_filter
+        assert hook is not None
+        pending, self._resp_pending = self._resp_pending, []
+        self._resp_pending_size = 0
+        if not pending:
+            return hook.chain(self, b"", True, self.ctx)
+        last = len(pending) - 1
+        return b"".join(
+            [
+                hook.chain(self, chunk, index == last, self.ctx)
+                for index, chunk in enumerate(pending)
+            ]
+        )
 
     # -- upgraded connections (WebSocket...): bytes both ways until either side closes ----------
     def _open_tunnel(self, head: ResponseHeader) -> None:
