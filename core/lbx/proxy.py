@@ -613,6 +613,10 @@ class DownstreamProtocol(asyncio.Protocol):
         self._current: Session | None = None
         self._parsing: Session | None = None
         self._queue: deque[Session] = deque()
+        self._task: asyncio.Task[None] | None = None
+        """Runs the connection's requests (``_serve``); the loop keeps only a weak reference."""
+        self._waiting: asyncio.Future[None] | None = None
+        """What the task awaits between requests."""
         self._pause_reasons: set[object] = set()
         self._drain_waiter: asyncio.Future[None] | None = None
         self._close_when_idle = False
@@ -734,6 +738,9 @@ class DownstreamProtocol(asyncio.Protocol):
         waiter = self._drain_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None:
+            waiting.set_result(None)  # the connection's task ends
 
     def pause_writing(self) -> None:
         self.writable = False
@@ -1047,11 +1054,40 @@ class DownstreamProtocol(asyncio.Protocol):
     # -- request life cycle ------------------------------------------------------------------
     def _start(self, session: Session) -> None:
         self._current = session
-        session._task = self.loop.create_task(self.service.handle(session))
+        waiter = self._waiting
+        if waiter is not None:
+            self._waiting = None
+            waiter.set_result(None)
+        elif self._task is None:
+            self._task = self.loop.create_task(self._serve())
+        # else the task is finishing the previous request, and takes this one next
+
+    async def _serve(self) -> None:
+        """The connection's task: its requests one after the other, then the next one's wait.
+
+        One task per connection, not per request: creating a Task costs more than a request's
+        phases with no hooks. Requests share the task's context variables, so per-request state
+        belongs in ``ctx``.
+        """
+        handle = self.service.handle
+        try:
+            while True:
+                session = self._current
+                if session is not None:
+                    await handle(session)  # ends with request_finished: the next one, or None
+                elif self.lost:
+                    break
+                else:
+                    waiter = self._waiting = self.loop.create_future()
+                    await waiter  # a request (_start) or the end of the connection
+        except BaseException:
+            self.abort()  # cancelled, or a bug escaped handle(): the connection's state is unknown
+            raise
+        finally:
+            self._task = None
 
     def request_finished(self, session: Session) -> None:
-        """Called by the request task when a request is fully answered (or failed)."""
-        session._task = None
+        """Called by the connection's task when a request is fully answered (or failed)."""
         if self._current is not session:
             return
         self._current = None

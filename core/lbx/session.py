@@ -79,7 +79,6 @@ class Session:
         "_resp_started",
         "_streaming_request",
         "_streaming_response",
-        "_task",
         "_tunnel",
         "_tunnel_bytes",
         "_tunnel_eofs",
@@ -161,8 +160,6 @@ class Session:
         self._resp_pending_size = 0
         self._upstream_read_paused = False
         self._collected: list[bytes] | None = None
-        # The loop keeps only weak references to tasks: this one lives as long as the request.
-        self._task: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         return f"<Session {self.req_header.method} {self.req_header.uri} from {self.client_addr}>"
