@@ -7,9 +7,10 @@ from lbx.config import Config, ConfigSchema, Field, ServiceConfig
 from lbx.errors import ConfigError, ErrorSource, ErrorType, ProxyError
 from lbx.hookspecs import hookimpl
 from lbx.http import Headers, RequestHeader, ResponseHeader
-from lbx.lb import Backend, Backends, Health, LoadBalancer, Selector, SelectorFactory
+from lbx.lb import Backend, Backends, Health, LoadBalancer
 from lbx.peer import Peer
 from lbx.plugins import get_plugin_manager
+from lbx.selector import Selector, SelectorFactory
 from lbx.session import Session
 
 __all__ = [

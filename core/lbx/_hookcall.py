@@ -31,10 +31,20 @@ _NOT_COLLECTED: list[Any] = []
 """The results list of hooks that do not collect (nothing is ever added to it)."""
 
 
+_AWAITABLE_TYPES: dict[type, bool] = {}
+"""Whether a result type is awaitable, by type: a failed ``hasattr`` on a class formats an
+AttributeError, which costs more than the dict lookup (``upstream_peer`` returns a Peer on
+every request)."""
+
+
 def _is_awaitable(value: object) -> bool:
     """Whether an impl returned something to await: a coroutine, a Future, any ``__await__``
     object (``inspect.isawaitable`` minus legacy generator-based coroutines)."""
-    return hasattr(value.__class__, "__await__")
+    kind = type(value)
+    awaitable = _AWAITABLE_TYPES.get(kind)
+    if awaitable is None:
+        awaitable = _AWAITABLE_TYPES[kind] = hasattr(kind, "__await__")
+    return awaitable
 
 
 class Pending:

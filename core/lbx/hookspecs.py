@@ -29,9 +29,10 @@ if TYPE_CHECKING:
     from lbx.config import Config, ConfigSchema
     from lbx.errors import ProxyError
     from lbx.http import RequestHeader, ResponseHeader
-    from lbx.lb import Backend, Health, SelectorFactory
+    from lbx.lb import Backend, Health
     from lbx.peer import Peer
     from lbx.plugins import LbxPluginManager
+    from lbx.selector import SelectorFactory
     from lbx.server import Server
     from lbx.session import Session
 

@@ -13,9 +13,11 @@ import mmap
 import socket
 import struct
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar
+
+from lbx.selector import SelectorFactory
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +32,14 @@ class Backend:
     port: int
     weight: int = 1
     unix_path: str | None = None
+    _hash: int = field(default=0, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Hashed several times per request (health, peers, de-duplication): computed once.
+        object.__setattr__(self, "_hash", hash((self.host, self.port, self.weight, self.unix_path)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     @classmethod
     def parse(cls, text: str, weight: int = 1) -> list[Backend]:
@@ -108,7 +118,7 @@ class Health:
 
     __slots__ = ("_at", "_cells", "consecutive", "reason")
 
-    SIZE = 3 + _UNTIL.size
+    SIZE: ClassVar[int] = 3 + _UNTIL.size
     """Bytes of shared state per backend: the three flags, then when an ejection ends."""
 
     def __init__(
@@ -179,27 +189,6 @@ class Health:
             f"Health(healthy={self.healthy}, ejected={self.ejected}, enabled={self.enabled}, "
             f"reason={self.reason!r})"
         )
-
-
-@runtime_checkable
-class Selector(Protocol):
-    """A selection algorithm built for one backend list (Pingora's ``BackendSelection``).
-
-    ``iter(key)`` yields candidates in preference order; it may repeat backends and may be
-    endless: ``LoadBalancer.select`` de-duplicates and bounds the walk with ``max_iterations``.
-    Selectors are rebuilt whenever the backend list changes, so they can precompute freely.
-
-    A selector that needs feedback from traffic (least connections, latency) also defines
-    ``on_start(backend)`` and ``on_finish(backend, seconds, ok)``: lbx calls them around every
-    upstream attempt (``seconds`` until the response head, ``ok`` False on failure). It may
-    define ``inherit(previous)`` to carry such state over when it is rebuilt.
-    """
-
-    def iter(self, key: bytes) -> Iterator[Backend]: ...
-
-
-SelectorFactory = Callable[[Sequence[Backend], Mapping[str, Any]], Selector]
-"""Builds a ``Selector`` from the sorted backends and the service's ``selection_options``."""
 
 
 HealthListener = Callable[[Backend, Health], None]
@@ -331,14 +320,19 @@ class LoadBalancer:
         Pingora's ``UniqueIterator`` does.
         """
         health = self.backends.health
-        seen: set[Backend] | None = None
+        first: Backend | None = None
+        seen: set[Backend] | None = None  # made only when the first candidate is not taken
         steps = 0
         for backend in self.selector.iter(key):
             if steps >= max_iterations:
                 return None
             steps += 1
-            if seen is None:
-                seen = {backend}
+            if first is None:
+                first = backend
+            elif seen is None:
+                if backend == first:
+                    continue
+                seen = {first, backend}
             elif backend in seen:
                 continue
             else:
@@ -347,7 +341,7 @@ class LoadBalancer:
             ready = state is not None and state.ready
             if accept(backend, ready) if accept is not None else ready:
                 return backend
-            if len(seen) >= len(health) and accept is None:
+            if accept is None and (1 if seen is None else len(seen)) >= len(health):
                 # Every backend was offered and none is ready: stop early instead of spinning.
                 return None
         return None

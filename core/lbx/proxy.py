@@ -8,7 +8,6 @@ have impls (resolved once in ``RequestHooks``).
 from __future__ import annotations
 
 import asyncio
-import functools
 import ipaddress
 import logging
 import re
@@ -65,6 +64,9 @@ PER_REQUEST_HOOKS = (
 _PROTECTED_FIELDS = frozenset({b"host", b"content-length", b"transfer-encoding"})
 DRAIN_LINGER_SECONDS = 1.0
 """On shutdown, how long an idle keep-alive connection stays open before it is closed."""
+
+MAX_SELECTION_ITERATIONS = 256
+"""How many candidates a selector may offer before the request fails (Pingora's examples)."""
 
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 _METHODS: dict[bytes, str] = {}
@@ -248,6 +250,33 @@ class ProxyService:
             if key is not None:
                 return bytes(key)
         return self._hash_key(session)
+
+    def default_peer(self, session: Session, ctx: dict[str, Any]) -> Peer | None:
+        """The built-in ``upstream_peer`` (``lbx.builtin.default_peer``): the next ready backend
+        of this service's load balancer, never one that already failed to connect."""
+        load_balancer = self.load_balancer
+        if load_balancer is None:
+            return None
+        tried = session.tried
+        if tried:
+            backend = load_balancer.select_with(
+                self.selection_key(session, ctx),
+                MAX_SELECTION_ITERATIONS,
+                lambda candidate, ready: ready and candidate not in tried,
+            )
+            if backend is None:
+                return None  # every ready backend was tried: the request fails with the last error
+        else:
+            backend = load_balancer.select(
+                self.selection_key(session, ctx), MAX_SELECTION_ITERATIONS
+            )
+        if backend is None:
+            raise ProxyError.http_status(
+                503, f"no ready backend in service {self.name!r} (all unhealthy or disabled)"
+            )
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("upstream peer is: %r", backend)
+        return self.peer_for(backend)
 
     def is_trusted(self, client_ip: str) -> bool:
         """Whether forwarding fields from this client are kept (``trusted_proxies``)."""
@@ -490,12 +519,7 @@ class ProxyService:
         read_timeout = peer.read_timeout or self.read_timeout
         deadlines = self.connections.deadlines
         if read_timeout:
-            deadlines.set(
-                session._conn.loop,
-                session,
-                read_timeout,
-                functools.partial(_time_out, head_future, peer, read_timeout),
-            )
+            deadlines.set(session._conn.loop, session, read_timeout, session.head_timed_out)
         try:
             await head_future
         finally:
@@ -550,17 +574,6 @@ class ProxyService:
         if error.source is ErrorSource.DOWNSTREAM:
             session.set_keepalive(False)
         await session.respond_error(status)
-
-
-def _time_out(future: asyncio.Future[None], peer: Peer, seconds: float) -> None:
-    if not future.done():
-        future.set_exception(
-            ProxyError(
-                ErrorType.READ_TIMEDOUT,
-                ErrorSource.UPSTREAM,
-                f"no response head from {peer.addr} within {seconds}s",
-            )
-        )
 
 
 class _Rejected(Exception):

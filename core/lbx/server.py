@@ -24,9 +24,10 @@ import anyio.abc
 
 from lbx.config import Config, ServiceConfig
 from lbx.errors import ConfigError, StartupError
-from lbx.lb import Backend, Backends, Health, LoadBalancer, SelectorFactory, split_host_port
+from lbx.lb import Backend, Backends, Health, LoadBalancer, split_host_port
 from lbx.plugins import LbxPluginManager, installed_selection_plugins
 from lbx.proxy import Connections, ProxyService, RequestHooks, build_connector
+from lbx.selector import SelectorFactory
 from lbx.tls import RELOAD_INTERVAL_SECONDS, CertificateError, ServerTLS
 
 log = logging.getLogger("lbx.server")

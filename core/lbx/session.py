@@ -345,6 +345,21 @@ class Session:
         # Between the head and the wait for the body's end: the request task picks it up.
         self._failure = error
 
+    def head_timed_out(self) -> None:
+        """No response head within the peer's ``read_timeout`` (armed by the request task)."""
+        future = self._head_future
+        peer = self.peer
+        if future is None or future.done() or peer is None:
+            return
+        seconds = peer.read_timeout or self.service.read_timeout
+        future.set_exception(
+            ProxyError(
+                ErrorType.READ_TIMEDOUT,
+                ErrorSource.UPSTREAM,
+                f"no response head from {peer.addr} within {seconds}s",
+            )
+        )
+
     def upstream_write_paused(self, paused: bool) -> None:
         self._upstream_paused = paused
         conn = self._conn
