@@ -201,8 +201,9 @@ def test_run_hands_over_at_the_first_awaitable_and_keeps_the_semantics() -> None
     assert ctx["calls"] == ["sync-false", "async-none", "answers"]
 
 
-def test_run_collects_results_across_the_hand_over() -> None:
-    """A non-firstresult hook collects sync and awaited results alike, in call order."""
+def test_run_does_not_collect_but_a_setup_call_does() -> None:
+    """On the request path the results of a collecting hook are dropped (nobody reads them);
+    a setup-time call (``pm.ahook``) returns them, sync and awaited alike, in call order."""
     pm = LbxPluginManager()
     register_all(
         pm,
@@ -212,14 +213,36 @@ def test_run_collects_results_across_the_hand_over() -> None:
     )
     caller = resolve(pm, "logging")
     assert caller is not None
-    pending = caller.run(None, {}, None)
+    ctx: dict[str, Any] = {}
+    pending = caller.run(None, ctx, None)
     assert type(pending) is Pending
-    assert asyncio.run(awaited(pending)) == [1, 2, 3]
+    assert asyncio.run(awaited(pending)) is None
+    assert ctx["calls"] == ["a", "b", "c"]
+    assert asyncio.run(pm.ahook.logging(session=None, ctx={}, error=None)) == [1, 2, 3]
+
+
+def test_run_hands_over_the_last_impls_coroutine_as_it_is() -> None:
+    """The last impl's awaitable is awaited by the caller as it is: an ``async def`` impl starts
+    when awaited, and its value comes back unfiltered (callers compare with ``is``)."""
+    pm = LbxPluginManager()
+    register_all(
+        pm,
+        make_impl("request_filter", "async-false", False, is_async=True),
+        make_impl("request_filter", "sync-none", None, is_async=False),
+    )
+    caller = resolve(pm, "request_filter")
+    assert caller is not None
+    ctx: dict[str, Any] = {}
+    pending = caller.run(None, ctx)
+    assert type(pending) is Pending
+    assert ctx["calls"] == ["sync-none"]
+    assert asyncio.run(awaited(pending)) is False
+    assert ctx["calls"] == ["sync-none", "async-false"]
 
 
 def test_a_suspended_async_impl_sees_the_cancellation_of_its_task() -> None:
-    """``run`` starts an ``async def`` impl eagerly; once it waits, the request's task drives it,
-    so cancelling the task reaches the impl (as with a plain ``await``)."""
+    """An ``async def`` impl runs in the task that awaits the ``Pending``, so cancelling the task
+    reaches the impl (as with a plain ``await``)."""
     seen: list[str] = []
 
     class Waits:
@@ -240,9 +263,10 @@ def test_a_suspended_async_impl_sees_the_cancellation_of_its_task() -> None:
 
     async def main() -> None:
         pending = caller.run(None, {})
-        assert type(pending) is Pending and seen == ["started"]  # ran up to its first await
+        assert type(pending) is Pending and seen == []  # it starts when awaited
         task = asyncio.get_running_loop().create_task(awaited(pending))
         await asyncio.sleep(0)
+        assert seen == ["started"]
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task

@@ -14,8 +14,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
-import types
-from collections.abc import Callable, Coroutine, Generator
+from collections.abc import Awaitable, Callable, Generator
 from typing import Any
 
 import pluggy
@@ -25,10 +24,6 @@ from lbx.errors import PluginValidationError
 log = logging.getLogger("lbx.hooks")
 
 _NO_HALT = object()
-
-
-_NOT_COLLECTED: list[Any] = []
-"""The results list of hooks that do not collect (nothing is ever added to it)."""
 
 
 _AWAITABLE_TYPES: dict[type, bool] = {}
@@ -53,52 +48,11 @@ class Pending:
 
     __slots__ = ("_rest",)
 
-    def __init__(self, rest: Coroutine[Any, Any, Any]) -> None:
+    def __init__(self, rest: Awaitable[Any]) -> None:
         self._rest = rest
 
     def __await__(self) -> Generator[Any, Any, Any]:
         return self._rest.__await__()
-
-
-class _Resumed:
-    """Await a coroutine that already ran up to its first suspension (``yield from``, by hand).
-
-    What it yielded (the Future it waits for) goes to the task first; from then on every value
-    or exception the task sends goes on to the coroutine, whose return ends the await.
-    """
-
-    __slots__ = ("_coroutine", "_first")
-
-    def __init__(self, coroutine: Coroutine[Any, Any, Any], suspended_on: Any) -> None:
-        self._coroutine = coroutine
-        self._first = suspended_on
-
-    def __await__(self) -> _Resumed:
-        return self
-
-    def __iter__(self) -> _Resumed:
-        return self
-
-    def __next__(self) -> Any:
-        return self.send(None)
-
-    def send(self, value: Any) -> Any:
-        first = self._first
-        if first is not _NO_HALT:
-            self._first = _NO_HALT
-            return first
-        return self._coroutine.send(value)  # its StopIteration is the end of the await
-
-    def throw(
-        self, kind: Any, value: BaseException | None = None, traceback: Any = None
-    ) -> Any:  # cancellation: passed on (compiled code still calls the 3-argument form)
-        self._first = _NO_HALT
-        if value is None:
-            value = kind if isinstance(kind, BaseException) else kind()
-        return self._coroutine.throw(value)
-
-    def close(self) -> None:
-        self._coroutine.close()
 
 
 def halts_on(value: bool) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -195,11 +149,25 @@ class HookCaller:
         return len(self._impls)
 
     async def __call__(self, **kwargs: Any) -> Any:
-        """Run an awaitable hook: sequentially, awaiting each result, halting per the spec."""
-        result = self.run(*self.positional(kwargs))
-        if type(result) is Pending:
-            result = await result
-        return result
+        """Run an awaitable hook at setup time: sequentially, awaiting each result, halting per
+        the spec; a hook that neither halts nor takes a first result returns the list of its
+        impls' non-None results."""
+        args = self.positional(kwargs)
+        results: list[Any] = []
+        for function, positions in self._impls:
+            result = function(*args) if positions is None else function(*_pick(args, positions))
+            if result is not None and _is_awaitable(result):
+                result = await result
+            if result is None:
+                continue
+            if self.halt is not _NO_HALT:
+                if result is self.halt:
+                    return result
+            elif self.firstresult:
+                return result
+            else:
+                results.append(result)
+        return results if self.collects else None
 
     def positional(self, kwargs: dict[str, Any]) -> list[Any]:
         """Keyword arguments as ``run`` takes them, in the spec's order (all are required)."""
@@ -210,86 +178,66 @@ class HookCaller:
         return [kwargs[name] for name in self.argnames]
 
     def run(self, *args: Any) -> Any:
-        """Run an awaitable hook without a coroutine while its impls return plain values.
+        """Run an awaitable hook on the request path, without a coroutine of its own.
 
         ``args`` are the spec's arguments in order: on the request path a keyword dict per
         call, and picking each impl's arguments out of it, cost more than a no-op impl.
 
-        Returns the hook's result, or a ``Pending`` as soon as an impl returns an
-        awaitable: the caller awaits only that (``if type(r) is Pending: r = await r``). Most
-        impls are plain ``def``s, and on the request path a coroutine per hook call costs more
-        than the impl itself.
+        Returns what decides the request: the first non-None result of a firstresult hook; for
+        a halting hook its halting value when an impl returned it (compare with ``is``); the
+        results of other hooks are not collected. As soon as an impl returns an awaitable the
+        rest comes as a ``Pending``, which the caller awaits (``if type(r) is Pending: r =
+        await r``); that runs it at once, in the caller's task. The last impl's awaitable is
+        handed over as it is: awaiting an ``async def`` impl's coroutine from compiled code
+        costs no exception when it returns None.
         """
-        results: list[Any] = [] if self.collects else _NOT_COLLECTED
-        for index, (function, positions) in enumerate(self._impls):
-            if positions is None:
-                result = function(*args)
-            else:
-                result = function(*[args[i] for i in positions])
+        impls = self._impls
+        last = len(impls) - 1
+        for index, (function, positions) in enumerate(impls):
+            result = function(*args) if positions is None else function(*_pick(args, positions))
             if result is None:
                 continue
             if _is_awaitable(result):
-                if result.__class__ is not types.CoroutineType:
-                    return Pending(self._finish(index, result, args, results))
-                # An ``async def`` impl often finishes without ever suspending: run it to its
-                # first suspension right here, and hand over to a coroutine only if it gets there.
-                try:
-                    suspended_on = result.send(None)
-                except StopIteration as finished:
-                    result = finished.value
-                    if result is None:
-                        continue
-                else:
-                    resumed = _Resumed(result, suspended_on)
-                    return Pending(self._finish(index, resumed, args, results))
-            if self._ends_chain(result, results):
+                if index == last:
+                    return Pending(result)
+                return Pending(self._finish(index, result, args))
+            if self._ends_chain(result):
                 return result
-        return results if self.collects else None
+        return None
 
-    async def _finish(
-        self, index: int, awaitable: Any, args: tuple[Any, ...], results: list[Any]
-    ) -> Any:
+    async def _finish(self, index: int, awaitable: Any, args: tuple[Any, ...]) -> Any:
         """``run`` from the impl at ``index``, whose result ``awaitable`` is awaited first."""
         impls = self._impls
         result = await awaitable
         while True:
-            if result is not None and self._ends_chain(result, results):
+            if result is not None and self._ends_chain(result):
                 return result
             index += 1
             if index == len(impls):
-                return results if self.collects else None
+                return None
             function, positions = impls[index]
-            if positions is None:
-                result = function(*args)
-            else:
-                result = function(*[args[i] for i in positions])
+            result = function(*args) if positions is None else function(*_pick(args, positions))
             if result is not None and _is_awaitable(result):
                 result = await result
 
-    def _ends_chain(self, result: Any, results: list[Any]) -> bool:
-        """Take an impl's non-None result: True when it is the hook's result (the halting
-        value, or the first result of a firstresult hook); collected otherwise."""
+    def _ends_chain(self, result: Any) -> bool:
+        """Whether an impl's non-None result is the hook's result on the request path: the
+        halting value, or the first result of a firstresult hook."""
         if self.halt is not _NO_HALT:
             return result is self.halt
-        if self.firstresult:
-            return True
-        results.append(result)
-        return False
+        return self.firstresult
 
     def call_sync(self, *args: Any) -> list[Any]:
         """Run a sync per-request hook (``fail_to_connect``, ``error_while_proxy``)."""
         return [
-            function(*args) if positions is None else function(*[args[i] for i in positions])
+            function(*args) if positions is None else function(*_pick(args, positions))
             for function, positions in self._impls
         ]
 
     def call_first(self, *args: Any) -> Any:
         """Run a sync firstresult per-request hook: the first non-None result, or None."""
         for function, positions in self._impls:
-            if positions is None:
-                result = function(*args)
-            else:
-                result = function(*[args[i] for i in positions])
+            result = function(*args) if positions is None else function(*_pick(args, positions))
             if result is not None:
                 return result
         return None
@@ -301,13 +249,15 @@ class HookCaller:
         """
         for function, positions in self._impls:
             args = (session, body, end_of_stream, ctx)
-            if positions is None:
-                result = function(*args)
-            else:
-                result = function(*[args[i] for i in positions])
+            result = function(*args) if positions is None else function(*_pick(args, positions))
             if result is not None:
                 body = result
         return body
+
+
+def _pick(args: tuple[Any, ...] | list[Any], positions: tuple[int, ...]) -> list[Any]:
+    """The arguments an impl names, out of all the spec's."""
+    return [args[i] for i in positions]
 
 
 def _positions(spec: tuple[str, ...], names: tuple[str, ...]) -> tuple[int, ...] | None:
@@ -334,6 +284,10 @@ class TracingHookCaller(HookCaller):
         result = await pending
         log.debug("hook %s -> %r", self.name, result)
         return result
+
+    async def __call__(self, **kwargs: Any) -> Any:
+        log.debug("hook %s(%s)", self.name, ", ".join(self.argnames))
+        return await self._traced(super().__call__(**kwargs))
 
     def call_sync(self, *args: Any) -> list[Any]:
         log.debug("hook %s(%s)", self.name, ", ".join(self.argnames))

@@ -480,7 +480,7 @@ class ProxyService:
         self,
         session: Session,
         ctx: dict[str, Any],
-        conn: Any,
+        conn: UpstreamConnection,
         reused: bool,
         peer: Peer,
     ) -> None:

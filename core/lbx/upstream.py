@@ -1,7 +1,7 @@
 """Upstream connections: an asyncio Protocol per connection, TLS contexts, and the idle pool.
 
 The data path does not await per chunk: the upstream protocol parses with httptools and hands
-each event to the ``Exchange`` (implemented by the request's session) through plain method calls.
+each event to the request's ``Session`` through plain method calls.
 """
 
 from __future__ import annotations
@@ -14,13 +14,18 @@ import socket
 import ssl
 import time
 from collections import OrderedDict
-from typing import Protocol, cast
+from typing import TYPE_CHECKING, cast
 
 import httptools
 
 from lbx.errors import ErrorSource, ErrorType, ProxyError
 from lbx.http import HOP_BY_HOP, HeaderList, fields_to_drop
 from lbx.peer import Peer
+
+if TYPE_CHECKING:
+    # What a connection reports its response to: the request's Session, through plain method
+    # calls. Typed as the class itself, not a Protocol, so compiled code calls it directly.
+    from lbx.session import Session as Exchange
 
 log = logging.getLogger("lbx.upstream")
 
@@ -46,20 +51,6 @@ class BodyKind(enum.IntEnum):
     CONTENT_LENGTH = 1
     CHUNKED = 2
     CLOSE_DELIMITED = 3
-
-
-class Exchange(Protocol):
-    """What an upstream connection reports to the request it is serving."""
-
-    def upstream_informational(self, status: int, headers: HeaderList) -> None: ...
-    def upstream_head(self, status: int, headers: HeaderList, body_kind: BodyKind) -> None: ...
-    def upstream_body(self, data: bytes) -> None: ...
-    def upstream_done(self) -> None: ...
-    def upstream_failed(self, error: ProxyError) -> None: ...
-    def upstream_write_paused(self, paused: bool) -> None: ...
-    def tunnel_data(self, data: bytes) -> None: ...
-    def tunnel_eof(self) -> None: ...
-    def tunnel_closed(self) -> None: ...
 
 
 class UpstreamConnection(asyncio.Protocol):
