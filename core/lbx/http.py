@@ -29,6 +29,22 @@ HOP_BY_HOP = frozenset(
 )
 
 
+_LOWERED: dict[bytes, bytes] = {}
+_LOWERED_MAX_ENTRIES = 512
+_LOWERED_MAX_NAME = 40
+
+
+def lower_name(name: bytes) -> bytes:
+    """``name.lower()`` for a header name, from a cache of the names seen: every field of every
+    head is compared lower-cased, and a dict lookup costs less than the method call."""
+    lowered = _LOWERED.get(name)
+    if lowered is None:
+        lowered = name.lower()
+        if len(name) <= _LOWERED_MAX_NAME and len(_LOWERED) < _LOWERED_MAX_ENTRIES:
+            _LOWERED[name] = lowered
+    return lowered
+
+
 def _b(text: str | bytes) -> bytes:
     return text if text.__class__ is bytes else text.encode("latin-1")  # type: ignore[union-attr]
 
@@ -77,9 +93,9 @@ class Headers:
         or several, the field goes last.
         """
         field = (_b(name), _b(value))
-        key = field[0].lower()
+        key = lower_name(field[0])
         raw = self.raw
-        lowered = [existing.lower() for existing, _ in raw]
+        lowered = [lower_name(existing) for existing, _ in raw]
         if lowered.count(key) == 1:
             raw[lowered.index(key)] = field
             return

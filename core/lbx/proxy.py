@@ -30,6 +30,7 @@ from lbx.http import (
     RequestHeader,
     connection_tokens,
     error_response,
+    lower_name,
     serialize_request,
 )
 from lbx.peer import Peer
@@ -821,7 +822,7 @@ class DownstreamProtocol(asyncio.Protocol):
         fields = self._headers
         for item in fields:
             name, value = item
-            lower = name.lower()
+            lower = lower_name(name)
             if lower in HOP_BY_HOP:
                 if lower == b"transfer-encoding":
                     te = value if te is None else te + b"," + value

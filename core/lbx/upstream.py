@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, cast
 import httptools
 
 from lbx.errors import ErrorSource, ErrorType, ProxyError
-from lbx.http import HOP_BY_HOP, HeaderList, fields_to_drop
+from lbx.http import HOP_BY_HOP, HeaderList, fields_to_drop, lower_name
 from lbx.peer import Peer
 
 if TYPE_CHECKING:
@@ -189,7 +189,7 @@ class UpstreamConnection(asyncio.Protocol):
         body_kind = BodyKind.CLOSE_DELIMITED
         drop: frozenset[bytes] | set[bytes] | None = None
         for name, value in raw:
-            lower = name.lower()
+            lower = lower_name(name)
             if lower in HOP_BY_HOP:
                 if lower == b"transfer-encoding":
                     body_kind = BodyKind.CHUNKED

@@ -1,0 +1,26 @@
+"""Unit tests of the sans-IO message heads (``lbx.http``), without sockets."""
+
+from __future__ import annotations
+
+from lbx import Headers, RequestHeader, http
+
+
+def test_insert_replaces_a_single_value_in_place_and_several_at_the_end() -> None:
+    request = RequestHeader("GET", "/", Headers([(b"Host", b"a"), (b"Accept", b"*/*")]))
+    request.insert_header("host", "b")
+    assert request.headers.raw == [(b"host", b"b"), (b"Accept", b"*/*")]
+    request.headers.raw.append((b"X-Tag", b"1"))
+    request.headers.raw.insert(0, (b"x-tag", b"2"))
+    request.insert_header("X-TAG", "3")
+    assert request.headers.raw == [(b"host", b"b"), (b"Accept", b"*/*"), (b"X-TAG", b"3")]
+
+
+def test_lower_name_cache_stays_bounded_whatever_names_arrive() -> None:
+    """Header names are lower-cased through a cache: many distinct (or long) names, as a
+    hostile client may send, never grow it past its bound."""
+    for index in range(3 * http._LOWERED_MAX_ENTRIES):
+        assert http.lower_name(b"X-Name-%d" % index) == b"x-name-%d" % index
+    assert len(http._LOWERED) <= http._LOWERED_MAX_ENTRIES
+    long_name = b"X-" + b"A" * 100
+    assert http.lower_name(long_name) == long_name.lower()
+    assert long_name not in http._LOWERED
