@@ -595,6 +595,14 @@ client reads the answer instead of a reset)."""
 _HOST_RE = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?\Z")
 
 
+class _NoCallbacks:
+    """The callbacks object of a parser that is never fed."""
+
+
+_DETACHED_REQUEST_PARSER = httptools.HttpRequestParser(_NoCallbacks())
+"""What a closed connection keeps instead of its parser (which references the connection)."""
+
+
 class DownstreamProtocol(asyncio.Protocol):
     """One client connection: parses requests, runs one at a time, answers in order."""
 
@@ -739,6 +747,10 @@ class DownstreamProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         self._cancel_timer()
+        # The parser holds this protocol's callbacks, and the last request holds the protocol:
+        # without these cycles reference counting frees the connection now, not the collector.
+        self._parser = _DETACHED_REQUEST_PARSER
+        self._last = None
         service = self.service
         service.open_connections -= 1
         service.connections.remove(self)

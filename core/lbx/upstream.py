@@ -53,6 +53,14 @@ class BodyKind(enum.IntEnum):
     CLOSE_DELIMITED = 3
 
 
+class _NoCallbacks:
+    """The callbacks object of a parser that is never fed."""
+
+
+_DETACHED_RESPONSE_PARSER = httptools.HttpResponseParser(_NoCallbacks())
+"""What a closed connection keeps instead of its parser (which references the connection)."""
+
+
 class UpstreamConnection(asyncio.Protocol):
     """One HTTP/1.1 connection to a peer, serving one exchange at a time."""
 
@@ -125,6 +133,9 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.pool.discard(self)
+        # The parser holds this protocol's callbacks: dropping it lets reference counting free
+        # the connection at once instead of leaving a cycle to the collector.
+        self._parser = _DETACHED_RESPONSE_PARSER
         exchange = self.exchange
         if exchange is None:
             return
