@@ -9,17 +9,28 @@ only sees Python code); so does a machine without a C compiler.
 
 from __future__ import annotations
 
+import glob
 import os
 import tomllib
 
 from setuptools import Extension, setup
 
 with open("pyproject.toml", "rb") as project:
-    COMPILED = [f"core/lbx/{name}.py" for name in tomllib.load(project)["tool"]["lbx"]["compiled"]]
+    NAMES = tomllib.load(project)["tool"]["lbx"]["compiled"]
+COMPILED = [f"core/lbx/{name}.py" for name in NAMES]
+
+
+def remove_extensions() -> None:
+    """Delete the extension modules an earlier compiled build left in the source tree: an
+    editable install imports from there, and an extension module shadows its ``.py`` file."""
+    stale = [path for name in NAMES for path in glob.glob(f"core/lbx/{name}.*.so")]
+    for path in stale + glob.glob("core/*__mypyc.*.so"):
+        os.remove(path)
 
 
 def extensions() -> list[Extension]:
     if os.environ.get("LBX_PURE_PYTHON"):
+        remove_extensions()
         return []
     from mypyc.build import mypycify
 
