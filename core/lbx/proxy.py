@@ -13,7 +13,6 @@ import logging
 import re
 import socket
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
@@ -634,7 +633,9 @@ class DownstreamProtocol(asyncio.Protocol):
         self._body_mark = -1
         self._current: Session | None = None
         self._parsing: Session | None = None
-        self._queue: deque[Session] = deque()
+        self._queue: list[Session] = []
+        """Pipelined requests waiting their turn: a list, since an empty deque takes 760 bytes
+        per connection and a pipeline is short (reading pauses while requests wait)."""
         self._task: asyncio.Task[None] | None = None
         """Runs the connection's requests (``_serve``); the loop keeps only a weak reference."""
         self._waiting: asyncio.Future[None] | None = None
@@ -1125,7 +1126,7 @@ class DownstreamProtocol(asyncio.Protocol):
             self.lost = True
             return
         if self._queue:
-            self._start(self._queue.popleft())
+            self._start(self._queue.pop(0))
             if not self._queue:
                 self.resume_reading_for("pipeline")
         elif not self._in_head:
