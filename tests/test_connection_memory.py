@@ -15,11 +15,9 @@ from collections.abc import Iterator
 
 import pytest
 import uvloop
+from tests import inprocess
 
-from lbx import config as config_module
-from lbx.plugins import get_plugin_manager
 from lbx.proxy import DownstreamProtocol
-from lbx.server import Server
 from lbx.session import Session
 from lbx.testing import DemoBackend, http_get
 from lbx.upstream import UpstreamConnection
@@ -71,26 +69,7 @@ async def serve_and_close(requests_per_client: int) -> tuple[int, int, int]:
     protocol, session and upstream connection objects still alive afterwards."""
     backend = DemoBackend("a")
     await backend.start()
-    pm = get_plugin_manager(["roundrobin"])
-    schema = config_module.ConfigSchema()
-    pm.hook.add_config_keys(schema=schema)
-    config = config_module.build_config(config_module.parse_document("version: 1\n"), schema)
-    config_module.apply_shortcuts(
-        config,
-        listen=("127.0.0.1:0",),
-        upstreams=(backend.address,),
-        upstream_tls=False,
-        sni=None,
-        host=None,
-    )
-    config.test = True
-    pm.hook.configure(config=config, plugin_manager=pm)
-    server = Server(config, pm)
-    server.prepare()
-    service = server.services[0]
-    loop = asyncio.get_running_loop()
-    listener = await loop.create_server(service.protocol_factory, "127.0.0.1", 0)
-    port = listener.sockets[0].getsockname()[1]
+    service, listener, port = await inprocess.serve(backend.address)
     clients = [await asyncio.open_connection("127.0.0.1", port) for _ in range(50)]
     for reader, writer in clients:
         for _ in range(requests_per_client):

@@ -684,9 +684,6 @@ class DownstreamProtocol(asyncio.Protocol):
             ]
         service.connections.add(self)
         service.open_connections += 1
-        if service.connections.shutting_down:
-            transport.close()
-            return
         if service.max_connections and service.open_connections > service.max_connections:
             log.warning(
                 "service %s: %d client connections open, closing %s",
@@ -697,6 +694,12 @@ class DownstreamProtocol(asyncio.Protocol):
             self.transport.write(error_response(503, close=True))
             transport.close()
             self.lost = True
+            return
+        if service.connections.shutting_down:
+            # Accepted just before the listeners closed (its connection_made was already queued):
+            # the client is sending a request, so answer it with Connection: close like the idle
+            # connections' requests. Closing now would reset it.
+            self.close_when_idle()
             return
         self._arm_timer()
 
