@@ -25,10 +25,9 @@ from typing import Any
 
 import uvloop
 
-from lbx import config as config_module
-from lbx.plugins import get_plugin_manager
 from lbx.proxy import DownstreamProtocol
 from lbx.server import Server, tune_gc
+from lbx.testing import prepared_server
 from lbx.upstream import UpstreamConnection
 
 HERE = Path(__file__).resolve().parent
@@ -77,22 +76,7 @@ def build_server(noop: bool, bare: bool = False) -> Server:
         plugins = ["roundrobin"]
     if noop:
         plugins.append(str(HERE / "noop_hooks.py"))
-    pm = get_plugin_manager(plugins)
-    schema = config_module.ConfigSchema()
-    pm.hook.add_config_keys(schema=schema)
-    config = config_module.build_config(config_module.parse_document("version: 1\n"), schema)
-    config_module.apply_shortcuts(
-        config,
-        listen=("127.0.0.1:0",),
-        upstreams=("127.0.0.1:1", "127.0.0.1:2"),
-        upstream_tls=False,
-        sni=None,
-        host=None,
-    )
-    config.test = True  # plugins skip what a running server needs (files, listeners)
-    pm.hook.configure(config=config, plugin_manager=pm)
-    server = Server(config, pm)
-    server.prepare()
+    server = prepared_server(plugins, ("127.0.0.1:1", "127.0.0.1:2"))
     tune_gc()  # as Server.run does
     return server
 

@@ -16,13 +16,15 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httptools
+import pytest
 
 from lbx.http import HOP_BY_HOP
+from lbx.testing import LbxProcess
 
 TIMEOUT = 10.0
 
@@ -396,6 +398,18 @@ def exchange(address: str, data: bytes, method: bytes = b"GET") -> tuple[Respons
         client.send(data)
         response = client.read_response(method)
         return response, client.closed(1.0)
+
+
+def lbx_in_front(
+    tmp_path_factory: pytest.TempPathFactory, *lbx_args: str, **service: object
+) -> Iterator[tuple[Upstream, LbxProcess]]:
+    """A module's ``shared`` fixture: a capture upstream and one lbx in front of it
+    (``service`` keys go to its config, ``lbx_args`` to its command line)."""
+    server = Upstream()
+    conf = write_conf(tmp_path_factory.mktemp("conf"), [server.address], **service)
+    with LbxProcess("-c", conf, *lbx_args) as process:
+        yield server, process
+    server.close()
 
 
 def write_conf(tmp_path: Path, upstreams: list[str], **service: object) -> str:

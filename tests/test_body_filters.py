@@ -16,37 +16,18 @@ from tests.http_helpers import (
     TIMEOUT,
     Client,
     Request,
-    Upstream,
     UpstreamConn,
+    lbx_in_front,
     ok,
     respond_with,
-    write_conf,
 )
-
-from lbx.testing import LbxProcess
 
 SHOUT = Path(__file__).resolve().parent / "plugins" / "shout_body.py"
 
 
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory):
-    server = Upstream()
-    conf = write_conf(tmp_path_factory.mktemp("conf"), [server.address])
-    with LbxProcess("-c", conf, "--plugin", str(SHOUT)) as process:
-        yield server, process
-    server.close()
-
-
-@pytest.fixture
-def upstream(shared):
-    server, _ = shared
-    server.reset()
-    return server
-
-
-@pytest.fixture
-def proxy(shared, upstream):
-    return shared[1]
+    yield from lbx_in_front(tmp_path_factory, "--plugin", str(SHOUT))
 
 
 def get(version: bytes = b"1.1", method: bytes = b"GET") -> bytes:

@@ -7,32 +7,13 @@ strictly), and whether lbx closed the client connection.
 from __future__ import annotations
 
 import pytest
-from tests.http_helpers import Client, Upstream, exchange, write_conf
-
-from lbx.testing import LbxProcess
+from tests.http_helpers import Client, Upstream, exchange, lbx_in_front, write_conf
 
 
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory):
     """One capture upstream and one lbx (default config) for the module's default-config tests."""
-    server = Upstream()
-    process = LbxProcess("-c", write_conf(tmp_path_factory.mktemp("conf"), [server.address]))
-    with process:
-        yield server, process
-    server.close()
-
-
-@pytest.fixture
-def upstream(shared):
-    server, _ = shared
-    server.reset()
-    return server
-
-
-@pytest.fixture
-def proxy(shared, upstream):
-    """lbx in front of the capture upstream; ``proxy.address`` is where clients connect."""
-    return shared[1]
+    yield from lbx_in_front(tmp_path_factory)
 
 
 def rejected(proxy, upstream, data: bytes, status: int) -> None:

@@ -9,9 +9,8 @@ import threading
 import time
 
 import pytest
-from tests.http_helpers import Client, Upstream, exchange, respond_with, write_conf
+from tests.http_helpers import Client, Upstream, exchange, lbx_in_front, respond_with, write_conf
 
-from lbx.testing import LbxProcess
 from lbx.upstream import MAX_RESPONSE_HEAD_BYTES, MAX_RESPONSE_HEADERS
 
 TIMEOUTS = {"connect_timeout": 0.5, "read_timeout": 1, "write_timeout": 1}
@@ -21,23 +20,7 @@ POST = b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi"
 
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory):
-    server = Upstream()
-    conf = write_conf(tmp_path_factory.mktemp("conf"), [server.address], **TIMEOUTS)
-    with LbxProcess("-c", conf) as process:
-        yield server, process
-    server.close()
-
-
-@pytest.fixture
-def upstream(shared):
-    server, _ = shared
-    server.reset()
-    return server
-
-
-@pytest.fixture
-def proxy(shared, upstream):
-    return shared[1]
+    yield from lbx_in_front(tmp_path_factory, **TIMEOUTS)
 
 
 def free_port() -> int:

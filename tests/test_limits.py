@@ -10,9 +10,7 @@ import socket
 import time
 
 import pytest
-from tests.http_helpers import Client, Upstream, exchange, write_conf
-
-from lbx.testing import LbxProcess
+from tests.http_helpers import Client, Upstream, exchange, lbx_in_front, write_conf
 
 LIMITS = {
     "max_request_line": 100,
@@ -28,25 +26,7 @@ LIMITS = {
 
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory):
-    server = Upstream()
-    process = LbxProcess(
-        "-c", write_conf(tmp_path_factory.mktemp("conf"), [server.address], **LIMITS)
-    )
-    with process:
-        yield server, process
-    server.close()
-
-
-@pytest.fixture
-def upstream(shared):
-    server, _ = shared
-    server.reset()
-    return server
-
-
-@pytest.fixture
-def proxy(shared, upstream):
-    return shared[1]
+    yield from lbx_in_front(tmp_path_factory, **LIMITS)
 
 
 def rejected(proxy, upstream, data: bytes, status: int) -> None:

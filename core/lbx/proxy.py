@@ -34,7 +34,7 @@ from lbx.http import (
 )
 from lbx.peer import Peer
 from lbx.session import RequestBody, Session
-from lbx.upstream import ConnectionPool, Connector, UpstreamConnection
+from lbx.upstream import ConnectionPool, Connector, NoParserCallbacks, UpstreamConnection
 
 if TYPE_CHECKING:
     from lbx.config import ServiceConfig
@@ -594,11 +594,7 @@ client reads the answer instead of a reset)."""
 _HOST_RE = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?\Z")
 
 
-class _NoCallbacks:
-    """The callbacks object of a parser that is never fed."""
-
-
-_DETACHED_REQUEST_PARSER = httptools.HttpRequestParser(_NoCallbacks())
+_DETACHED_REQUEST_PARSER = httptools.HttpRequestParser(NoParserCallbacks())
 """What a closed connection keeps instead of its parser (which references the connection)."""
 
 

@@ -36,6 +36,10 @@ from urllib.parse import parse_qs, urlsplit
 
 import httptools
 
+from lbx import config as config_module
+from lbx.plugins import get_plugin_manager
+from lbx.server import Server
+
 CHUNK = 64 * 1024
 _PATTERN = bytes(range(256)) * (CHUNK // 256)
 
@@ -383,6 +387,28 @@ class ClientLoad:
                 conn = None
         if conn is not None:
             conn.close()
+
+
+def prepared_server(plugins: list[str], upstreams: tuple[str, ...]) -> Server:
+    """A ``Server`` built as ``lbx serve --plugin ... --upstream ...`` builds it, prepared but
+    not running (no listener bound): its services' protocols can be driven in this process."""
+    pm = get_plugin_manager(plugins)
+    schema = config_module.ConfigSchema()
+    pm.hook.add_config_keys(schema=schema)
+    config = config_module.build_config(config_module.parse_document("version: 1\n"), schema)
+    config_module.apply_shortcuts(
+        config,
+        listen=("127.0.0.1:0",),
+        upstreams=upstreams,
+        upstream_tls=False,
+        sni=None,
+        host=None,
+    )
+    config.test = True  # plugins skip what a running server needs (files, listeners)
+    pm.hook.configure(config=config, plugin_manager=pm)
+    server = Server(config, pm)
+    server.prepare()
+    return server
 
 
 class LbxProcess:

@@ -53,11 +53,12 @@ class BodyKind(enum.IntEnum):
     CLOSE_DELIMITED = 3
 
 
-class _NoCallbacks:
-    """The callbacks object of a parser that is never fed."""
+class NoParserCallbacks:
+    """The callbacks object of a parser that is never fed: what a closed connection's parser
+    references instead of the connection (which would make a reference cycle)."""
 
 
-_DETACHED_RESPONSE_PARSER = httptools.HttpResponseParser(_NoCallbacks())
+_DETACHED_RESPONSE_PARSER = httptools.HttpResponseParser(NoParserCallbacks())
 """What a closed connection keeps instead of its parser (which references the connection)."""
 
 
