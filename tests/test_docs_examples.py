@@ -841,15 +841,22 @@ def setup_accesslog(page: Page) -> None:
     tmp_paths(page, "/var/log/lbx/access.log")
 
 
-def access_lines(page: Page, section: str) -> str:
-    """The block has no service: the test adds the one the sample lines name (``demo``), sends
-    ``GET /hello?x=1`` with curl, stops lbx (which writes the buffer) and reads the file."""
+def access_conf(page: Page, section: str) -> Path:
+    """The block has no service: the test adds the one the sample lines name (``demo``). Returns
+    the access log file, emptied."""
     conf = section + (
         "services:\n  - name: demo\n    listen: 127.0.0.1:6188\n    upstreams: [127.0.0.1:8001]\n"
     )
     (page.workdir / "access.yaml").write_text(conf, encoding="utf-8")
     log_file = Path(page.r.subst("/var/log/lbx/access.log"))
     log_file.unlink(missing_ok=True)
+    return log_file
+
+
+def access_lines(page: Page, section: str) -> str:
+    """Sends ``GET /hello?x=1`` with curl, stops lbx (which writes the buffer) and reads the
+    file."""
+    log_file = access_conf(page, section)
     page.r.command("lbx serve -c access.yaml -t")
     page.r.command("lbx serve -c access.yaml")
     page.r.command(Command("curl -s 'http://127.0.0.1:6188/hello?x=1'", "Hello from backend a"))
@@ -859,6 +866,7 @@ def access_lines(page: Page, section: str) -> str:
 
 
 def accesslog_config(page: Page, block: Block) -> None:
+    page.keep["section"] = block.text
     page.keep["combined"] = access_lines(page, block.text)
     as_json = re.sub(r"format: combined.*", "format: json", block.text)
     page.keep["json"] = access_lines(page, re.sub(r"\n  fields: .*", "", as_json))
@@ -872,13 +880,28 @@ def sample_values(text: str) -> str:
     return re.sub(r"(upstream_time|total_time)(\"?[=:])[\d.]+", r"\1\2...", text)
 
 
+def refused_line(page: Page) -> Result:
+    """The combined line of a request lbx refuses: ``GET /x RTSP/1.0`` on a raw connection."""
+    log_file = access_conf(page, page.keep["section"])
+    page.r.command("lbx serve -c access.yaml")
+    address = page.r.subst("127.0.0.1:6188")
+    host, port = address.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=TIMEOUT) as sock:
+        sock.sendall(b"GET /x RTSP/1.0\r\nHost: x\r\n\r\n")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 400 ")
+    assert foreground(page).stop(signal.SIGTERM, TIMEOUT) == 0
+    page.r.foreground = None
+    return Result("lbx", 0, log_file.read_text())
+
+
 ACCESSLOG_STEPS = [
     custom("yaml", "plugins: [roundrobin, accesslog]", accesslog_config),
     out(
-        "127.0.0.1 - - [30/Nov/2025",
+        "127.0.0.1 - - [30/Nov/2025:21:01:11",
         produce=lambda p: Result("lbx", 0, f"{p.keep['combined']}{p.keep['json']}"),
         fix=sample_values,
     ),
+    out("127.0.0.1 - - [30/Nov/2025:21:01:12", produce=refused_line, fix=sample_values),
 ]
 
 

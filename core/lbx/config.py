@@ -18,6 +18,7 @@ import yaml
 
 from lbx.errors import ConfigError
 from lbx.hashkey import check_spec as check_hash_key
+from lbx.http import UNDERSCORES_MODES
 from lbx.lb import Backend, split_host_port
 
 log = logging.getLogger("lbx.config")
@@ -154,6 +155,13 @@ SERVICE_KEYS: dict[str, Field] = {
         "protocols an Upgrade request may switch to through lbx (h2c never)",
         check=lambda v: "h2c is never passed on" if "h2c" in [p.lower() for p in v] else None,
     ),
+    "underscores_in_headers": Field(
+        "str",
+        "pass",
+        "request fields with '_' in the name: pass (look-alikes of the fields lbx interprets, "
+        "such as Content_Length, are always dropped), drop (all, as nginx) or reject (400)",
+        check=lambda v: None if v in UNDERSCORES_MODES else "must be pass, drop or reject",
+    ),
     "tls": Field("bool", False, "connect to upstreams with TLS"),
     "sni": Field("str", "", "TLS server name sent to upstreams (and verified)"),
     "host": Field("str", None, "Host header sent to upstreams (default: the client's)"),
@@ -240,6 +248,7 @@ class ServiceConfig:
     client_ca: str | None = None
     client_cert: str = "none"
     upgrades: list[str] = field(default_factory=lambda: ["websocket"])
+    underscores_in_headers: str = "pass"
     tls: bool = False
     sni: str = ""
     host: str | None = None

@@ -6,6 +6,7 @@ data path never decodes what no hook looks at. The ``str`` methods are for hook 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from http import HTTPStatus
 
@@ -139,7 +140,7 @@ class _HeaderEdits:
 class RequestHeader(_HeaderEdits):
     """A request head: method, target, version and headers. Pingora's ``RequestHeader``."""
 
-    __slots__ = ("headers", "method", "uri", "version")
+    __slots__ = ("_normalized", "headers", "method", "uri", "version")
 
     def __init__(
         self, method: str, uri: str, headers: Headers | None = None, version: str = "1.1"
@@ -148,11 +149,27 @@ class RequestHeader(_HeaderEdits):
         self.uri = uri
         self.version = version
         self.headers = headers if headers is not None else Headers()
+        self._normalized: tuple[str, str] | None = None
 
     @property
     def path(self) -> str:
-        """The target without its query string."""
+        """The target without its query string, as the client sent it (what goes upstream)."""
         return self.uri.split("?", 1)[0]
+
+    @property
+    def normalized_path(self) -> str:
+        """The path as most backends read it: the one to make access decisions on.
+
+        ``normalize_path`` of ``path``, computed once per target (a hook may change ``uri``).
+        ``/%61dmin``, ``//admin``, ``/./admin``, ``/x/../admin`` and ``/admin%2F`` all give
+        ``/admin`` or ``/admin/``.
+        """
+        uri = self.uri
+        cached = self._normalized
+        if cached is None or cached[0] is not uri:
+            cached = (uri, normalize_path(uri.split("?", 1)[0]))
+            self._normalized = cached
+        return cached[1]
 
     def __repr__(self) -> str:
         counted = f"{len(self.headers)} fields"
@@ -258,3 +275,175 @@ def encode_chunk(data: bytes) -> bytes:
 
 
 LAST_CHUNK = b"0\r\n\r\n"
+
+
+# -- request rules (sans-IO): what lbx accepts and what it passes on -------------------------------
+
+INTERPRETED_FIELDS = frozenset(
+    {
+        *HOP_BY_HOP,
+        b"content-length",
+        b"host",
+        b"expect",
+        b"via",
+        b"forwarded",
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+        b"x-forwarded-port",
+        b"x-real-ip",
+    }
+)
+"""Fields that decide framing, routing or forwarding: lbx reads, drops or writes each of them."""
+
+_LOOKALIKE_KEYS = frozenset(name.replace(b"-", b"") for name in INTERPRETED_FIELDS)
+
+
+def is_lookalike(lower: bytes) -> bool:
+    """Whether a lower-cased field name with ``_`` in it reads as a field lbx interprets once
+    ``_`` and ``-`` are folded together or dropped, as CGI/WSGI environs and some servers do:
+    ``transfer_encoding``, ``content_length``, ``host_``, ``x_forwarded_for``.
+
+    lbx frames and routes by the real field; a backend reading the look-alike would frame or
+    route by another, so look-alikes never go upstream.
+    """
+    return lower.replace(b"_", b"").replace(b"-", b"") in _LOOKALIKE_KEYS
+
+
+UNDERSCORES_MODES = ("pass", "drop", "reject")
+"""``underscores_in_headers``: what happens to request fields whose name has ``_``.
+
+``pass`` forwards them (look-alikes of interpreted fields excepted, always dropped), ``drop``
+drops them all (nginx's default), ``reject`` answers 400."""
+
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+
+
+def _protocols(value: bytes) -> list[tuple[bytes, bytes]] | None:
+    """The ``(element, lower-cased name)`` pairs of an ``Upgrade`` list (RFC 9110 7.8:
+    ``protocol-name ["/" protocol-version]``, comma-separated); None if one is malformed."""
+    protocols = []
+    for element in value.split(b","):
+        element = element.strip(b" \t")
+        if not element:
+            continue
+        name, slash, version = element.partition(b"/")
+        if _TOKEN.match(name) is None or (slash and _TOKEN.match(version) is None):
+            return None
+        protocols.append((element, name.lower()))
+    return protocols
+
+
+def upgrade_offer(value: bytes, allowed: frozenset[bytes]) -> tuple[bytes, frozenset[bytes]] | None:
+    """What lbx offers upstream for a client's ``Upgrade`` list: ``(value, names)``.
+
+    The list is reduced to the protocols whose lower-cased name is ``allowed`` (the service's
+    ``upgrades:``, which never holds ``h2c``), in the client's order and spelling. None when
+    nothing is left, or the list is malformed: the request then goes upstream without Upgrade.
+    """
+    protocols = _protocols(value)
+    if not protocols:
+        return None
+    kept = [(element, name) for element, name in protocols if name in allowed]
+    if not kept:
+        return None
+    return b", ".join([element for element, _ in kept]), frozenset([name for _, name in kept])
+
+
+def upgrade_accepted(values: list[bytes], offered: frozenset[bytes]) -> bool:
+    """Whether a ``101``'s ``Upgrade`` field values switch only to protocols lbx offered.
+
+    A 101 must name what it switches to (RFC 9110 15.2.2); one that names nothing, or anything
+    that was not offered (``h2c`` to a ``websocket`` offer), must not open a tunnel.
+    """
+    names = [name for value in values for _, name in (_protocols(value) or [(b"", b"")])]
+    return bool(names) and all(name in offered for name in names)
+
+
+_OTHER_PROTOCOL = re.compile(rb" +(?:RTSP|ICE)/")
+_MAX_PROTOCOL_CANDIDATES = 16
+
+
+def request_line_is_http(region: bytes, target: bytes) -> bool:
+    """Whether the request line of ``target`` in ``region`` names the protocol ``HTTP``.
+
+    llhttp also accepts ``RTSP/x.y`` and ``ICE/x.y`` request lines (it reports them as version
+    x.y); RFC 9112 2.3 allows exactly ``HTTP``. ``region`` holds the raw bytes around the
+    request line (its read); the line is refused when ``target`` is followed there by spaces
+    and another protocol. A copy of that text elsewhere in the read (a body) refuses it too:
+    only a client that wrote it can be refused that way. Past a few candidates the answer is
+    no, so a read full of them costs no more than a few searches.
+    """
+    if b"RTSP/" not in region and b"ICE/" not in region:
+        return True
+    for count, match in enumerate(_OTHER_PROTOCOL.finditer(region)):
+        if count >= _MAX_PROTOCOL_CANDIDATES or region.endswith(target, 0, match.start()):
+            return False
+    return True
+
+
+_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+def _decode_path_escapes(path: str) -> str:
+    """Decode ``%XX`` escapes of unreserved characters and of ``/``; other escapes stay, with
+    upper-case digits (RFC 3986 6.2.2.1-2); a ``%`` not followed by two hex digits stays."""
+    pieces = path.split("%")
+    out = [pieces[0]]
+    for piece in pieces[1:]:
+        if len(piece) >= 2 and piece[0] in _HEX and piece[1] in _HEX:
+            code = int(piece[:2], 16)
+            if code in _UNRESERVED or code == 0x2F:
+                out.append(chr(code) + piece[2:])
+            else:
+                out.append("%" + piece[:2].upper() + piece[2:])
+        else:
+            out.append("%" + piece)
+    return "".join(out)
+
+
+def remove_dot_segments(path: str) -> str:
+    """RFC 3986 5.2.4 for an absolute path: ``/a/./b/../c`` is ``/a/c``, never above ``/``."""
+    output: list[str] = []
+    segments = path.split("/")
+    for index, segment in enumerate(segments[1:], 1):
+        last = index == len(segments) - 1
+        if segment == "..":
+            if output:
+                output.pop()
+            if last:
+                output.append("")
+        elif segment == ".":
+            if last:
+                output.append("")
+        else:
+            output.append(segment)
+    return "/" + "/".join(output)
+
+
+_SLASHES = re.compile("/{2,}")
+
+
+def normalize_path(path: str) -> str:
+    """The normalised form of a request path, for decisions on it (``normalized_path``).
+
+    1. ``%XX`` escapes of unreserved characters (``A-Z a-z 0-9 - . _ ~``) and of ``/`` (``%2F``)
+       are decoded; other escapes are kept with upper-case digits. ``%2F`` is decoded because
+       many backends do (nginx's ``$uri``, most frameworks' routers): ``/admin%2Fkeys`` must not
+       pass a check on ``/admin/``. lbx refuses a path with ``%00`` (400), as nginx does.
+    2. Runs of ``/`` become one (nginx's ``merge_slashes``), before the dots, as nginx does.
+    3. Dot segments are removed (RFC 3986 5.2.4); ``..`` never climbs above ``/``.
+
+    Case is kept: paths are case-sensitive (a check for a case-insensitive backend lower-cases).
+    ``*`` (``OPTIONS *``) and other paths that do not start with ``/`` are returned unchanged.
+    """
+    if not path.startswith("/"):
+        return path
+    if "%" in path:
+        path = _decode_path_escapes(path)
+    if "//" in path:
+        path = _SLASHES.sub("/", path)
+    if "." in path:
+        path = remove_dot_segments(path)
+    return path

@@ -24,13 +24,17 @@ from lbx._hookcall import Pending
 from lbx.errors import ErrorSource, ErrorType, ProxyError
 from lbx.http import (
     HOP_BY_HOP,
+    UNDERSCORES_MODES,
     HeaderList,
     Headers,
     RequestHeader,
     connection_tokens,
     error_response,
+    is_lookalike,
     lower_name,
+    request_line_is_http,
     serialize_request,
+    upgrade_offer,
 )
 from lbx.peer import Peer
 from lbx.session import RequestBody, Session
@@ -199,7 +203,9 @@ class ProxyService:
         self.header_timeout = config.header_timeout
         self.body_timeout = config.body_timeout
         self.write_timeout = config.write_timeout
-        self.upgrades = frozenset(p.lower() for p in config.upgrades) - {"h2c"}
+        self.upgrades = frozenset(p.lower().encode("latin-1") for p in config.upgrades) - {b"h2c"}
+        self.underscores = UNDERSCORES_MODES.index(config.underscores_in_headers)
+        """0: pass (look-alikes dropped), 1: drop, 2: reject (``underscores_in_headers``)."""
         self.keepalive_requests = config.keepalive_requests
         self.max_connections = config.max_connections
         self.open_connections = 0
@@ -351,6 +357,11 @@ class ProxyService:
             log.exception("internal error, %s", session.request_summary())
             error = ProxyError(ErrorType.INTERNAL_ERROR, ErrorSource.INTERNAL, repr(exc))
             error.__cause__ = exc
+        refusal = session._refusal
+        if refusal is not None:
+            # lbx answered while reading the body (a limit, a malformed chunk): whatever the
+            # phases then ran into (a client gone, no upstream) is the same request's one end.
+            error = refusal
         if error is not None:
             await self._fail(session, ctx, error)
         if hooks.logging is not None:
@@ -511,7 +522,7 @@ class ProxyService:
             session,
             serialize_request(request, session._upstream_framing),
             request.method == "HEAD",
-            session.upgrade is not None,
+            session._upgrade_names,
         )
         session.start_request_body()
         head_future = session._head_future
@@ -556,7 +567,10 @@ class ProxyService:
         if status is None:
             status = error.default_status()
         if status:
-            log.error(
+            # A client's mistake, or an answer a hook chose (a 403), is not lbx's error.
+            chosen = error.etype is ErrorType.HTTP_STATUS and status < 500
+            log.log(
+                logging.INFO if chosen or error.source is ErrorSource.DOWNSTREAM else logging.ERROR,
                 "Fail to proxy: %s, status: %d, tries: %d, retry: false, %s",
                 error,
                 status,
@@ -622,6 +636,16 @@ class DownstreamProtocol(asyncio.Protocol):
         self._head_bytes = 0
         self._fed = 0
         self._in_head = False
+        self._chunk = b""
+        """The read being parsed (empty between reads)."""
+        self._feed_idle = False
+        """The read being parsed started between requests: its first line is a request line."""
+        self._line_first = False
+        """The head being parsed started its read (after CR/LF at most)."""
+        self._head_raw: list[bytes] | None = None
+        """The reads of a head that spans several (bounded by the head limits)."""
+        self._refusal: tuple[int, ProxyError, Session | None] | None = None
+        """A refused pipelined request, answered once the requests before it are."""
         self._reject: tuple[int, str] | None = None
         self._discard = False
         self._requests = 0
@@ -707,9 +731,15 @@ class DownstreamProtocol(asyncio.Protocol):
         if self._discard:
             return
         self._fed = len(data)
+        self._chunk = data
+        in_head = self._in_head
+        self._feed_idle = not in_head and self._parsing is None
+        if in_head and self._head_raw is not None:
+            self._head_raw.append(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
+            self._chunk = b""
             offset = exc.args[0] if exc.args and isinstance(exc.args[0], int) else len(data)
             self._parser = httptools.HttpRequestParser(self)
             last = self._last
@@ -725,6 +755,7 @@ class DownstreamProtocol(asyncio.Protocol):
                 self.data_received(data[offset:])
             return
         except httptools.HttpParserError as exc:
+            self._chunk = b""
             reject, self._reject = self._reject, None
             if reject is None and isinstance(exc.__context__, _TooManyTrailers):
                 reject = (431, "too many trailer fields")
@@ -732,6 +763,7 @@ class DownstreamProtocol(asyncio.Protocol):
                 reject = (_parse_error_status(exc), f"malformed request: {exc}")
             self._bad_request(*reject)
             return
+        self._chunk = b""  # a read is not kept: an idle connection holds no buffer
         if self._in_head:
             # A head arriving in pieces: its deadline runs, and its size is bounded here too
             # (httptools buffers a header line until it is complete).
@@ -739,6 +771,8 @@ class DownstreamProtocol(asyncio.Protocol):
                 self._arm_timer(self.service.header_timeout, _HEAD)
             if self._head_bytes < 0:
                 self._head_bytes = 0  # the piece that started the head (bounded by the read)
+                # Kept for the request-line check: the head's start is in the read's tail.
+                self._head_raw = [data[-self.service.max_head_bytes :]]
             else:
                 self._head_bytes += len(data)
                 if self._head_bytes > self.service.max_head_bytes:
@@ -751,6 +785,8 @@ class DownstreamProtocol(asyncio.Protocol):
         # without these cycles reference counting frees the connection now, not the collector.
         self._parser = _DETACHED_REQUEST_PARSER
         self._last = None
+        self._refusal = None
+        self._head_raw = None
         service = self.service
         service.open_connections -= 1
         service.connections.remove(self)
@@ -788,6 +824,9 @@ class DownstreamProtocol(asyncio.Protocol):
         self._trailers = -1
         self._head_bytes = -1
         self._in_head = True
+        self._line_first = self._feed_idle
+        self._feed_idle = False
+        self._head_raw = None
 
     def on_url(self, url: bytes) -> None:
         url = self._url + url
@@ -830,6 +869,7 @@ class DownstreamProtocol(asyncio.Protocol):
         upgrade: bytes | None = None
         received: dict[bytes, list[bytes]] | None = None
         drop: set[bytes] | None = None
+        underscored = False
         special = service.special_fields
         fields = self._headers
         for item in fields:
@@ -842,8 +882,15 @@ class DownstreamProtocol(asyncio.Protocol):
                     tokens = connection_tokens(value)
                     drop = tokens if drop is None else drop | tokens
                 elif lower == b"upgrade":
-                    upgrade = value
+                    upgrade = value if upgrade is None else upgrade + b"," + value
                 continue
+            if b"_" in lower:
+                # A backend may read "_" as "-" (CGI/WSGI): Content_Length must never reach it.
+                mode = service.underscores
+                if mode == 2:
+                    underscored = True
+                if mode or is_lookalike(lower):
+                    continue
             if lower in special:
                 if lower == b"host":
                     hosts += 1
@@ -862,8 +909,16 @@ class DownstreamProtocol(asyncio.Protocol):
             headers.append(item)
         url = self._url
         length = 0
+        # The request line of a head that started its read is that read's first line; llhttp
+        # also takes RTSP/ and ICE/ lines, which are checked in _check_head otherwise.
+        chunk = self._chunk
+        line_end = chunk.find(b"\n") if self._line_first and self._head_bytes < 0 else -1
+        line_ok = line_end >= 9 and chunk.startswith(b"HTTP/", line_end - 9)
         if not (
-            hosts == 1
+            line_ok
+            and not underscored
+            and b"%00" not in url
+            and hosts == 1
             and te is None
             and content_length is None
             and expect is None
@@ -890,6 +945,8 @@ class DownstreamProtocol(asyncio.Protocol):
                 expect,
                 drop,
                 upgrade is not None,
+                underscored,
+                line_ok,
             )
         for lower, field_name, ours in self._forwarding:
             values = received.get(lower) if received is not None else None
@@ -910,14 +967,16 @@ class DownstreamProtocol(asyncio.Protocol):
         else:
             body_kind = RequestBody.NONE
             framing = [(b"Content-Length", b"0")] if content_length is not None else []
-        protocol = None
+        offer = None
         if upgrade is not None and drop is not None and b"upgrade" in drop:
-            protocol = self._allowed_upgrade(method, version, body_kind, upgrade)
-            if protocol is not None:
-                framing = [*framing, (b"Connection", b"upgrade"), (b"Upgrade", upgrade)]
+            offer = self._upgrade_offer(method, version, body_kind, upgrade)
+            if offer is not None:
+                framing = [*framing, (b"Connection", b"upgrade"), (b"Upgrade", offer[0])]
         head = RequestHeader(method, url.decode("latin-1"), Headers(headers), version)
         session = Session(self, service, head, body_kind, framing, keep_alive)
-        session.upgrade = protocol
+        if offer is not None:
+            session.upgrade = offer[0].decode("latin-1")
+            session._upgrade_names = offer[1]
         self._last = session
         if body_kind:
             if expect is not None and version == "1.1":
@@ -945,11 +1004,15 @@ class DownstreamProtocol(asyncio.Protocol):
         expect: bytes | None,
         drop: set[bytes] | None,
         upgrade: bool,
+        underscored: bool,
+        line_ok: bool,
     ) -> tuple[HeaderList, bytes, bytes, int]:
         """The request rules beyond the plainest GET: (headers, target, host, body length)."""
         service = self.service
         problem = None
-        if method == "CONNECT":
+        if not line_ok and not self._request_line_is_http(url):
+            problem = (400, NOT_HTTP)
+        elif method == "CONNECT":
             problem = (405, "CONNECT is not proxied")
         elif version != "1.1" and version != "1.0":
             problem = (505, f"HTTP/{version} is not supported")
@@ -963,6 +1026,8 @@ class DownstreamProtocol(asyncio.Protocol):
             problem = (400, "invalid Host")
         elif drop and drop & _PROTECTED_FIELDS:
             problem = (400, "Connection names a field that cannot be dropped")
+        elif underscored:
+            problem = (400, "a header field name with '_' (underscores_in_headers: reject)")
         elif url[:1] != b"/" or b"#" in url:
             url, host, problem = _other_target(method, url, host)
         elif hosts:
@@ -970,6 +1035,9 @@ class DownstreamProtocol(asyncio.Protocol):
         length = 0
         if problem is not None:
             pass
+        elif b"%00" in url.split(b"?", 1)[0]:
+            # A NUL in the path ends it early for C backends and file systems (nginx: 400).
+            problem = (400, "%00 in the request path")
         elif len(self._headers) > service.max_headers:
             problem = (431, f"more than {service.max_headers} header fields")
         elif sum(len(n) + len(v) for n, v in self._headers) > service.max_header_size:
@@ -998,17 +1066,28 @@ class DownstreamProtocol(asyncio.Protocol):
             headers = [(n, host if n.lower() == b"host" else v) for n, v in headers]
         return headers, url, host, length
 
-    def _allowed_upgrade(
+    def _upgrade_offer(
         self, method: str, version: str, body_kind: int, upgrade: bytes
-    ) -> str | None:
-        """The protocol of an Upgrade request lbx passes on (``upgrades:``), or None.
+    ) -> tuple[bytes, frozenset[bytes]] | None:
+        """The ``Upgrade`` value lbx passes on and its protocol names, or None.
 
-        Only a bodyless HTTP/1.1 GET may switch (RFC 9110 7.8, RFC 6455); ``h2c`` never does.
+        Only a bodyless HTTP/1.1 GET may switch (RFC 9110 7.8, RFC 6455). The client's list is
+        reduced to the service's ``upgrades:`` (``h2c`` never is one): ``websocket, h2c`` goes
+        upstream as ``websocket``.
         """
         if method != "GET" or version != "1.1" or body_kind != RequestBody.NONE:
             return None
-        protocol = upgrade.split(b",", 1)[0].strip().split(b"/", 1)[0].decode("latin-1").lower()
-        return protocol if protocol in self.service.upgrades else None
+        return upgrade_offer(upgrade, self.service.upgrades)
+
+    def _request_line_is_http(self, url: bytes) -> bool:
+        """``request_line_is_http`` over the read (or reads) that hold this head's start."""
+        if self._head_bytes < 0:
+            region = self._chunk
+        elif self._head_raw is not None:
+            region = b"".join(self._head_raw)
+        else:  # not reached: a head spanning reads keeps them
+            return False
+        return request_line_is_http(region, url)
 
     def _forwarding_value(self, lower: bytes) -> bytes | None:
         """What this connection adds to a forwarding field (None: Forwarded, per request)."""
@@ -1031,7 +1110,7 @@ class DownstreamProtocol(asyncio.Protocol):
             session.request_body(body)
             limit = self.service.max_body_size
             if limit and session.body_bytes_read > limit:
-                self._fail_body(413, "request body over the limit")
+                self._refuse_body(413, "request body over the limit")
 
     def on_message_complete(self) -> None:
         session = self._parsing
@@ -1126,49 +1205,97 @@ class DownstreamProtocol(asyncio.Protocol):
             return
         if self._queue:
             self._start(self._queue.pop(0))
-            if not self._queue:
+            if not self._queue and self._refusal is None:
                 self.resume_reading_for("pipeline")
+        elif self._refusal is not None:
+            status, error, refused = self._refusal
+            self._refusal = None
+            self._refuse(status)
+            self._log_refused(status, error, refused)
         elif not self._in_head:
             self._arm_timer()
 
     def _bad_request(self, status: int, reason: str) -> None:
-        log.info("%s from %s: %d", reason, self.client_addr, status)
-        transport = self.transport
+        """The input cannot be read as requests any more: answer ``status``, log, then close.
+
+        The requests before the bad one are answered first; a request whose body turned out
+        malformed is answered instead of being forwarded further.
+        """
         self._discard = True
-        if transport is None or self.lost:
+        if self.transport is None or self.lost:
             return
+        if self._parsing is not None:
+            self._refuse_body(status, reason)
+            return
+        error = _refusal_error(status, reason)
         if self._current is None:
-            transport.write(error_response(status, close=True))
-            self._linger()
-        elif self._parsing is self._current:
-            # The request in flight has a body we can no longer frame: cut it off.
-            self.abort()
+            self._refuse(status)
+            self._log_refused(status, error, None)
         else:
-            # Answer the request in flight first; then the connection closes.
-            self._close_when_idle = True
-            self._queue.clear()
+            self._refusal = (status, error, None)
             self.pause_reading_for("bad-request")
 
-    def _fail_body(self, status: int, reason: str) -> None:
-        """The request body being read broke a limit: answer if possible, then close."""
+    def _refuse_body(self, status: int, reason: str) -> None:
+        """The body of the request being read broke a limit or its framing: that request is
+        answered ``status`` if no response to it started (else the connection is cut), its
+        upstream exchange stops, and the connection closes."""
         session = self._parsing
         self._parsing = None
         self._discard = True
-        log.info("%s from %s: %d", reason, self.client_addr, status)
         if session is None or self.lost or self.transport is None:
             return
-        if session is self._current and not session.response_written:
-            session.response_status = status
-            session._resp_started = session._resp_complete = True
-            self.transport.write(error_response(status, close=True))
-            self._linger()
-            session.downstream_lost()  # stops the upstream exchange
-        elif session is self._current:
-            self.abort()
-        else:
-            self._close_when_idle = True
-            self._queue.clear()
+        error = _refusal_error(status, reason)
+        if session is not self._current:
+            # Pipelined: the requests before it are answered first (it is the last one read).
+            if session in self._queue:
+                self._queue.remove(session)
+            self._refusal = (status, error, session)
             self.pause_reading_for("bad-request")
+        elif session.response_written:
+            self.abort()  # a response is on its way: a short one must not look complete
+        else:
+            self._refuse(status)
+            session.refuse(error)  # its task ends the request, logged once, with this error
+
+    def _refuse(self, status: int) -> None:
+        """Answer ``status`` with ``Connection: close``, then linger and close."""
+        transport = self.transport
+        assert transport is not None
+        transport.write(error_response(status, close=True))
+        self._linger()
+
+    def _log_refused(self, status: int, error: ProxyError, session: Session | None) -> None:
+        """The ``logging`` hook for a request refused before its phases ran (nginx logs them):
+        ``session`` if it was parsed, else one built from what was read of the head."""
+        service = self.service
+        log.info("Refused: %s, status: %d, from %s", error.context, status, self.client_addr)
+        hook = service.hooks.logging
+        if hook is None:
+            return
+        if session is None:
+            head = self._head_read(error.context != NOT_HTTP)
+            session = Session(self, service, head, RequestBody.NONE, [], False)
+        session.response_status = status
+        session._resp_started = session._resp_complete = True
+        try:
+            done = hook.run(session, session.ctx, error)
+            if type(done) is Pending:
+                self.loop.create_task(_finish_logging(done, session))
+        except Exception:
+            log.exception("logging hook failed, %s", session.request_summary())
+
+    def _head_read(self, http: bool) -> RequestHeader:
+        """What was read of a refused head: method, target (cut at ``LOGGED_TARGET_BYTES``),
+        version and fields as far as the parser got (empty strings where it did not, and for
+        the version of a line that is not ``http``)."""
+        url = self._url
+        method = version = ""
+        if url:  # the method precedes the target
+            method = self._parser.get_method().decode("latin-1")
+            if http and (self._headers or not self._in_head):  # the request line was complete
+                version = self._parser.get_http_version()
+        target = url[:LOGGED_TARGET_BYTES].decode("latin-1")
+        return RequestHeader(method, target, Headers(list(self._headers)), version)
 
     def _linger(self) -> None:
         """Stop writing, drain what the client still sends for a moment, then close."""
@@ -1262,10 +1389,28 @@ class DownstreamProtocol(asyncio.Protocol):
                 self._body_mark = session.body_bytes_read
                 self._arm_timer(self.service.body_timeout, _BODY)
                 return
-            self._fail_body(408, "request body stalled")
+            self._refuse_body(408, "request body stalled")
         elif self._current is None:
             transport.close()
             self.lost = True
+
+
+NOT_HTTP = "the request line names a protocol other than HTTP"
+
+LOGGED_TARGET_BYTES = 1024
+"""How much of a refused request's target the ``logging`` hook gets."""
+
+
+def _refusal_error(status: int, reason: str) -> ProxyError:
+    """The error a refused request ends with: the client's (``DOWNSTREAM``), with its status."""
+    return ProxyError(ErrorType.HTTP_STATUS, ErrorSource.DOWNSTREAM, reason, status=status)
+
+
+async def _finish_logging(pending: Pending, session: Session) -> None:
+    try:
+        await pending
+    except Exception:
+        log.exception("logging hook failed, %s", session.request_summary())
 
 
 def _parse_error_status(exc: Exception) -> int:

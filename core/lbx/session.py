@@ -71,6 +71,7 @@ class Session:
         "_fresh",
         "_head_future",
         "_keep_alive",
+        "_refusal",
         "_resp_body_kind",
         "_resp_complete",
         "_resp_mode",
@@ -82,6 +83,7 @@ class Session:
         "_tunnel",
         "_tunnel_bytes",
         "_tunnel_eofs",
+        "_upgrade_names",
         "_upstream",
         "_upstream_framing",
         "_upstream_paused",
@@ -137,7 +139,12 @@ class Session:
         self._upstream_framing = upstream_framing
         self._keep_alive = keep_alive
         self.upgrade: str | None = None
-        """The protocol an Upgrade request asks for (``websocket``), when lbx passes it on."""
+        """The ``Upgrade`` value lbx passes on (``websocket``): the client's list reduced to the
+        service's ``upgrades:``; None when the request does not switch protocols."""
+        self._upgrade_names: frozenset[bytes] | None = None
+        """The lower-cased protocol names in ``upgrade``: a 101 may switch to these only."""
+        self._refusal: ProxyError | None = None
+        """Set when lbx answered the request itself while reading its body (``refuse``)."""
         self._tunnel = False
         self._tunnel_bytes = 0
         self._tunnel_eofs = 0  # 1: the client finished sending, 2: the upstream did
@@ -424,6 +431,18 @@ class Session:
             self.service.connections.deadlines.set(
                 self._conn.loop, self, timeout, lambda: self._read_timed_out(mark)
             )
+
+    def refuse(self, error: ProxyError) -> None:
+        """lbx answered this request itself while reading its body (a limit, a malformed chunk):
+        the answer is written; stop the upstream exchange, whose request was cut short (its
+        connection is closed, never pooled), and end the request with ``error``."""
+        self._refusal = error
+        self.response_status = error.status
+        self._resp_started = self._resp_complete = True
+        upstream = self._upstream
+        if upstream is not None:
+            upstream.close()
+        self.upstream_failed(error)
 
     def downstream_lost(self) -> None:
         """The client went away: stop the upstream exchange and wake the request task."""

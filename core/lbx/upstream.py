@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, cast
 import httptools
 
 from lbx.errors import ErrorSource, ErrorType, ProxyError
-from lbx.http import HOP_BY_HOP, HeaderList, fields_to_drop, lower_name
+from lbx.http import HOP_BY_HOP, HeaderList, fields_to_drop, lower_name, upgrade_accepted
 from lbx.peer import Peer
 
 if TYPE_CHECKING:
@@ -75,7 +75,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.requests_served = 0
         self._parser = httptools.HttpResponseParser(self)
         self._head_only = False
-        self._upgrade = False
+        self._upgrade: frozenset[bytes] | None = None
+        """The protocols the request in flight offered to switch to (None: no Upgrade)."""
         self.tunnel = False
         """After a 101 to an Upgrade request: raw bytes both ways until either side closes."""
         self._headers: HeaderList = []
@@ -189,9 +190,17 @@ class UpstreamConnection(asyncio.Protocol):
             raise _InvalidResponse(f"more than {MAX_RESPONSE_HEADERS} response header fields")
         if 100 <= status < 200:
             if status == 101:
-                if not self._upgrade:
+                if self._upgrade is None:
                     # lbx forwarded no Upgrade, so a 101 is a broken (or hostile) upstream.
                     raise _InvalidResponse("101 Switching Protocols without an upgrade request")
+                answer = [value for name, value in raw if name.lower() == b"upgrade"]
+                if not upgrade_accepted(answer, self._upgrade):
+                    # A switch to something never offered (h2c) would tunnel the client past
+                    # every hook and check: refused, and the connection is closed.
+                    raise _InvalidResponse(
+                        "101 Switching Protocols to a protocol that was not offered: "
+                        + repr(b", ".join(answer).decode("latin-1"))
+                    )
                 self._open_tunnel(exchange, raw)
                 return
             exchange.upstream_informational(status, raw)
@@ -251,11 +260,16 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- used by the proxy -----------------------------------------------------------------
     def start(
-        self, exchange: Exchange, head: bytes, head_only: bool, upgrade: bool = False
+        self,
+        exchange: Exchange,
+        head: bytes,
+        head_only: bool,
+        upgrade: frozenset[bytes] | None = None,
     ) -> None:
         """Send a request head; the response is reported to ``exchange``.
 
-        ``upgrade``: the request asks for a protocol switch, so a 101 opens a tunnel.
+        ``upgrade``: the protocols the request offers to switch to; a 101 naming only those
+        opens a tunnel.
         """
         self.exchange = exchange
         self._head_only = head_only

@@ -7,23 +7,32 @@ what must always hold, raising ``AssertionError`` otherwise:
 
 - no exception escapes a protocol callback or a request task;
 - every request that reached an upstream is one canonical HTTP/1.1 request: it parses strictly,
-  has exactly one Host and at most one framing field, and no hop-by-hop field;
+  has exactly one Host and at most one framing field, no hop-by-hop field, no look-alike of a
+  field lbx interprets (``Content_Length``), and an ``Upgrade`` (with ``Connection: upgrade``)
+  only when it names nothing but ``websocket``;
+- a request line naming a protocol other than HTTP (``RTSP/1.0``) at the start of the input
+  sends nothing upstream;
+- a ``101`` reaches the client only when the upstream switched to ``websocket``;
 - once the client is gone, no request task is left running (no hang, nothing leaked).
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
 import httptools
 
 import lbx
 from lbx.config import ServiceConfig
-from lbx.http import HOP_BY_HOP
+from lbx.http import HOP_BY_HOP, is_lookalike
 from lbx.peer import Peer
 from lbx.proxy import Connections, DownstreamProtocol, ProxyService, RequestHooks
 from lbx.upstream import ConnectionPool, Connector, UpstreamConnection
+
+_OTHER_PROTOCOL_LINE = re.compile(rb"(?:\r\n)*[A-Z]+ [^ \r\n]+ +(?:RTSP|ICE)/[0-9]\.[0-9]\r\n")
+_SWITCHED_TO_WEBSOCKET = re.compile(rb"\r\nupgrade:[ \t]*websocket[ \t]*\r\n", re.IGNORECASE)
 
 
 class FakeTransport(asyncio.Transport):
@@ -88,12 +97,13 @@ class _Capture:
         assert names.count(b"host") == 1, self.headers
         framing = names.count(b"content-length") + names.count(b"transfer-encoding")
         assert framing <= 1, self.headers
+        assert not [n for n in names if b"_" in n and is_lookalike(n)], self.headers
         passed_on: set[bytes] = set()
         if b"upgrade" in names:  # an allowed protocol switch keeps exactly its two fields
             values = {name.lower(): value for name, value in self.headers}
             assert values.get(b"connection", b"").lower() == b"upgrade", self.headers
-            protocol = values[b"upgrade"].split(b",")[0].strip().split(b"/")[0].lower()
-            assert protocol == b"websocket", self.headers
+            protocols = {p.strip().split(b"/")[0].lower() for p in values[b"upgrade"].split(b",")}
+            assert protocols == {b"websocket"}, self.headers
             passed_on = {b"connection", b"upgrade"}
         hop = [
             n for n in names if n in HOP_BY_HOP and n != b"transfer-encoding" and n not in passed_on
@@ -211,6 +221,10 @@ class Harness:
         pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
         assert not pending, f"request tasks left running after the client left: {pending}"
         assert not self.errors, self.errors
+        if _OTHER_PROTOCOL_LINE.match(request):
+            assert not any(t.heads for t in self.connector.transports), request
+        if b" 101 " in out.split(b"\r\n", 1)[0] or b"\nHTTP/1.1 101 " in out:
+            assert _SWITCHED_TO_WEBSOCKET.search(response), (out, response)
         return out
 
     def close(self) -> None:

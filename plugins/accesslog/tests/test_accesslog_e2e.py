@@ -62,3 +62,59 @@ def test_unknown_field_is_a_config_error(lbx: Any, backends: BackendThread, tmp_
     proc.start_async()
     assert proc.wait() == 2
     assert "unknown field 'upstrem'" in proc.output
+
+
+REFUSED = [
+    # (what the client sends, status, method, uri) - one connection each, in this order
+    (b"GET /a HTTP/1.1\r\nHost: x\r\nBad Field\r\n\r\n", 400, "GET", "/a"),
+    (b"GET /rtsp RTSP/1.0\r\nHost: x\r\n\r\n", 400, "GET", "/rtsp"),
+    (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", 400, "", ""),
+    (b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 101\r\n\r\n", 413, "POST", "/up"),
+    (b"GET /" + b"a" * 100 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414, "GET", "/" + "a" * 100),
+    (b"GET /h HTTP/1.1\r\nHost: x\r\n" + b"X-A: 1\r\n" * 6 + b"\r\n", 431, "GET", "/h"),
+    (b"POST /z HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", 501, "POST", "/z"),
+    (b"GET /v HTTP/1.2\r\nHost: x\r\n\r\n", 505, "GET", "/v"),
+    (b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400, "POST", "/c"),
+    (b"GET /slow HTTP/1.1\r\nHost: x\r\n", 408, "GET", "/slow"),
+]
+
+
+def test_refused_requests_are_logged(lbx: Any, backends: BackendThread, tmp_path: Path) -> None:
+    """Requests lbx refuses while reading them get a line like any other, as nginx logs them:
+    the status sent, what was read of the request line (cut at 1024 bytes), the client, and a
+    downstream error; the combined format shows ``-`` when no request line was read."""
+    import socket
+
+    backend = backends.start("one")
+    conf = tmp_path / "lbx.yaml"
+    conf.write_text(
+        "plugins: [roundrobin, accesslog]\n"
+        f"accesslog: {{path: '{tmp_path / 'access.log'}', format: json}}\n"
+        "services:\n"
+        "  - listen: ['127.0.0.1:0']\n"
+        f"    upstreams: ['{backend.address}']\n"
+        "    max_request_line: 64\n    max_headers: 6\n    max_body_size: 100\n"
+        "    header_timeout: 0.5\n"
+    )
+    proc: LbxProcess = lbx("-c", str(conf))
+    host, port = proc.address.rsplit(":", 1)
+    for data, status, _, _ in REFUSED:
+        with socket.create_connection((host, int(port)), timeout=TIMEOUT) as sock:
+            sock.sendall(data)
+            answer = b""
+            while b"\r\n\r\n" not in answer:
+                chunk = sock.recv(65536)
+                assert chunk, (data, answer)
+                answer += chunk
+            assert answer.startswith(b"HTTP/1.1 %d " % status), (data, answer)
+    assert get(proc.address, "/after") == 200
+    assert proc.stop() == 0
+    records = [json.loads(line) for line in (tmp_path / "access.log").read_text().splitlines()]
+    assert len(records) == len(REFUSED) + 1
+    for record, (data, status, method, uri) in zip(records, REFUSED, strict=False):
+        assert (record["status"], record["method"], record["uri"]) == (status, method, uri), data
+        assert record["client"] == "127.0.0.1", record
+        # Refused before any phase ran, except the malformed chunk: its head went upstream.
+        assert (record["upstream"] is None) is (uri != "/c"), record
+        assert record["error"].startswith("downstream"), record
+    assert records[-1]["status"] == 200 and records[-1]["uri"] == "/after"

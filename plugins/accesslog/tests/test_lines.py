@@ -100,6 +100,24 @@ def test_combined_without_referer_or_user_agent() -> None:
     assert combined_tail(line) == '"GET /index.html HTTP/1.1" 0 612 "-" "-"'
 
 
+@pytest.mark.parametrize(
+    ("method", "uri", "version", "shown"),
+    [
+        ("", "", "", '"-"'),
+        ("GET", "/aaaa", "", '"GET /aaaa"'),
+        ("GET", '/"x"', "1.0", r'"GET /\"x\" HTTP/1.0"'),
+    ],
+)
+def test_combined_request_of_a_refused_request(
+    method: str, uri: str, version: str, shown: str
+) -> None:
+    """A request lbx refused shows what was read of its line, ``-`` when nothing was."""
+    refused = session(status=400, upstream=None, answered=False)
+    refused.req_header = RequestHeader(method, uri, Headers([]), version)
+    line = CombinedFormat([])(refused, None)
+    assert combined_tail(line) == f'{shown} 400 612 "-" "-"'
+
+
 def test_combined_extra_fields() -> None:
     """Extra fields are key=value: "-" when absent, quoted (and escaped) with a space."""
     error = ProxyError(ErrorType.CONNECT_REFUSED, ErrorSource.UPSTREAM, "nobody home")

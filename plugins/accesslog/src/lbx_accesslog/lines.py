@@ -89,6 +89,16 @@ def escape(text: str) -> str:
     return text.translate(_ESCAPES)
 
 
+def request_line(method: str, uri: str, version: str) -> str:
+    """The request line as read: ``GET /x HTTP/1.1``; for a request refused before its line was
+    read whole, what was read (``GET /x``), or ``-`` for nothing (nginx's ``$request``)."""
+    if not method:
+        return "-"
+    if not version:
+        return f"{method} {uri}"
+    return f"{method} {uri} HTTP/{version}"
+
+
 def request_fields(raw: HeaderList) -> tuple[bytes | None, bytes | None, bytes | None]:
     """The first Host, Referer and User-Agent values, in one pass over the request's fields.
 
@@ -172,7 +182,7 @@ class CombinedFormat:
         _, referer, agent = request_fields(head.headers.raw)
         line = (
             f"{session.client_ip} - - [{stamp}] "
-            f'"{escape(f"{head.method} {head.uri} HTTP/{head.version}")}" '
+            f'"{escape(request_line(head.method, head.uri, head.version))}" '
             f"{session.response_status or 0} {session.body_bytes_sent} "
             f'"{escape(referer.decode("latin-1")) if referer else "-"}" '
             f'"{escape(agent.decode("latin-1")) if agent else "-"}"'

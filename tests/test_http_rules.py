@@ -1,0 +1,222 @@
+"""Unit tests of the sans-IO request rules in ``lbx.http``: bytes in, decisions out (no sockets).
+
+The end-to-end behaviour of the same rules (status, what reaches the upstream, the close) is in
+test_conformance.py and test_smuggling.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from lbx import RequestHeader
+from lbx.http import (
+    is_lookalike,
+    normalize_path,
+    remove_dot_segments,
+    request_line_is_http,
+    upgrade_accepted,
+    upgrade_offer,
+)
+
+WEBSOCKET = frozenset({b"websocket"})
+
+# -- Upgrade lists --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "offered"),
+    [
+        (b"websocket", b"websocket"),
+        (b"WebSocket", b"WebSocket"),
+        (b"websocket, h2c", b"websocket"),
+        (b"h2c, websocket", b"websocket"),
+        (b"H2C,websocket", b"websocket"),
+        (b" h2c ,\twebsocket ", b"websocket"),
+        (b"h2c/1.0, websocket/13", b"websocket/13"),
+        (b"foo, websocket, h2c, bar/2", b"websocket"),
+        (b",,websocket,", b"websocket"),
+    ],
+)
+def test_upgrade_offer_keeps_only_allowed_protocols(value: bytes, offered: bytes) -> None:
+    """The list goes upstream reduced to ``upgrades:``, in the client's order and spelling."""
+    assert upgrade_offer(value, WEBSOCKET) == (offered, WEBSOCKET)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"h2c",
+        b"H2C",
+        b" h2c ",
+        b"h2c, foo",
+        b"",
+        b",",
+        b"websocket extra",
+        b"websocket/",
+        b"web\x00",
+    ],
+)
+def test_upgrade_offer_is_none_without_an_allowed_well_formed_protocol(value: bytes) -> None:
+    """Nothing allowed, or a malformed list: the request goes upstream without Upgrade."""
+    assert upgrade_offer(value, WEBSOCKET) is None
+
+
+def test_upgrade_offer_never_passes_h2c_even_if_allowed_by_mistake() -> None:
+    """The kernel removes h2c from ``upgrades:``; here only its absence from ``allowed`` counts."""
+    both = frozenset({b"websocket", b"foo"})
+    assert upgrade_offer(b"foo/1, h2c, WEBSOCKET", both) == (b"foo/1, WEBSOCKET", both)
+
+
+@pytest.mark.parametrize(
+    ("answer", "accepted"),
+    [
+        ([b"websocket"], True),
+        ([b"WebSocket"], True),
+        ([b"websocket/13"], True),
+        ([b"h2c"], False),
+        ([b"websocket, h2c"], False),
+        ([b"websocket", b"h2c"], False),
+        ([b"foo"], False),
+        ([], False),
+        ([b""], False),
+        ([b"websocket extra"], False),
+    ],
+)
+def test_a_101_must_name_only_offered_protocols(answer: list[bytes], accepted: bool) -> None:
+    assert upgrade_accepted(answer, WEBSOCKET) is accepted
+
+
+# -- look-alike field names -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        b"transfer_encoding",
+        b"content_length",
+        b"host_",
+        b"_host",
+        b"x_forwarded_for",
+        b"x-forwarded_for",
+        b"x_forwarded-proto",
+        b"connection_",
+        b"upgrade_",
+        b"content__length",
+        b"forwarded_",
+        b"x_real_ip",
+        b"keep_alive",
+        b"proxy_connection",
+        b"te_",
+        b"expect_",
+        b"via_",
+    ],
+)
+def test_lookalikes_of_interpreted_fields(name: bytes) -> None:
+    assert is_lookalike(name)
+
+
+@pytest.mark.parametrize("name", [b"x_custom", b"x_request_id", b"my_host_name", b"content_type"])
+def test_other_underscored_names_are_not_lookalikes(name: bytes) -> None:
+    assert not is_lookalike(name)
+
+
+# -- request-line protocol --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("region", "target", "http"),
+    [
+        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"/", True),
+        (b"GET / RTSP/1.0\r\nHost: x\r\n\r\n", b"/", False),
+        (b"OPTIONS * RTSP/1.0\r\n\r\n", b"*", False),
+        (b"SOURCE /live ICE/1.0\r\n\r\n", b"/live", False),
+        (b"GET /a  RTSP/1.0\r\n\r\n", b"/a", False),
+        (b"\r\nGET /a RTSP/2.0\r\n\r\n", b"/a", False),
+        # The body of an earlier request holds the text: refused all the same (only a client that
+        # wrote it can be refused that way).
+        (b"abc /a RTSP/1.0\r\nGET /a HTTP/1.1\r\n\r\n", b"/a", False),
+        # Text that is not the target followed by a protocol: fine.
+        (b"GET /a HTTP/1.1\r\nUser-Agent: x RTSP/1.0\r\n\r\n", b"/a", True),
+        (b"GET /RTSP/1.0 HTTP/1.1\r\n\r\n", b"/RTSP/1.0", True),
+        (b"GET /ICE/x HTTP/1.1\r\n\r\n", b"/ICE/x", True),
+    ],
+)
+def test_request_line_is_http(region: bytes, target: bytes, http: bool) -> None:
+    assert request_line_is_http(region, target) is http
+
+
+def test_request_line_check_is_bounded_by_candidates() -> None:
+    """A read full of ``RTSP/`` costs a few searches and is refused: never a scan per candidate
+    over the whole read."""
+    region = b"POST /up HTTP/1.1\r\n\r\n" + b" RTSP/" * 10_000
+    assert request_line_is_http(region, b"/nowhere") is False
+
+
+# -- normalised path --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/admin",
+        "/%61dmin",
+        "/%61%64%6D%69%6E",
+        "//admin",
+        "///admin",
+        "/./admin",
+        "/x/../admin",
+        "/x/y/../../admin",
+        "/../admin",
+        "/%2E%2E/admin",
+        "/%2e/admin",
+        "/x/%2E%2E/admin",
+        "/x%2F..%2Fadmin",
+        "/x/..//admin",
+        "/x//../admin",
+    ],
+)
+def test_every_spelling_of_admin_normalises_to_admin(path: str) -> None:
+    assert normalize_path(path) == "/admin"
+
+
+@pytest.mark.parametrize(
+    ("path", "normal"),
+    [
+        ("/admin%2Fkeys", "/admin/keys"),
+        ("/admin%2fkeys", "/admin/keys"),
+        ("/a%20b", "/a%20b"),
+        ("/a%3fb", "/a%3Fb"),
+        ("/a%5cb", "/a%5Cb"),
+        ("/%", "/%"),
+        ("/%G1", "/%G1"),
+        ("/a%2", "/a%2"),
+        ("/%7E%7euser", "/~~user"),
+        ("/a/b/", "/a/b/"),
+        ("/a/b/.", "/a/b/"),
+        ("/a/b/..", "/a/"),
+        ("/..", "/"),
+        ("/", "/"),
+        ("/a.b/c..d/...", "/a.b/c..d/..."),
+        ("/Admin", "/Admin"),
+        ("*", "*"),
+        ("/%25%32%66", "/%252f"),
+    ],
+)
+def test_normalize_path(path: str, normal: str) -> None:
+    assert normalize_path(path) == normal
+
+
+def test_remove_dot_segments_examples_of_rfc3986() -> None:
+    """RFC 3986 5.2.4's own examples (on absolute paths)."""
+    assert remove_dot_segments("/a/b/c/./../../g") == "/a/g"
+    assert remove_dot_segments("/mid/content=5/../6") == "/mid/6"
+
+
+def test_normalized_path_is_computed_once_per_target() -> None:
+    head = RequestHeader("GET", "/x/../admin?q=/../y")
+    first = head.normalized_path
+    assert first == "/admin"
+    assert head.normalized_path is first
+    head.uri = "/%61pi?x"
+    assert head.normalized_path == "/api"
+    assert head.path == "/%61pi"

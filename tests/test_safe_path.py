@@ -1,0 +1,97 @@
+"""The access-control example of docs/hooks.md blocks every spelling of ``/admin`` (issue 14,
+class 5): the hook module is the documented block itself, run in a real lbx in front of the
+capture upstream. The raw target still goes upstream unchanged for requests that pass.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from tests.docrun import read_blocks
+from tests.http_helpers import Client, Upstream, exchange, write_conf
+
+from lbx.testing import LbxProcess
+
+HOOKS_MD = Path(__file__).parent.parent / "docs" / "hooks.md"
+
+
+def documented_guard() -> str:
+    """The docs' access-control example: the block that uses ``normalized_path``."""
+    (block,) = [
+        b for b in read_blocks(HOOKS_MD) if "normalized_path" in b.text and "@hookimpl" in b.text
+    ]
+    assert "early_request_filter" in block.text
+    return block.text
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("guard")
+    guard = directory / "guard.py"
+    guard.write_text(documented_guard())
+    server = Upstream()
+    conf = write_conf(directory, [server.address])
+    with LbxProcess("-c", conf, "--plugin", str(guard)) as process:
+        yield server, process
+    server.close()
+
+
+def get(proxy, target: bytes):
+    with Client(proxy.address) as client:
+        client.send(b"GET " + target + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        return client.read_response()
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        b"/admin",
+        b"/admin/keys",
+        b"/%61dmin",
+        b"/%61%64%6d%69%6e/keys",
+        b"//admin",
+        b"///admin/keys",
+        b"/./admin",
+        b"/x/../admin",
+        b"/x/y/../../admin/keys",
+        b"/%2E%2E/admin",
+        b"/x/%2e%2e/admin/",
+        b"/admin%2Fkeys",
+        b"/x%2F..%2Fadmin",
+        b"/admin?x=1",
+        b"/x//../admin",
+    ],
+)
+def test_every_spelling_of_admin_is_refused(proxy, upstream, target):
+    response = get(proxy, target)
+    assert response.status == 403, (target, response)
+    assert upstream.requests == []
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        b"/administrator",
+        b"/x/admin",
+        b"/public/%61dmin",
+        b"/a%20b/../ok",
+        b"/Admin2",
+        b"/%2561dmin",
+    ],
+)
+def test_other_paths_pass_with_the_raw_target(proxy, upstream, target):
+    """Normalisation is for the decision only: what goes upstream is the client's target."""
+    response = get(proxy, target)
+    assert response.status == 200, (target, response)
+    (request,) = upstream.wait_requests(1)
+    assert request.target == target
+
+
+@pytest.mark.parametrize("target", [b"/admin%00", b"/a%00/b", b"/%00"])
+def test_nul_in_the_path_is_refused(proxy, upstream, target):
+    """``%00`` in the path is refused by lbx itself (400), as nginx does; in the query: data."""
+    response, closed = exchange(proxy.address, b"GET " + target + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert response.status == 400 and closed
+    assert upstream.requests == []
+    assert get(proxy, b"/ok?q=%00").status == 200
