@@ -8,10 +8,15 @@ from __future__ import annotations
 
 import pytest
 
-from lbx import RequestHeader
+from lbx import RequestHeader, http
 from lbx.http import (
+    LOOKALIKE_FIELD,
+    PLAIN_FIELD,
+    UNDERSCORED_FIELD,
+    field_kind,
     is_lookalike,
     normalize_path,
+    path_escapes_ok,
     remove_dot_segments,
     request_line_is_http,
     upgrade_accepted,
@@ -109,15 +114,62 @@ def test_a_101_must_name_only_offered_protocols(answer: list[bytes], accepted: b
         b"te_",
         b"expect_",
         b"via_",
+        b"-x-forwarded-proto",
+        b"content-length-",
+        b"content$length",
+        b"content.length",
+        b"transfer~encoding",
+        b"contentlength",
+        b"x-forwarded--for",
     ],
 )
 def test_lookalikes_of_interpreted_fields(name: bytes) -> None:
     assert is_lookalike(name)
+    assert field_kind(name) == LOOKALIKE_FIELD
 
 
-@pytest.mark.parametrize("name", [b"x_custom", b"x_request_id", b"my_host_name", b"content_type"])
-def test_other_underscored_names_are_not_lookalikes(name: bytes) -> None:
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [
+        (b"x_custom", UNDERSCORED_FIELD),
+        (b"x_request_id", UNDERSCORED_FIELD),
+        (b"my_host_name", UNDERSCORED_FIELD),
+        (b"content_type", UNDERSCORED_FIELD),
+        (b"content-type", PLAIN_FIELD),
+        (b"host", PLAIN_FIELD),
+        (b"x-forwarded-host", PLAIN_FIELD),
+        (b"content-length", PLAIN_FIELD),
+        (b"host2", PLAIN_FIELD),
+    ],
+)
+def test_other_names_are_not_lookalikes(name: bytes, kind: int) -> None:
+    """The fields themselves are not their look-alikes (lbx handles them by name)."""
     assert not is_lookalike(name)
+    assert field_kind(name) == kind
+
+
+def test_field_kind_cache_stays_bounded() -> None:
+    for index in range(3 * http._LOWERED_MAX_ENTRIES):
+        assert field_kind(b"x_name_%d" % index) == UNDERSCORED_FIELD
+    assert len(http._FIELD_KINDS) <= http._LOWERED_MAX_ENTRIES
+
+
+@pytest.mark.parametrize(
+    ("path", "ok"),
+    [
+        (b"/a%20b", True),
+        (b"/%2F%2f%7E", True),
+        (b"/", True),
+        (b"/a%", False),
+        (b"/a%2", False),
+        (b"/%zz", False),
+        (b"/%x-", False),
+        (b"/%%41", False),
+        (b"/a%00b", False),
+    ],
+)
+def test_path_escapes(path: bytes, ok: bool) -> None:
+    assert path_escapes_ok(path) is ok
 
 
 # -- request-line protocol --------------------------------------------------------------------

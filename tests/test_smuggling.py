@@ -86,7 +86,9 @@ def test_refused_or_forwarded_canonically(proxy, upstream: Upstream, case: Case)
 def test_malformed_chunk_after_the_request_went_upstream(proxy, upstream, name, rest) -> None:
     """The head and a first chunk went upstream; then the body breaks: 400 with
     ``Connection: close`` (no response byte was sent yet), the upstream connection is closed
-    (never reused), and it received exactly the head and the good chunk."""
+    (never reused), and it received the head, the good chunk and at most the data the bad chunk
+    carried before its framing broke (lbx streams bodies: it cannot know a chunk's CRLF is
+    missing before its data went on), never the last chunk: the request never completes there."""
     with Client(proxy.address) as client:
         client.send(CHUNKED_HEAD + b"5\r\nhello\r\n")
         partial = CHUNKED_UPSTREAM + b"5\r\nhello\r\n"
@@ -98,7 +100,9 @@ def test_malformed_chunk_after_the_request_went_upstream(proxy, upstream, name, 
         assert (response.status, response.get("Connection")) == (400, b"close"), response
         assert client.closed(1.0)
     assert conn.closed_by_peer.wait(2), "the upstream connection is still open"
-    assert bytes(conn.raw) == partial
+    received = bytes(conn.raw)
+    assert received.startswith(partial), received
+    assert b"0\r\n\r\n" not in received[len(partial) :], received
     assert not any(r.complete for r in upstream.requests)
     next_request_works(proxy, upstream)
     assert conn not in upstream.conns

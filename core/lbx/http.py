@@ -296,25 +296,63 @@ INTERPRETED_FIELDS = frozenset(
 )
 """Fields that decide framing, routing or forwarding: lbx reads, drops or writes each of them."""
 
-_LOOKALIKE_KEYS = frozenset(name.replace(b"-", b"") for name in INTERPRETED_FIELDS)
+_NOT_ALPHANUMERIC = bytes(sorted(set(range(256)) - set(b"abcdefghijklmnopqrstuvwxyz0123456789")))
+_LOOKALIKE_KEYS = frozenset(name.translate(None, _NOT_ALPHANUMERIC) for name in INTERPRETED_FIELDS)
+
+PLAIN_FIELD, UNDERSCORED_FIELD, LOOKALIKE_FIELD = 0, 1, 2
+"""``field_kind`` of a name: forwarded as it is; has ``_`` (``underscores_in_headers``
+decides); a look-alike of a field lbx interprets (never forwarded)."""
 
 
 def is_lookalike(lower: bytes) -> bool:
-    """Whether a lower-cased field name with ``_`` in it reads as a field lbx interprets once
-    ``_`` and ``-`` are folded together or dropped, as CGI/WSGI environs and some servers do:
-    ``transfer_encoding``, ``content_length``, ``host_``, ``x_forwarded_for``.
+    """Whether a lower-cased field name reads as a field lbx interprets once its punctuation is
+    folded or dropped, without being that field: ``transfer_encoding``, ``content_length``,
+    ``host_``, ``-x-forwarded-proto``, ``content$length``.
 
-    lbx frames and routes by the real field; a backend reading the look-alike would frame or
-    route by another, so look-alikes never go upstream.
+    CGI/WSGI environs read ``_`` as ``-``, and some servers and frameworks drop or fold other
+    punctuation. lbx frames and routes by the real field; a backend reading a look-alike would
+    frame or route by another, so look-alikes never go upstream.
     """
-    return lower.replace(b"_", b"").replace(b"-", b"") in _LOOKALIKE_KEYS
+    return (
+        lower not in INTERPRETED_FIELDS
+        and lower.translate(None, _NOT_ALPHANUMERIC) in _LOOKALIKE_KEYS
+    )
+
+
+_FIELD_KINDS: dict[bytes, int] = {}
+
+
+def field_kind(lower: bytes) -> int:
+    """``PLAIN_FIELD``, ``UNDERSCORED_FIELD`` or ``LOOKALIKE_FIELD`` for a lower-cased name,
+    from a bounded cache of the names seen (every field of every request is classified)."""
+    kind = _FIELD_KINDS.get(lower)
+    if kind is None:
+        if is_lookalike(lower):
+            kind = LOOKALIKE_FIELD
+        else:
+            kind = UNDERSCORED_FIELD if b"_" in lower else PLAIN_FIELD
+        if len(lower) <= _LOWERED_MAX_NAME and len(_FIELD_KINDS) < _LOWERED_MAX_ENTRIES:
+            _FIELD_KINDS[lower] = kind
+    return kind
 
 
 UNDERSCORES_MODES = ("pass", "drop", "reject")
 """``underscores_in_headers``: what happens to request fields whose name has ``_``.
 
-``pass`` forwards them (look-alikes of interpreted fields excepted, always dropped), ``drop``
-drops them all (nginx's default), ``reject`` answers 400."""
+``pass`` forwards them, ``drop`` drops them all (nginx's default), ``reject`` answers 400.
+Look-alikes of interpreted fields are dropped in every mode (``reject``: 400 if they have
+``_``)."""
+
+
+_BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})|%00")
+
+
+def path_escapes_ok(path: bytes) -> bool:
+    """Whether every ``%`` of a request path starts an escape (two hex digits) other than
+    ``%00``. Backends decode a broken escape (``/admin%``, ``/%zz``) each their own way, and
+    ``%00`` ends the path early for C code and file systems: nginx refuses both (400)."""
+    return _BAD_ESCAPE.search(path) is None
+
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 

@@ -24,14 +24,17 @@ from lbx._hookcall import Pending
 from lbx.errors import ErrorSource, ErrorType, ProxyError
 from lbx.http import (
     HOP_BY_HOP,
+    LOOKALIKE_FIELD,
+    PLAIN_FIELD,
     UNDERSCORES_MODES,
     HeaderList,
     Headers,
     RequestHeader,
     connection_tokens,
     error_response,
-    is_lookalike,
+    field_kind,
     lower_name,
+    path_escapes_ok,
     request_line_is_http,
     serialize_request,
     upgrade_offer,
@@ -884,12 +887,13 @@ class DownstreamProtocol(asyncio.Protocol):
                 elif lower == b"upgrade":
                     upgrade = value if upgrade is None else upgrade + b"," + value
                 continue
-            if b"_" in lower:
+            kind = field_kind(lower)
+            if kind != PLAIN_FIELD:
                 # A backend may read "_" as "-" (CGI/WSGI): Content_Length must never reach it.
                 mode = service.underscores
-                if mode == 2:
+                if mode == 2 and b"_" in lower:
                     underscored = True
-                if mode or is_lookalike(lower):
+                if mode or kind == LOOKALIKE_FIELD:
                     continue
             if lower in special:
                 if lower == b"host":
@@ -917,7 +921,7 @@ class DownstreamProtocol(asyncio.Protocol):
         if not (
             line_ok
             and not underscored
-            and b"%00" not in url
+            and b"%" not in url
             and hosts == 1
             and te is None
             and content_length is None
@@ -1035,9 +1039,8 @@ class DownstreamProtocol(asyncio.Protocol):
         length = 0
         if problem is not None:
             pass
-        elif b"%00" in url.split(b"?", 1)[0]:
-            # A NUL in the path ends it early for C backends and file systems (nginx: 400).
-            problem = (400, "%00 in the request path")
+        elif not path_escapes_ok(url.split(b"?", 1)[0]):
+            problem = (400, "a broken %-escape or %00 in the request path")
         elif len(self._headers) > service.max_headers:
             problem = (431, f"more than {service.max_headers} header fields")
         elif sum(len(n) + len(v) for n, v in self._headers) > service.max_header_size:
