@@ -130,6 +130,12 @@ PROTOCOLS = [
     refused("protocol-describe-rtsp", b"DESCRIBE /s RTSP/1.0\r\nHost: x\r\nCSeq: 2\r\n\r\n"),
     refused("protocol-setup-rtsp", b"SETUP /s RTSP/1.0\r\nHost: x\r\nTransport: RTP/AVP\r\n\r\n"),
     refused("protocol-get-ice", b"GET / ICE/1.0\r\nHost: x\r\n\r\n"),
+    # llhttp reads these as HTTP/1.1 (its version), so only the protocol name gives them away.
+    refused("protocol-get-rtsp-1.1", b"GET / RTSP/1.1\r\nHost: x\r\n\r\n"),
+    refused("protocol-post-rtsp-1.1", b"POST /p RTSP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"),
+    refused("protocol-source-ice-1.1", b"SOURCE /m ICE/1.1\r\nHost: x\r\n\r\n"),
+    refused("protocol-rtsp-two-spaces", b"GET /a  RTSP/1.1\r\nHost: x\r\n\r\n"),
+    refused("protocol-rtsp-after-crlf", b"\r\nGET /a RTSP/1.1\r\nHost: x\r\n\r\n"),
     refused("protocol-lower-case-http", b"GET / http/1.1\r\nHost: x\r\n\r\n"),
     refused("protocol-https", b"GET / HTTPS/1.1\r\nHost: x\r\n\r\n"),
     refused("protocol-http-2.0", b"GET / HTTP/2.0\r\nHost: x\r\n\r\n", 505),

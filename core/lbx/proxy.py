@@ -607,6 +607,12 @@ LINGER_SECONDS = 2.0
 """After an error answer, how long unread request bytes are drained before the close (so the
 client reads the answer instead of a reset)."""
 
+_PLAIN_REQUEST_LINE = re.compile(rb"[^ \r\n]+ /[^%# \r\n]* HTTP/1\.1\r\n")
+"""The plainest request line: an origin-form target without ``%`` or ``#``, HTTP/1.1."""
+_HTTP_FIRST_LINE = re.compile(rb"[^\n]* HTTP/[0-9]\.[0-9]\r\n")
+"""A read's first line is a request line naming HTTP (greedy: the protocol is found from the
+line's end, whatever the target's length)."""
+
 # RFC 9110 4.2.3 / RFC 3986 3.2.2: IP-literal or reg-name, optional port.
 _HOST_RE = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?\Z")
 
@@ -913,24 +919,23 @@ class DownstreamProtocol(asyncio.Protocol):
             headers.append(item)
         url = self._url
         length = 0
-        # The request line of a head that started its read is that read's first line; llhttp
-        # also takes RTSP/ and ICE/ lines, which are checked in _check_head otherwise.
-        chunk = self._chunk
-        line_end = chunk.find(b"\n") if self._line_first and self._head_bytes < 0 else -1
-        line_ok = line_end >= 9 and chunk.startswith(b"HTTP/", line_end - 9)
+        # The request line of a head that started its read is that read's first line: one match
+        # tells it is the plainest (origin-form target without % or #, HTTP/1.1; llhttp also
+        # takes RTSP/ and ICE/ lines). Anything else is checked in _check_head.
+        plain_line = (
+            self._line_first
+            and self._head_bytes < 0
+            and _PLAIN_REQUEST_LINE.match(self._chunk) is not None
+        )
         if not (
-            line_ok
+            plain_line
             and not underscored
-            and b"%" not in url
             and hosts == 1
             and te is None
             and content_length is None
             and expect is None
             and drop is None
-            and version == "1.1"
             and host == self._good_host
-            and url[:1] == b"/"
-            and b"#" not in url
             and method != "CONNECT"
             and self._head_bytes < 0
             and self._fed <= service.max_header_size
@@ -950,7 +955,7 @@ class DownstreamProtocol(asyncio.Protocol):
                 drop,
                 upgrade is not None,
                 underscored,
-                line_ok,
+                plain_line,
             )
         for lower, field_name, ours in self._forwarding:
             values = received.get(lower) if received is not None else None
@@ -1009,12 +1014,12 @@ class DownstreamProtocol(asyncio.Protocol):
         drop: set[bytes] | None,
         upgrade: bool,
         underscored: bool,
-        line_ok: bool,
+        plain_line: bool,
     ) -> tuple[HeaderList, bytes, bytes, int]:
         """The request rules beyond the plainest GET: (headers, target, host, body length)."""
         service = self.service
         problem = None
-        if not line_ok and not self._request_line_is_http(url):
+        if not plain_line and not self._request_line_is_http(url):
             problem = (400, NOT_HTTP)
         elif method == "CONNECT":
             problem = (405, "CONNECT is not proxied")
@@ -1032,14 +1037,14 @@ class DownstreamProtocol(asyncio.Protocol):
             problem = (400, "Connection names a field that cannot be dropped")
         elif underscored:
             problem = (400, "a header field name with '_' (underscores_in_headers: reject)")
-        elif url[:1] != b"/" or b"#" in url:
+        elif url[:1] != b"/" or url.find(b"#") >= 0:  # find: "in" would try b"#" as an int
             url, host, problem = _other_target(method, url, host)
         elif hosts:
             self._good_host = host
         length = 0
         if problem is not None:
             pass
-        elif not path_escapes_ok(url.split(b"?", 1)[0]):
+        elif url.find(b"%") >= 0 and not path_escapes_ok(url.split(b"?", 1)[0]):
             problem = (400, "a broken %-escape or %00 in the request path")
         elif len(self._headers) > service.max_headers:
             problem = (431, f"more than {service.max_headers} header fields")
@@ -1086,6 +1091,8 @@ class DownstreamProtocol(asyncio.Protocol):
         """``request_line_is_http`` over the read (or reads) that hold this head's start."""
         if self._head_bytes < 0:
             region = self._chunk
+            if self._line_first and _HTTP_FIRST_LINE.match(region) is not None:
+                return True  # the usual case, without a search through the whole read
         elif self._head_raw is not None:
             region = b"".join(self._head_raw)
         else:  # not reached: a head spanning reads keeps them

@@ -14,6 +14,7 @@ import socket
 import ssl
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, cast
 
 import httptools
@@ -499,6 +500,9 @@ class Connector:
         self.ca_file = ca_file
         self.connect_timeout = connect_timeout
         self._ssl_contexts: dict[tuple[bool, bool, str | None], ssl.SSLContext] = {}
+        self.dial: Callable[[UpstreamConnection], Awaitable[None]] | None = None
+        """Instead of a socket, give each new connection its transport (``connection_made``):
+        in-process tests and fuzzing over in-memory transports (``lbx.testing``)."""
 
     def ssl_context(self, peer: Peer) -> ssl.SSLContext:
         """A cached client context: verification on by default, ``ca_file`` as trust store."""
@@ -524,7 +528,11 @@ class Connector:
         pool = self.pool
         pool.reserve(peer.pool_key)
         try:
-            conn = await self._connect(peer, timeout, ssl_context, server_hostname)
+            if self.dial is not None:
+                conn = UpstreamConnection(peer, pool)
+                await self.dial(conn)
+            else:
+                conn = await self._connect(peer, timeout, ssl_context, server_hostname)
         except BaseException:
             pool.release(peer.pool_key)
             raise

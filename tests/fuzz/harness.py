@@ -149,18 +149,20 @@ class UpstreamTransport(FakeTransport):
                 protocol.data_received(self.response[middle:])
 
 
-class FakeConnector(Connector):
+class FakeUpstreams:
+    """Dials every upstream connection over an ``UpstreamTransport`` (``Connector.dial``)."""
+
     def __init__(self) -> None:
-        super().__init__(ConnectionPool(8, 60), ca_file=None, connect_timeout=1)
+        self.connector = Connector(ConnectionPool(8, 60), ca_file=None, connect_timeout=1)
+        self.connector.dial = self.dial
+        self.pool = self.connector.pool
         self.response = b""
         self.transports: list[UpstreamTransport] = []
 
-    async def connect(self, peer: Peer) -> UpstreamConnection:
-        conn = UpstreamConnection(peer, self.pool)
+    async def dial(self, conn: UpstreamConnection) -> None:
         transport = UpstreamTransport(asyncio.get_running_loop(), conn, self.response)
         self.transports.append(transport)
         conn.connection_made(transport)
-        return conn
 
 
 class _Plugin:
@@ -176,13 +178,13 @@ class Harness:
         self.loop.set_exception_handler(lambda _loop, context: self.errors.append(context))
         pm = lbx.get_plugin_manager(defaults=False)
         pm.register(_Plugin(), "fuzz-peer")
-        self.connector = FakeConnector()
+        self.connector = FakeUpstreams()
         service_config = ServiceConfig(name="fuzz", listen=[], upstreams=[], **config)
         self.service = ProxyService(
             service_config,
             None,
             RequestHooks(pm),
-            self.connector,
+            self.connector.connector,
             Connections(),
             max_retries=2,
         )
