@@ -25,7 +25,7 @@ from typing import Any
 
 import uvloop
 
-from lbx.proxy import DownstreamProtocol
+from lbx.h1 import H1Downstream
 from lbx.server import Server, tune_gc
 from lbx.testing import prepared_server
 from lbx.upstream import UpstreamConnection
@@ -94,13 +94,13 @@ async def run(requests: int, noop: bool, bare: bool = False) -> float:
             MemoryTransport(lambda data, conn=upstream: sent_upstream.append(conn))  # type: ignore[misc]
         )
         pool.put(upstream)
-    client: DownstreamProtocol | None = None
+    client: H1Downstream | None = None
     started = time.process_time()  # CPU time: other processes on the machine do not count
     for index in range(requests):
         if index % 500 == 0:  # a new client connection now and then, as wrk's (keepalive_requests)
             if client is not None:
                 client.connection_lost(None)
-            client = DownstreamProtocol(service)
+            client = H1Downstream(service)
             client.connection_made(MemoryTransport(answered.append))  # type: ignore[arg-type]
         client.data_received(REQUEST)
         while not sent_upstream:

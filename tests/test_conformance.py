@@ -415,8 +415,9 @@ def test_keepalive_connection_survives_many_requests(proxy, upstream):
 def test_unix_client_is_never_a_trusted_proxy():
     """``trusted_proxies`` matches IP clients only (a Unix socket client has no address)."""
     from lbx.config import ServiceConfig
+    from lbx.connections import Connections
     from lbx.plugins import get_plugin_manager
-    from lbx.proxy import Connections, ProxyService, RequestHooks, build_connector
+    from lbx.proxy import ProxyService, RequestHooks, build_connector
 
     config = ServiceConfig(name="s", listen=[], upstreams=[], trusted_proxies=["0.0.0.0/0"])
     connector = build_connector(pool_size=1, idle_timeout=1, ca_file=None, connect_timeout=1)

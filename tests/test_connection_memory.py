@@ -17,7 +17,7 @@ import pytest
 import uvloop
 from tests import inprocess
 
-from lbx.proxy import DownstreamProtocol
+from lbx.h1 import H1Downstream
 from lbx.session import Session
 from lbx.testing import DemoBackend, http_get
 from lbx.upstream import UpstreamConnection
@@ -88,7 +88,7 @@ async def serve_and_close(requests_per_client: int) -> tuple[int, int, int]:
         await asyncio.sleep(0)
     listener.close()
     await listener.wait_closed()
-    return count(DownstreamProtocol), count(Session), count(UpstreamConnection)
+    return count(H1Downstream), count(Session), count(UpstreamConnection)
 
 
 @pytest.mark.parametrize("requests_per_client", [0, 3])

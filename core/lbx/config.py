@@ -18,8 +18,8 @@ import yaml
 
 from lbx.errors import ConfigError
 from lbx.hashkey import check_spec as check_hash_key
-from lbx.http import UNDERSCORES_MODES
 from lbx.lb import Backend, split_host_port
+from lbx.request_rules import UNDERSCORES_MODES
 
 log = logging.getLogger("lbx.config")
 

@@ -1,5 +1,7 @@
 """Sans-IO HTTP/1.1 message heads: the objects hooks edit and their canonical serialisation.
 
+(What lbx accepts of a client's head, and what it passes on, is ``lbx.request_rules``.)
+
 Header names and values are kept as the bytes that arrived (latin-1 is the wire charset), so the
 data path never decodes what no hook looks at. The ``str`` methods are for hook authors.
 """
@@ -277,148 +279,7 @@ def encode_chunk(data: bytes) -> bytes:
 LAST_CHUNK = b"0\r\n\r\n"
 
 
-# -- request rules (sans-IO): what lbx accepts and what it passes on -------------------------------
-
-INTERPRETED_FIELDS = frozenset(
-    {
-        *HOP_BY_HOP,
-        b"content-length",
-        b"host",
-        b"expect",
-        b"via",
-        b"forwarded",
-        b"x-forwarded-for",
-        b"x-forwarded-proto",
-        b"x-forwarded-host",
-        b"x-forwarded-port",
-        b"x-real-ip",
-    }
-)
-"""Fields that decide framing, routing or forwarding: lbx reads, drops or writes each of them."""
-
-_NOT_ALPHANUMERIC = bytes(sorted(set(range(256)) - set(b"abcdefghijklmnopqrstuvwxyz0123456789")))
-_LOOKALIKE_KEYS = frozenset(name.translate(None, _NOT_ALPHANUMERIC) for name in INTERPRETED_FIELDS)
-
-PLAIN_FIELD, UNDERSCORED_FIELD, LOOKALIKE_FIELD = 0, 1, 2
-"""``field_kind`` of a name: forwarded as it is; has ``_`` (``underscores_in_headers``
-decides); a look-alike of a field lbx interprets (never forwarded)."""
-
-
-def is_lookalike(lower: bytes) -> bool:
-    """Whether a lower-cased field name reads as a field lbx interprets once its punctuation is
-    folded or dropped, without being that field: ``transfer_encoding``, ``content_length``,
-    ``host_``, ``-x-forwarded-proto``, ``content$length``.
-
-    CGI/WSGI environs read ``_`` as ``-``, and some servers and frameworks drop or fold other
-    punctuation. lbx frames and routes by the real field; a backend reading a look-alike would
-    frame or route by another, so look-alikes never go upstream.
-    """
-    return (
-        lower not in INTERPRETED_FIELDS
-        and lower.translate(None, _NOT_ALPHANUMERIC) in _LOOKALIKE_KEYS
-    )
-
-
-_FIELD_KINDS: dict[bytes, int] = {}
-
-
-def field_kind(lower: bytes) -> int:
-    """``PLAIN_FIELD``, ``UNDERSCORED_FIELD`` or ``LOOKALIKE_FIELD`` for a lower-cased name,
-    from a bounded cache of the names seen (every field of every request is classified)."""
-    kind = _FIELD_KINDS.get(lower)
-    if kind is None:
-        if is_lookalike(lower):
-            kind = LOOKALIKE_FIELD
-        else:
-            kind = UNDERSCORED_FIELD if b"_" in lower else PLAIN_FIELD
-        if len(lower) <= _LOWERED_MAX_NAME and len(_FIELD_KINDS) < _LOWERED_MAX_ENTRIES:
-            _FIELD_KINDS[lower] = kind
-    return kind
-
-
-UNDERSCORES_MODES = ("pass", "drop", "reject")
-"""``underscores_in_headers``: what happens to request fields whose name has ``_``.
-
-``pass`` forwards them, ``drop`` drops them all (nginx's default), ``reject`` answers 400.
-Look-alikes of interpreted fields are dropped in every mode (``reject``: 400 if they have
-``_``)."""
-
-
-_BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})|%00")
-
-
-def path_escapes_ok(path: bytes) -> bool:
-    """Whether every ``%`` of a request path starts an escape (two hex digits) other than
-    ``%00``. Backends decode a broken escape (``/admin%``, ``/%zz``) each their own way, and
-    ``%00`` ends the path early for C code and file systems: nginx refuses both (400)."""
-    return _BAD_ESCAPE.search(path) is None
-
-
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
-
-
-def _protocols(value: bytes) -> list[tuple[bytes, bytes]] | None:
-    """The ``(element, lower-cased name)`` pairs of an ``Upgrade`` list (RFC 9110 7.8:
-    ``protocol-name ["/" protocol-version]``, comma-separated); None if one is malformed."""
-    protocols = []
-    for element in value.split(b","):
-        element = element.strip(b" \t")
-        if not element:
-            continue
-        name, slash, version = element.partition(b"/")
-        if _TOKEN.match(name) is None or (slash and _TOKEN.match(version) is None):
-            return None
-        protocols.append((element, name.lower()))
-    return protocols
-
-
-def upgrade_offer(value: bytes, allowed: frozenset[bytes]) -> tuple[bytes, frozenset[bytes]] | None:
-    """What lbx offers upstream for a client's ``Upgrade`` list: ``(value, names)``.
-
-    The list is reduced to the protocols whose lower-cased name is ``allowed`` (the service's
-    ``upgrades:``, which never holds ``h2c``), in the client's order and spelling. None when
-    nothing is left, or the list is malformed: the request then goes upstream without Upgrade.
-    """
-    protocols = _protocols(value)
-    if not protocols:
-        return None
-    kept = [(element, name) for element, name in protocols if name in allowed]
-    if not kept:
-        return None
-    return b", ".join([element for element, _ in kept]), frozenset([name for _, name in kept])
-
-
-def upgrade_accepted(values: list[bytes], offered: frozenset[bytes]) -> bool:
-    """Whether a ``101``'s ``Upgrade`` field values switch only to protocols lbx offered.
-
-    A 101 must name what it switches to (RFC 9110 15.2.2); one that names nothing, or anything
-    that was not offered (``h2c`` to a ``websocket`` offer), must not open a tunnel.
-    """
-    names = [name for value in values for _, name in (_protocols(value) or [(b"", b"")])]
-    return bool(names) and all(name in offered for name in names)
-
-
-_OTHER_PROTOCOL = re.compile(rb" +(?:RTSP|ICE)/")
-_MAX_PROTOCOL_CANDIDATES = 16
-
-
-def request_line_is_http(region: bytes, target: bytes) -> bool:
-    """Whether the request line of ``target`` in ``region`` names the protocol ``HTTP``.
-
-    llhttp also accepts ``RTSP/x.y`` and ``ICE/x.y`` request lines (it reports them as version
-    x.y); RFC 9112 2.3 allows exactly ``HTTP``. ``region`` holds the raw bytes around the
-    request line (its read); the line is refused when ``target`` is followed there by spaces
-    and another protocol. A copy of that text elsewhere in the read (a body) refuses it too:
-    only a client that wrote it can be refused that way. Past a few candidates the answer is
-    no, so a read full of them costs no more than a few searches.
-    """
-    if b"RTSP/" not in region and b"ICE/" not in region:
-        return True
-    for count, match in enumerate(_OTHER_PROTOCOL.finditer(region)):
-        if count >= _MAX_PROTOCOL_CANDIDATES or region.endswith(target, 0, match.start()):
-            return False
-    return True
-
+# -- the normalised path ---------------------------------------------------------------------
 
 _UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _HEX = frozenset("0123456789abcdefABCDEF")

@@ -23,10 +23,11 @@ import anyio
 import anyio.abc
 
 from lbx.config import Config, ServiceConfig
+from lbx.connections import Connections
 from lbx.errors import ConfigError, StartupError
 from lbx.lb import Backend, Backends, Health, LoadBalancer, split_host_port
 from lbx.plugins import LbxPluginManager, installed_selection_plugins
-from lbx.proxy import Connections, ProxyService, RequestHooks, build_connector
+from lbx.proxy import ProxyService, RequestHooks, build_connector
 from lbx.selector import SelectorFactory
 from lbx.tls import RELOAD_INTERVAL_SECONDS, CertificateError, ServerTLS
 

@@ -27,8 +27,9 @@ from lbx.http import (
 from lbx.upstream import BodyKind, UpstreamConnection
 
 if TYPE_CHECKING:
+    from lbx.h1 import H1Downstream
     from lbx.peer import Peer
-    from lbx.proxy import DownstreamProtocol, ProxyService
+    from lbx.proxy import ProxyService
 
 # Request body bytes buffered before the upstream connection is ready; past it, reading pauses.
 REQUEST_BUFFER_HIGH_WATER = 64 * 1024
@@ -108,7 +109,7 @@ class Session:
 
     def __init__(
         self,
-        conn: DownstreamProtocol,
+        conn: H1Downstream,
         service: ProxyService,
         req_header: RequestHeader,
         body_kind: int,

@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING, cast
 import httptools
 
 from lbx.errors import ErrorSource, ErrorType, ProxyError
-from lbx.http import HOP_BY_HOP, HeaderList, fields_to_drop, lower_name, upgrade_accepted
+from lbx.http import HOP_BY_HOP, HeaderList, fields_to_drop, lower_name
 from lbx.peer import Peer
+from lbx.request_rules import upgrade_accepted
 
 if TYPE_CHECKING:
     # What a connection reports its response to: the request's Session, through plain method

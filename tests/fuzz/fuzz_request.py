@@ -18,8 +18,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 with atheris.instrument_imports():
     import httptools  # noqa: F401
 
+    import lbx.connections
+    import lbx.h1
     import lbx.http
     import lbx.proxy
+    import lbx.request_rules
     import lbx.session
     import lbx.upstream  # noqa: F401
 

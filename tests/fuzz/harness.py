@@ -1,7 +1,7 @@
 """An in-process lbx request path for fuzzing: client bytes in, upstream bytes out, no sockets.
 
 ``run(request, response)`` feeds ``request`` (split where the input says) to a real
-``DownstreamProtocol`` of a real ``ProxyService`` whose connector hands out real
+``H1Downstream`` of a real ``ProxyService`` whose connector hands out real
 ``UpstreamConnection``s over fake transports; each upstream answers with ``response``. It checks
 what must always hold, raising ``AssertionError`` otherwise:
 
@@ -19,6 +19,7 @@ what must always hold, raising ``AssertionError`` otherwise:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from typing import Any
 
@@ -26,13 +27,34 @@ import httptools
 
 import lbx
 from lbx.config import ServiceConfig
-from lbx.http import HOP_BY_HOP, is_lookalike
+from lbx.connections import Connections
+from lbx.h1 import H1Downstream
+from lbx.http import HOP_BY_HOP
 from lbx.peer import Peer
-from lbx.proxy import Connections, DownstreamProtocol, ProxyService, RequestHooks
+from lbx.proxy import ProxyService, RequestHooks
+from lbx.request_rules import is_lookalike
 from lbx.upstream import ConnectionPool, Connector, UpstreamConnection
 
 _OTHER_PROTOCOL_LINE = re.compile(rb"(?:\r\n)*[A-Z]+ [^ \r\n]+ +(?:RTSP|ICE)/[0-9]\.[0-9]\r\n")
 _SWITCHED_TO_WEBSOCKET = re.compile(rb"\r\nupgrade:[ \t]*websocket[ \t]*\r\n", re.IGNORECASE)
+
+
+class _Statuses:
+    """The status of each response head in what lbx wrote to a client (parser callbacks); a
+    101 or a cut response ends the parse."""
+
+    def __init__(self, out: bytes) -> None:
+        self.seen: list[int] = []
+        self.parser = httptools.HttpResponseParser(self)
+        with contextlib.suppress(httptools.HttpParserError, httptools.HttpParserUpgrade):
+            self.parser.feed_data(out)
+
+    def on_headers_complete(self) -> None:
+        self.seen.append(self.parser.get_status_code())
+
+
+def _statuses(out: bytes) -> list[int]:
+    return _Statuses(out).seen
 
 
 class FakeTransport(asyncio.Transport):
@@ -197,7 +219,7 @@ class Harness:
         self.connector.response = response
         self.connector.transports = []
         self.connector.pool.close_all()
-        protocol = DownstreamProtocol(self.service)
+        protocol = H1Downstream(self.service)
         transport = FakeTransport(self.loop, protocol)
         protocol.connection_made(transport)
         start = 0
@@ -225,7 +247,7 @@ class Harness:
         assert not self.errors, self.errors
         if _OTHER_PROTOCOL_LINE.match(request):
             assert not any(t.heads for t in self.connector.transports), request
-        if b" 101 " in out.split(b"\r\n", 1)[0] or b"\nHTTP/1.1 101 " in out:
+        if 101 in _statuses(out):
             assert _SWITCHED_TO_WEBSOCKET.search(response), (out, response)
         return out
 

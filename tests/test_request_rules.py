@@ -1,4 +1,5 @@
-"""Unit tests of the sans-IO request rules in ``lbx.http``: bytes in, decisions out (no sockets).
+"""Unit tests of the sans-IO request rules (``lbx.request_rules``) and the normalised path
+(``lbx.http``): bytes in, decisions out, no sockets.
 
 The end-to-end behaviour of the same rules (status, what reaches the upstream, the close) is in
 test_conformance.py and test_smuggling.py.
@@ -8,16 +9,15 @@ from __future__ import annotations
 
 import pytest
 
-from lbx import RequestHeader, http
-from lbx.http import (
+from lbx import RequestHeader, request_rules
+from lbx.http import normalize_path, remove_dot_segments
+from lbx.request_rules import (
     LOOKALIKE_FIELD,
     PLAIN_FIELD,
     UNDERSCORED_FIELD,
     field_kind,
     is_lookalike,
-    normalize_path,
     path_escapes_ok,
-    remove_dot_segments,
     request_line_is_http,
     upgrade_accepted,
     upgrade_offer,
@@ -149,9 +149,9 @@ def test_other_names_are_not_lookalikes(name: bytes, kind: int) -> None:
 
 
 def test_field_kind_cache_stays_bounded() -> None:
-    for index in range(3 * http._LOWERED_MAX_ENTRIES):
+    for index in range(3 * request_rules._CACHED_NAMES):
         assert field_kind(b"x_name_%d" % index) == UNDERSCORED_FIELD
-    assert len(http._FIELD_KINDS) <= http._LOWERED_MAX_ENTRIES
+    assert len(request_rules._FIELD_KINDS) <= request_rules._CACHED_NAMES
 
 
 @pytest.mark.parametrize(
