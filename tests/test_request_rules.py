@@ -7,18 +7,25 @@ test_conformance.py and test_smuggling.py.
 
 from __future__ import annotations
 
+from typing import Any
+
+import httptools
 import pytest
 
-from lbx import RequestHeader, request_rules
+from lbx import RequestHeader, ServiceConfig, request_rules
 from lbx.http import normalize_path, remove_dot_segments
 from lbx.request_rules import (
     LOOKALIKE_FIELD,
     PLAIN_FIELD,
     UNDERSCORED_FIELD,
+    HeadRules,
+    RequestRefused,
+    check_head,
     field_kind,
     is_lookalike,
     path_escapes_ok,
     request_line_is_http,
+    scan_fields,
     upgrade_accepted,
     upgrade_offer,
 )
@@ -272,3 +279,114 @@ def test_normalized_path_is_computed_once_per_target() -> None:
     head.uri = "/%61pi?x"
     assert head.normalized_path == "/api"
     assert head.path == "/%61pi"
+
+
+# -- whole heads: bytes in, decisions out -------------------------------------------------------
+
+
+class _Head:
+    """What httptools reads of a head: the protocol's inputs to the rules (what follows the
+    head, an upgrade or llhttp's own framing errors, is not the rules' business)."""
+
+    def __init__(self, raw: bytes) -> None:
+        self.url = b""
+        self.fields: list[tuple[bytes, bytes]] = []
+        self.complete = False
+        self.parser = httptools.HttpRequestParser(self)
+        try:
+            self.parser.feed_data(raw)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+            assert self.complete
+
+    def on_headers_complete(self) -> None:
+        self.complete = True
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.fields.append((name, value))
+
+
+def decide(raw: bytes, **service: Any) -> int | tuple[list[tuple[bytes, bytes]], bytes, bytes, int]:
+    """The rules' decision on a head: the refusal's status, or (fields passed on, target, host,
+    body length)."""
+    head = _Head(raw)
+    rules = HeadRules(ServiceConfig(name="t", listen=[], upstreams=[], **service))
+    scan = scan_fields(rules, head.fields)
+    method = head.parser.get_method().decode()
+    try:
+        return check_head(
+            rules,
+            method,
+            head.parser.get_http_version(),
+            head.url,
+            head.fields,
+            scan,
+            request_line_is_http(raw, head.url),
+            b"",
+        )
+    except RequestRefused as refused:
+        return refused.status
+
+
+@pytest.mark.parametrize(
+    ("raw", "decision"),
+    [
+        (b"GET / RTSP/1.1\r\nHost: x\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n", 400),
+        (b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n", 405),
+        (b"GET / HTTP/2.0\r\nHost: x\r\n\r\n", 505),
+        (b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nConnection: content-length\r\n\r\n", 400),
+        (b"GET /a# HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+        (b"GET * HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+        (b"GET /%zz HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+        (b"GET /a%00 HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\r\n", 413),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nExpect: dance\r\n\r\n", 417),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nX-A: 1\r\nX-B: 2\r\nX-C: 3\r\nX-D: 4\r\n\r\n", 431),
+        (
+            b"GET / HTTP/1.1\r\nHost: x\r\nX_A: 1\r\n\r\n",
+            ([(b"Host", b"x"), (b"X_A", b"1")], b"/", b"x", 0),
+        ),
+        (
+            b"GET http://h:8/p?q HTTP/1.1\r\nHost: x\r\nContent_Length: 5\r\n\r\n",
+            ([(b"Host", b"h:8")], b"/p?q", b"h:8", 0),
+        ),
+        (
+            b"POST /u HTTP/1.1\r\nHost: x\r\nX-Private: 1\r\nConnection: x-private\r\n"
+            b"Content-Length: 3\r\n\r\n",
+            ([(b"Host", b"x")], b"/u", b"x", 3),
+        ),
+        (b"GET / HTTP/1.0\r\n\r\n", ([(b"Host", b"")], b"/", b"", 0)),
+    ],
+)
+def test_head_decisions(raw: bytes, decision: object) -> None:
+    assert decide(raw, max_headers=4, max_body_size=10) == decision
+
+
+def test_underscores_in_headers_modes() -> None:
+    raw = b"GET / HTTP/1.1\r\nHost: x\r\nX_Id: 7\r\nTransfer_Encoding: chunked\r\n\r\n"
+    assert decide(raw)[0] == [(b"Host", b"x"), (b"X_Id", b"7")]  # type: ignore[index]
+    assert decide(raw, underscores_in_headers="drop")[0] == [(b"Host", b"x")]  # type: ignore[index]
+    assert decide(raw, underscores_in_headers="reject") == 400
+    lookalike = b"GET / HTTP/1.1\r\nHost: x\r\n-X-Forwarded-For: 1.2.3.4\r\n\r\n"
+    assert decide(lookalike, underscores_in_headers="reject")[0] == [(b"Host", b"x")]  # type: ignore[index]
+
+
+def test_scan_sets_apart_what_lbx_writes_itself() -> None:
+    """Forwarding fields lbx writes are taken out (kept as received for ``append``); with
+    ``x_forwarded_for: off`` the client's own passes untouched."""
+    raw = (
+        b"GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 1.1.1.1\r\nX-Forwarded-Proto: https\r\n\r\n"
+    )
+    head = _Head(raw)
+    scan = scan_fields(HeadRules(ServiceConfig(name="t", listen=[], upstreams=[])), head.fields)
+    assert scan[0] == [(b"Host", b"x")]
+    assert scan[7] == {b"x-forwarded-for": [b"1.1.1.1"], b"x-forwarded-proto": [b"https"]}
+    off = HeadRules(ServiceConfig(name="t", listen=[], upstreams=[], x_forwarded_for="off"))
+    assert scan_fields(off, head.fields)[0] == [(b"Host", b"x"), (b"X-Forwarded-For", b"1.1.1.1")]
