@@ -24,3 +24,15 @@ def test_lower_name_cache_stays_bounded_whatever_names_arrive() -> None:
     long_name = b"X-" + b"A" * 100
     assert http.lower_name(long_name) == long_name.lower()
     assert long_name not in http._LOWERED
+
+
+def test_encoded_strings_cache_stays_bounded() -> None:
+    """Names and values hooks pass as str are encoded through a cache that many distinct (or
+    long) strings never grow past its bound."""
+    head = RequestHeader("GET", "/")
+    for index in range(3 * http._LOWERED_MAX_ENTRIES):
+        head.insert_header("X-Id", f"value-{index}")
+    assert head.headers.raw == [(b"X-Id", b"value-%d" % (3 * http._LOWERED_MAX_ENTRIES - 1))]
+    assert len(http._ENCODED) <= http._LOWERED_MAX_ENTRIES
+    head.insert_header("X-Long", "v" * 100)
+    assert "v" * 100 not in http._ENCODED

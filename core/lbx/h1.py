@@ -1,7 +1,7 @@
 """The HTTP/1.1 server side: one client connection, its requests parsed and answered in order.
 
 ``H1Downstream`` parses client bytes with httptools, applies ``lbx.request_rules`` to each head,
-and hands each request to its service's phases (``ProxyService.handle``) as a ``Session``; it
+and hands each request to its service's phases (``ProxyService.handle``) as an ``Exchange``; it
 answers pipelined requests in order, refuses what the rules refuse (and logs it), bounds slow
 clients (one deadline per connection in the shared sweep) and turns into a byte tunnel after a
 ``101``.
@@ -18,6 +18,7 @@ import httptools
 
 from lbx._hookcall import Pending
 from lbx.errors import ErrorSource, ErrorType, ProxyError
+from lbx.exchange import Exchange, RequestBody
 from lbx.http import HeaderList, Headers, RequestHeader, error_response
 from lbx.request_rules import (
     HTTP_FIRST_LINE,
@@ -31,7 +32,6 @@ from lbx.request_rules import (
     scan_fields,
     upgrade_request,
 )
-from lbx.session import RequestBody, Session
 from lbx.upstream import NoParserCallbacks, UpstreamConnection
 
 if TYPE_CHECKING:
@@ -86,15 +86,15 @@ class H1Downstream(asyncio.Protocol):
         """The head being parsed started its read (after CR/LF at most)."""
         self._head_raw: list[bytes] | None = None
         """The reads of a head that spans several (bounded by the head limits)."""
-        self._refusal: tuple[int, ProxyError, Session | None] | None = None
+        self._refusal: tuple[int, ProxyError, Exchange | None] | None = None
         """A refused pipelined request, answered once the requests before it are."""
         self._discard = False
         self._requests = 0
         self._timer = _NO_TIMER
         self._body_mark = -1
-        self._current: Session | None = None
-        self._parsing: Session | None = None
-        self._queue: list[Session] = []
+        self._current: Exchange | None = None
+        self._parsing: Exchange | None = None
+        self._queue: list[Exchange] = []
         """Pipelined requests waiting their turn: a list, since an empty deque takes 760 bytes
         per connection and a pipeline is short (reading pauses while requests wait)."""
         self._task: asyncio.Task[None] | None = None
@@ -108,11 +108,11 @@ class H1Downstream(asyncio.Protocol):
         self._trusted = True
         self._scheme = b"http"
         self._good_host = b""
-        self._last: Session | None = None
+        self._last: Exchange | None = None
         """The most recent request parsed (an Upgrade request ends the HTTP input)."""
         self._early = b""
         """Bytes that followed an Upgrade request, held until the upstream answers it."""
-        self._tunnel: Session | None = None
+        self._tunnel: Exchange | None = None
         """The request whose 101 turned this connection into a byte stream."""
 
     # -- asyncio.Protocol ------------------------------------------------------------------
@@ -184,7 +184,7 @@ class H1Downstream(asyncio.Protocol):
             offset = exc.args[0] if exc.args and isinstance(exc.args[0], int) else len(data)
             self._parser = httptools.HttpRequestParser(self)
             last = self._last
-            if last is not None and last.upgrade is not None:
+            if last is not None and last.upgrade_names is not None:
                 # Passed on: what follows belongs to the new protocol if the upstream agrees
                 # (101), else it is the next request. Hold it until the answer.
                 self._early = data[offset:]
@@ -358,23 +358,23 @@ class H1Downstream(asyncio.Protocol):
         if offer is not None:
             framing = [*framing, (b"Connection", b"upgrade"), (b"Upgrade", offer[0])]
         head = RequestHeader(method, url.decode("latin-1"), Headers(headers), version)
-        session = Session(self, service, head, body_kind, framing, keep_alive)
+        exchange = Exchange(self, service, head, body_kind, framing, keep_alive)
         if offer is not None:
-            session.upgrade = offer[0].decode("latin-1")
-            session._upgrade_names = offer[1]
-        self._last = session
+            exchange.session.upgrade = offer[0].decode("latin-1")
+            exchange.upgrade_names = offer[1]
+        self._last = exchange
         if body_kind:
             if expect is not None and version == "1.1":
-                session._expect_continue = 1
+                exchange.expect_continue = 1
             self._body_mark = -1
             self._arm_timer(service.body_timeout, _BODY)
         elif self._timer:
             self._cancel_timer()
-        self._parsing = session
+        self._parsing = exchange
         if self._current is None:
-            self._start(session)
+            self._start(exchange)
         else:
-            self._queue.append(session)
+            self._queue.append(exchange)
 
     def _request_line_is_http(self, url: bytes) -> bool:
         """``request_line_is_http`` over the read (or reads) that hold this head's start."""
@@ -404,33 +404,33 @@ class H1Downstream(asyncio.Protocol):
         return None
 
     def on_body(self, body: bytes) -> None:
-        session = self._parsing
-        if session is not None:
-            session.request_body(body)
+        exchange = self._parsing
+        if exchange is not None:
+            exchange.request_body(body)
             limit = self.service.max_body_size
-            if limit and session.body_bytes_read > limit:
+            if limit and exchange.session.body_bytes_read > limit:
                 self._refuse_body(413, "request body over the limit")
 
     def on_message_complete(self) -> None:
-        session = self._parsing
+        exchange = self._parsing
         self._parsing = None
-        if session is None:
+        if exchange is None:
             return
         if self._timer == _BODY:
             self._cancel_timer()
-        session.request_body_end()
-        if session is not self._current:
+        exchange.request_body_end()
+        if exchange is not self._current:
             # Pipelined: hold further input until the queued requests are answered.
             self.pause_reading_for("pipeline")
 
     # -- upgraded connections --------------------------------------------------------------
-    def start_tunnel(self, session: Session, upstream: UpstreamConnection) -> None:
+    def start_tunnel(self, exchange: Exchange, upstream: UpstreamConnection) -> None:
         """The upstream switched protocols: from now on client bytes go to it unparsed."""
-        self._tunnel = session
+        self._tunnel = exchange
         self._cancel_timer()
         early, self._early = self._early, b""
         if early:
-            session.tunnel_request_data(early)
+            exchange.tunnel_request_data(early)
         self.resume_reading_for("upgrade")
 
     def cancel_upgrade(self) -> None:
@@ -456,8 +456,8 @@ class H1Downstream(asyncio.Protocol):
         return True
 
     # -- request life cycle ------------------------------------------------------------------
-    def _start(self, session: Session) -> None:
-        self._current = session
+    def _start(self, exchange: Exchange) -> None:
+        self._current = exchange
         waiter = self._waiting
         if waiter is not None:
             self._waiting = None
@@ -476,9 +476,9 @@ class H1Downstream(asyncio.Protocol):
         handle = self.service.handle
         try:
             while True:
-                session = self._current
-                if session is not None:
-                    await handle(session)  # ends with request_finished: the next one, or None
+                exchange = self._current
+                if exchange is not None:
+                    await handle(exchange)  # ends with request_finished: the next one, or None
                 elif self.lost:
                     break
                 else:
@@ -490,15 +490,15 @@ class H1Downstream(asyncio.Protocol):
         finally:
             self._task = None
 
-    def request_finished(self, session: Session) -> None:
+    def request_finished(self, exchange: Exchange) -> None:
         """Called by the connection's task when a request is fully answered (or failed)."""
-        if self._current is not session:
+        if self._current is not exchange:
             return
         self._current = None
         transport = self.transport
         if self.lost or transport is None:
             return
-        if not session.keep_alive or not session._body_done or self._close_when_idle:
+        if not exchange.keep_alive or not exchange.body_done or self._close_when_idle:
             transport.close()
             self.lost = True
             return
@@ -538,23 +538,23 @@ class H1Downstream(asyncio.Protocol):
         """The body of the request being read broke a limit or its framing: that request is
         answered ``status`` if no response to it started (else the connection is cut), its
         upstream exchange stops, and the connection closes."""
-        session = self._parsing
+        exchange = self._parsing
         self._parsing = None
         self._discard = True
-        if session is None or self.lost or self.transport is None:
+        if exchange is None or self.lost or self.transport is None:
             return
         error = _refusal_error(status, reason)
-        if session is not self._current:
+        if exchange is not self._current:
             # Pipelined: the requests before it are answered first (it is the last one read).
-            if session in self._queue:
-                self._queue.remove(session)
-            self._refusal = (status, error, session)
+            if exchange in self._queue:
+                self._queue.remove(exchange)
+            self._refusal = (status, error, exchange)
             self.pause_reading_for("bad-request")
-        elif session.response_written:
+        elif exchange.response_started:
             self.abort()  # a response is on its way: a short one must not look complete
         else:
             self._refuse(status)
-            session.refuse(error)  # its task ends the request, logged once, with this error
+            exchange.refuse(error)  # its task ends the request, logged once, with this error
 
     def _refuse(self, status: int) -> None:
         """Answer ``status`` with ``Connection: close``, then linger and close."""
@@ -563,25 +563,28 @@ class H1Downstream(asyncio.Protocol):
         transport.write(error_response(status, close=True))
         self._linger()
 
-    def _log_refused(self, status: int, error: ProxyError, session: Session | None) -> None:
+    def _log_refused(self, status: int, error: ProxyError, exchange: Exchange | None) -> None:
         """The ``logging`` hook for a request refused before its phases ran (nginx logs them):
-        ``session`` if it was parsed, else one built from what was read of the head."""
+        its exchange if it was parsed, else one built from what was read of the head."""
         service = self.service
         log.info("Refused: %s, status: %d, from %s", error.context, status, self.client_addr)
         hook = service.hooks.logging
         if hook is None:
             return
-        if session is None:
+        if exchange is None:
             head = self._head_read(error.context != NOT_HTTP)
-            session = Session(self, service, head, RequestBody.NONE, [], False)
+            exchange = Exchange(self, service, head, RequestBody.NONE, [], False)
+        session = exchange.session
         session.response_status = status
-        session._resp_started = session._resp_complete = True
+        exchange.response_started = exchange.response_complete = True
         try:
             done = hook.run(session, session.ctx, error)
             if type(done) is Pending:
-                self.loop.create_task(_finish_logging(done, session))
+                self.loop.create_task(_finish_logging(done, exchange))
+                return
         except Exception:
             log.exception("logging hook failed, %s", session.request_summary())
+        exchange.finish()
 
     def _head_read(self, http: bool) -> RequestHeader:
         """What was read of a refused head: method, target (cut at ``LOGGED_TARGET_BYTES``),
@@ -680,12 +683,13 @@ class H1Downstream(asyncio.Protocol):
             if self._in_head:
                 self._bad_request(408, "request head not received in time")
         elif state == _BODY:
-            session = self._parsing
-            if session is None:
+            exchange = self._parsing
+            if exchange is None:
                 return
-            if session.body_bytes_read != self._body_mark or self._pause_reasons:
+            read = exchange.session.body_bytes_read
+            if read != self._body_mark or self._pause_reasons:
                 # Progress, or lbx itself stopped reading (back-pressure): wait again.
-                self._body_mark = session.body_bytes_read
+                self._body_mark = read
                 self._arm_timer(self.service.body_timeout, _BODY)
                 return
             self._refuse_body(408, "request body stalled")
@@ -703,11 +707,12 @@ def _refusal_error(status: int, reason: str) -> ProxyError:
     return ProxyError(ErrorType.HTTP_STATUS, ErrorSource.DOWNSTREAM, reason, status=status)
 
 
-async def _finish_logging(pending: Pending, session: Session) -> None:
+async def _finish_logging(pending: Pending, exchange: Exchange) -> None:
     try:
         await pending
     except Exception:
-        log.exception("logging hook failed, %s", session.request_summary())
+        log.exception("logging hook failed, %s", exchange.session.request_summary())
+    exchange.finish()
 
 
 def _format_addr(addr: Any) -> str:

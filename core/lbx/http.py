@@ -48,8 +48,20 @@ def lower_name(name: bytes) -> bytes:
     return lowered
 
 
+_ENCODED: dict[str, bytes] = {}
+
+
 def _b(text: str | bytes) -> bytes:
-    return text if text.__class__ is bytes else text.encode("latin-1")  # type: ignore[union-attr]
+    """``text`` as latin-1 bytes; the names and values hooks pass are mostly the same few
+    strings on every request, so short ones are encoded once (a bounded cache)."""
+    if isinstance(text, bytes):
+        return text
+    encoded = _ENCODED.get(text)
+    if encoded is None:
+        encoded = text.encode("latin-1")
+        if len(encoded) <= _LOWERED_MAX_NAME and len(_ENCODED) < _LOWERED_MAX_ENTRIES:
+            _ENCODED[text] = encoded
+    return encoded
 
 
 class Headers:
@@ -98,12 +110,17 @@ class Headers:
         field = (_b(name), _b(value))
         key = lower_name(field[0])
         raw = self.raw
-        lowered = [lower_name(existing) for existing, _ in raw]
-        if lowered.count(key) == 1:
-            raw[lowered.index(key)] = field
+        found = 0
+        at = 0
+        for index in range(len(raw)):  # one pass, no list built: hooks call this per request
+            if lower_name(raw[index][0]) == key:
+                found += 1
+                at = index
+        if found == 1:
+            raw[at] = field
             return
-        if key in lowered:
-            raw[:] = [item for item in raw if item[0].lower() != key]
+        if found:
+            raw[:] = [item for item in raw if lower_name(item[0]) != key]
         raw.append(field)
 
     def append(self, name: str | bytes, value: str | bytes) -> None:

@@ -18,6 +18,7 @@ from lbx import _hookcall, hashkey
 from lbx._hookcall import Pending
 from lbx.connections import Connections
 from lbx.errors import ErrorSource, ErrorType, ProxyError
+from lbx.exchange import Exchange
 from lbx.h1 import H1Downstream
 from lbx.http import Headers, RequestHeader, serialize_request
 from lbx.peer import Peer
@@ -200,9 +201,10 @@ class ProxyService:
         return peer
 
     # -- the phases --------------------------------------------------------------------------
-    async def handle(self, session: Session) -> None:
+    async def handle(self, exchange: Exchange) -> None:
         """Run one request through every phase; always ends with ``logging``."""
         hooks = self.hooks
+        session = exchange.session
         ctx = session.ctx
         error: ProxyError | None = None
         try:
@@ -217,7 +219,7 @@ class ProxyService:
             else:
                 answered = None
             if answered is True:
-                if not session.response_written:
+                if not exchange.response_started:
                     raise ProxyError(
                         ErrorType.INTERNAL_ERROR,
                         ErrorSource.INTERNAL,
@@ -230,23 +232,23 @@ class ProxyService:
                     if type(proceed) is Pending:
                         proceed = await proceed
                 if proceed is False:
-                    if not session.response_written:
-                        await session.respond_error(502)
+                    if not exchange.response_started:
+                        await exchange.respond_error(502)
                 else:
-                    await self._proxy(session, ctx)
+                    await self._proxy(exchange, session, ctx)
         except ProxyError as exc:
             error = exc
         except Exception as exc:
             log.exception("internal error, %s", session.request_summary())
             error = ProxyError(ErrorType.INTERNAL_ERROR, ErrorSource.INTERNAL, repr(exc))
             error.__cause__ = exc
-        refusal = session._refusal
+        refusal = exchange.refusal
         if refusal is not None:
             # lbx answered while reading the body (a limit, a malformed chunk): whatever the
             # phases then ran into (a client gone, no upstream) is the same request's one end.
             error = refusal
         if error is not None:
-            await self._fail(session, ctx, error)
+            await self._fail(exchange, session, ctx, error)
         if hooks.logging is not None:
             try:
                 done = hooks.logging.run(session, ctx, error)
@@ -254,9 +256,10 @@ class ProxyService:
                     await done
             except Exception:
                 log.exception("logging hook failed, %s", session.request_summary())
-        session._conn.request_finished(session)
+        exchange.conn.request_finished(exchange)
+        exchange.finish()
 
-    async def _proxy(self, session: Session, ctx: dict[str, Any]) -> None:
+    async def _proxy(self, exchange: Exchange, session: Session, ctx: dict[str, Any]) -> None:
         hooks = self.hooks
         last: ProxyError | None = None
         while True:
@@ -279,7 +282,7 @@ class ProxyService:
             session.peer = peer
             tracked = self._track_start(peer)
             try:
-                last = await self._attempt(session, ctx, peer)
+                last = await self._attempt(exchange, session, ctx, peer)
             finally:
                 if tracked is not None:
                     self._track_finish(session, tracked)
@@ -302,12 +305,13 @@ class ProxyService:
         lb.selector.on_finish(backend, head_time - started, ok)  # type: ignore[attr-defined]
 
     async def _attempt(
-        self, session: Session, ctx: dict[str, Any], peer: Peer
+        self, exchange: Exchange, session: Session, ctx: dict[str, Any], peer: Peer
     ) -> ProxyError | None:
         """One upstream attempt; returns the error when it failed and a retry was decided."""
         hooks = self.hooks
         pool = self.connector.pool
-        conn = None if session._fresh else pool.take(peer)
+        client = exchange.conn
+        conn = None if exchange.fresh else pool.take(peer)
         reused = conn is not None
         if conn is None:
             try:
@@ -322,7 +326,7 @@ class ProxyService:
                 exc.retry = True
                 if hooks.fail_to_connect is not None:
                     hooks.fail_to_connect.call_sync(session, peer, ctx, exc)
-                if exc.retry and session.tries < self.max_retries and not session._conn.lost:
+                if exc.retry and session.tries < self.max_retries and not client.lost:
                     log.warning(
                         "Fail to proxy: %s, tries: %d, retry: true, %s",
                         exc,
@@ -335,43 +339,44 @@ class ProxyService:
                         session.tried.append(peer.backend)
                     return exc
                 raise
-            if session._conn.lost:
+            if client.lost:
                 pool.put(conn)
                 raise ProxyError(
                     ErrorType.CONNECTION_CLOSED, ErrorSource.DOWNSTREAM, "client closed"
                 ) from None
         try:
-            await self._exchange(session, ctx, conn, reused, peer)
+            await self._exchange(exchange, session, ctx, conn, reused, peer)
         except ProxyError as exc:
             conn.close()
-            if exc.source is not ErrorSource.UPSTREAM or session.response_written:
+            if exc.source is not ErrorSource.UPSTREAM or exchange.response_started:
                 raise
             # A pooled connection may have been closed by the upstream just as we reused it:
             # sending again is safe if nothing came back and no body byte left lbx.
             exc.retry = (
                 reused
-                and not session._fresh
+                and not exchange.fresh
                 and not conn.got_response_bytes
-                and session.retry_safe
+                and exchange.retry_safe
                 and session.req_header.method in _IDEMPOTENT
             )
             if hooks.error_while_proxy is not None:
                 hooks.error_while_proxy.call_sync(session, peer, ctx, exc, reused)
-            if exc.retry and session.tries < self.max_retries and session.retry_safe:
+            if exc.retry and session.tries < self.max_retries and exchange.retry_safe:
                 log.warning(
                     "Fail to proxy: %s, tries: %d, retry: true, %s",
                     exc,
                     session.tries,
                     session.request_summary(),
                 )
-                session.reset_attempt()
-                session._fresh = True  # the retry opens a new connection
+                exchange.reset_attempt()
+                exchange.fresh = True  # the retry opens a new connection
                 return exc
             raise
         return None
 
     async def _exchange(
         self,
+        exchange: Exchange,
         session: Session,
         ctx: dict[str, Any],
         conn: UpstreamConnection,
@@ -394,30 +399,28 @@ class ProxyService:
                 done = hooks.upstream_request_filter.run(session, request, ctx)
                 if type(done) is Pending:
                     await done
-        if session._conn.lost:
-            pool_put = conn.reusable
-            if pool_put:
+        client = exchange.conn
+        if client.lost:
+            if conn.reusable:
                 self.connector.pool.put(conn)
             raise ProxyError(ErrorType.CONNECTION_CLOSED, ErrorSource.DOWNSTREAM, "client closed")
-        session.new_futures()
-        session._upstream = conn
+        head_future = exchange.new_futures()
+        exchange.upstream = conn
         conn.start(
-            session,
-            serialize_request(request, session._upstream_framing),
+            exchange,
+            serialize_request(request, exchange.upstream_framing),
             request.method == "HEAD",
-            session._upgrade_names,
+            exchange.upgrade_names,
         )
-        session.start_request_body()
-        head_future = session._head_future
-        assert head_future is not None
+        exchange.start_request_body()
         read_timeout = peer.read_timeout or self.read_timeout
         deadlines = self.connections.deadlines
         if read_timeout:
-            deadlines.set(session._conn.loop, session, read_timeout, session.head_timed_out)
+            deadlines.set(client.loop, exchange, read_timeout, exchange.head_timed_out)
         try:
             await head_future
         finally:
-            deadlines.clear(session)
+            deadlines.clear(exchange)
         response = session.upstream_response
         assert response is not None
         session.head_time = time.monotonic()
@@ -429,15 +432,17 @@ class ProxyService:
             done = hooks.response_filter.run(session, response, ctx)
             if type(done) is Pending:
                 await done
-        session.send_response_head(response)
-        await session.wait_response_end()
-        session._upstream = None
-        if conn.reusable and session._body_done and session._streaming_request:
+        exchange.send_response_head(response)
+        await exchange.wait_response_end()
+        exchange.upstream = None
+        if conn.reusable and exchange.body_done and exchange.streaming_request:
             self.connector.pool.put(conn)
         else:
             conn.close()
 
-    async def _fail(self, session: Session, ctx: dict[str, Any], error: ProxyError) -> None:
+    async def _fail(
+        self, exchange: Exchange, session: Session, ctx: dict[str, Any], error: ProxyError
+    ) -> None:
         hooks = self.hooks
         status = None
         if hooks.fail_to_proxy is not None:
@@ -460,17 +465,16 @@ class ProxyService:
                 session.tries,
                 session.request_summary(),
             )
-        conn = session._conn
-        if session.response_written or not status or conn.lost:
+        if exchange.response_started or not status or exchange.conn.lost:
             # A response already started (or the client is gone): the only honest signal left
             # is closing the connection, so a short body is never taken for a complete one.
-            if session.response_written and not session._resp_complete:
-                conn.abort()
-            session.set_keepalive(False)
+            if exchange.response_started and not exchange.response_complete:
+                exchange.conn.abort()
+            exchange.keep_alive = False
             return
         if error.source is ErrorSource.DOWNSTREAM:
-            session.set_keepalive(False)
-        await session.respond_error(status)
+            exchange.keep_alive = False
+        await exchange.respond_error(status)
 
 
 def build_connector(

@@ -1,94 +1,33 @@
-"""``Session``: one request as hooks see it, and the exchange state that moves its bytes.
+"""``Session``: one request as hooks see it, whatever protocol brought it.
 
-Bytes move through plain method calls from the protocols (``request_body``,
-``upstream_body``...), never through an await per chunk. The request task awaits only two
-futures: the response head and the end of the response body.
+Every public name here is for hooks (docs/hooks.md lists them). The bytes of the request move
+in its ``Exchange`` (``lbx.exchange``), which the session only reaches to answer for a hook.
 """
 
 from __future__ import annotations
 
-import asyncio
-import enum
 import time
 from typing import TYPE_CHECKING, Any
 
-from lbx.errors import ErrorSource, ErrorType, ProxyError
-from lbx.http import (
-    HOP_BY_HOP,
-    LAST_CHUNK,
-    HeaderList,
-    Headers,
-    RequestHeader,
-    ResponseHeader,
-    encode_chunk,
-    error_response,
-    serialize_response,
-)
-from lbx.upstream import BodyKind, UpstreamConnection
-
 if TYPE_CHECKING:
-    from lbx.h1 import H1Downstream
+    from lbx.exchange import Exchange
+    from lbx.http import RequestHeader, ResponseHeader
     from lbx.peer import Peer
     from lbx.proxy import ProxyService
 
-# Request body bytes buffered before the upstream connection is ready; past it, reading pauses.
-REQUEST_BUFFER_HIGH_WATER = 64 * 1024
-# Response body bytes held while response hooks run; past it, reading the upstream pauses.
-RESPONSE_BUFFER_HIGH_WATER = 64 * 1024
-
-_RELAYED_INFORMATIONAL = frozenset({100, 103})
-CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-
-
-class RequestBody(enum.IntEnum):
-    """How the request body is framed: none, Content-Length, or chunked."""
-
-    NONE = 0
-    LENGTH = 1
-    CHUNKED = 2
-
 
 class Session:
-    """One HTTP request through the proxy.
+    """One HTTP request through the proxy, as hooks see it (Pingora's ``Session``).
 
-    Public attributes hooks read: ``req_header`` (the client's request head), ``client_addr``
-    (``ip:port``), ``client_ip``,
-    ``server_addr``, ``service`` (``.name``, ``.load_balancer``), ``peer`` (set once
-    ``upstream_peer`` chose), ``tries``, ``response_status``, ``body_bytes_read``,
-    ``body_bytes_sent``, ``start_time``.
+    Attributes hooks read: ``req_header`` (the client's request head), ``client_addr``
+    (``ip:port``), ``client_ip``, ``server_addr``, ``service`` (``.name``, ``.load_balancer``),
+    ``peer`` (set once ``upstream_peer`` chose), ``tries``, ``tried``, ``response_status``,
+    ``upstream_response``, ``body_bytes_read``, ``body_bytes_sent``, ``start_time``,
+    ``head_time``, ``ctx``, ``upgrade``.
     """
 
     __slots__ = (
-        "_body_buffer",
-        "_body_buffered",
-        "_body_done",
-        "_body_kind",
-        "_body_sent_any",
-        "_collected",
-        "_conn",
-        "_done_future",
-        "_expect_continue",
-        "_failure",
-        "_fresh",
-        "_head_future",
-        "_keep_alive",
-        "_refusal",
-        "_resp_body_kind",
-        "_resp_complete",
-        "_resp_mode",
-        "_resp_pending",
-        "_resp_pending_size",
-        "_resp_started",
-        "_streaming_request",
-        "_streaming_response",
-        "_tunnel",
-        "_tunnel_bytes",
-        "_tunnel_eofs",
-        "_upgrade_names",
-        "_upstream",
-        "_upstream_framing",
-        "_upstream_paused",
-        "_upstream_read_paused",
+        "_exchange",
         "body_bytes_read",
         "body_bytes_sent",
         "client_addr",
@@ -107,17 +46,11 @@ class Session:
         "upstream_response",
     )
 
-    def __init__(
-        self,
-        conn: H1Downstream,
-        service: ProxyService,
-        req_header: RequestHeader,
-        body_kind: int,
-        upstream_framing: HeaderList,
-        keep_alive: bool,
-    ) -> None:
-        self._conn = conn
-        self.service = service
+    def __init__(self, exchange: Exchange, req_header: RequestHeader) -> None:
+        self._exchange: Exchange | None = exchange
+        """None once the request is over (``Exchange.finish``)."""
+        conn = exchange.conn
+        self.service: ProxyService = exchange.service
         self.req_header = req_header
         self.client_addr: str = conn.client_addr
         self.client_ip: str = conn.client_ip
@@ -126,9 +59,6 @@ class Session:
         self.tries = 0
         self.tried: list[Any] | None = None
         """Backends whose connection failed in this request; ``upstream_peer`` skips them."""
-        self._fresh = False
-        self._expect_continue = 0
-        """1: the client sent ``Expect: 100-continue``; 2: lbx answered it with its own 100."""
         self.response_status: int | None = None
         self.upstream_response: ResponseHeader | None = None
         self.body_bytes_read = 0
@@ -136,56 +66,35 @@ class Session:
         self.start_time = time.monotonic()
         self.head_time: float | None = None
         self.ctx: dict[str, Any] = {}
-        self._body_kind = body_kind
-        self._upstream_framing = upstream_framing
-        self._keep_alive = keep_alive
         self.upgrade: str | None = None
         """The ``Upgrade`` value lbx passes on (``websocket``): the client's list reduced to the
         service's ``upgrades:``; None when the request does not switch protocols."""
-        self._upgrade_names: frozenset[bytes] | None = None
-        """The lower-cased protocol names in ``upgrade``: a 101 may switch to these only."""
-        self._refusal: ProxyError | None = None
-        """Set when lbx answered the request itself while reading its body (``refuse``)."""
-        self._tunnel = False
-        self._tunnel_bytes = 0
-        self._tunnel_eofs = 0  # 1: the client finished sending, 2: the upstream did
-        self._body_buffer: list[bytes] = []
-        self._body_buffered = 0
-        self._body_done = body_kind == RequestBody.NONE
-        self._body_sent_any = False
-        self._streaming_request = False
-        self._streaming_response = False
-        self._upstream: UpstreamConnection | None = None
-        self._upstream_paused = False
-        self._head_future: asyncio.Future[None] | None = None
-        self._done_future: asyncio.Future[None] | None = None
-        self._failure: ProxyError | None = None
-        self._resp_started = False
-        self._resp_complete = False
-        self._resp_mode = BodyKind.NONE
-        self._resp_body_kind = BodyKind.NONE
-        self._resp_pending: list[bytes] = []
-        self._resp_pending_size = 0
-        self._upstream_read_paused = False
-        self._collected: list[bytes] | None = None
 
     def __repr__(self) -> str:
         return f"<Session {self.req_header.method} {self.req_header.uri} from {self.client_addr}>"
 
-    # -- for hooks ---------------------------------------------------------------------------
+    def _live(self) -> Exchange:
+        exchange = self._exchange
+        if exchange is None:
+            raise RuntimeError("this request is over")
+        return exchange
+
     @property
     def response_written(self) -> bool:
         """Whether a response head was already sent to the client."""
-        return self._resp_started
+        exchange = self._exchange
+        return exchange is None or exchange.response_started
 
     @property
     def keep_alive(self) -> bool:
         """Whether the client connection will be kept open after this request."""
-        return self._keep_alive
+        exchange = self._exchange
+        return exchange is not None and exchange.keep_alive
 
     def set_keepalive(self, keep_alive: bool) -> None:
         """Force the client connection closed (False) after this response."""
-        self._keep_alive = self._keep_alive and keep_alive
+        exchange = self._live()
+        exchange.keep_alive = exchange.keep_alive and keep_alive
 
     def request_summary(self) -> str:
         """``GET /path, Host: example.com``: Pingora's one-line description of the request."""
@@ -199,477 +108,8 @@ class Session:
         headers: dict[str, str] | list[tuple[str, str]] | None = None,
     ) -> None:
         """Send a complete response from a hook (then return True from ``request_filter``)."""
-        if self._resp_started:
-            raise RuntimeError("a response was already sent for this request")
-        items = headers.items() if isinstance(headers, dict) else (headers or [])
-        head = ResponseHeader(
-            status, Headers([(k.encode("latin-1"), v.encode("latin-1")) for k, v in items])
-        )
-        head.headers.remove("content-length")
-        framing: HeaderList = [(b"Content-Length", b"%d" % len(body))]
-        if not self._body_done:
-            # The rest of the request body is unread, so the connection cannot be reused.
-            self._keep_alive = False
-        if not self._keep_alive:
-            framing.append((b"Connection", b"close"))
-        self._mark_started(status)
-        no_body = self.req_header.method == "HEAD" or status in (204, 304)
-        self._conn.write(serialize_response(head, framing) + (b"" if no_body else body))
-        self.body_bytes_sent += 0 if no_body else len(body)
-        self._resp_complete = True
-        await self._conn.drain()
+        await self._live().respond(status, body, headers)
 
     async def respond_error(self, status: int) -> None:
         """Send Pingora's error response: empty body, ``Cache-Control: private, no-store``."""
-        if not self._body_done:
-            self._keep_alive = False
-        self._mark_started(status)
-        self._conn.write(error_response(status, close=not self._keep_alive))
-        self._resp_complete = True
-        await self._conn.drain()
-
-    def _mark_started(self, status: int) -> None:
-        if self._resp_started:
-            raise RuntimeError("a response was already sent for this request")
-        self._resp_started = True
-        self.response_status = status
-        if self._conn.shutting_down:
-            self._keep_alive = False
-        if self.upgrade is not None and status != 101:
-            # No switch after all (declined, refused or failed): the connection stays HTTP.
-            self._conn.cancel_upgrade()
-
-    # -- request body (called by the downstream protocol) ------------------------------------
-    def request_body(self, data: bytes) -> None:
-        self.body_bytes_read += len(data)
-        if self._streaming_request:
-            self._send_request_body(data, False)
-            return
-        self._body_buffer.append(data)
-        self._body_buffered += len(data)
-        if self._body_buffered > REQUEST_BUFFER_HIGH_WATER:
-            self._conn.pause_reading_for(self)
-
-    def request_body_end(self) -> None:
-        self._body_done = True
-        if self._streaming_request:
-            self._send_request_body(b"", True)
-
-    def _send_request_body(self, data: bytes, end: bool) -> None:
-        upstream = self._upstream
-        if upstream is None:
-            return
-        hooks = self.service.hooks
-        if hooks.request_body_filter is not None:
-            data = hooks.request_body_filter.chain(self, data, end, self.ctx)
-        if data:
-            self._body_sent_any = True
-            upstream.write(encode_chunk(data) if self._body_kind == RequestBody.CHUNKED else data)
-        if end and self._body_kind == RequestBody.CHUNKED:
-            upstream.write(LAST_CHUNK)
-
-    def start_request_body(self) -> None:
-        """The request head went upstream: send what was buffered and stream the rest."""
-        self._streaming_request = True
-        if self._expect_continue == 1:
-            # The client waits for this before sending its body; lbx answers Expect itself
-            # (never forwarded), so there is no deadlock whatever the upstream does.
-            self._expect_continue = 2
-            if not self._body_done and not self._resp_started:
-                self._conn.write(CONTINUE)
-        buffered, self._body_buffer = self._body_buffer, []
-        self._body_buffered = 0
-        for chunk in buffered:
-            self._send_request_body(chunk, False)
-        if self._body_done and self._body_kind != RequestBody.NONE:
-            self._send_request_body(b"", True)
-        if not self._upstream_paused:
-            self._conn.resume_reading_for(self)
-
-    @property
-    def retry_safe(self) -> bool:
-        """No request body byte left lbx yet, so the request can be sent again elsewhere."""
-        return not self._body_sent_any
-
-    def reset_attempt(self) -> None:
-        """Forget the failed upstream attempt so a retry starts clean."""
-        self._upstream = None
-        self._upstream_paused = False
-        self._streaming_request = False
-        self._head_future = None
-        self._done_future = None
-        self._resp_pending = []
-        self._resp_pending_size = 0
-        self._upstream_read_paused = False
-        self.upstream_response = None
-        self.head_time = None
-
-    # -- upstream exchange (called by UpstreamConnection) ------------------------------------
-    def upstream_informational(self, status: int, headers: HeaderList) -> None:
-        if (
-            status in _RELAYED_INFORMATIONAL
-            and self.req_header.version == "1.1"
-            and not (status == 100 and self._expect_continue == 2)  # lbx sent its own 100
-        ):
-            kept = [(n, v) for n, v in headers if n.lower() not in HOP_BY_HOP]
-            self._conn.write(serialize_response(ResponseHeader(status, Headers(kept)), []))
-
-    def upstream_head(self, status: int, headers: HeaderList, body_kind: BodyKind) -> None:
-        self.upstream_response = ResponseHeader(status, Headers(headers))
-        self._resp_body_kind = body_kind
-        future = self._head_future
-        if future is not None and not future.done():
-            future.set_result(None)
-
-    def upstream_body(self, data: bytes) -> None:
-        if self._streaming_response:
-            self._send_response_body(data, False)
-            return
-        # The head is still with the hooks: hold the body, and stop reading only if it grows
-        # (a small response usually arrives whole, and pausing costs two syscalls).
-        self._resp_pending.append(data)
-        self._resp_pending_size += len(data)
-        if (
-            self._resp_pending_size > RESPONSE_BUFFER_HIGH_WATER
-            and self._upstream is not None
-            and not self._upstream_read_paused
-        ):
-            self._upstream_read_paused = True
-            self._upstream.pause_reading()
-
-    def upstream_done(self) -> None:
-        self._resp_complete = True
-        if self._streaming_response and not self._tunnel:  # a tunnel ends its streams itself
-            self._send_response_body(b"", True)
-        future = self._done_future
-        if future is not None and not future.done():
-            future.set_result(None)
-
-    def upstream_failed(self, error: ProxyError) -> None:
-        for future in (self._head_future, self._done_future):
-            if future is not None and not future.done():
-                future.set_exception(error)
-                return
-        # Between the head and the wait for the body's end: the request task picks it up.
-        self._failure = error
-
-    def head_timed_out(self) -> None:
-        """No response head within the peer's ``read_timeout`` (armed by the request task)."""
-        future = self._head_future
-        peer = self.peer
-        if future is None or future.done() or peer is None:
-            return
-        seconds = peer.read_timeout or self.service.read_timeout
-        future.set_exception(
-            ProxyError(
-                ErrorType.READ_TIMEDOUT,
-                ErrorSource.UPSTREAM,
-                f"no response head from {peer.addr} within {seconds}s",
-            )
-        )
-
-    def upstream_write_paused(self, paused: bool) -> None:
-        self._upstream_paused = paused
-        conn = self._conn
-        upstream = self._upstream
-        deadlines = self.service.connections.deadlines
-        if paused:
-            conn.pause_reading_for(self)
-            timeout = self.service.write_timeout
-            if timeout and upstream is not None:
-                deadlines.set(conn.loop, upstream, timeout, self._write_timed_out)
-        else:
-            conn.resume_reading_for(self)
-            if upstream is not None:
-                deadlines.clear(upstream)
-
-    def _write_timed_out(self) -> None:
-        upstream = self._upstream
-        if upstream is None or not self._upstream_paused:
-            return
-        upstream.close()
-        self.upstream_failed(
-            ProxyError(
-                ErrorType.WRITE_TIMEDOUT,
-                ErrorSource.UPSTREAM,
-                f"upstream read nothing for {self.service.write_timeout}s",
-            )
-        )
-
-    def _read_timed_out(self, mark: int) -> None:
-        """The response-body inactivity check (armed by ``wait_response_end``)."""
-        if self._resp_complete or self._done_future is None or self._done_future.done():
-            return
-        upstream = self._upstream
-        if upstream is None:
-            return
-        if self._activity() != mark or self._upstream_read_paused:
-            self._arm_read_timeout()
-            return
-        if self._tunnel:  # an idle tunnel just ends, as nginx's proxy_read_timeout ends it
-            self.tunnel_closed()
-            return
-        upstream.close()
-        self.upstream_failed(
-            ProxyError(
-                ErrorType.READ_TIMEDOUT,
-                ErrorSource.UPSTREAM,
-                f"no response body byte for {self.service.read_timeout}s",
-            )
-        )
-
-    def _activity(self) -> int:
-        """Bytes moved so far: from the upstream, or both ways once a tunnel is open."""
-        if self._tunnel:
-            return self._tunnel_bytes
-        upstream = self._upstream
-        return upstream.received if upstream is not None else 0
-
-    def _arm_read_timeout(self) -> None:
-        timeout = self.service.read_timeout
-        if timeout:
-            mark = self._activity()
-            self.service.connections.deadlines.set(
-                self._conn.loop, self, timeout, lambda: self._read_timed_out(mark)
-            )
-
-    def refuse(self, error: ProxyError) -> None:
-        """lbx answered this request itself while reading its body (a limit, a malformed chunk):
-        the answer is written; stop the upstream exchange, whose request was cut short (its
-        connection is closed, never pooled), and end the request with ``error``."""
-        self._refusal = error
-        self.response_status = error.status
-        self._resp_started = self._resp_complete = True
-        upstream = self._upstream
-        if upstream is not None:
-            upstream.close()
-        self.upstream_failed(error)
-
-    def downstream_lost(self) -> None:
-        """The client went away: stop the upstream exchange and wake the request task."""
-        upstream = self._upstream
-        if upstream is not None:
-            upstream.close()
-        self.upstream_failed(
-            ProxyError(ErrorType.CONNECTION_CLOSED, ErrorSource.DOWNSTREAM, "client closed")
-        )
-
-    def downstream_writable(self, writable: bool) -> None:
-        """Back-pressure from the client: pause or resume reading the upstream response."""
-        upstream = self._upstream
-        if upstream is None or not self._streaming_response:
-            return
-        if writable and self._upstream_read_paused:
-            self._upstream_read_paused = False
-            upstream.resume_reading()
-        elif not writable and not self._upstream_read_paused:
-            self._upstream_read_paused = True
-            upstream.pause_reading()
-
-    # -- response to the client --------------------------------------------------------------
-    def send_response_head(self, head: ResponseHeader) -> None:
-        """Frame and send ``head``; body bytes that arrived meanwhile follow at once."""
-        if self.upgrade is not None and head.status == 101:
-            self._open_tunnel(head)
-            return
-        hooks = self.service.hooks
-        body_kind = self._resp_body_kind
-        framing: HeaderList = []
-        whole: bytes | None = None
-        if body_kind is BodyKind.NONE:
-            mode = BodyKind.NONE
-        elif hooks.response_body_filter is None:
-            mode = (
-                BodyKind.CONTENT_LENGTH
-                if body_kind is BodyKind.CONTENT_LENGTH
-                else self._length_unknown(head, framing)
-            )
-        elif self._resp_complete:
-            # The whole body is already here: filter it now and send its real length, instead
-            # of re-framing a response whose filtered length nobody knows in advance.
-            whole = self._filter_whole_body()
-            head.headers.remove("content-length")
-            framing.append((b"Content-Length", b"%d" % len(whole)))
-            mode = BodyKind.CONTENT_LENGTH
-        else:
-            mode = self._length_unknown(head, framing)
-        self._resp_mode = mode
-        self._mark_started(head.status)
-        if self.service.via:
-            head.headers.append(b"Via", b"1.1 lbx")
-        if not self._keep_alive:
-            framing.append((b"Connection", b"close"))
-        elif self.req_header.version == "1.0":
-            framing.append((b"Connection", b"keep-alive"))
-        # One write for the head and whatever body already arrived: a syscall per request less.
-        parts = [serialize_response(head, framing)]
-        self._streaming_response = True
-        if whole is not None:
-            if whole:
-                self.body_bytes_sent += len(whole)
-                parts.append(whole)
-        else:
-            self._collected = parts
-            pending, self._resp_pending = self._resp_pending, []
-            self._resp_pending_size = 0
-            for chunk in pending:
-                self._send_response_body(chunk, False)
-            if self._resp_complete:
-                self._send_response_body(b"", True)
-            self._collected = None
-        self._conn.write(b"".join(parts) if len(parts) > 1 else parts[0])
-        if self._upstream_read_paused and self._upstream is not None and self._conn.writable:
-            self._upstream_read_paused = False
-            self._upstream.resume_reading()
-
-    def _length_unknown(self, head: ResponseHeader, framing: HeaderList) -> BodyKind:
-        """Frame a body whose length is not known yet: chunked, or to the close for HTTP/1.0."""
-        head.headers.remove("content-length")
-        if self.req_header.version == "1.1":
-            framing.append((b"Transfer-Encoding", b"chunked"))
-            return BodyKind.CHUNKED
-        self._keep_alive = False
-        return BodyKind.CLOSE_DELIMITED
-
-    def _filter_whole_body(self) -> bytes:
-        """Run the response body filters over a body that arrived whole (the last chunk ends
-        the stream); returns what the client gets."""
-        hook = self.service.hooks.response_body_filter
-        assert hook is not None
-        pending, self._resp_pending = self._resp_pending, []
-        self._resp_pending_size = 0
-        if not pending:
-            return hook.chain(self, b"", True, self.ctx)
-        last = len(pending) - 1
-        return b"".join(
-            [
-                hook.chain(self, chunk, index == last, self.ctx)
-                for index, chunk in enumerate(pending)
-            ]
-        )
-
-    # -- upgraded connections (WebSocket...): bytes both ways until either side closes ----------
-    def _open_tunnel(self, head: ResponseHeader) -> None:
-        self._mark_started(101)
-        self._keep_alive = False  # after the tunnel, the connection is gone
-        self._tunnel = True
-        self._streaming_response = True
-        pending, self._resp_pending = self._resp_pending, []
-        self._resp_pending_size = 0
-        head.headers.remove("connection")
-        early = self._to_client(b"".join(pending), False)
-        self._conn.write(serialize_response(head, [(b"Connection", b"upgrade")]) + early)
-        self.body_bytes_sent += len(early)
-        upstream = self._upstream
-        assert upstream is not None
-        self._conn.start_tunnel(self, upstream)
-        if self._upstream_read_paused and self._conn.writable:
-            self._upstream_read_paused = False
-            upstream.resume_reading()
-
-    # The body filters see tunnel bytes too (as Pingora's do): each direction is one body,
-    # whose end (``end_of_stream``) comes with the half-close or the close of the tunnel.
-    def _to_client(self, data: bytes, end: bool) -> bytes:
-        hooks = self.service.hooks
-        if hooks.response_body_filter is not None:
-            return hooks.response_body_filter.chain(self, data, end, self.ctx)
-        return data
-
-    def _to_upstream(self, data: bytes, end: bool) -> bytes:
-        hooks = self.service.hooks
-        if hooks.request_body_filter is not None:
-            return hooks.request_body_filter.chain(self, data, end, self.ctx)
-        return data
-
-    def tunnel_data(self, data: bytes) -> None:
-        """Bytes from the upstream side of a tunnel."""
-        self._tunnel_bytes += len(data)
-        if self._tunnel:
-            data = self._to_client(data, False)
-            if data:
-                self.body_bytes_sent += len(data)
-                self._conn.write(data)
-        else:  # the 101 is still with the response hooks
-            self.upstream_body(data)
-
-    def tunnel_request_data(self, data: bytes) -> None:
-        """Bytes from the client side of a tunnel."""
-        self._tunnel_bytes += len(data)
-        self.body_bytes_read += len(data)
-        data = self._to_upstream(data, False)
-        if data and self._upstream is not None:
-            self._upstream.write(data)
-
-    def tunnel_request_eof(self) -> None:
-        """The client finished sending: pass the half-close on to the upstream."""
-        self._end_request_stream()
-        upstream = self._upstream
-        if self._tunnel_eofs == 3 or upstream is None or not upstream.write_eof():
-            self.tunnel_closed()
-
-    def tunnel_eof(self) -> None:
-        """The upstream finished sending: pass the half-close on to the client."""
-        self._end_response_stream()
-        if self._tunnel_eofs == 3 or not self._conn.write_eof():
-            self.tunnel_closed()
-
-    def _end_request_stream(self) -> None:
-        """The client-to-upstream direction is over: the filters' last word goes out."""
-        if self._tunnel_eofs & 1:
-            return
-        self._tunnel_eofs |= 1
-        last = self._to_upstream(b"", True)
-        if last and self._upstream is not None:
-            self._upstream.write(last)
-
-    def _end_response_stream(self) -> None:
-        """The upstream-to-client direction is over: the filters' last word goes out."""
-        if self._tunnel_eofs & 2:
-            return
-        self._tunnel_eofs |= 2
-        last = self._to_client(b"", True)
-        if last:
-            self.body_bytes_sent += len(last)
-            self._conn.write(last)
-
-    def tunnel_closed(self) -> None:
-        """Either side closed: the tunnel (and this request) is over."""
-        if self._resp_complete:
-            return  # both sides reported the end
-        if self._tunnel:
-            self._end_request_stream()
-            self._end_response_stream()
-        upstream = self._upstream
-        if upstream is not None:
-            upstream.close()
-        self.upstream_done()
-
-    def _send_response_body(self, data: bytes, end: bool) -> None:
-        hooks = self.service.hooks
-        if hooks.response_body_filter is not None:
-            data = hooks.response_body_filter.chain(self, data, end, self.ctx)
-        mode = self._resp_mode
-        write = self._conn.write if self._collected is None else self._collected.append
-        if data and mode is not BodyKind.NONE:
-            self.body_bytes_sent += len(data)
-            write(encode_chunk(data) if mode is BodyKind.CHUNKED else data)
-        if end and mode is BodyKind.CHUNKED:
-            write(LAST_CHUNK)
-
-    def new_futures(self) -> None:
-        self._head_future = self._conn.loop.create_future()
-        self._done_future = None
-        self._failure = None
-
-    async def wait_response_end(self) -> None:
-        """Wait until the upstream response body has been relayed (or raise its failure)."""
-        if self._failure is not None:
-            raise self._failure
-        if self._resp_complete:
-            return
-        self._done_future = self._conn.loop.create_future()
-        self._arm_read_timeout()
-        try:
-            await self._done_future
-        finally:
-            self.service.connections.deadlines.clear(self)
+        await self._live().respond_error(status)

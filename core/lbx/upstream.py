@@ -25,9 +25,9 @@ from lbx.peer import Peer
 from lbx.request_rules import upgrade_accepted
 
 if TYPE_CHECKING:
-    # What a connection reports its response to: the request's Session, through plain method
+    # What a connection reports its response to: the request's Exchange, through plain method
     # calls. Typed as the class itself, not a Protocol, so compiled code calls it directly.
-    from lbx.session import Session as Exchange
+    from lbx.exchange import Exchange
 
 log = logging.getLogger("lbx.upstream")
 
