@@ -115,3 +115,18 @@ def test_serve_options_documented() -> None:
     text = read("cli.md")
     missing = sorted(option for option in options if f"`{option}" not in text)
     assert not missing, f"docs/cli.md lacks options: {missing}"
+
+
+def test_every_public_session_name_is_documented() -> None:
+    """The ``Session`` hooks get has one face: each public name is in hooks.md's list, and the
+    list names nothing the session lacks."""
+    from lbx.session import Session
+
+    text = read("hooks.md")
+    start = text.index("**`Session`**")
+    paragraph = text[start : text.index("\n\n", start)]
+    documented = set(re.findall(r"`(?:await )?([a-z_]+)[`(]", paragraph))
+    public = {name for name in dir(Session) if not name.startswith("_")}
+    assert public <= documented, sorted(public - documented)
+    words = {"status", "unix", "name", "config", "load_balancer", *hook_signatures()}
+    assert documented - words <= public, sorted(documented - words - public)

@@ -1201,7 +1201,10 @@ PAGES: dict[str, Doc] = {
     "cli.md": Doc(CLI_STEPS, setup_cli),
     "configuration.md": Doc(CONFIGURATION_STEPS, setup_configuration),
     "healthcheck.md": Doc(HEALTHCHECK_STEPS, setup_healthcheck),
-    "hooks.md": Doc([], every=plugin("@hookimpl")),
+    "hooks.md": Doc(
+        [skip("mermaid", "flowchart TD", "a chart of the phases, not code")],
+        every=plugin("@hookimpl"),
+    ),
     "http.md": Doc([]),
     "index.md": Doc([]),
     "metrics.md": Doc(METRICS_STEPS, setup_metrics),
@@ -1234,7 +1237,11 @@ def pair_steps(name: str) -> Iterator[tuple[Block, Step]]:
     doc = PAGES[name]
     blocks = read_blocks(page_path(name))
     if doc.every is not None:
-        for block in blocks:
+        # The page's own steps take its first blocks (a chart); every block after them is alike.
+        for block, step in zip(blocks, doc.steps, strict=False):
+            assert block.lang == step.lang and block.first.startswith(step.first), block.where
+            yield block, step
+        for block in blocks[len(doc.steps) :]:
             assert block.lang == doc.every.lang and doc.every.first in block.text, (
                 f"{block.where}: every block of {name} is a {doc.every.lang} block with "
                 f"{doc.every.first!r}; run this one, or list it with the reason, in {__name__}"
