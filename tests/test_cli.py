@@ -76,10 +76,15 @@ def test_top_level_help_lists_commands() -> None:
 
 
 def test_version() -> None:
-    """``lbx --version`` prints the installed version."""
+    """``lbx --version`` prints the kernel's distribution and version, then every installed
+    plugin distribution with its version and plugin names."""
     result = run("--version")
     assert result.returncode == 0, result.stderr
-    assert importlib.metadata.version("lbx") in result.stdout
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"lbx-core {importlib.metadata.version('lbx-core')}"
+    hashing = importlib.metadata.version("lbx-hashing")
+    assert f"lbx-hashing {hashing} (consistent, fnv)" in lines
+    assert any(line.startswith("lbx-roundrobin ") for line in lines)
 
 
 # -- lbx plugins ----------------------------------------------------------------------------------
@@ -115,7 +120,7 @@ def test_plugins_all_json_includes_builtins() -> None:
     assert result.returncode == 0, result.stderr
     rows = {r["name"]: r for r in json.loads(result.stdout)}
     assert rows["default_peer"]["hooks"] == ["upstream_peer"]
-    assert rows["default_peer"]["distribution"] == "lbx"
+    assert rows["default_peer"]["distribution"] == "lbx-core"
     assert "roundrobin" in rows
 
 

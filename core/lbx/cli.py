@@ -39,8 +39,25 @@ def setup_logging() -> None:
     )
 
 
+def _print_versions(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    from lbx.plugins import versions
+
+    for line in versions():
+        click.echo(line)
+    ctx.exit()
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="lbx", prog_name="lbx")
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_print_versions,
+    help="Show the version of lbx and of each installed plugin, and exit.",
+)
 def cli() -> None:
     """lbx: a programmable HTTP load balancer, in the spirit of Pingora."""
 
@@ -188,7 +205,7 @@ def _fail(message: str, code: int) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def plugins(show_all: bool, as_json: bool) -> None:
     """List installed plugins: name, version, hooks, and whether they are on by default."""
-    from lbx.plugins import describe_builtins, describe_installed
+    from lbx.plugins import DISTRIBUTION, describe_builtins, describe_installed
 
     rows = (describe_builtins() if show_all else []) + describe_installed()
     if as_json:
@@ -204,7 +221,7 @@ def plugins(show_all: bool, as_json: bool) -> None:
     for row in rows:
         enabled = (
             "always"
-            if row.get("distribution") == "lbx"
+            if row.get("distribution") == DISTRIBUTION
             else ("by default" if row["default"] else "when named")
         )
         hooks = ", ".join(row["hooks"]) if isinstance(row["hooks"], list) else ""

@@ -24,6 +24,9 @@ from lbx.errors import PluginLoadError, PluginValidationError
 
 ENTRY_POINT_GROUP = "lbx"
 
+DISTRIBUTION = "lbx-core"
+"""The kernel's distribution (``pip install lbx-core``; ``lbx`` on the index is another project)."""
+
 BUILTIN_PLUGINS = ("default_peer",)
 """In-tree plugins (``lbx.builtin.<name>``), always registered; they cannot be disabled."""
 
@@ -256,13 +259,26 @@ def describe_builtins() -> list[dict[str, object]]:
         rows.append(
             {
                 "name": name,
-                "distribution": "lbx",
-                "version": importlib.metadata.version("lbx"),
+                "distribution": DISTRIBUTION,
+                "version": importlib.metadata.version(DISTRIBUTION),
                 "default": True,
                 "hooks": plugin_hooks(pm, module),
             }
         )
     return rows
+
+
+def versions() -> list[str]:
+    """``lbx --version``: the kernel's distribution and version, then each installed plugin
+    distribution with its version and plugin names (read from metadata: nothing is imported)."""
+    lines = [f"{DISTRIBUTION} {importlib.metadata.version(DISTRIBUTION)}"]
+    found: dict[tuple[str, str], list[str]] = {}
+    for name, ep in installed_entry_points().items():
+        key = (ep.dist.name, ep.dist.version) if ep.dist is not None else (ep.value, "?")
+        found.setdefault(key, []).append(name)
+    for (distribution, version), names in sorted(found.items()):
+        lines.append(f"{distribution} {version} ({', '.join(sorted(names))})")
+    return lines
 
 
 def installed_selection_plugins() -> list[str]:
