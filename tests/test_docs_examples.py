@@ -705,10 +705,16 @@ def setup_operations(page: Page) -> None:
     remember_daemon(page)
 
 
+def next_upgrade(page: Page) -> None:
+    """The new daemon serves, and is the one the next upgrade replaces."""
+    end_daemon_after_upgrade(page)
+    remember_daemon(page)
+
+
 OPERATIONS_STEPS = [
     sh(
         "kill -QUIT $(cat /tmp/lbx.pid) && lbx serve -c conf.yaml -d -u",
-        after=end_daemon_after_upgrade,
+        Hooks(after={"kill -QUIT": next_upgrade, "lbx serve -c conf.yaml -d -u &": next_upgrade}),
     ),
     skip(
         "ini", "[Unit]", "a systemd unit: needs systemd and root (/etc/lbx, /run, /usr/local/bin)"
