@@ -11,6 +11,7 @@ from typing import Any
 import rich_click as click
 
 from lbx import config as config_module
+from lbx import signals
 from lbx.errors import ConfigError, StartupError
 
 LOG_LEVELS = {
@@ -232,6 +233,7 @@ def plugins(show_all: bool, as_json: bool) -> None:
 
 
 def main() -> None:
+    signals.restore()  # a background job may have started lbx with SIGINT and SIGQUIT ignored
     if sys.argv[1:2] != ["serve"]:  # serve never needs them: keep its start-up lean
         _add_plugin_commands()
     cli()

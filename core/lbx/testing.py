@@ -37,6 +37,7 @@ from urllib.parse import parse_qs, urlsplit
 import httptools
 
 from lbx import config as config_module
+from lbx import signals
 from lbx.plugins import get_plugin_manager
 from lbx.server import Server
 
@@ -571,6 +572,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--listen", action="append", required=True, help="host:port (repeat)")
     parser.add_argument("--name", action="append", default=[], help="backend name (repeat)")
     args = parser.parse_args(argv)
+    signals.restore()  # Ctrl-C (SIGINT) stops it, even when started as a background job
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency where lbx runs
