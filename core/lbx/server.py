@@ -22,6 +22,7 @@ from typing import Any
 import anyio
 import anyio.abc
 
+from lbx import notify
 from lbx.config import Config, ServiceConfig
 from lbx.errors import ConfigError, StartupError
 from lbx.lb import Backend, Backends, Health, LoadBalancer, split_host_port
@@ -65,9 +66,12 @@ class Server:
         self._bound_unix_paths: list[str] = []
         self._background: list[tuple[str, Callable[..., Any], bool]] = []
         self.server_tls: dict[str, ServerTLS] = {}
+        """TLS termination per service name (services with ``tls_listen``)."""
         self._busy_with = ""
         """What a signal started: "upgrading", "draining" or nothing (serving)."""
-        """TLS termination per service name (services with ``tls_listen``)."""
+        self._handed_over = False
+        """The listeners went to a new process, which is the service from then on."""
+        self._stop_announced = False
 
     # -- preparation (also what ``-t`` checks) -----------------------------------------------
     def prepare(self) -> None:
@@ -218,7 +222,7 @@ class Server:
 
             async def announce() -> None:
                 await self.pm.ahook.server_started(server=self)
-                log.info("lbx ready (pid %d)", os.getpid())
+                self.announce_ready(f"lbx ready (pid {os.getpid()})")
 
             await self._handle_signals(announce, handover=True)
             tasks.cancel_scope.cancel()
@@ -277,6 +281,22 @@ class Server:
     def has_background_services(self) -> bool:
         return bool(self._background)
 
+    def announce_ready(self, message: str) -> None:
+        """Log that lbx serves, and tell the service manager (``READY=1``, see lbx.notify).
+
+        A daemon, or the new process of an upgrade, is not the process the manager started:
+        it names itself the main process first.
+        """
+        log.info("%s", message)
+        notify.ready(main_pid=self.config.daemon or self.config.upgrade)
+
+    def announce_stopping(self) -> None:
+        """``STOPPING=1`` (once), unless the listeners were handed over: the new process is the
+        service now, and this one's exit does not stop it."""
+        if not self._handed_over and not self._stop_announced:
+            self._stop_announced = True
+            notify.stopping()
+
     async def _handle_signals(
         self, announce: Callable[[], Awaitable[None]], *, handover: bool
     ) -> None:
@@ -295,6 +315,8 @@ class Server:
                     name = signal.Signals(signum).name
                     if signum == signal.SIGINT:
                         log.info("SIGINT received, exiting")
+                        if handover:
+                            self.announce_stopping()
                         stopping.cancel_scope.cancel()
                         await self._stop_fast()
                         return
@@ -310,6 +332,8 @@ class Server:
                         continue
                     log.info("%s received, shutting down gracefully", name)
                     self._busy_with = "draining"
+                    if handover:
+                        self.announce_stopping()
                     stopping.start_soon(self._drain_then_stop, stopping.cancel_scope)
 
     async def _upgrade(self, scope: anyio.CancelScope) -> None:
@@ -320,6 +344,7 @@ class Server:
         if handed_over:
             await anyio.sleep(UPGRADE_OVERLAP_SECONDS)
         self._busy_with = "draining"
+        self.announce_stopping()
         await self._drain_then_stop(scope)
 
     async def _drain_then_stop(self, scope: anyio.CancelScope) -> None:
@@ -332,14 +357,18 @@ class Server:
         True: the new process took over (drain after a short overlap). False: it failed, so this
         process keeps serving. None: no upgrade plugin, so SIGQUIT drains as SIGTERM does.
         """
+        if self.pm.hook.send_listeners.get_hookimpls():
+            notify.reloading()  # the new process's READY=1 ends it
         result = await self.pm.ahook.send_listeners(server=self)
         if result is None:
             log.warning("SIGQUIT: no plugin hands listeners over; draining as on SIGTERM")
             return None
         if not result:
             log.error("upgrade failed: the new process did not take over; still serving")
+            notify.ready(main_pid=False)
             return False
         # The new process owns the sockets (and Unix socket files) from now on.
+        self._handed_over = True
         self.forget_unix_paths()
         log.info(
             "listeners handed over; accepting for %gs more, then draining", UPGRADE_OVERLAP_SECONDS

@@ -73,11 +73,9 @@ class Supervisor:
             for index in range(server.config.threads):
                 self._start(index)
             server.run_loop(functools.partial(server.pm.ahook.server_started, server=server))
-            log.info(
-                "lbx ready (pid %d, %d workers: %s)",
-                os.getpid(),
-                server.config.threads,
-                ", ".join(str(c.pid) for c in self.children.values() if c.index >= 0),
+            workers = ", ".join(str(c.pid) for c in self.children.values() if c.index >= 0)
+            server.announce_ready(
+                f"lbx ready (pid {os.getpid()}, {server.config.threads} workers: {workers})"
             )
             return self._supervise()
         except BaseException:
@@ -203,6 +201,7 @@ class Supervisor:
 
     def _stop(self, signum: int) -> None:
         self.stopping = True
+        self.server.announce_stopping()
         # The supervisor's copies of the listening sockets must go too, or the kernel would
         # keep queueing connections nobody accepts instead of refusing them.
         self.server.close_listeners()
