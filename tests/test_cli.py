@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 PLUGINS = Path(__file__).resolve().parent / "plugins"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def run(
@@ -383,3 +384,55 @@ def test_port_in_use_is_one_line_exit_1(busy_port: int) -> None:
     assert result.returncode == 1
     line = one_error_line(result)
     assert f"cannot listen on 127.0.0.1:{busy_port}" in line
+
+
+def test_plugin_configure_raising_is_one_line_exit_1() -> None:
+    """A plugin whose ``configure`` raises something lbx does not know: one line naming the
+    plugin, the hook and the error, exit 1; the traceback only at ``LBX_LOG=debug``."""
+    args = ["serve", "--plugin", str(PLUGINS / "configure_raises.py"), "--plugin", "roundrobin"]
+    args += ["--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:9"]
+    result = run(*args)
+    assert result.returncode == 1
+    assert one_error_line(result) == (
+        "lbx: error: plugin 'configure_raises' failed in configure: "
+        "RuntimeError: configure_raises: boom in configure"
+    )
+    debug = run(*args, env={"LBX_LOG": "debug"})
+    assert debug.returncode == 1
+    assert "Traceback" in debug.stderr
+    assert debug.stderr.strip().splitlines()[-1] == one_error_line(result)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_background_service_failing_before_ready_is_one_line(tmp_path: Path, threads: int) -> None:
+    """A ``ready=True`` background service that raises before it is ready: one line naming the
+    service and the error, exit 1, also from the background-services process of ``threads: 2``.
+    """
+    conf = tmp_path / "lbx.yaml"
+    conf.write_text(
+        f"threads: {threads}\nplugins: [roundrobin, {PLUGINS / 'service_fails_before_ready.py'}]\n"
+        "services:\n  - listen: 127.0.0.1:0\n    upstreams: [127.0.0.1:9]\n"
+    )
+    result = run("serve", "-c", str(conf))
+    assert result.returncode == 1
+    line = one_error_line(result)
+    assert line.endswith(
+        "background service 'failing service' failed to start: "
+        "LookupError: no such thing: the service cannot start"
+    ), line
+
+
+def test_demo_backends_on_a_port_in_use_is_one_line(tmp_path: Path, busy_port: int) -> None:
+    """``make demo`` twice: the demo backends cannot listen, one line and exit 1."""
+    demo = (ROOT / "example_conf" / "demo.yaml").read_text()
+    conf = tmp_path / "demo.yaml"
+    conf.write_text(
+        demo.replace("../contrib", str(ROOT / "contrib"))
+        .replace("127.0.0.1:8001", f"127.0.0.1:{busy_port}")
+        .replace("127.0.0.1:6188", "127.0.0.1:0")
+    )
+    result = run("serve", "-c", str(conf))
+    assert result.returncode == 1
+    line = one_error_line(result)
+    assert line.startswith("lbx: error: background service 'demo backends' failed to start: ")
+    assert str(busy_port) in line and "address already in use" in line.lower()

@@ -6,13 +6,16 @@ import json
 import logging
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import rich_click as click
 
 from lbx import config as config_module
 from lbx import signals
-from lbx.errors import ConfigError, StartupError
+from lbx.errors import ConfigError, StartupError, describe
+
+if TYPE_CHECKING:
+    from lbx.plugins import LbxPluginManager
 
 LOG_LEVELS = {
     "trace": logging.DEBUG,
@@ -120,6 +123,7 @@ def serve(
     from lbx.plugins import get_plugin_manager
     from lbx.server import Server
 
+    pm = None
     try:
         document = (
             config_module.read_document(conf)
@@ -154,6 +158,10 @@ def serve(
         server.prepare()
     except ConfigError as exc:
         _fail(str(exc), 2)
+    except StartupError as exc:
+        _fail(str(exc), 1)
+    except Exception as exc:  # a plugin's start-up hook failed: one line, the traceback at debug
+        _fail_unexpected(exc, pm)
     if test:
         _print_plan(server)
         return
@@ -163,6 +171,10 @@ def serve(
         _fail(str(exc), 1)
     except KeyboardInterrupt:
         code = 130
+    except Exception as exc:
+        if server.ready:
+            raise  # a crash while serving: its traceback is what to look at
+        _fail_unexpected(exc, pm)
     sys.exit(code)
 
 
@@ -196,9 +208,20 @@ def _print_plan(server: Any) -> None:
         click.echo(f"  {config.threads} worker processes")
 
 
-def _fail(message: str, code: int) -> None:
+def _fail(message: str, code: int) -> NoReturn:
     click.echo(f"lbx: error: {message}", err=True)
     sys.exit(code)
+
+
+def _fail_unexpected(exc: BaseException, pm: LbxPluginManager | None) -> NoReturn:
+    """A start-up failure lbx did not foresee (a plugin's bug, most often): one line naming the
+    plugin whose hook raised, if one did; the traceback only at ``LBX_LOG=debug``."""
+    from lbx.plugins import blame
+
+    logging.getLogger("lbx").debug("start-up failed", exc_info=exc)
+    culprit = blame(pm, exc) if pm is not None else None
+    where = f"plugin {culprit[0]!r} failed in {culprit[1]}: " if culprit else ""
+    _fail(f"{where}{describe(exc)}", 1)
 
 
 @cli.command()

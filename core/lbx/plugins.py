@@ -224,6 +224,24 @@ def _unknown_plugin(arg: str, installed: Iterable[str]) -> PluginLoadError:
     )
 
 
+def blame(pm: pluggy.PluginManager, exc: BaseException) -> tuple[str, str] | None:
+    """(plugin, hook) of the innermost hook impl in ``exc``'s traceback: which plugin failed."""
+    impls: dict[object, tuple[str, str]] = {}
+    for name in pm.hook.__dict__:
+        caller = getattr(pm.hook, name)
+        if isinstance(caller, pluggy.HookCaller):
+            for impl in caller.get_hookimpls():
+                code = getattr(impl.function, "__code__", None)
+                if code is not None:
+                    impls[code] = (impl.plugin_name, name)
+    found = None
+    frame = exc.__traceback__
+    while frame is not None:
+        found = impls.get(frame.tb_frame.f_code, found)
+        frame = frame.tb_next
+    return found
+
+
 def plugin_hooks(pm: pluggy.PluginManager, plugin: object) -> list[str]:
     """The names of the hooks ``plugin`` implements."""
     return sorted(caller.name for caller in pm.get_hookcallers(plugin) or ())

@@ -24,7 +24,7 @@ import anyio.abc
 
 from lbx import notify
 from lbx.config import Config, ServiceConfig
-from lbx.errors import ConfigError, StartupError
+from lbx.errors import ConfigError, StartupError, describe
 from lbx.lb import Backend, Backends, Health, LoadBalancer, split_host_port
 from lbx.plugins import LbxPluginManager, installed_selection_plugins
 from lbx.proxy import Connections, ProxyService, RequestHooks, build_connector
@@ -72,6 +72,8 @@ class Server:
         self._handed_over = False
         """The listeners went to a new process, which is the service from then on."""
         self._stop_announced = False
+        self.ready = False
+        """Serving (``lbx ready`` was logged): a failure from then on is no failed start."""
 
     # -- preparation (also what ``-t`` checks) -----------------------------------------------
     def prepare(self) -> None:
@@ -205,11 +207,9 @@ class Server:
                 main, *args, backend="asyncio", backend_options={"use_uvloop": HAVE_UVLOOP}
             )
         except BaseExceptionGroup as group:
-            # The task group wraps start-up failures; report them as the one line they are.
-            expected, _ = group.split((StartupError, ConfigError))
-            if expected is None:
-                raise
-            raise expected.exceptions[0] from None
+            # Task groups wrap failures: report the first as the one error it is (a start-up
+            # failure is one line; anything else is described, or raised, by the caller).
+            raise first_error(group) from None
 
     async def _serve(self) -> None:
         """Everything in one process: background services, listeners, signals."""
@@ -287,6 +287,7 @@ class Server:
         A daemon, or the new process of an upgrade, is not the process the manager started:
         it names itself the main process first.
         """
+        self.ready = True
         log.info("%s", message)
         notify.ready(main_pid=self.config.daemon or self.config.upgrade)
 
@@ -541,6 +542,16 @@ class Server:
             service.connector.pool.close_all()
 
 
+def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first of the errors (nested groups too) that decide what a failure is: lbx's own
+    (``StartupError``, ``ConfigError``) if any, else the first one."""
+    expected, _ = group.split((StartupError, ConfigError))
+    found: BaseException = expected if expected is not None else group
+    while isinstance(found, BaseExceptionGroup):
+        found = found.exceptions[0]
+    return found
+
+
 GC_GENERATION0_THRESHOLD = 20_000
 """Allocations between collections of the youngest generation (CPython's default: 700)."""
 
@@ -582,11 +593,31 @@ async def _run_ready_background(
     *,
     task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
+    """Run a service registered with ``ready=True``: one that fails before it is ready is a
+    failed start (one line, its traceback at debug level); once ready, like any service."""
+    status = _ReadyStatus(task_status)
     try:
-        await run(task_status=task_status)
-    except Exception:
-        log.exception("background service %s failed", name)
-        raise
+        await run(task_status=status)
+    except Exception as exc:
+        if status.ready:
+            log.exception("background service %s failed", name)
+            return
+        log.debug("background service %s failed before it was ready", name, exc_info=True)
+        raise StartupError(f"background service {name!r} failed to start: {describe(exc)}") from exc
+    if not status.ready:
+        raise StartupError(f"background service {name!r} returned before it was ready")
+
+
+class _ReadyStatus:
+    """The ``task_status`` handed to a ready=True service: remembers that it became ready."""
+
+    def __init__(self, task_status: anyio.abc.TaskStatus[None]) -> None:
+        self.task_status = task_status
+        self.ready = False
+
+    def started(self, value: None = None) -> None:
+        self.ready = True
+        self.task_status.started(value)
 
 
 def _describe(address: str, sock: socket.socket) -> str:
