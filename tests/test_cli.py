@@ -436,3 +436,69 @@ def test_demo_backends_on_a_port_in_use_is_one_line(tmp_path: Path, busy_port: i
     line = one_error_line(result)
     assert line.startswith("lbx: error: background service 'demo backends' failed to start: ")
     assert str(busy_port) in line and "address already in use" in line.lower()
+
+
+# -- several errors in one file: the first in the file, file:line for plugins: too -----------------
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ("roundrobn", "unknown plugin 'roundrobn'"),
+        ("./missing.py", "missing.py' does not exist"),
+        ("no:default_peer", "built in and cannot be disabled"),
+    ],
+)
+def test_plugins_entry_errors_have_file_and_line(tmp_path: Path, entry: str, message: str) -> None:
+    """An entry of ``plugins:`` that cannot be loaded: file:line and its place, exit 2."""
+    conf = tmp_path / "lbx.yaml"
+    conf.write_text(
+        "version: 1\n"
+        "plugins:\n"
+        "  - roundrobin\n"
+        f"  - {entry}\n"
+        "services:\n  - listen: 127.0.0.1:0\n    upstreams: [127.0.0.1:9]\n"
+    )
+    result = run("serve", "-t", "-c", str(conf))
+    assert result.returncode == 2
+    line = one_error_line(result)
+    assert line.startswith(f"lbx: error: {conf}:4: plugins[1]: "), line
+    assert message in line
+
+
+def test_first_error_in_the_file_is_reported(tmp_path: Path) -> None:
+    """Of several errors, the one reported is the first in the file, whatever lbx checks
+    first (the plugins are loaded before the rest is validated, and server keys used to be
+    checked in lbx's order)."""
+    conf = tmp_path / "lbx.yaml"
+    lines = [
+        "version: 1",
+        "upstream_keepalive_pool_size: many",  # line 2: the first error
+        "threads: some",
+        "plugins: [roundrobn]",
+        "services:",
+        "  - listen: 127.0.0.1:0",
+        "    upstreams: [127.0.0.1:9]",
+        "    conect_timeout: 1",
+    ]
+    expected = [
+        (2, "upstream_keepalive_pool_size: expected a whole number"),
+        (3, "threads: expected a whole number"),
+        (4, "plugins[0]: unknown plugin 'roundrobn'"),
+        (8, "services[0].conect_timeout: unknown key; did you mean 'connect_timeout'?"),
+    ]
+    for line_number, message in expected:  # fix each error in turn: the next one shows
+        conf.write_text("\n".join(lines) + "\n")
+        result = run("serve", "-t", "-c", str(conf))
+        assert result.returncode == 2
+        assert one_error_line(result).startswith(f"lbx: error: {conf}:{line_number}: {message}"), (
+            result.stderr
+        )
+        lines[line_number - 1] = {
+            2: "upstream_keepalive_pool_size: 8",
+            3: "threads: 1",
+            4: "plugins: [roundrobin]",
+            8: "    connect_timeout: 1",
+        }[line_number]
+    conf.write_text("\n".join(lines) + "\n")
+    assert run("serve", "-t", "-c", str(conf)).returncode == 0

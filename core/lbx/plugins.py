@@ -13,7 +13,7 @@ import importlib.metadata
 import importlib.util
 import os
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import pluggy
@@ -87,20 +87,34 @@ def installed_entry_points() -> dict[str, importlib.metadata.EntryPoint]:
 
 
 def get_plugin_manager(
-    plugin_args: Sequence[str] = (), *, defaults: bool = True
+    plugin_args: Sequence[str] = (),
+    *,
+    defaults: bool = True,
+    on_error: Callable[[int, PluginLoadError], None] | None = None,
 ) -> LbxPluginManager:
     """A new plugin manager with the built-ins, the defaults and ``plugin_args`` registered.
 
     ``plugin_args`` are ``--plugin`` values (then YAML ``plugins:`` entries) in order: ``no:NAME``
-    disables NAME, a later ``NAME`` enables it again.
+    disables NAME, a later ``NAME`` enables it again. ``on_error(index, error)``, when given,
+    receives the error of the argument at ``index`` instead of it being raised (it may raise
+    it), and the other arguments are still loaded.
     """
+
+    def failed(index: int, error: PluginLoadError) -> None:
+        if on_error is None:
+            raise error
+        on_error(index, error)
+
     pm = LbxPluginManager()
     blocked: set[str] = set()
-    for arg in plugin_args:
+    for index, arg in enumerate(plugin_args):
         if arg.startswith("no:"):
             name = arg[3:]
             if name in BUILTIN_PLUGINS:
-                raise PluginLoadError(f"plugin {name!r} is built in and cannot be disabled")
+                failed(
+                    index, PluginLoadError(f"plugin {name!r} is built in and cannot be disabled")
+                )
+                continue
             blocked.add(name)
         else:
             blocked.discard(arg)
@@ -115,9 +129,12 @@ def get_plugin_manager(
         for name in DEFAULT_PLUGINS:
             if name in installed and not pm.is_blocked(name):
                 _load_entry_point(pm, installed[name])
-    for arg in plugin_args:
+    for index, arg in enumerate(plugin_args):
         if not arg.startswith("no:"):
-            load_plugin_arg(pm, arg)
+            try:
+                load_plugin_arg(pm, arg)
+            except PluginLoadError as exc:
+                failed(index, exc)
     return pm
 
 
