@@ -12,8 +12,10 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import socket
 import struct
+import termios
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -66,12 +68,17 @@ class UpstreamConn:
         self.requests: list[Request] = []
         self.error: str | None = None
         self.closed_by_peer = threading.Event()
+        self.in_message = False
+        """A request has begun and not ended (its head or body is still coming)."""
+        self.completed = 0
+        """Requests received whole on this connection (not cleared by ``Upstream.reset``)."""
         self._parser = httptools.HttpRequestParser(self)
         self._current: Request | None = None
         self._url = b""
 
     # httptools callbacks
     def on_message_begin(self) -> None:
+        self.in_message = True
         self._url = b""
         self._current = Request(b"", b"", "", [], b"")
 
@@ -102,9 +109,25 @@ class UpstreamConn:
         request = self._current
         assert request is not None
         request.complete = True
+        self.in_message = False
+        self.completed += 1
         self.upstream.handler(self, request)
         with self.upstream.changed:
             self.upstream.changed.notify_all()
+
+    def idle(self) -> bool:
+        """Nothing more is coming from an earlier request: the connection is closed, or lbx
+        keeps it between requests (one or more received whole, none begun, no byte unread)."""
+        if self.closed_by_peer.is_set():
+            return True
+        return self.completed > 0 and not self.in_message and self.unread() == 0
+
+    def unread(self) -> int:
+        """Bytes the kernel received for this connection that ``serve`` did not read yet."""
+        try:
+            return struct.unpack("i", fcntl.ioctl(self.sock, termios.FIONREAD, b"\0" * 4))[0]
+        except OSError:  # closed meanwhile: nothing more comes
+            return 0
 
     def send(self, data: bytes) -> None:
         with contextlib.suppress(OSError):
@@ -212,6 +235,16 @@ class Upstream:
     def raw(self) -> bytes:
         """Every byte received, all connections (in the order they were accepted)."""
         return b"".join(bytes(conn.raw) for conn in list(self.conns))
+
+    def settle(self, timeout: float = TIMEOUT) -> None:
+        """Start a test from a known-idle upstream: wait until no connection is in the middle
+        of an earlier test's request (lbx may still be sending it, or closing its connection),
+        then ``reset``. Without the wait, bytes of a chunked upload cut short by the test before
+        could arrive after the reset, in the next test's ``raw``."""
+        if not self.wait(lambda: all(conn.idle() for conn in list(self.conns)), timeout):
+            busy = [bytes(c.raw[:60]) for c in list(self.conns) if not c.idle()]
+            raise AssertionError(f"the capture upstream is still busy after {timeout}s: {busy}")
+        self.reset()
 
     def reset(self) -> None:
         """Forget what was received so far (connections stay open, lbx may reuse them)."""
