@@ -222,7 +222,8 @@ class Server:
 
             async def announce() -> None:
                 await self.pm.ahook.server_started(server=self)
-                self.announce_ready(f"lbx ready (pid {os.getpid()})")
+                log.info("lbx ready (pid %d)", os.getpid())
+                self.announce_ready()
 
             await self._handle_signals(announce, handover=True)
             tasks.cancel_scope.cancel()
@@ -281,14 +282,11 @@ class Server:
     def has_background_services(self) -> bool:
         return bool(self._background)
 
-    def announce_ready(self, message: str) -> None:
-        """Log that lbx serves, and tell the service manager (``READY=1``, see lbx.notify).
-
-        A daemon, or the new process of an upgrade, is not the process the manager started:
-        it names itself the main process first.
-        """
+    def announce_ready(self) -> None:
+        """lbx serves: tell the service manager (``READY=1``, see lbx.notify). A daemon, or the
+        new process of an upgrade, is not the process the manager started: it names itself the
+        main process first."""
         self.ready = True
-        log.info("%s", message)
         notify.ready(main_pid=self.config.daemon or self.config.upgrade)
 
     def announce_stopping(self) -> None:

@@ -76,10 +76,13 @@ class Supervisor:
             for index in range(server.config.threads):
                 self._start(index)
             server.run_loop(functools.partial(server.pm.ahook.server_started, server=server))
-            workers = ", ".join(str(c.pid) for c in self.children.values() if c.index >= 0)
-            server.announce_ready(
-                f"lbx ready (pid {os.getpid()}, {server.config.threads} workers: {workers})"
+            log.info(
+                "lbx ready (pid %d, %d workers: %s)",
+                os.getpid(),
+                server.config.threads,
+                ", ".join(str(c.pid) for c in self.children.values() if c.index >= 0),
             )
+            server.announce_ready()
             return self._supervise()
         except BaseException:
             self.stopping = True  # a failed start: reap the children, start no new ones
