@@ -434,9 +434,19 @@ def assert_refused(address: str) -> None:
 
 
 def no_request_fails(page: Page) -> None:
-    """Step 2: with the default retries no request fails; the log says ``retry: true``."""
-    requests_answered(page, 6)
-    wait_log(page, r"Fail to proxy: .*127\.0\.0\.1:343 refused.*tries: 1, retry: true")
+    """Step 2: with the default retries no request fails, a and b answer in turn, and every
+    second request first tried port 343 (the log says ``retry: true`` for each)."""
+    assert requests_answered(page, 6) == ["a", "b"] * 3
+    refused = r"Fail to proxy: .*127\.0\.0\.1:343 refused.*tries: 1, retry: true"
+    start = 0
+    for _ in range(3):
+        start = (
+            foreground(page).lines.index(
+                foreground(page).wait_for(refused, TIMEOUT, start).string, start
+            )
+            + 1
+        )
+    assert sum(bool(re.search(refused, line)) for line in foreground(page).lines) == 3
 
 
 def one_in_three_fails(page: Page) -> None:
