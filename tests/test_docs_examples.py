@@ -1158,6 +1158,16 @@ def fixture_test(page: Page, block: Block) -> None:
     assert "2 passed" in result.output, result.output
 
 
+def unit_tests(page: Page, block: Block) -> None:
+    """The unit tests, in the same file: all four pass."""
+    with (page.workdir / "tests" / "test_tag.py").open("a", encoding="utf-8") as file:
+        file.write("\n\n" + block.text)
+    result = page.r.run(
+        f"{sys.executable} -m pytest -q -p no:cacheprovider -W error tests/test_tag.py"
+    )
+    assert "4 passed" in result.output, result.output
+
+
 def setup_plugins(page: Page) -> None:
     local_backends(page, 8001, 8002)
 
@@ -1171,6 +1181,7 @@ PLUGINS_STEPS = [
     custom("python", "import http.client", installed_command),
     custom("python", '"""tests/test_tag.py', plugin_test),
     custom("python", "def test_tag_fixture(lbx, backends):", fixture_test),
+    custom("python", "import asyncio", unit_tests),
 ]
 
 
