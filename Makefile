@@ -19,9 +19,10 @@ demo: $(STAMP)
 test: check pytest
 
 check: $(STAMP)
-	$(BIN)/ruff check core plugins contrib tests bench conftest.py setup.py
-	$(BIN)/ruff format --check core plugins contrib tests bench conftest.py setup.py
+	$(BIN)/ruff check core plugins contrib tests bench conftest.py setup.py .ci/wheel-smoke
+	$(BIN)/ruff format --check core plugins contrib tests bench conftest.py setup.py .ci/wheel-smoke
 	$(BIN)/mypy
+	$(BIN)/mypy --strict .ci/wheel-smoke
 
 pytest: $(STAMP)
 	$(BIN)/python -m pytest
