@@ -197,6 +197,20 @@ def test_daemon_start_failure_is_reported(tmp_path, backend):
     assert not (tmp_path / "lbx.pid").exists()
 
 
+def test_pid_file_that_cannot_be_written_fails_the_start(tmp_path, backend):
+    """The pid file is written once the daemon serves; whether it can be is found out before,
+    while failing is still a failed start with one clear line."""
+    conf = write_conf(tmp_path, "127.0.0.1:0", backend.address)
+    missing = tmp_path / "missing"
+    conf.write_text(conf.read_text().replace(f"{tmp_path / 'lbx.pid'}", f"{missing / 'lbx.pid'}"))
+    result = serve("-c", str(conf), "-d")
+    assert result.returncode == 1
+    assert result.stderr == (
+        "lbx: error: the daemon did not start (it exited during start-up, exit code 1): "
+        f"lbx: error: cannot write pid_file {missing / 'lbx.pid'}: {missing} does not exist\n"
+    )
+
+
 def test_failed_start_leaves_the_running_daemon_and_its_pid_file(tmp_path, backend):
     """A second `-d` that cannot bind (address in use) does not touch the running daemon's pid
     file: `kill -QUIT $(cat pid_file)` still reaches the daemon that serves."""

@@ -227,6 +227,8 @@ def _check_pid_file_directory(config: Config) -> None:
     """The pid file is written once the daemon serves, as the user it runs as: find out now,
     while failing is still only a failed start, whether that will work."""
     directory = os.path.dirname(os.path.abspath(config.pid_file))
+    if not os.path.isdir(directory):
+        raise StartupError(f"cannot write pid_file {config.pid_file}: {directory} does not exist")
     if not os.access(directory, os.W_OK | os.X_OK):
         who = f" by user {config.user}" if config.user is not None else ""
         raise StartupError(
