@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import select
 import socket
 import struct
 import termios
@@ -29,6 +30,9 @@ from lbx.http import HOP_BY_HOP
 from lbx.testing import LbxProcess
 
 TIMEOUT = 10.0
+TCP_INFO_UNACKED = 24
+"""Offset of ``tcpi_unacked`` in ``struct tcp_info`` (8 one-byte fields, then rto, ato, snd_mss,
+rcv_mss)."""
 
 
 @dataclass
@@ -216,13 +220,22 @@ class Upstream:
             threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
+        self.listener.setblocking(False)
         while not self._closing:
             try:
-                sock, _ = self.listener.accept()
-            except OSError:
+                select.select([self.listener], [], [])
+            except (OSError, ValueError):  # closed
                 return
-            conn = UpstreamConn(self, sock)
+            # Taken from the queue and listed in one step under the lock ``idle`` is checked
+            # with: a connection is always in one place or the other.
             with self.changed:
+                try:
+                    sock, _ = self.listener.accept()
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    return
+                conn = UpstreamConn(self, sock)
                 self.conns.append(conn)
                 self.changed.notify_all()
             threading.Thread(target=conn.serve, daemon=True).start()
@@ -236,12 +249,22 @@ class Upstream:
         """Every byte received, all connections (in the order they were accepted)."""
         return b"".join(bytes(conn.raw) for conn in list(self.conns))
 
+    def idle(self) -> bool:
+        """No connection waits to be accepted, and none is in the middle of a request."""
+        return self.accept_queue() == 0 and all(conn.idle() for conn in list(self.conns))
+
+    def accept_queue(self) -> int:
+        """Connections the kernel completed that ``_accept`` did not take yet (Linux reports a
+        listener's accept queue as ``tcpi_unacked`` in ``TCP_INFO``)."""
+        info = self.listener.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+        return int(struct.unpack_from("I", info, TCP_INFO_UNACKED)[0])
+
     def settle(self, timeout: float = TIMEOUT) -> None:
         """Start a test from a known-idle upstream: wait until no connection is in the middle
         of an earlier test's request (lbx may still be sending it, or closing its connection),
         then ``reset``. Without the wait, bytes of a chunked upload cut short by the test before
         could arrive after the reset, in the next test's ``raw``."""
-        if not self.wait(lambda: all(conn.idle() for conn in list(self.conns)), timeout):
+        if not self.wait(self.idle, timeout):
             busy = [bytes(c.raw[:60]) for c in list(self.conns) if not c.idle()]
             raise AssertionError(f"the capture upstream is still busy after {timeout}s: {busy}")
         self.reset()
@@ -273,6 +296,8 @@ class Upstream:
 
     def close(self) -> None:
         self._closing = True
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accept thread's select
         self.listener.close()
         for conn in list(self.conns):
             with contextlib.suppress(OSError):
