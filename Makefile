@@ -19,9 +19,10 @@ demo: $(STAMP)
 test: check pytest
 
 check: $(STAMP)
-	$(BIN)/ruff check core plugins contrib tests bench conftest.py setup.py
-	$(BIN)/ruff format --check core plugins contrib tests bench conftest.py setup.py
+	$(BIN)/ruff check core plugins contrib tests bench conftest.py setup.py .ci/wheel-smoke
+	$(BIN)/ruff format --check core plugins contrib tests bench conftest.py setup.py .ci/wheel-smoke
 	$(BIN)/mypy
+	$(BIN)/mypy --strict .ci/wheel-smoke
 
 pytest: $(STAMP)
 	$(BIN)/python -m pytest
@@ -29,8 +30,11 @@ pytest: $(STAMP)
 $(STAMP): pyproject.toml setup.py $(COMPILED) $(foreach p,$(PLUGINS),$(p)/pyproject.toml)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	@# The kernel's distribution was lbx before it became lbx-core (lbx is another project on
+	@# the package index): the old name's metadata, left in core/, would still be found.
+	rm -rf core/lbx.egg-info
 	$(BIN)/python -m pip install --quiet -e '.[test]' $(foreach p,$(PLUGINS),-e $(p))
 	touch $(STAMP)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build core/*.so core/lbx/*.so
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build core/*.so core/lbx/*.so core/*.egg-info

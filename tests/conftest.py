@@ -12,9 +12,10 @@ from lbx.testing import LbxProcess
 
 @pytest.fixture
 def upstream(shared: tuple[Upstream, LbxProcess]) -> Upstream:
-    """The module's capture upstream, with what it received so far forgotten."""
+    """The module's capture upstream, idle (no earlier request still arriving), with what it
+    received so far forgotten."""
     server, _ = shared
-    server.reset()
+    server.settle()
     return server
 
 

@@ -12,8 +12,11 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import select
 import socket
 import struct
+import termios
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,6 +30,9 @@ from lbx.http import HOP_BY_HOP
 from lbx.testing import LbxProcess
 
 TIMEOUT = 10.0
+TCP_INFO_UNACKED = 24
+"""Offset of ``tcpi_unacked`` in ``struct tcp_info`` (8 one-byte fields, then rto, ato, snd_mss,
+rcv_mss)."""
 
 
 @dataclass
@@ -66,12 +72,17 @@ class UpstreamConn:
         self.requests: list[Request] = []
         self.error: str | None = None
         self.closed_by_peer = threading.Event()
+        self.in_message = False
+        """A request has begun and not ended (its head or body is still coming)."""
+        self.completed = 0
+        """Requests received whole on this connection (not cleared by ``Upstream.reset``)."""
         self._parser = httptools.HttpRequestParser(self)
         self._current: Request | None = None
         self._url = b""
 
     # httptools callbacks
     def on_message_begin(self) -> None:
+        self.in_message = True
         self._url = b""
         self._current = Request(b"", b"", "", [], b"")
 
@@ -102,9 +113,25 @@ class UpstreamConn:
         request = self._current
         assert request is not None
         request.complete = True
+        self.in_message = False
+        self.completed += 1
         self.upstream.handler(self, request)
         with self.upstream.changed:
             self.upstream.changed.notify_all()
+
+    def idle(self) -> bool:
+        """Nothing more is coming from an earlier request: the connection is closed, or lbx
+        keeps it between requests (one or more received whole, none begun, no byte unread)."""
+        if self.closed_by_peer.is_set():
+            return True
+        return self.completed > 0 and not self.in_message and self.unread() == 0
+
+    def unread(self) -> int:
+        """Bytes the kernel received for this connection that ``serve`` did not read yet."""
+        try:
+            return struct.unpack("i", fcntl.ioctl(self.sock, termios.FIONREAD, b"\0" * 4))[0]
+        except OSError:  # closed meanwhile: nothing more comes
+            return 0
 
     def send(self, data: bytes) -> None:
         with contextlib.suppress(OSError):
@@ -193,13 +220,22 @@ class Upstream:
             threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
+        self.listener.setblocking(False)
         while not self._closing:
             try:
-                sock, _ = self.listener.accept()
-            except OSError:
+                select.select([self.listener], [], [])
+            except (OSError, ValueError):  # closed
                 return
-            conn = UpstreamConn(self, sock)
+            # Taken from the queue and listed in one step under the lock ``idle`` is checked
+            # with: a connection is always in one place or the other.
             with self.changed:
+                try:
+                    sock, _ = self.listener.accept()
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    return
+                conn = UpstreamConn(self, sock)
                 self.conns.append(conn)
                 self.changed.notify_all()
             threading.Thread(target=conn.serve, daemon=True).start()
@@ -212,6 +248,26 @@ class Upstream:
     def raw(self) -> bytes:
         """Every byte received, all connections (in the order they were accepted)."""
         return b"".join(bytes(conn.raw) for conn in list(self.conns))
+
+    def idle(self) -> bool:
+        """No connection waits to be accepted, and none is in the middle of a request."""
+        return self.accept_queue() == 0 and all(conn.idle() for conn in list(self.conns))
+
+    def accept_queue(self) -> int:
+        """Connections the kernel completed that ``_accept`` did not take yet (Linux reports a
+        listener's accept queue as ``tcpi_unacked`` in ``TCP_INFO``)."""
+        info = self.listener.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+        return int(struct.unpack_from("I", info, TCP_INFO_UNACKED)[0])
+
+    def settle(self, timeout: float = TIMEOUT) -> None:
+        """Start a test from a known-idle upstream: wait until no connection is in the middle
+        of an earlier test's request (lbx may still be sending it, or closing its connection),
+        then ``reset``. Without the wait, bytes of a chunked upload cut short by the test before
+        could arrive after the reset, in the next test's ``raw``."""
+        if not self.wait(self.idle, timeout):
+            busy = [bytes(c.raw[:60]) for c in list(self.conns) if not c.idle()]
+            raise AssertionError(f"the capture upstream is still busy after {timeout}s: {busy}")
+        self.reset()
 
     def reset(self) -> None:
         """Forget what was received so far (connections stay open, lbx may reuse them)."""
@@ -240,6 +296,8 @@ class Upstream:
 
     def close(self) -> None:
         self._closing = True
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accept thread's select
         self.listener.close()
         for conn in list(self.conns):
             with contextlib.suppress(OSError):

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 PLUGINS = Path(__file__).resolve().parent / "plugins"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def run(
@@ -76,10 +77,15 @@ def test_top_level_help_lists_commands() -> None:
 
 
 def test_version() -> None:
-    """``lbx --version`` prints the installed version."""
+    """``lbx --version`` prints the kernel's distribution and version, then every installed
+    plugin distribution with its version and plugin names."""
     result = run("--version")
     assert result.returncode == 0, result.stderr
-    assert importlib.metadata.version("lbx") in result.stdout
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"lbx-core {importlib.metadata.version('lbx-core')}"
+    hashing = importlib.metadata.version("lbx-hashing")
+    assert f"lbx-hashing {hashing} (consistent, fnv)" in lines
+    assert any(line.startswith("lbx-roundrobin ") for line in lines)
 
 
 # -- lbx plugins ----------------------------------------------------------------------------------
@@ -115,7 +121,7 @@ def test_plugins_all_json_includes_builtins() -> None:
     assert result.returncode == 0, result.stderr
     rows = {r["name"]: r for r in json.loads(result.stdout)}
     assert rows["default_peer"]["hooks"] == ["upstream_peer"]
-    assert rows["default_peer"]["distribution"] == "lbx"
+    assert rows["default_peer"]["distribution"] == "lbx-core"
     assert "roundrobin" in rows
 
 
@@ -378,3 +384,121 @@ def test_port_in_use_is_one_line_exit_1(busy_port: int) -> None:
     assert result.returncode == 1
     line = one_error_line(result)
     assert f"cannot listen on 127.0.0.1:{busy_port}" in line
+
+
+def test_plugin_configure_raising_is_one_line_exit_1() -> None:
+    """A plugin whose ``configure`` raises something lbx does not know: one line naming the
+    plugin, the hook and the error, exit 1; the traceback only at ``LBX_LOG=debug``."""
+    args = ["serve", "--plugin", str(PLUGINS / "configure_raises.py"), "--plugin", "roundrobin"]
+    args += ["--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:9"]
+    result = run(*args)
+    assert result.returncode == 1
+    assert one_error_line(result) == (
+        "lbx: error: plugin 'configure_raises' failed in configure: "
+        "RuntimeError: configure_raises: boom in configure"
+    )
+    debug = run(*args, env={"LBX_LOG": "debug"})
+    assert debug.returncode == 1
+    assert "Traceback" in debug.stderr
+    assert debug.stderr.strip().splitlines()[-1] == one_error_line(result)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_background_service_failing_before_ready_is_one_line(tmp_path: Path, threads: int) -> None:
+    """A ``ready=True`` background service that raises before it is ready: one line naming the
+    service and the error, exit 1, also from the background-services process of ``threads: 2``.
+    """
+    conf = tmp_path / "lbx.yaml"
+    conf.write_text(
+        f"threads: {threads}\nplugins: [roundrobin, {PLUGINS / 'service_fails_before_ready.py'}]\n"
+        "services:\n  - listen: 127.0.0.1:0\n    upstreams: [127.0.0.1:9]\n"
+    )
+    result = run("serve", "-c", str(conf))
+    assert result.returncode == 1
+    line = one_error_line(result)
+    assert line.endswith(
+        "background service 'failing service' failed to start: "
+        "LookupError: no such thing: the service cannot start"
+    ), line
+
+
+def test_demo_backends_on_a_port_in_use_is_one_line(tmp_path: Path, busy_port: int) -> None:
+    """``make demo`` twice: the demo backends cannot listen, one line and exit 1."""
+    demo = (ROOT / "example_conf" / "demo.yaml").read_text()
+    conf = tmp_path / "demo.yaml"
+    conf.write_text(
+        demo.replace("../contrib", str(ROOT / "contrib"))
+        .replace("127.0.0.1:8001", f"127.0.0.1:{busy_port}")
+        .replace("127.0.0.1:6188", "127.0.0.1:0")
+    )
+    result = run("serve", "-c", str(conf))
+    assert result.returncode == 1
+    line = one_error_line(result)
+    assert line.startswith("lbx: error: background service 'demo backends' failed to start: ")
+    assert str(busy_port) in line and "address already in use" in line.lower()
+
+
+# -- several errors in one file: the first in the file, file:line for plugins: too -----------------
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ("roundrobn", "unknown plugin 'roundrobn'"),
+        ("./missing.py", "missing.py' does not exist"),
+        ("no:default_peer", "built in and cannot be disabled"),
+    ],
+)
+def test_plugins_entry_errors_have_file_and_line(tmp_path: Path, entry: str, message: str) -> None:
+    """An entry of ``plugins:`` that cannot be loaded: file:line and its place, exit 2."""
+    conf = tmp_path / "lbx.yaml"
+    conf.write_text(
+        "version: 1\n"
+        "plugins:\n"
+        "  - roundrobin\n"
+        f"  - {entry}\n"
+        "services:\n  - listen: 127.0.0.1:0\n    upstreams: [127.0.0.1:9]\n"
+    )
+    result = run("serve", "-t", "-c", str(conf))
+    assert result.returncode == 2
+    line = one_error_line(result)
+    assert line.startswith(f"lbx: error: {conf}:4: plugins[1]: "), line
+    assert message in line
+
+
+def test_first_error_in_the_file_is_reported(tmp_path: Path) -> None:
+    """Of several errors, the one reported is the first in the file, whatever lbx checks
+    first (the plugins are loaded before the rest is validated, and server keys used to be
+    checked in lbx's order)."""
+    conf = tmp_path / "lbx.yaml"
+    lines = [
+        "version: 1",
+        "upstream_keepalive_pool_size: many",  # line 2: the first error
+        "threads: some",
+        "plugins: [roundrobn]",
+        "services:",
+        "  - listen: 127.0.0.1:0",
+        "    upstreams: [127.0.0.1:9]",
+        "    conect_timeout: 1",
+    ]
+    expected = [
+        (2, "upstream_keepalive_pool_size: expected a whole number"),
+        (3, "threads: expected a whole number"),
+        (4, "plugins[0]: unknown plugin 'roundrobn'"),
+        (8, "services[0].conect_timeout: unknown key; did you mean 'connect_timeout'?"),
+    ]
+    for line_number, message in expected:  # fix each error in turn: the next one shows
+        conf.write_text("\n".join(lines) + "\n")
+        result = run("serve", "-t", "-c", str(conf))
+        assert result.returncode == 2
+        assert one_error_line(result).startswith(f"lbx: error: {conf}:{line_number}: {message}"), (
+            result.stderr
+        )
+        lines[line_number - 1] = {
+            2: "upstream_keepalive_pool_size: 8",
+            3: "threads: 1",
+            4: "plugins: [roundrobin]",
+            8: "    connect_timeout: 1",
+        }[line_number]
+    conf.write_text("\n".join(lines) + "\n")
+    assert run("serve", "-t", "-c", str(conf)).returncode == 0

@@ -434,9 +434,19 @@ def assert_refused(address: str) -> None:
 
 
 def no_request_fails(page: Page) -> None:
-    """Step 2: with the default retries no request fails; the log says ``retry: true``."""
-    requests_answered(page, 6)
-    wait_log(page, r"Fail to proxy: .*127\.0\.0\.1:343 refused.*tries: 1, retry: true")
+    """Step 2: with the default retries no request fails, a and b answer in turn, and every
+    second request first tried port 343 (the log says ``retry: true`` for each)."""
+    assert requests_answered(page, 6) == ["a", "b"] * 3
+    refused = r"Fail to proxy: .*127\.0\.0\.1:343 refused.*tries: 1, retry: true"
+    start = 0
+    for _ in range(3):
+        start = (
+            foreground(page).lines.index(
+                foreground(page).wait_for(refused, TIMEOUT, start).string, start
+            )
+            + 1
+        )
+    assert sum(bool(re.search(refused, line)) for line in foreground(page).lines) == 3
 
 
 def one_in_three_fails(page: Page) -> None:
@@ -705,10 +715,16 @@ def setup_operations(page: Page) -> None:
     remember_daemon(page)
 
 
+def next_upgrade(page: Page) -> None:
+    """The new daemon serves, and is the one the next upgrade replaces."""
+    end_daemon_after_upgrade(page)
+    remember_daemon(page)
+
+
 OPERATIONS_STEPS = [
     sh(
         "kill -QUIT $(cat /tmp/lbx.pid) && lbx serve -c conf.yaml -d -u",
-        after=end_daemon_after_upgrade,
+        Hooks(after={"kill -QUIT": next_upgrade, "lbx serve -c conf.yaml -d -u &": next_upgrade}),
     ),
     skip(
         "ini", "[Unit]", "a systemd unit: needs systemd and root (/etc/lbx, /run, /usr/local/bin)"
@@ -1165,6 +1181,16 @@ def fixture_test(page: Page, block: Block) -> None:
     assert "2 passed" in result.output, result.output
 
 
+def unit_tests(page: Page, block: Block) -> None:
+    """The unit tests, in the same file: all four pass."""
+    with (page.workdir / "tests" / "test_tag.py").open("a", encoding="utf-8") as file:
+        file.write("\n\n" + block.text)
+    result = page.r.run(
+        f"{sys.executable} -m pytest -q -p no:cacheprovider -W error tests/test_tag.py"
+    )
+    assert "4 passed" in result.output, result.output
+
+
 def setup_plugins(page: Page) -> None:
     local_backends(page, 8001, 8002)
 
@@ -1178,6 +1204,7 @@ PLUGINS_STEPS = [
     custom("python", "import http.client", installed_command),
     custom("python", '"""tests/test_tag.py', plugin_test),
     custom("python", "def test_tag_fixture(lbx, backends):", fixture_test),
+    custom("python", "import asyncio", unit_tests),
 ]
 
 

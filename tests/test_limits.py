@@ -7,6 +7,7 @@ upstream received and whether lbx closed the connection.
 from __future__ import annotations
 
 import socket
+import threading
 import time
 
 import pytest
@@ -205,3 +206,26 @@ def test_partial_head_then_close_leaves_no_state(proxy, upstream):
 def _addr(address: str) -> tuple[str, int]:
     host, port = address.rsplit(":", 1)
     return host, int(port)
+
+
+def test_shared_upstream_starts_idle():
+    """The ``upstream`` fixture waits for an upload still arriving from the test before (here a
+    raw client cut short mid-body) before forgetting what came: nothing of it shows up in the
+    next test's ``raw``. (Resetting at once made test_header_timeout_is_408 fail once, on the
+    bytes of test_chunked_body_over_limit_is_413_and_upstream_connection_closed.)"""
+    server = Upstream()
+    try:
+        with socket.create_connection(server.address.rsplit(":", 1), timeout=10) as client:
+            client.sendall(
+                b"POST /big HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                b"c8\r\n" + b"x" * 200 + b"\r\n"
+            )
+            settled = threading.Thread(target=server.settle)
+            settled.start()
+            client.sendall(b"c8\r\n" + b"y" * 200 + b"\r\n")  # the rest of the cut upload
+        settled.join(30)
+        assert not settled.is_alive()
+        assert server.raw == b""
+        assert server.conns == []
+    finally:
+        server.close()

@@ -6,12 +6,16 @@ import json
 import logging
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import rich_click as click
 
 from lbx import config as config_module
-from lbx.errors import ConfigError, StartupError
+from lbx import signals
+from lbx.errors import ConfigError, PluginLoadError, StartupError, describe
+
+if TYPE_CHECKING:
+    from lbx.plugins import LbxPluginManager
 
 LOG_LEVELS = {
     "trace": logging.DEBUG,
@@ -39,8 +43,25 @@ def setup_logging() -> None:
     )
 
 
+def _print_versions(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    from lbx.plugins import versions
+
+    for line in versions():
+        click.echo(line)
+    ctx.exit()
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="lbx", prog_name="lbx")
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_print_versions,
+    help="Show the version of lbx and of each installed plugin, and exit.",
+)
 def cli() -> None:
     """lbx: a programmable HTTP load balancer, in the spirit of Pingora."""
 
@@ -99,31 +120,19 @@ def serve(
 ) -> None:
     """Run the load balancer."""
     setup_logging()
-    from lbx.plugins import get_plugin_manager
     from lbx.server import Server
 
+    pm = None
     try:
         document = (
             config_module.read_document(conf)
             if conf
             else config_module.parse_document("version: 1\n")
         )
-        cli_blocked: set[str] = set()
-        for arg in plugins:  # the command line has the last word over the file's plugins:
-            if arg.startswith("no:"):
-                cli_blocked.add(arg[3:])
-            else:
-                cli_blocked.discard(arg)
-        pm = get_plugin_manager(
-            [
-                *plugins,
-                *config_module.plugin_list(document),
-                *(f"no:{name}" for name in sorted(cli_blocked)),
-            ]
-        )
+        pm, problems = _load_plugins(document, plugins)
         schema = config_module.ConfigSchema()
         pm.hook.add_config_keys(schema=schema)
-        config = config_module.build_config(document, schema)
+        config = config_module.build_config(document, schema, problems)
         config_module.apply_shortcuts(
             config, listen=listen, upstreams=upstream, upstream_tls=upstream_tls, sni=sni, host=host
         )
@@ -136,6 +145,10 @@ def serve(
         server.prepare()
     except ConfigError as exc:
         _fail(str(exc), 2)
+    except StartupError as exc:
+        _fail(str(exc), 1)
+    except Exception as exc:  # a plugin's start-up hook failed: one line, the traceback at debug
+        _fail_unexpected(exc, pm)
     if test:
         _print_plan(server)
         return
@@ -145,7 +158,38 @@ def serve(
         _fail(str(exc), 1)
     except KeyboardInterrupt:
         code = 130
+    except Exception as exc:
+        if server.ready:
+            raise  # a crash while serving: its traceback is what to look at
+        _fail_unexpected(exc, pm)
     sys.exit(code)
+
+
+def _load_plugins(
+    document: config_module.Document, cli_plugins: tuple[str, ...]
+) -> tuple[LbxPluginManager, config_module.Problems]:
+    """The plugin manager for ``--plugin`` values then the file's ``plugins:``. An entry of the
+    file that cannot be loaded becomes a config error at its line, collected so that an
+    earlier error in the file is reported first; a bad ``--plugin`` value is raised."""
+    from lbx.plugins import get_plugin_manager
+
+    cli_blocked: set[str] = set()
+    for arg in cli_plugins:  # the command line has the last word over the file's plugins:
+        if arg.startswith("no:"):
+            cli_blocked.add(arg[3:])
+        else:
+            cli_blocked.discard(arg)
+    entries = config_module.plugin_entries(document)
+    args = [*cli_plugins, *(arg for arg, _ in entries), *(f"no:{n}" for n in sorted(cli_blocked))]
+    problems = config_module.Problems()
+
+    def located(index: int, error: PluginLoadError) -> None:
+        position = index - len(cli_plugins)
+        if not 0 <= position < len(entries):
+            raise error
+        problems.errors.append(document.error(entries[position][1], error.message))
+
+    return get_plugin_manager(args, on_error=located), problems
 
 
 def _plugin_options(ctx: click.Context, pm: Any) -> dict[str, Any]:
@@ -178,9 +222,20 @@ def _print_plan(server: Any) -> None:
         click.echo(f"  {config.threads} worker processes")
 
 
-def _fail(message: str, code: int) -> None:
+def _fail(message: str, code: int) -> NoReturn:
     click.echo(f"lbx: error: {message}", err=True)
     sys.exit(code)
+
+
+def _fail_unexpected(exc: BaseException, pm: LbxPluginManager | None) -> NoReturn:
+    """A start-up failure lbx did not foresee (a plugin's bug, most often): one line naming the
+    plugin whose hook raised, if one did; the traceback only at ``LBX_LOG=debug``."""
+    from lbx.plugins import blame
+
+    logging.getLogger("lbx").debug("start-up failed", exc_info=exc)
+    culprit = blame(pm, exc) if pm is not None else None
+    where = f"plugin {culprit[0]!r} failed in {culprit[1]}: " if culprit else ""
+    _fail(f"{where}{describe(exc)}", 1)
 
 
 @cli.command()
@@ -188,7 +243,7 @@ def _fail(message: str, code: int) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def plugins(show_all: bool, as_json: bool) -> None:
     """List installed plugins: name, version, hooks, and whether they are on by default."""
-    from lbx.plugins import describe_builtins, describe_installed
+    from lbx.plugins import DISTRIBUTION, describe_builtins, describe_installed
 
     rows = (describe_builtins() if show_all else []) + describe_installed()
     if as_json:
@@ -204,7 +259,7 @@ def plugins(show_all: bool, as_json: bool) -> None:
     for row in rows:
         enabled = (
             "always"
-            if row.get("distribution") == "lbx"
+            if row.get("distribution") == DISTRIBUTION
             else ("by default" if row["default"] else "when named")
         )
         hooks = ", ".join(row["hooks"]) if isinstance(row["hooks"], list) else ""
@@ -215,6 +270,7 @@ def plugins(show_all: bool, as_json: bool) -> None:
 
 
 def main() -> None:
+    signals.restore()  # a background job may have started lbx with SIGINT and SIGQUIT ignored
     if sys.argv[1:2] != ["serve"]:  # serve never needs them: keep its start-up lean
         _add_plugin_commands()
     cli()

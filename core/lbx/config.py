@@ -7,10 +7,11 @@ caught as well.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -466,40 +467,78 @@ def check_value(doc: Document, path: Path, spec: Field, value: Any) -> Any:
 def validate_mapping(
     doc: Document, path: Path, data: Any, fields: Mapping[str, Field]
 ) -> dict[str, Any]:
-    """Validate a mapping with exactly the keys in ``fields``; defaults fill the rest."""
+    """Validate a mapping with exactly the keys in ``fields``; defaults fill the rest. Of
+    several bad keys, the first in the file is reported."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise doc.error(path, f"expected a mapping, got {data!r}")
-    for key in data:
-        if key not in fields:
-            raise _unknown_key(doc, path, key, list(fields))
-    return {
-        key: check_value(doc, (*path, key), spec, data.get(key)) for key, spec in fields.items()
-    }
+    problems = Problems()
+    given: dict[str, Any] = {}
+    for key, value in data.items():  # in file order
+        with problems.check():
+            if key not in fields:
+                raise _unknown_key(doc, path, key, list(fields))
+            given[key] = check_value(doc, (*path, key), fields[key], value)
+    problems.raise_first()
+    return {key: given.get(key, spec.default) for key, spec in fields.items()}
+
+
+class Problems:
+    """Config errors collected while validating independent parts of a file, so that the one
+    reported is the first in the file (an error without a line comes before any other)."""
+
+    def __init__(self) -> None:
+        self.errors: list[ConfigError] = []
+
+    @contextlib.contextmanager
+    def check(self) -> Iterator[None]:
+        """Run a check; a ``ConfigError`` it raises is collected instead."""
+        try:
+            yield
+        except ConfigError as exc:
+            self.errors.append(exc)
+
+    def raise_first(self) -> None:
+        if self.errors:
+            raise min(self.errors, key=lambda error: error.line or 0)
+
+
+def plugin_entries(doc: Document) -> list[tuple[str, Path]]:
+    """The YAML ``plugins:`` list, checked, each entry with its place in the file (for errors);
+    relative ``.py`` paths are resolved from the file's directory."""
+    value = check_value(doc, ("plugins",), Field("str_list", []), doc.data.get("plugins"))
+    listed = isinstance(doc.data.get("plugins"), list)
+    base = os.path.dirname(os.path.abspath(doc.path)) if doc.path else os.getcwd()
+    result: list[tuple[str, Path]] = []
+    for index, item in enumerate(value):
+        if item.endswith(".py") and not os.path.isabs(item):
+            item = os.path.normpath(os.path.join(base, item))
+        result.append((item, ("plugins", index) if listed else ("plugins",)))
+    return result
 
 
 def plugin_list(doc: Document) -> list[str]:
     """The YAML ``plugins:`` list, checked; relative ``.py`` paths resolved from the file."""
-    value = check_value(doc, ("plugins",), Field("str_list", []), doc.data.get("plugins"))
-    base = os.path.dirname(os.path.abspath(doc.path)) if doc.path else os.getcwd()
-    result = []
-    for item in value:
-        if item.endswith(".py") and not os.path.isabs(item):
-            item = os.path.normpath(os.path.join(base, item))
-        result.append(item)
-    return result
+    return [item for item, _ in plugin_entries(doc)]
 
 
-def build_config(doc: Document, schema: ConfigSchema) -> Config:
-    """Validate the whole document against the kernel's and the plugins' keys."""
+def build_config(doc: Document, schema: ConfigSchema, problems: Problems | None = None) -> Config:
+    """Validate the whole document against the kernel's and the plugins' keys.
+
+    Independent parts (top-level keys, each service, plugin sections) are all checked, and the
+    error raised is the first in the file, ``problems`` found before included (entries of
+    ``plugins:`` that could not be loaded).
+    """
+    problems = problems or Problems()
     data = doc.data
     known = [*SERVER_KEYS, "plugins", "services", *schema.sections, *PINGORA_ONLY_KEYS]
     for key in data:
-        if key not in known:
-            raise _unknown_key(
-                doc, (), key, known, "plugin sections need their plugin enabled in 'plugins:'"
-            )
+        with problems.check():
+            if key not in known:
+                raise _unknown_key(
+                    doc, (), key, known, "plugin sections need their plugin enabled in 'plugins:'"
+                )
         if key in PINGORA_ONLY_KEYS:
             log.warning(
                 "%s:%s: %s is a Pingora setting that lbx does not use; ignored",
@@ -507,19 +546,44 @@ def build_config(doc: Document, schema: ConfigSchema) -> Config:
                 doc.lines.get((key,)),
                 key,
             )
-    server = {
-        key: check_value(doc, (key,), spec, data.get(key)) for key, spec in SERVER_KEYS.items()
-    }
-    if server["version"] != 1:
-        raise doc.error(("version",), f"only version 1 is supported, got {server['version']}")
+    server: dict[str, Any] = {}
+    for key, spec in SERVER_KEYS.items():
+        with problems.check():
+            server[key] = check_value(doc, (key,), spec, data.get(key))
+    if server.get("version", 1) != 1:
+        problems.errors.append(
+            doc.error(("version",), f"only version 1 is supported, got {server['version']}")
+        )
+    services: list[ServiceConfig] = []
     services_data = data.get("services")
-    if services_data is None:
-        services_data = []
-    if not isinstance(services_data, list):
-        raise doc.error(("services",), "expected a list of services")
-    services = [
-        _build_service(doc, index, item, schema) for index, item in enumerate(services_data)
-    ]
+    if services_data is not None and not isinstance(services_data, list):
+        problems.errors.append(doc.error(("services",), "expected a list of services"))
+    elif services_data is not None:
+        for index, item in enumerate(services_data):
+            with problems.check():
+                services.append(_build_service(doc, index, item, schema))
+    with problems.check():
+        _check_services_together(doc, services)
+    sections: dict[str, dict[str, Any]] = {}
+    for name, fields in schema.sections.items():
+        with problems.check():
+            sections[name] = validate_mapping(doc, (name,), data.get(name), fields)
+    plugins: list[str] = []
+    with problems.check():
+        plugins = plugin_list(doc)
+    problems.raise_first()
+    return Config(
+        path=doc.path,
+        plugins=plugins,
+        services=services,
+        sections=sections,
+        lines=doc.lines,
+        **server,
+    )
+
+
+def _check_services_together(doc: Document, services: list[ServiceConfig]) -> None:
+    """Service names and listen addresses are unique across services."""
     names = [s.name for s in services]
     for index, name in enumerate(names):
         if name in names[:index]:
@@ -532,18 +596,6 @@ def build_config(doc: Document, schema: ConfigSchema) -> Config:
                 if tagged in seen:
                     raise doc.error(("services", index, key), f"{address} is listed twice ({key})")
                 seen.add(tagged)
-    sections = {
-        name: validate_mapping(doc, (name,), data.get(name), fields)
-        for name, fields in schema.sections.items()
-    }
-    return Config(
-        path=doc.path,
-        plugins=plugin_list(doc),
-        services=services,
-        sections=sections,
-        lines=doc.lines,
-        **server,
-    )
 
 
 def _build_service(doc: Document, index: int, data: Any, schema: ConfigSchema) -> ServiceConfig:

@@ -131,3 +131,12 @@ class PluginValidationError(PluginLoadError):
 
 class StartupError(Exception):
     """The server cannot start (a port in use, no listeners handed over): one line, exit 1."""
+
+
+def describe(exc: BaseException) -> str:
+    """An exception as one line: the message of lbx's own errors and the system's, the type
+    and message of anything else (``KeyError: 'x'`` says more than ``'x'``)."""
+    if isinstance(exc, (StartupError, ConfigError, OSError)):
+        return str(exc) or type(exc).__name__
+    message = str(exc)
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__

@@ -173,10 +173,11 @@ def register_background_services(server: Server, register: Callable[..., None]) 
     ``register(name, run)`` where ``run`` is an ``async def`` taking no arguments: it starts once
     the server is listening. ``register(name, run, ready=True)`` where ``run`` takes a
     ``task_status`` argument: it starts *before* the listeners, and the server waits until it
-    calls ``task_status.started()`` (a first round of health checks, for example).
+    calls ``task_status.started()`` (a first round of health checks, for example); if it raises
+    before that, lbx does not start (one line naming the service and the error, exit code 1).
 
     Every service runs in the server's task group and is cancelled when the server stops. An
-    exception in a service is logged and the service is not restarted.
+    exception in a running service is logged and the service is not restarted.
 
     Sync hook.
 

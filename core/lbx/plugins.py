@@ -13,7 +13,7 @@ import importlib.metadata
 import importlib.util
 import os
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import pluggy
@@ -23,6 +23,9 @@ from lbx._hookcall import AsyncHookRelay, validate_impls
 from lbx.errors import PluginLoadError, PluginValidationError
 
 ENTRY_POINT_GROUP = "lbx"
+
+DISTRIBUTION = "lbx-core"
+"""The kernel's distribution (``pip install lbx-core``; ``lbx`` on the index is another project)."""
 
 BUILTIN_PLUGINS = ("default_peer",)
 """In-tree plugins (``lbx.builtin.<name>``), always registered; they cannot be disabled."""
@@ -84,20 +87,34 @@ def installed_entry_points() -> dict[str, importlib.metadata.EntryPoint]:
 
 
 def get_plugin_manager(
-    plugin_args: Sequence[str] = (), *, defaults: bool = True
+    plugin_args: Sequence[str] = (),
+    *,
+    defaults: bool = True,
+    on_error: Callable[[int, PluginLoadError], None] | None = None,
 ) -> LbxPluginManager:
     """A new plugin manager with the built-ins, the defaults and ``plugin_args`` registered.
 
     ``plugin_args`` are ``--plugin`` values (then YAML ``plugins:`` entries) in order: ``no:NAME``
-    disables NAME, a later ``NAME`` enables it again.
+    disables NAME, a later ``NAME`` enables it again. ``on_error(index, error)``, when given,
+    receives the error of the argument at ``index`` instead of it being raised (it may raise
+    it), and the other arguments are still loaded.
     """
+
+    def failed(index: int, error: PluginLoadError) -> None:
+        if on_error is None:
+            raise error
+        on_error(index, error)
+
     pm = LbxPluginManager()
     blocked: set[str] = set()
-    for arg in plugin_args:
+    for index, arg in enumerate(plugin_args):
         if arg.startswith("no:"):
             name = arg[3:]
             if name in BUILTIN_PLUGINS:
-                raise PluginLoadError(f"plugin {name!r} is built in and cannot be disabled")
+                failed(
+                    index, PluginLoadError(f"plugin {name!r} is built in and cannot be disabled")
+                )
+                continue
             blocked.add(name)
         else:
             blocked.discard(arg)
@@ -112,9 +129,12 @@ def get_plugin_manager(
         for name in DEFAULT_PLUGINS:
             if name in installed and not pm.is_blocked(name):
                 _load_entry_point(pm, installed[name])
-    for arg in plugin_args:
+    for index, arg in enumerate(plugin_args):
         if not arg.startswith("no:"):
-            load_plugin_arg(pm, arg)
+            try:
+                load_plugin_arg(pm, arg)
+            except PluginLoadError as exc:
+                failed(index, exc)
     return pm
 
 
@@ -221,6 +241,24 @@ def _unknown_plugin(arg: str, installed: Iterable[str]) -> PluginLoadError:
     )
 
 
+def blame(pm: pluggy.PluginManager, exc: BaseException) -> tuple[str, str] | None:
+    """(plugin, hook) of the innermost hook impl in ``exc``'s traceback: which plugin failed."""
+    impls: dict[object, tuple[str, str]] = {}
+    for name in pm.hook.__dict__:
+        caller = getattr(pm.hook, name)
+        if isinstance(caller, pluggy.HookCaller):
+            for impl in caller.get_hookimpls():
+                code = getattr(impl.function, "__code__", None)
+                if code is not None:
+                    impls[code] = (impl.plugin_name, name)
+    found = None
+    frame = exc.__traceback__
+    while frame is not None:
+        found = impls.get(frame.tb_frame.f_code, found)
+        frame = frame.tb_next
+    return found
+
+
 def plugin_hooks(pm: pluggy.PluginManager, plugin: object) -> list[str]:
     """The names of the hooks ``plugin`` implements."""
     return sorted(caller.name for caller in pm.get_hookcallers(plugin) or ())
@@ -256,13 +294,26 @@ def describe_builtins() -> list[dict[str, object]]:
         rows.append(
             {
                 "name": name,
-                "distribution": "lbx",
-                "version": importlib.metadata.version("lbx"),
+                "distribution": DISTRIBUTION,
+                "version": importlib.metadata.version(DISTRIBUTION),
                 "default": True,
                 "hooks": plugin_hooks(pm, module),
             }
         )
     return rows
+
+
+def versions() -> list[str]:
+    """``lbx --version``: the kernel's distribution and version, then each installed plugin
+    distribution with its version and plugin names (read from metadata: nothing is imported)."""
+    lines = [f"{DISTRIBUTION} {importlib.metadata.version(DISTRIBUTION)}"]
+    found: dict[tuple[str, str], list[str]] = {}
+    for name, ep in installed_entry_points().items():
+        key = (ep.dist.name, ep.dist.version) if ep.dist is not None else (ep.value, "?")
+        found.setdefault(key, []).append(name)
+    for (distribution, version), names in sorted(found.items()):
+        lines.append(f"{distribution} {version} ({', '.join(sorted(names))})")
+    return lines
 
 
 def installed_selection_plugins() -> list[str]:

@@ -22,9 +22,10 @@ from typing import Any
 import anyio
 import anyio.abc
 
+from lbx import notify
 from lbx.config import Config, ServiceConfig
 from lbx.connections import Connections
-from lbx.errors import ConfigError, StartupError
+from lbx.errors import ConfigError, StartupError, describe
 from lbx.lb import Backend, Backends, Health, LoadBalancer, split_host_port
 from lbx.plugins import LbxPluginManager, installed_selection_plugins
 from lbx.proxy import ProxyService, RequestHooks, build_connector
@@ -66,9 +67,14 @@ class Server:
         self._bound_unix_paths: list[str] = []
         self._background: list[tuple[str, Callable[..., Any], bool]] = []
         self.server_tls: dict[str, ServerTLS] = {}
+        """TLS termination per service name (services with ``tls_listen``)."""
         self._busy_with = ""
         """What a signal started: "upgrading", "draining" or nothing (serving)."""
-        """TLS termination per service name (services with ``tls_listen``)."""
+        self._handed_over = False
+        """The listeners went to a new process, which is the service from then on."""
+        self._stop_announced = False
+        self.ready = False
+        """Serving (``lbx ready`` was logged): a failure from then on is no failed start."""
 
     # -- preparation (also what ``-t`` checks) -----------------------------------------------
     def prepare(self) -> None:
@@ -202,11 +208,9 @@ class Server:
                 main, *args, backend="asyncio", backend_options={"use_uvloop": HAVE_UVLOOP}
             )
         except BaseExceptionGroup as group:
-            # The task group wraps start-up failures; report them as the one line they are.
-            expected, _ = group.split((StartupError, ConfigError))
-            if expected is None:
-                raise
-            raise expected.exceptions[0] from None
+            # Task groups wrap failures: report the first as the one error it is (a start-up
+            # failure is one line; anything else is described, or raised, by the caller).
+            raise first_error(group) from None
 
     async def _serve(self) -> None:
         """Everything in one process: background services, listeners, signals."""
@@ -220,6 +224,7 @@ class Server:
             async def announce() -> None:
                 await self.pm.ahook.server_started(server=self)
                 log.info("lbx ready (pid %d)", os.getpid())
+                self.announce_ready()
 
             await self._handle_signals(announce, handover=True)
             tasks.cancel_scope.cancel()
@@ -278,6 +283,20 @@ class Server:
     def has_background_services(self) -> bool:
         return bool(self._background)
 
+    def announce_ready(self) -> None:
+        """lbx serves: tell the service manager (``READY=1``, see lbx.notify). A daemon, or the
+        new process of an upgrade, is not the process the manager started: it names itself the
+        main process first."""
+        self.ready = True
+        notify.ready(main_pid=self.config.daemon or self.config.upgrade)
+
+    def announce_stopping(self) -> None:
+        """``STOPPING=1`` (once), unless the listeners were handed over: the new process is the
+        service now, and this one's exit does not stop it."""
+        if not self._handed_over and not self._stop_announced:
+            self._stop_announced = True
+            notify.stopping()
+
     async def _handle_signals(
         self, announce: Callable[[], Awaitable[None]], *, handover: bool
     ) -> None:
@@ -296,6 +315,8 @@ class Server:
                     name = signal.Signals(signum).name
                     if signum == signal.SIGINT:
                         log.info("SIGINT received, exiting")
+                        if handover:
+                            self.announce_stopping()
                         stopping.cancel_scope.cancel()
                         await self._stop_fast()
                         return
@@ -311,6 +332,8 @@ class Server:
                         continue
                     log.info("%s received, shutting down gracefully", name)
                     self._busy_with = "draining"
+                    if handover:
+                        self.announce_stopping()
                     stopping.start_soon(self._drain_then_stop, stopping.cancel_scope)
 
     async def _upgrade(self, scope: anyio.CancelScope) -> None:
@@ -321,6 +344,7 @@ class Server:
         if handed_over:
             await anyio.sleep(UPGRADE_OVERLAP_SECONDS)
         self._busy_with = "draining"
+        self.announce_stopping()
         await self._drain_then_stop(scope)
 
     async def _drain_then_stop(self, scope: anyio.CancelScope) -> None:
@@ -333,14 +357,18 @@ class Server:
         True: the new process took over (drain after a short overlap). False: it failed, so this
         process keeps serving. None: no upgrade plugin, so SIGQUIT drains as SIGTERM does.
         """
+        if self.pm.hook.send_listeners.get_hookimpls():
+            notify.reloading()  # the new process's READY=1 ends it
         result = await self.pm.ahook.send_listeners(server=self)
         if result is None:
             log.warning("SIGQUIT: no plugin hands listeners over; draining as on SIGTERM")
             return None
         if not result:
             log.error("upgrade failed: the new process did not take over; still serving")
+            notify.ready(main_pid=False)
             return False
         # The new process owns the sockets (and Unix socket files) from now on.
+        self._handed_over = True
         self.forget_unix_paths()
         log.info(
             "listeners handed over; accepting for %gs more, then draining", UPGRADE_OVERLAP_SECONDS
@@ -513,6 +541,16 @@ class Server:
             service.connector.pool.close_all()
 
 
+def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first of the errors (nested groups too) that decide what a failure is: lbx's own
+    (``StartupError``, ``ConfigError``) if any, else the first one."""
+    expected, _ = group.split((StartupError, ConfigError))
+    found: BaseException = expected if expected is not None else group
+    while isinstance(found, BaseExceptionGroup):
+        found = found.exceptions[0]
+    return found
+
+
 GC_GENERATION0_THRESHOLD = 20_000
 """Allocations between collections of the youngest generation (CPython's default: 700)."""
 
@@ -554,11 +592,31 @@ async def _run_ready_background(
     *,
     task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
+    """Run a service registered with ``ready=True``: one that fails before it is ready is a
+    failed start (one line, its traceback at debug level); once ready, like any service."""
+    status = _ReadyStatus(task_status)
     try:
-        await run(task_status=task_status)
-    except Exception:
-        log.exception("background service %s failed", name)
-        raise
+        await run(task_status=status)
+    except Exception as exc:
+        if status.ready:
+            log.exception("background service %s failed", name)
+            return
+        log.debug("background service %s failed before it was ready", name, exc_info=True)
+        raise StartupError(f"background service {name!r} failed to start: {describe(exc)}") from exc
+    if not status.ready:
+        raise StartupError(f"background service {name!r} returned before it was ready")
+
+
+class _ReadyStatus:
+    """The ``task_status`` handed to a ready=True service: remembers that it became ready."""
+
+    def __init__(self, task_status: anyio.abc.TaskStatus[None]) -> None:
+        self.task_status = task_status
+        self.ready = False
+
+    def started(self, value: None = None) -> None:
+        self.ready = True
+        self.task_status.started(value)
 
 
 def _describe(address: str, sock: socket.socket) -> str:

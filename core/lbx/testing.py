@@ -1,6 +1,8 @@
 """Helpers for testing lbx and its plugins with real processes and real sockets.
 
 - ``LbxProcess``: runs ``lbx serve`` in a child process and waits until it is ready.
+- ``http_get``: one GET, its status, headers and body (``Reply``).
+- ``make_session``: a ``Session`` for calling one hook in a unit test, without a process.
 - ``BackendThread``: runs ``DemoBackend`` servers on an event loop in a background thread.
 - ``DemoBackend``: a small, fast HTTP/1.1 backend, also for demos and benchmarks
   (``python -m lbx.testing --listen 127.0.0.1:8001 --name a`` runs one from the shell).
@@ -30,6 +32,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import cast
 from urllib.parse import parse_qs, urlsplit
@@ -37,8 +40,13 @@ from urllib.parse import parse_qs, urlsplit
 import httptools
 
 from lbx import config as config_module
+from lbx import signals
+from lbx.config import ServiceConfig
+from lbx.http import Headers, RequestHeader
 from lbx.plugins import get_plugin_manager
+from lbx.proxy import Connections, DownstreamProtocol, ProxyService, RequestHooks, build_connector
 from lbx.server import Server
+from lbx.session import RequestBody, Session
 
 CHUNK = 64 * 1024
 _PATTERN = bytes(range(256)) * (CHUNK // 256)
@@ -411,6 +419,62 @@ def prepared_server(plugins: list[str], upstreams: tuple[str, ...]) -> Server:
     return server
 
 
+class _ClientTransport(asyncio.Transport):
+    """The client connection of a ``make_session`` session: keeps what is written to it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = bytearray()
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written += data
+
+
+def make_session(
+    target: str = "/",
+    headers: Mapping[str, str] | None = None,
+    *,
+    method: str = "GET",
+    version: str = "1.1",
+    client_addr: str = "127.0.0.1:50000",
+    server_addr: str = "127.0.0.1:6188",
+) -> Session:
+    """A ``Session`` to call a hook with in a unit test: no server, no socket, no event loop.
+
+    It is the request ``method target`` (no body) with ``headers`` (``Host: example.com`` when
+    there is no ``Host``) from ``client_addr`` to ``server_addr``, in a service named ``test``
+    with no upstreams. Set ``session.peer`` for hooks that read it; what a hook answers with
+    ``session.respond()`` or ``respond_error()`` is then in ``sent_to_client(session)``.
+    """
+    fields = dict(headers or {})
+    if not any(name.lower() == "host" for name in fields):
+        fields["Host"] = "example.com"
+    service = ProxyService(
+        ServiceConfig(name="test", listen=[server_addr], upstreams=[]),
+        None,
+        RequestHooks(get_plugin_manager(defaults=False)),
+        build_connector(pool_size=0, idle_timeout=0, ca_file=None, connect_timeout=1),
+        Connections(),
+        max_retries=1,
+    )
+    client = DownstreamProtocol(service)
+    client.transport = _ClientTransport()
+    client.client_addr = client_addr
+    client.client_ip = client_addr.rpartition(":")[0].strip("[]")
+    client.server_addr = server_addr
+    raw = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in fields.items()]
+    head = RequestHeader(method, target, Headers(raw), version)
+    return Session(client, service, head, RequestBody.NONE, [], True)
+
+
+def sent_to_client(session: Session) -> bytes:
+    """The bytes a ``make_session`` session wrote to its client (a response from a hook)."""
+    transport = session._conn.transport  # the session's own connection, by design of this helper
+    if not isinstance(transport, _ClientTransport):
+        raise TypeError(f"{session!r} was not made by lbx.testing.make_session")
+    return bytes(transport.written)
+
+
 class LbxProcess:
     """``lbx serve ARGS`` in a child process, with its log collected line by line.
 
@@ -571,6 +635,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--listen", action="append", required=True, help="host:port (repeat)")
     parser.add_argument("--name", action="append", default=[], help="backend name (repeat)")
     args = parser.parse_args(argv)
+    signals.restore()  # Ctrl-C (SIGINT) stops it, even when started as a background job
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency where lbx runs

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from lbx.errors import StartupError
+from lbx.errors import StartupError, describe
 from lbx.lb import Health
 
 if TYPE_CHECKING:
@@ -35,6 +35,9 @@ PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD}
 READY_TIMEOUT_SECONDS = 60.0
+READY = b"ready\n"
+FAILED = b"failed: "
+"""What a child writes to the supervisor's pipe: ``ready``, or ``failed: <why>`` (one line)."""
 RESPAWN_BACKOFF_SECONDS = 1.0
 """A worker that dies within this long after starting is replaced only after this delay."""
 
@@ -79,8 +82,10 @@ class Supervisor:
                 server.config.threads,
                 ", ".join(str(c.pid) for c in self.children.values() if c.index >= 0),
             )
+            server.announce_ready()
             return self._supervise()
         except BaseException:
+            self.stopping = True  # a failed start: reap the children, start no new ones
             self._signal_all(signal.SIGKILL)
             self._reap(block=True)
             raise
@@ -105,10 +110,11 @@ class Supervisor:
         child = Child(index, pid, time.monotonic())
         self.children[pid] = child
         try:
-            if not _wait_ready(read_fd, READY_TIMEOUT_SECONDS):
-                raise StartupError(f"{child.name} (pid {pid}) failed to start; see the log above")
+            failure = _wait_ready(read_fd, READY_TIMEOUT_SECONDS)
         finally:
             os.close(read_fd)
+        if failure is not None:
+            raise StartupError(f"{child.name} (pid {pid}) failed to start: {failure}")
         log.info("%s started (pid %d)", child.name, pid)
         return child
 
@@ -118,18 +124,28 @@ class Supervisor:
         server = self.server
         server.forget_unix_paths()  # the supervisor removes socket files, not its children
 
-        def ready() -> None:
-            os.write(ready_fd, b"ready\n")
+        reported = False
+
+        def report(message: bytes) -> None:
+            nonlocal reported
+            reported = True
+            os.write(ready_fd, message)
             os.close(ready_fd)
 
         try:
             if index < 0:
                 server.close_listeners()
-                server.run_loop(server.serve_background, ready)
+                server.run_loop(server.serve_background, lambda: report(READY))
             else:
-                server.run_loop(server.serve_worker, dict(server.listeners), ready)
-        except Exception:
-            log.exception("%s failed", "background services" if index < 0 else f"worker {index}")
+                server.run_loop(server.serve_worker, dict(server.listeners), lambda: report(READY))
+        except Exception as exc:
+            if reported:  # it served: a crash, whose traceback is what to look at
+                log.exception(
+                    "%s failed", "background services" if index < 0 else f"worker {index}"
+                )
+            else:  # a failed start: the supervisor says why, in one line
+                log.debug("start-up failed", exc_info=True)
+                report(FAILED + describe(exc).encode(errors="replace").replace(b"\n", b" ") + b"\n")
             return 1
         return 0
 
@@ -203,6 +219,7 @@ class Supervisor:
 
     def _stop(self, signum: int) -> None:
         self.stopping = True
+        self.server.announce_stopping()
         # The supervisor's copies of the listening sockets must go too, or the kernel would
         # keep queueing connections nobody accepts instead of refusing them.
         self.server.close_listeners()
@@ -250,20 +267,22 @@ def _die_with(supervisor_pid: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _wait_ready(fd: int, timeout: float) -> bool:
+def _wait_ready(fd: int, timeout: float) -> str | None:
+    """Wait for a child's report: None once it is ready, else why it is not."""
     deadline = time.monotonic() + timeout
     received = b""
     while (left := deadline - time.monotonic()) > 0:
-        readable, _, _ = select.select([fd], [], [], left)
-        if not readable:
-            return False
-        chunk = os.read(fd, 64)
+        if not select.select([fd], [], [], left)[0]:
+            break
+        chunk = os.read(fd, 4096)
         if not chunk:
-            return False
+            if received.startswith(FAILED):
+                return received[len(FAILED) :].decode(errors="replace").strip()
+            return "it exited; see the log above"
         received += chunk
-        if received.startswith(b"ready"):
-            return True
-    return False
+        if received.startswith(READY):
+            return None
+    return f"not ready within {timeout:g}s"
 
 
 def _describe_status(status: int) -> str:

@@ -19,14 +19,18 @@ import os
 import socket
 import sys
 import time
+from typing import TYPE_CHECKING
 
 import anyio.to_thread
 
-from lbx import ConfigSchema, Field, hookimpl
+from lbx import Config, ConfigSchema, Field, hookimpl
 from lbx.errors import StartupError
-from lbx.server import Server
 
-__all__ = ["RECEIVE_TIMEOUT_SECONDS", "SEND_TIMEOUT_SECONDS"]
+if TYPE_CHECKING:
+    from lbx.plugins import LbxPluginManager
+    from lbx.server import Server
+
+__all__ = ["RECEIVE_TIMEOUT_SECONDS", "SEND_TIMEOUT_SECONDS", "Takeover"]
 
 RECEIVE_TIMEOUT_SECONDS = 30.0
 """How long a new process (``-u``) waits for the old one by default (``upgrade:`` section)."""
@@ -42,9 +46,6 @@ PAYLOAD_SIZE = 4096
 READY = b"ready\n"
 
 log = logging.getLogger("lbx.upgrade")
-
-# In a new process (-u): the connection to the old one, answered once this process serves.
-_handover: socket.socket | None = None
 
 
 class UpgradeFailed(Exception):
@@ -77,26 +78,41 @@ def add_config_keys(schema: ConfigSchema) -> None:
 
 
 @hookimpl
-async def acquire_listeners(server: Server) -> dict[str, socket.socket] | None:
-    """With ``-u``: wait on ``upgrade_sock`` for the old process's listening sockets."""
-    if not server.config.upgrade:
-        return None
-    if not supported():
-        raise StartupError("-u/--upgrade needs passing file descriptors, which only Linux has")
-    path = server.config.upgrade_sock
-    timeout = server.config.sections["upgrade"]["receive_timeout_seconds"]
-    return await anyio.to_thread.run_sync(receive_listeners, path, timeout)
+def configure(config: Config, plugin_manager: LbxPluginManager) -> None:
+    """With ``-u``, take part in the start-up: a ``Takeover`` receives the listeners."""
+    if config.upgrade:
+        plugin_manager.register(Takeover(), "upgrade.takeover")
 
 
-@hookimpl
-async def server_started(server: Server) -> None:
-    """Tell the old process that this one serves now (it may drain)."""
-    global _handover
-    if _handover is not None:
-        with contextlib.suppress(OSError):
-            _handover.sendall(READY)
-        _handover.close()
-        _handover = None
+class Takeover:
+    """The new process of an upgrade (``-u``): takes the old one's listening sockets, and tells
+    it once this process serves them (``server_started``)."""
+
+    def __init__(self) -> None:
+        self.handover: socket.socket | None = None
+        """The connection from the old process, answered ``ready`` once this one serves."""
+
+    @hookimpl
+    async def acquire_listeners(self, server: Server) -> dict[str, socket.socket] | None:
+        """Wait on ``upgrade_sock`` for the old process's listening sockets."""
+        if not supported():
+            raise StartupError("-u/--upgrade needs passing file descriptors, which only Linux has")
+        path = server.config.upgrade_sock
+        timeout = server.config.sections["upgrade"]["receive_timeout_seconds"]
+        log.info(
+            "-u: waiting up to %gs for the running lbx to send its listeners on %s", timeout, path
+        )
+        listeners, self.handover = await anyio.to_thread.run_sync(receive_listeners, path, timeout)
+        return listeners
+
+    @hookimpl
+    async def server_started(self, server: Server) -> None:
+        """Tell the old process that this one serves now (it may drain)."""
+        if self.handover is not None:
+            with contextlib.suppress(OSError):
+                self.handover.sendall(READY)
+            self.handover.close()
+            self.handover = None
 
 
 @hookimpl
@@ -119,12 +135,12 @@ async def send_listeners(server: Server) -> bool | None:
     return True
 
 
-def receive_listeners(path: str, timeout: float) -> dict[str, socket.socket]:
+def receive_listeners(path: str, timeout: float) -> tuple[dict[str, socket.socket], socket.socket]:
     """Serve ``path`` once: accept the old process and take its sockets.
 
-    The connection stays open until this process serves (``server_started`` answers ``ready``).
+    Returns them with the connection, which stays open until this process serves (then it
+    answers ``ready`` there).
     """
-    global _handover
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -146,7 +162,6 @@ def receive_listeners(path: str, timeout: float) -> dict[str, socket.socket]:
         except BaseException:
             conn.close()
             raise
-        _handover = conn
     except OSError as exc:
         raise StartupError(f"-u: cannot receive listeners on {path}: {exc}") from None
     finally:
@@ -155,6 +170,7 @@ def receive_listeners(path: str, timeout: float) -> dict[str, socket.socket]:
             os.unlink(path)
     addresses = payload.decode().split()
     if len(addresses) != len(fds):
+        conn.close()
         for fd in fds:
             os.close(fd)
         raise StartupError(f"-u: got {len(fds)} sockets for {len(addresses)} addresses")
@@ -163,7 +179,7 @@ def receive_listeners(path: str, timeout: float) -> dict[str, socket.socket]:
         sock = socket.socket(fileno=fd)
         sock.setblocking(False)
         listeners[address] = sock
-    return listeners
+    return listeners, conn
 
 
 def send_listeners_to(
