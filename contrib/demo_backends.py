@@ -17,8 +17,7 @@ from collections.abc import Callable
 
 import anyio.abc
 
-from lbx import ConfigSchema, Field, hookimpl
-from lbx.server import Server
+from lbx import ConfigSchema, Field, Server, hookimpl
 from lbx.testing import DemoBackend
 
 log = logging.getLogger("lbx.demo_backends")

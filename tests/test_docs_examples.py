@@ -1195,12 +1195,27 @@ def setup_plugins(page: Page) -> None:
     local_backends(page, 8001, 8002)
 
 
+def state_object(page: Page, block: Block) -> None:
+    """The plugin registers its state object from ``configure``; the object's hook counts."""
+    load_as_plugin(block, page.workdir)
+    namespace: dict[str, object] = {}
+    exec(compile(block.text, block.where, "exec"), namespace)
+    pm = lbx.get_plugin_manager(defaults=False)
+    namespace["configure"](lbx.Config(), pm)
+    counter = pm.get_plugin("counter.state")
+    assert counter is not None and counter.failed == 0
+    assert pm.hook.logging.get_hookimpls()[0].plugin is counter
+    counter.logging(None, lbx.ProxyError(lbx.ErrorType.CONNECT_REFUSED, lbx.ErrorSource.UPSTREAM))
+    assert counter.failed == 1
+
+
 PLUGINS_STEPS = [
     plugin('"""Answer /lbx-health locally', save_as="tag.py"),
     sh("lbx serve --plugin roundrobin --plugin ./tag.py", after=tagged),
     custom("toml", "[build-system]", same_toml("plugins/roundrobin/pyproject.toml")),
     plugin("import itertools"),
     plugin("import asyncio"),
+    custom("python", "from lbx import Config, PluginManager", state_object),
     custom("python", "import http.client", installed_command),
     custom("python", '"""tests/test_tag.py', plugin_test),
     custom("python", "def test_tag_fixture(lbx, backends):", fixture_test),
@@ -1223,7 +1238,10 @@ PAGES: dict[str, Doc] = {
     "README.md": Doc(README_STEPS, setup_readme),
     "accesslog.md": Doc(ACCESSLOG_STEPS, setup_accesslog),
     "architecture.md": Doc(
-        [skip("", "lbx serve (supervisor", "a diagram of the processes, not a command")]
+        [
+            skip("mermaid", "flowchart TD", "a chart of the imports, checked by test_architecture"),
+            skip("", "lbx serve (supervisor", "a diagram of the processes, not a command"),
+        ]
     ),
     "cli.md": Doc(CLI_STEPS, setup_cli),
     "configuration.md": Doc(CONFIGURATION_STEPS, setup_configuration),

@@ -1,17 +1,20 @@
 """lbx: a programmable HTTP load balancer for Python, in the spirit of Cloudflare's Pingora.
 
-Plugins import what they need from here; everything else is internal.
+Plugins import what they need from here (``__all__``), and admin endpoints from ``lbx.admin``,
+tests from ``lbx.testing``; everything else is internal (docs/plugins.md, "The plugin API").
 """
 
 from lbx.config import Config, ConfigSchema, Field, ServiceConfig
-from lbx.errors import ConfigError, ErrorSource, ErrorType, ProxyError
+from lbx.errors import ConfigError, ErrorSource, ErrorType, ProxyError, StartupError
 from lbx.hookspecs import hookimpl
-from lbx.http import Headers, RequestHeader, ResponseHeader
+from lbx.http import HeaderList, Headers, RequestHeader, ResponseHeader
 from lbx.lb import Backend, Backends, Health, LoadBalancer
-from lbx.peer import Peer
+from lbx.peer import Peer, upstream_tls_context
+from lbx.plugins import LbxPluginManager as PluginManager
 from lbx.plugins import get_plugin_manager
 from lbx.selector import Selector, SelectorFactory
 from lbx.session import Session
+from lbx.views import Server, Service
 
 __all__ = [
     "Backend",
@@ -22,17 +25,23 @@ __all__ = [
     "ErrorSource",
     "ErrorType",
     "Field",
+    "HeaderList",
     "Headers",
     "Health",
     "LoadBalancer",
     "Peer",
+    "PluginManager",
     "ProxyError",
     "RequestHeader",
     "ResponseHeader",
     "Selector",
     "SelectorFactory",
+    "Server",
+    "Service",
     "ServiceConfig",
     "Session",
+    "StartupError",
     "get_plugin_manager",
     "hookimpl",
+    "upstream_tls_context",
 ]

@@ -12,7 +12,7 @@ import rich_click as click
 
 from lbx import config as config_module
 from lbx import signals
-from lbx.errors import ConfigError, PluginLoadError, StartupError, describe
+from lbx.errors import ConfigError, StartupError, describe
 
 if TYPE_CHECKING:
     from lbx.plugins import LbxPluginManager
@@ -120,7 +120,7 @@ def serve(
 ) -> None:
     """Run the load balancer."""
     setup_logging()
-    from lbx.server import Server
+    from lbx.build import build_server, load_plugins
 
     pm = None
     try:
@@ -129,20 +129,21 @@ def serve(
             if conf
             else config_module.parse_document("version: 1\n")
         )
-        pm, problems = _load_plugins(document, plugins)
-        schema = config_module.ConfigSchema()
-        pm.hook.add_config_keys(schema=schema)
-        config = config_module.build_config(document, schema, problems)
-        config_module.apply_shortcuts(
-            config, listen=listen, upstreams=upstream, upstream_tls=upstream_tls, sni=sni, host=host
+        pm, problems = load_plugins(document, plugins)
+        server = build_server(
+            pm,
+            document,
+            problems,
+            listen=listen,
+            upstreams=upstream,
+            upstream_tls=upstream_tls,
+            sni=sni,
+            host=host,
+            daemon=daemon,
+            upgrade=upgrade,
+            test=test,
+            options=lambda pm: _plugin_options(ctx, pm),
         )
-        config.daemon = config.daemon or daemon
-        config.upgrade = upgrade
-        config.test = test
-        config.options = _plugin_options(ctx, pm)
-        pm.hook.configure(config=config, plugin_manager=pm)
-        server = Server(config, pm)
-        server.prepare()
     except ConfigError as exc:
         _fail(str(exc), 2)
     except StartupError as exc:
@@ -163,33 +164,6 @@ def serve(
             raise  # a crash while serving: its traceback is what to look at
         _fail_unexpected(exc, pm)
     sys.exit(code)
-
-
-def _load_plugins(
-    document: config_module.Document, cli_plugins: tuple[str, ...]
-) -> tuple[LbxPluginManager, config_module.Problems]:
-    """The plugin manager for ``--plugin`` values then the file's ``plugins:``. An entry of the
-    file that cannot be loaded becomes a config error at its line, collected so that an
-    earlier error in the file is reported first; a bad ``--plugin`` value is raised."""
-    from lbx.plugins import get_plugin_manager
-
-    cli_blocked: set[str] = set()
-    for arg in cli_plugins:  # the command line has the last word over the file's plugins:
-        if arg.startswith("no:"):
-            cli_blocked.add(arg[3:])
-        else:
-            cli_blocked.discard(arg)
-    entries = config_module.plugin_entries(document)
-    args = [*cli_plugins, *(arg for arg, _ in entries), *(f"no:{n}" for n in sorted(cli_blocked))]
-    problems = config_module.Problems()
-
-    def located(index: int, error: PluginLoadError) -> None:
-        position = index - len(cli_plugins)
-        if not 0 <= position < len(entries):
-            raise error
-        problems.errors.append(document.error(entries[position][1], error.message))
-
-    return get_plugin_manager(args, on_error=located), problems
 
 
 def _plugin_options(ctx: click.Context, pm: Any) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from lbx.h1 import H1Downstream
@@ -85,3 +85,11 @@ class Connections:
     def abort_all(self) -> None:
         for conn in list(self.open):
             conn.abort()
+
+
+def format_address(addr: Any) -> str:
+    """A socket address as lbx logs it: ``ip:port``, ``[v6]:port``."""
+    if isinstance(addr, tuple) and len(addr) >= 2:
+        host = str(addr[0])
+        return f"[{host}]:{addr[1]}" if ":" in host else f"{host}:{addr[1]}"
+    return str(addr)

@@ -12,11 +12,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 import httptools
 
 from lbx._hookcall import Pending
+from lbx.connections import format_address
 from lbx.errors import ErrorSource, ErrorType, ProxyError
 from lbx.exchange import Exchange, RequestBody
 from lbx.http import HeaderList, Headers, RequestHeader, error_response
@@ -25,9 +26,10 @@ from lbx.request_rules import (
     NOT_HTTP,
     PLAIN_REQUEST_LINE,
     RequestRefused,
+    add_forwarding,
     check_head,
+    forwarding_values,
     parse_error_status,
-    quoted_host,
     request_line_is_http,
     scan_fields,
     upgrade_request,
@@ -73,8 +75,8 @@ class H1Downstream(asyncio.Protocol):
         self._max_url = service.max_request_line
         self._trailers = -1
         """Trailer fields of the chunked request being read (-1: reading a head, not trailers)."""
-        self._forwarding: list[tuple[bytes, bytes, bytes | None]] = []
-        self._forwarded_for = b""
+        self._forwarding: list[tuple[bytes, bytes, bytes]] = []
+        """The forwarding fields this connection's requests get: (name, title, value)."""
         self._head_bytes = 0
         self._fed = 0
         self._in_head = False
@@ -104,9 +106,7 @@ class H1Downstream(asyncio.Protocol):
         self._pause_reasons: set[object] = set()
         self._drain_waiter: asyncio.Future[None] | None = None
         self._close_when_idle = False
-        self._client_ip = b""
         self._trusted = True
-        self._scheme = b"http"
         self._good_host = b""
         self._last: Exchange | None = None
         """The most recent request parsed (an Upgrade request ends the HTTP input)."""
@@ -127,22 +127,17 @@ class H1Downstream(asyncio.Protocol):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             peer = transport.get_extra_info("peername")
             local = transport.get_extra_info("sockname")
-            self.client_addr = _format_addr(peer)
-            self.server_addr = _format_addr(local)
+            self.client_addr = format_address(peer)
+            self.server_addr = format_address(local)
             self.client_ip = str(peer[0])
         else:
             self.client_addr = "unix"
             self.server_addr = "unix:" + str(transport.get_extra_info("sockname") or "")
             self.client_ip = "unix"
-        self._client_ip = self.client_ip.encode("latin-1")
-        if transport.get_extra_info("sslcontext") is not None:
-            self._scheme = b"https"
+        scheme = b"https" if transport.get_extra_info("sslcontext") is not None else b"http"
         self._trusted = service.is_trusted(self.client_ip)
         if service.rules.forwarding:
-            self._forwarding = [
-                (lower, name, self._forwarding_value(lower))
-                for lower, name in service.rules.forwarding
-            ]
+            self._forwarding = forwarding_values(service.rules, self.client_ip, scheme)
         service.connections.add(self)
         service.open_connections += 1
         if service.max_connections and service.open_connections > service.max_connections:
@@ -335,14 +330,8 @@ class H1Downstream(asyncio.Protocol):
                 self._good_host = host  # passed: later requests with it skip the Host check
             if te is not None:
                 self._trailers = 0  # fields after the body are trailers (bounded like the head's)
-        for lower, field_name, ours in self._forwarding:
-            values = received.get(lower) if received is not None else None
-            if ours is None:  # Forwarded: the element names the host of this request
-                ours = self._forwarded_for + quoted_host(host)
-            if values is not None and self._trusted and rules.append_forwarding[lower]:
-                values.append(ours)
-                ours = b", ".join(values)
-            headers.append((field_name, ours))
+        if self._forwarding:
+            add_forwarding(rules, headers, self._forwarding, received, host, self._trusted)
         if service.via:
             headers.append((b"Via", b"1.1 lbx"))
         if te is not None:
@@ -387,21 +376,6 @@ class H1Downstream(asyncio.Protocol):
         else:  # not reached: a head spanning reads keeps them
             return False
         return request_line_is_http(region, url)
-
-    def _forwarding_value(self, lower: bytes) -> bytes | None:
-        """What this connection adds to a forwarding field (None: Forwarded, per request)."""
-        if lower == b"x-forwarded-for":
-            return self._client_ip
-        if lower == b"x-forwarded-proto":
-            return self._scheme
-        if self.client_ip == "unix":
-            node = b"unknown"
-        elif ":" in self.client_ip:
-            node = b'"[' + self._client_ip + b']"'
-        else:
-            node = self._client_ip
-        self._forwarded_for = b"for=" + node + b";proto=" + self._scheme
-        return None
 
     def on_body(self, body: bytes) -> None:
         exchange = self._parsing
@@ -713,10 +687,3 @@ async def _finish_logging(pending: Pending, exchange: Exchange) -> None:
     except Exception:
         log.exception("logging hook failed, %s", exchange.session.request_summary())
     exchange.finish()
-
-
-def _format_addr(addr: Any) -> str:
-    if isinstance(addr, tuple) and len(addr) >= 2:
-        host = str(addr[0])
-        return f"[{host}]:{addr[1]}" if ":" in host else f"{host}:{addr[1]}"
-    return str(addr)

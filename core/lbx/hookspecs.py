@@ -33,8 +33,8 @@ if TYPE_CHECKING:
     from lbx.peer import Peer
     from lbx.plugins import LbxPluginManager
     from lbx.selector import SelectorFactory
-    from lbx.server import Server
     from lbx.session import Session
+    from lbx.views import Server
 
 PROJECT_NAME = "lbx"
 

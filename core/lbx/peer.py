@@ -1,8 +1,27 @@
-"""``Peer``: where one request goes and how to connect there (Pingora's ``HttpPeer``)."""
+"""``Peer``: where one request goes and how to connect there (Pingora's ``HttpPeer``), and the
+TLS client context every upstream connection of lbx uses (requests and health checks alike)."""
 
 from __future__ import annotations
 
+import ssl
+
 from lbx.lb import Backend, split_host_port
+
+
+def upstream_tls_context(
+    verify_cert: bool, verify_hostname: bool, ca_file: str | None
+) -> ssl.SSLContext:
+    """A client context for upstreams: certificates and host names verified unless told not to
+    (``verify_cert``, ``verify_hostname``), ``ca_file`` (or the system's store) as trust,
+    ALPN ``http/1.1``. One decision for the proxy and for health checks."""
+    context = ssl.create_default_context(cafile=ca_file)
+    context.set_alpn_protocols(["http/1.1"])
+    if not verify_cert:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    elif not verify_hostname:
+        context.check_hostname = False
+    return context
 
 
 class Peer:

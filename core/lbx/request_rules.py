@@ -407,6 +407,47 @@ def upgrade_request(
     return upgrade_offer(upgrade, rules.upgrades)
 
 
+def forwarding_values(
+    rules: HeadRules, client_ip: str, scheme: bytes
+) -> list[tuple[bytes, bytes, bytes]]:
+    """What a client connection adds to each forwarding field lbx writes: ``(lower-case name,
+    name, value)``; a ``Forwarded`` value is its ``for=...;proto=...`` (the request adds its
+    ``host``)."""
+    ip = client_ip.encode("latin-1")
+    if client_ip == "unix":
+        node = b"unknown"
+    elif ip.find(b":") >= 0:
+        node = b'"[' + ip + b']"'
+    else:
+        node = ip
+    values = {
+        b"x-forwarded-for": ip,
+        b"x-forwarded-proto": scheme,
+        b"forwarded": b"for=" + node + b";proto=" + scheme,
+    }
+    return [(lower, name, values[lower]) for lower, name in rules.forwarding]
+
+
+def add_forwarding(
+    rules: HeadRules,
+    headers: HeaderList,
+    forwarding: list[tuple[bytes, bytes, bytes]],
+    received: dict[bytes, list[bytes]] | None,
+    host: bytes,
+    trusted: bool,
+) -> None:
+    """Append the forwarding fields to a request's ``headers``: this connection's values, after
+    the received ones (``scan_fields``) in ``append`` mode when the client is trusted."""
+    for lower, name, ours in forwarding:
+        if lower == b"forwarded":  # the element names the host of this request
+            ours += quoted_host(host)
+        values = received.get(lower) if received is not None else None
+        if values is not None and trusted and rules.append_forwarding[lower]:
+            values.append(ours)
+            ours = b", ".join(values)
+        headers.append((name, ours))
+
+
 def quoted_host(host: bytes) -> bytes:
     """``;host="..."`` for a Forwarded element (empty without a Host)."""
     if not host:

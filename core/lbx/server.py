@@ -31,15 +31,13 @@ from lbx.plugins import LbxPluginManager, installed_selection_plugins
 from lbx.proxy import ProxyService, RequestHooks, build_connector
 from lbx.selector import SelectorFactory
 from lbx.tls import RELOAD_INTERVAL_SECONDS, CertificateError, ServerTLS
+from lbx.workers import UPGRADE_OVERLAP_SECONDS, Supervisor
 
 log = logging.getLogger("lbx.server")
 
 LISTEN_BACKLOG = 65535  # Pingora's; the kernel caps it at net.core.somaxconn
 
 TLS_HANDSHAKE_TIMEOUT_SECONDS = 60.0  # Pingora's downstream handshake timeout
-
-UPGRADE_OVERLAP_SECONDS = 5.0
-"""After handing the listeners over, keep accepting this long (Pingora's CLOSE_TIMEOUT)."""
 
 try:
     import uvloop  # noqa: F401  # only probed: anyio starts it through backend_options
@@ -195,8 +193,6 @@ class Server:
             raise StartupError("no plugin could daemonize the process")
         tune_gc()
         if self.config.threads > 1:
-            from lbx.workers import Supervisor
-
             return Supervisor(self).run()
         self.run_loop(self._serve)
         return 0
@@ -278,6 +274,17 @@ class Server:
             await anyio.sleep(RELOAD_INTERVAL_SECONDS)
             for tls in self.server_tls.values():
                 tls.reload_if_changed()
+
+    @property
+    def open_connections(self) -> int:
+        """Client connections open in this process."""
+        return len(self.connections.open)
+
+    @property
+    def idle_upstream_connections(self) -> int:
+        """Idle pooled upstream connections in this process (services may share a pool)."""
+        pools = {id(service.connector.pool): service.connector.pool for service in self.services}
+        return sum(len(pool) for pool in pools.values())
 
     @property
     def has_background_services(self) -> bool:

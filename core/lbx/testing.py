@@ -41,12 +41,30 @@ import httptools
 
 from lbx import config as config_module
 from lbx import signals
+from lbx.build import build_server, load_plugins
 from lbx.config import ServiceConfig
+from lbx.connections import Connections
+from lbx.exchange import Exchange, RequestBody
+from lbx.h1 import H1Downstream
 from lbx.http import Headers, RequestHeader
 from lbx.plugins import get_plugin_manager
-from lbx.proxy import Connections, DownstreamProtocol, ProxyService, RequestHooks, build_connector
+from lbx.proxy import ProxyService, RequestHooks, build_connector
 from lbx.server import Server
-from lbx.session import RequestBody, Session
+from lbx.session import Session
+
+__all__ = [
+    "BackendThread",
+    "ClientLoad",
+    "DemoBackend",
+    "LbxProcess",
+    "Reply",
+    "http_connection",
+    "http_get",
+    "make_session",
+    "pattern_bytes",
+    "prepared_server",
+    "sent_to_client",
+]
 
 CHUNK = 64 * 1024
 _PATTERN = bytes(range(256)) * (CHUNK // 256)
@@ -400,23 +418,12 @@ class ClientLoad:
 def prepared_server(plugins: list[str], upstreams: tuple[str, ...]) -> Server:
     """A ``Server`` built as ``lbx serve --plugin ... --upstream ...`` builds it, prepared but
     not running (no listener bound): its services' protocols can be driven in this process."""
-    pm = get_plugin_manager(plugins)
-    schema = config_module.ConfigSchema()
-    pm.hook.add_config_keys(schema=schema)
-    config = config_module.build_config(config_module.parse_document("version: 1\n"), schema)
-    config_module.apply_shortcuts(
-        config,
-        listen=("127.0.0.1:0",),
-        upstreams=upstreams,
-        upstream_tls=False,
-        sni=None,
-        host=None,
+    document = config_module.parse_document("version: 1\n")
+    pm, problems = load_plugins(document, plugins)
+    # test: plugins skip what a running server needs (files, listeners, shared memory)
+    return build_server(
+        pm, document, problems, listen=("127.0.0.1:0",), upstreams=upstreams, test=True
     )
-    config.test = True  # plugins skip what a running server needs (files, listeners)
-    pm.hook.configure(config=config, plugin_manager=pm)
-    server = Server(config, pm)
-    server.prepare()
-    return server
 
 
 class _ClientTransport(asyncio.Transport):
@@ -457,19 +464,20 @@ def make_session(
         Connections(),
         max_retries=1,
     )
-    client = DownstreamProtocol(service)
+    client = H1Downstream(service)
     client.transport = _ClientTransport()
     client.client_addr = client_addr
     client.client_ip = client_addr.rpartition(":")[0].strip("[]")
     client.server_addr = server_addr
     raw = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in fields.items()]
     head = RequestHeader(method, target, Headers(raw), version)
-    return Session(client, service, head, RequestBody.NONE, [], True)
+    return Exchange(client, service, head, RequestBody.NONE, [], True).session
 
 
 def sent_to_client(session: Session) -> bytes:
     """The bytes a ``make_session`` session wrote to its client (a response from a hook)."""
-    transport = session._conn.transport  # the session's own connection, by design of this helper
+    exchange = session._exchange  # the session's own connection, by design of this helper
+    transport = exchange.conn.transport if exchange is not None else None
     if not isinstance(transport, _ClientTransport):
         raise TypeError(f"{session!r} was not made by lbx.testing.make_session")
     return bytes(transport.written)

@@ -21,7 +21,7 @@ import httptools
 
 from lbx.errors import ErrorSource, ErrorType, ProxyError
 from lbx.http import HOP_BY_HOP, HeaderList, fields_to_drop, lower_name
-from lbx.peer import Peer
+from lbx.peer import Peer, upstream_tls_context
 from lbx.request_rules import upgrade_accepted
 
 if TYPE_CHECKING:
@@ -506,18 +506,12 @@ class Connector:
         in-process tests and fuzzing over in-memory transports (``lbx.testing``)."""
 
     def ssl_context(self, peer: Peer) -> ssl.SSLContext:
-        """A cached client context: verification on by default, ``ca_file`` as trust store."""
+        """``upstream_tls_context`` for ``peer`` (its ``ca_file``, else the server's), cached."""
         ca_file = peer.ca_file or self.ca_file
         key = (peer.verify_cert, peer.verify_hostname, ca_file)
         context = self._ssl_contexts.get(key)
         if context is None:
-            context = ssl.create_default_context(cafile=ca_file)
-            context.set_alpn_protocols(["http/1.1"])
-            if not peer.verify_cert:
-                context.check_hostname = False
-                context.verify_mode = ssl.CERT_NONE
-            elif not peer.verify_hostname:
-                context.check_hostname = False
+            context = upstream_tls_context(peer.verify_cert, peer.verify_hostname, ca_file)
             self._ssl_contexts[key] = context
         return context
 

@@ -33,6 +33,9 @@ log = logging.getLogger("lbx.workers")
 
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
+UPGRADE_OVERLAP_SECONDS = 5.0
+"""After handing the listeners over, keep accepting this long (Pingora's CLOSE_TIMEOUT)."""
+
 SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD}
 READY_TIMEOUT_SECONDS = 60.0
 READY = b"ready\n"
@@ -202,8 +205,6 @@ class Supervisor:
 
         SIGTERM or SIGINT cut the overlap short (returned: the caller drains or stops at once).
         """
-        from lbx.server import UPGRADE_OVERLAP_SECONDS
-
         end = time.monotonic() + UPGRADE_OVERLAP_SECONDS
         while (left := end - time.monotonic()) > 0:
             info = signal.sigtimedwait(SIGNALS, left)

@@ -9,11 +9,9 @@ from pathlib import Path
 import pytest
 
 import lbx
-from lbx import Config, ConfigError, ServiceConfig
-from lbx.plugins import LbxPluginManager
+from lbx import Config, ConfigError, PluginManager, ServiceConfig
 from lbx_healthcheck import HealthCheckSettings, PassiveSettings
 from lbx_healthcheck import configure as configure_hook
-from lbx_healthcheck import passive as passive_hooks
 
 
 def lbx_test(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -167,9 +165,9 @@ def test_cli_applies_to_services_without_their_own_check():
         services=[own, bare],
         options={"health_check": "tcp", "health_check_frequency": 3.0},
     )
-    pm = LbxPluginManager()
+    pm = PluginManager()
     configure_hook(config, pm)
-    assert pm.is_registered(passive_hooks)  # "bare" has passive checks
+    assert pm.has_plugin("healthcheck.passive")  # "bare" has passive checks
     assert own.extra["health_check"] == HealthCheckSettings(type="http")
     assert bare.extra["health_check"] == HealthCheckSettings(type="tcp", frequency=3.0)
     assert bare.extra["passive_health"] == PassiveSettings()
@@ -181,9 +179,9 @@ def test_shorthand_and_defaults():
     config = Config(
         services=[ServiceConfig("s", ["127.0.0.1:1"], [], extra={"health_check": "http"})]
     )
-    pm = LbxPluginManager()
+    pm = PluginManager()
     configure_hook(config, pm)
-    assert not pm.is_registered(passive_hooks)  # no passive checks: no request hooks
+    assert not pm.has_plugin("healthcheck.passive")  # no passive checks: no request hooks
     settings = config.services[0].extra["health_check"]
     assert settings == HealthCheckSettings(type="http")
     assert (settings.frequency, settings.timeout) == (1.0, 1.0)

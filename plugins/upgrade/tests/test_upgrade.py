@@ -157,7 +157,7 @@ def test_failed_new_process_leaves_the_old_one_serving(tmp_path, backends):
 def test_sigint_during_the_overlap_stops_a_supervisor_at_once(tmp_path, backends):
     """threads: 2: after handing over, the old supervisor keeps its workers accepting for a few
     seconds; a SIGINT in that time stops it at once (not when the overlap ends)."""
-    from lbx.server import UPGRADE_OVERLAP_SECONDS
+    from lbx.workers import UPGRADE_OVERLAP_SECONDS
 
     backend = backends.start("a")
     conf = write_conf(tmp_path, backend.address)

@@ -15,13 +15,20 @@ import asyncio
 import atexit
 import contextlib
 import os
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from lbx import Config, ConfigError, ConfigSchema, Field, ProxyError, Session, hookimpl
+from lbx import (
+    Config,
+    ConfigError,
+    ConfigSchema,
+    Field,
+    PluginManager,
+    ProxyError,
+    Server,
+    Session,
+    hookimpl,
+)
 from lbx_accesslog.lines import FIELDS, FORMATS, line_format
-
-if TYPE_CHECKING:
-    from lbx.server import Server
 
 SECTION = "accesslog"
 
@@ -54,7 +61,8 @@ CONFIG_KEYS = {
 
 
 class AccessLog:
-    """The buffer and the file of one process (each forked worker inherits the open file)."""
+    """The buffer and the file of one process (each forked worker inherits the open file), and
+    the hooks that fill and flush them."""
 
     def __init__(
         self,
@@ -149,8 +157,15 @@ class AccessLog:
                 return
             self._timer = loop.call_later(self.flush_interval, self.flush)
 
+    @hookimpl
+    def logging(self, session: Session, error: ProxyError | None) -> None:
+        self.add(self.format(session, error))
 
-_LOG: AccessLog | None = None
+    @hookimpl
+    async def server_stopping(self, server: Server) -> None:
+        """Write what is buffered; lines of requests still draining are written at once."""
+        self.write_through = True
+        self.flush()
 
 
 @hookimpl
@@ -159,8 +174,8 @@ def add_config_keys(schema: ConfigSchema) -> None:
 
 
 @hookimpl
-def configure(config: Config) -> None:
-    global _LOG
+def configure(config: Config, plugin_manager: PluginManager) -> None:
+    """Open this run's ``AccessLog`` (before the workers fork) and register its hooks."""
     section = config.sections.get(SECTION) or {}
     values = {key: section.get(key, field.default) for key, field in CONFIG_KEYS.items()}
     log = AccessLog(
@@ -170,23 +185,8 @@ def configure(config: Config) -> None:
         values["batch_lines"],
         values["flush_interval"],
     )
-    if not config.test:
-        log.open()  # before the workers fork: each inherits the descriptor
-        atexit.register(log.close)
-    _LOG = log
-
-
-@hookimpl
-def logging(session: Session, error: ProxyError | None) -> None:
-    log = _LOG
-    if log is not None:
-        log.add(log.format(session, error))
-
-
-@hookimpl
-async def server_stopping(server: Server) -> None:
-    """Write what is buffered; lines of requests still draining are written at once."""
-    log = _LOG
-    if log is not None:
-        log.write_through = True
-        log.flush()
+    if config.test:
+        return
+    log.open()  # before the workers fork: each inherits the descriptor
+    atexit.register(log.close)
+    plugin_manager.register(log, name="accesslog.log")

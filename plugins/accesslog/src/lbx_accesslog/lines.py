@@ -14,8 +14,7 @@ from collections.abc import Callable
 from json.encoder import encode_basestring_ascii
 from typing import TypeAlias
 
-from lbx import ProxyError, Session
-from lbx.http import HeaderList
+from lbx import HeaderList, ProxyError, Session
 
 FORMATS = ("combined", "json")
 FIELDS = (

@@ -22,14 +22,8 @@ import signal
 import sys
 import tempfile
 import time
-from typing import TYPE_CHECKING
 
-from lbx import Config, hookimpl
-from lbx.errors import StartupError
-
-if TYPE_CHECKING:
-    from lbx.plugins import LbxPluginManager
-    from lbx.server import Server
+from lbx import Config, PluginManager, Server, StartupError, hookimpl
 
 __all__ = ["READY_TIMEOUT_SECONDS", "Daemon", "write_atomically"]
 
@@ -45,7 +39,7 @@ log = logging.getLogger("lbx.daemon")
 
 
 @hookimpl
-def configure(config: Config, plugin_manager: LbxPluginManager) -> None:
+def configure(config: Config, plugin_manager: PluginManager) -> None:
     """With ``-d`` (``daemon: true``), take part: the ``Daemon`` holds the state of this run."""
     if config.daemon:
         plugin_manager.register(Daemon(config), "daemon.process")

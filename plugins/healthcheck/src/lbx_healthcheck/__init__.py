@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import click
 
-from lbx import Config, ConfigError, ConfigSchema, Field, hookimpl
-from lbx_healthcheck import passive as passive_hooks
+from lbx import Config, ConfigError, ConfigSchema, Field, PluginManager, Server, hookimpl
 from lbx_healthcheck.checker import ServiceChecker, run_checks
 from lbx_healthcheck.checks import HttpCheck, TcpCheck
+from lbx_healthcheck.passive import PassiveChecks
 from lbx_healthcheck.settings import (
     HealthCheckSettings,
     PassiveSettings,
@@ -33,12 +32,10 @@ from lbx_healthcheck.settings import (
 )
 from lbx_healthcheck.state import ServiceHealth
 
-if TYPE_CHECKING:
-    from lbx.plugins import LbxPluginManager
-    from lbx.server import Server
-
 __all__ = [
     "HealthCheckSettings",
+    "HealthChecks",
+    "PassiveChecks",
     "PassiveSettings",
     "ServiceChecker",
     "ServiceHealth",
@@ -83,8 +80,9 @@ def add_cli_options() -> list[click.Option]:
 
 
 @hookimpl
-def configure(config: Config, plugin_manager: LbxPluginManager) -> None:
-    """Parse and validate the plugin's service keys; apply the command-line shortcuts.
+def configure(config: Config, plugin_manager: PluginManager) -> None:
+    """Parse and validate the plugin's service keys; apply the command-line shortcuts; register
+    the ``HealthChecks`` of this run.
 
     The passive checks' request hooks are registered only when a service has passive checks:
     otherwise every request would call them for nothing.
@@ -103,18 +101,34 @@ def configure(config: Config, plugin_manager: LbxPluginManager) -> None:
         passive = parse_passive(config, (*path, PASSIVE_KEY), service.extra.get(PASSIVE_KEY))
         service.extra[HEALTH_CHECK_KEY] = active
         service.extra[PASSIVE_KEY] = passive
-    wanted = any(service.extra[PASSIVE_KEY] is not None for service in config.services)
-    if wanted and not plugin_manager.is_registered(passive_hooks):
-        plugin_manager.register(passive_hooks, name="healthcheck.passive")
+    passive_checks = None
+    if any(service.extra[PASSIVE_KEY] is not None for service in config.services):
+        passive_checks = PassiveChecks()
+        plugin_manager.register(passive_checks, name="healthcheck.passive")
+    plugin_manager.register(HealthChecks(passive_checks), name="healthcheck.checks")
 
 
 # -- the background service -------------------------------------------------------------------
 
 
-@hookimpl
-def register_background_services(server: Server, register: Callable[..., None]) -> None:
+class HealthChecks:
+    """The checks of one run: active ones as a background service, and the passive checks'
+    view of each service's health (``PassiveChecks``, when a service has them)."""
+
+    def __init__(self, passive: PassiveChecks | None) -> None:
+        self.passive = passive
+
+    @hookimpl
+    def register_background_services(self, server: Server, register: Callable[..., None]) -> None:
+        register_checks(server, register, self.passive)
+
+
+def register_checks(
+    server: Server, register: Callable[..., None], passive_checks: PassiveChecks | None
+) -> None:
+    """Build each service's ``ServiceHealth`` and register the active checks (one background
+    service for all of them)."""
     checkers: list[ServiceChecker] = []
-    passive_hooks.SERVICES.clear()
     for service in server.services:
         lb = service.load_balancer
         active = service.config.extra.get(HEALTH_CHECK_KEY)
@@ -126,8 +140,8 @@ def register_background_services(server: Server, register: Callable[..., None]) 
         ):
             raise ConfigError("healthcheck: configure() did not run before the server was built")
         health = ServiceHealth(service.name, lb.backends, active, passive)
-        if passive is not None:
-            passive_hooks.SERVICES[service.name] = health
+        if passive is not None and passive_checks is not None:
+            passive_checks.services[service.name] = health
         if active is not None:
             check_class = HttpCheck if active.type == "http" else TcpCheck
             check = check_class(active, service.config, server.config.ca_file)

@@ -16,7 +16,7 @@ from typing import cast
 import anyio
 import httpcore
 
-from lbx import Backend, Headers, ServiceConfig
+from lbx import Backend, Headers, ServiceConfig, upstream_tls_context
 from lbx_healthcheck.network import open_stream
 from lbx_healthcheck.settings import HealthCheckSettings
 
@@ -25,17 +25,11 @@ DRAIN_LIMIT = 64 * 1024
 """Body bytes a check reads to keep its connection; a longer body closes it instead."""
 
 
-def client_ssl_context(service: ServiceConfig, ca_file: str | None) -> ssl.SSLContext:
-    """The context the proxy would use for this service: verification per the service's
-    ``verify_cert``/``verify_hostname``, the server's ``ca_file`` as trust store."""
-    context = ssl.create_default_context(cafile=ca_file)
-    context.set_alpn_protocols(["http/1.1"])
-    if not service.verify_cert:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    elif not service.verify_hostname:
-        context.check_hostname = False
-    return context
+def _tls_context(service: ServiceConfig, ca_file: str | None) -> ssl.SSLContext | None:
+    """The context the proxy uses for this service's upstreams (None without ``tls``)."""
+    if not service.tls:
+        return None
+    return upstream_tls_context(service.verify_cert, service.verify_hostname, ca_file)
 
 
 def _describe(exc: BaseException) -> str:
@@ -62,7 +56,7 @@ class TcpCheck:
     ) -> None:
         self.settings = settings
         self.service = service
-        self.ssl_context = client_ssl_context(service, ca_file) if service.tls else None
+        self.ssl_context = _tls_context(service, ca_file)
 
     async def __call__(self, backend: Backend) -> str | None:
         tls = self.ssl_context
@@ -114,7 +108,7 @@ class HttpCheck:
         self.settings = settings
         self.service = service
         self.scheme = b"https" if service.tls else b"http"
-        self.ssl_context = client_ssl_context(service, ca_file) if service.tls else None
+        self.ssl_context = _tls_context(service, ca_file)
         self.method = settings.method.encode("ascii")
         self.target = settings.path.encode("latin-1")
         self.summary = f"http check {settings.method} {settings.path}"

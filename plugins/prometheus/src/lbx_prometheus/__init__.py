@@ -10,26 +10,27 @@ scrape. See docs/metrics.md.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 from collections.abc import Callable, Iterator
-from logging import getLogger
 from typing import TYPE_CHECKING, Any, cast
 
-import anyio
-import anyio.abc
-
-from lbx import Config, ConfigSchema, Field, Peer, ProxyError, Session, adminhttp, hookimpl
-from lbx.sharedrows import SharedRows
+from lbx import (
+    Config,
+    ConfigSchema,
+    Field,
+    Peer,
+    PluginManager,
+    ProxyError,
+    Server,
+    Session,
+    hookimpl,
+)
+from lbx.admin import Endpoint, SharedRows, check_address, sample_every
 from lbx_prometheus.metrics import DEFAULT_BUCKETS, Layout, LbxCollector, Recorder
 
 if TYPE_CHECKING:
     from prometheus_client.registry import Collector
-
-    from lbx.server import Server
-
-log = getLogger("lbx.prometheus")
 
 SECTION = "prometheus"
 DEFAULT_LISTEN = "127.0.0.1:9091"
@@ -50,9 +51,7 @@ def _check_buckets(value: Any) -> str | None:
 
 
 CONFIG_KEYS = {
-    "listen": Field(
-        "str", DEFAULT_LISTEN, "address of the /metrics listener", check=adminhttp.check_address
-    ),
+    "listen": Field("str", DEFAULT_LISTEN, "address of the /metrics listener", check=check_address),
     "path": Field("str", "/metrics", "URL path of the metrics"),
     "buckets": Field(
         "any", list(DEFAULT_BUCKETS), "latency histogram bounds, seconds", check=_check_buckets
@@ -60,8 +59,26 @@ CONFIG_KEYS = {
 }
 
 
-class State:
-    """What the hooks need, built in ``configure`` (before the workers fork)."""
+@hookimpl
+def add_config_keys(schema: ConfigSchema) -> None:
+    schema.add_section(SECTION, CONFIG_KEYS)
+
+
+@hookimpl
+def configure(config: Config, plugin_manager: PluginManager) -> None:
+    """Build this run's ``Metrics`` (before the workers fork) and register its hooks."""
+    if config.test:
+        return
+    section = config.sections.get(SECTION) or {}
+    values = {key: section.get(key, spec.default) for key, spec in CONFIG_KEYS.items()}
+    if values["buckets"] is None:
+        values["buckets"] = list(DEFAULT_BUCKETS)
+    plugin_manager.register(Metrics(values, config), name="prometheus.metrics")
+
+
+class Metrics:
+    """The metrics of one run: counters in memory every worker shares, the endpoint, and the
+    hooks that count."""
 
     def __init__(self, section: dict[str, Any], config: Config) -> None:
         self.listen: str = section["listen"]
@@ -73,72 +90,54 @@ class State:
         self.rows = SharedRows(layout.columns, config.threads + SPARE_ROWS, gauges=(0, 1))
         self.recorder = Recorder(layout, self.rows)
         self.threads = config.threads
+        self._registry: Any = None
 
-    def tick(self) -> None:
-        """Sample this worker's gauges every ``GAUGE_INTERVAL`` while its loop runs."""
+    @hookimpl
+    def register_background_services(self, server: Server, register: Callable[..., None]) -> None:
+        self.recorder.server = server
+        endpoint = Endpoint(
+            SECTION, self.listen, self.handle, "metrics on http://{address}" + self.path
+        )
+        register("prometheus", endpoint.serve, ready=True)
+
+    @hookimpl
+    async def worker_started(self, server: Server) -> None:
+        """Each process that serves requests samples its own gauges (open connections, pool)."""
+        self.recorder.server = server
+        sample_every(GAUGE_INTERVAL, self.recorder.sample_gauges)
+
+    @hookimpl
+    def logging(self, session: Session, error: ProxyError | None) -> None:
+        peer = session.peer
+        head_time = session.head_time
+        start = session.start_time
+        self.recorder.request(
+            session.service.name,
+            peer.addr if peer is not None else None,
+            session.response_status,
+            time.monotonic() - start,
+            head_time - start if head_time is not None else None,
+        )
+
+    @hookimpl
+    def fail_to_connect(self, session: Session, peer: Peer) -> None:
+        self.recorder.connect_error(session.service.name, peer.addr)
+
+    async def handle(self, method: str, path: str, body: bytes) -> tuple[int, str, bytes]:
+        """The endpoint: ``GET <path>`` is the metrics in Prometheus' text format."""
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        if path != self.path:
+            return 404, "text/plain", b"not found; metrics are at " + self.path.encode() + b"\n"
+        if method not in ("GET", "HEAD"):
+            return 405, "text/plain", b"GET only\n"
+        if self._registry is None:  # built where the endpoint runs (the background process)
+            self._registry = build_registry(self)
         self.recorder.sample_gauges()
-        asyncio.get_running_loop().call_later(GAUGE_INTERVAL, self.tick)
+        return 200, CONTENT_TYPE_LATEST, generate_latest(self._registry)
 
 
-_STATE: State | None = None
-
-
-@hookimpl
-def add_config_keys(schema: ConfigSchema) -> None:
-    schema.add_section(SECTION, CONFIG_KEYS)
-
-
-@hookimpl
-def configure(config: Config) -> None:
-    global _STATE
-    section = config.sections.get(SECTION) or {}
-    values = {key: section.get(key, spec.default) for key, spec in CONFIG_KEYS.items()}
-    if values["buckets"] is None:
-        values["buckets"] = list(DEFAULT_BUCKETS)
-    _STATE = None if config.test else State(values, config)
-
-
-@hookimpl
-def register_background_services(server: Server, register: Callable[..., None]) -> None:
-    state = _STATE
-    if state is None:
-        return
-    state.recorder.server = server
-    register("prometheus", _serve_metrics, ready=True)
-
-
-@hookimpl
-async def worker_started() -> None:
-    """Each process that serves requests samples its own gauges (open connections, pool)."""
-    if _STATE is not None:
-        _STATE.tick()
-
-
-@hookimpl
-def logging(session: Session, error: ProxyError | None) -> None:
-    state = _STATE
-    if state is None:
-        return
-    peer = session.peer
-    head_time = session.head_time
-    start = session.start_time
-    state.recorder.request(
-        session.service.name,
-        peer.addr if peer is not None else None,
-        session.response_status,
-        time.monotonic() - start,
-        head_time - start if head_time is not None else None,
-    )
-
-
-@hookimpl
-def fail_to_connect(session: Session, peer: Peer) -> None:
-    state = _STATE
-    if state is not None:
-        state.recorder.connect_error(session.service.name, peer.addr)
-
-
-# -- the endpoint ---------------------------------------------------------------------------------
+# -- the registry ---------------------------------------------------------------------------------
 
 
 class _Delegate:
@@ -151,13 +150,13 @@ class _Delegate:
         yield from self.source.collect()
 
 
-def build_registry(state: State) -> Any:
+def build_registry(metrics: Metrics) -> Any:
     """lbx's metrics, plus the metrics plugins declared with prometheus-client themselves."""
     from prometheus_client import REGISTRY, CollectorRegistry
 
     registry = CollectorRegistry(auto_describe=False)
-    collectors: list[Collector] = [LbxCollector(state.recorder)]
-    if state.threads == 1:
+    collectors: list[Collector] = [LbxCollector(metrics.recorder)]
+    if metrics.threads == 1:
         collectors.append(_Delegate(REGISTRY))
     elif os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from prometheus_client.multiprocess import MultiProcessCollector
@@ -168,30 +167,3 @@ def build_registry(state: State) -> Any:
     for collector in collectors:
         registry.register(collector)
     return registry
-
-
-async def _serve_metrics(
-    *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
-) -> None:
-    state = _STATE
-    assert state is not None
-    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-    registry = build_registry(state)
-
-    async def handle(method: str, path: str, body: bytes) -> tuple[int, str, bytes]:
-        if path != state.path:
-            return 404, "text/plain", b"not found; metrics are at " + state.path.encode() + b"\n"
-        if method not in ("GET", "HEAD"):
-            return 405, "text/plain", b"GET only\n"
-        state.recorder.sample_gauges()
-        return 200, CONTENT_TYPE_LATEST, generate_latest(registry)
-
-    server = await adminhttp.start(state.listen, handle, "prometheus.listen")
-    log.info(
-        "prometheus: metrics on http://%s%s",
-        adminhttp.describe(server, state.listen),
-        state.path,
-    )
-    task_status.started()
-    await adminhttp.serve_forever(server, state.listen)

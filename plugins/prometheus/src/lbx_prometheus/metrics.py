@@ -21,10 +21,10 @@ from prometheus_client.core import (
 )
 from prometheus_client.utils import floatToGoString
 
-from lbx.sharedrows import SharedRows
+from lbx.admin import SharedRows
 
 if TYPE_CHECKING:
-    from lbx.server import Server
+    from lbx import Server
 
 STATUS_CLASSES = ("none", "1xx", "2xx", "3xx", "4xx", "5xx")
 """``status_class`` label values; index = status // 100 (``none``: no response was sent)."""
@@ -129,9 +129,8 @@ class Recorder:
             return
         base = self.rows.row()
         cells = self.rows.cells
-        cells[base + GAUGE_OPEN] = len(server.connections.open)
-        pools = {id(s.connector.pool): len(s.connector.pool) for s in server.services}
-        cells[base + GAUGE_POOL] = sum(pools.values())
+        cells[base + GAUGE_OPEN] = server.open_connections
+        cells[base + GAUGE_POOL] = server.idle_upstream_connections
 
 
 class LbxCollector:

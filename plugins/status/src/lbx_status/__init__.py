@@ -10,24 +10,27 @@ a TCP address. See docs/status.md.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import time
 from collections.abc import Callable
 from logging import getLogger
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import unquote
 
-import anyio
-import anyio.abc
 import click
 
-from lbx import Config, ConfigSchema, Field, ProxyError, Session, adminhttp, hookimpl
-from lbx.sharedrows import SharedRows
-
-if TYPE_CHECKING:
-    from lbx.server import Server
+from lbx import (
+    Config,
+    ConfigSchema,
+    Field,
+    PluginManager,
+    ProxyError,
+    Server,
+    Session,
+    hookimpl,
+)
+from lbx.admin import Endpoint, SharedRows, check_address, sample_every
 
 log = getLogger("lbx.status")
 
@@ -49,13 +52,14 @@ CONFIG_KEYS = {
         "str",
         None,
         "unix:/path (default: lbx-status.sock beside pid_file) or host:port (explicitly only)",
-        check=adminhttp.check_address,
+        check=check_address,
     ),
 }
 
 
-class State:
-    """Counters in shared memory (one row per process) and the server, for the endpoint."""
+class Status:
+    """The status of one run: counters in memory every worker shares (one row per process), the
+    server, the endpoint, and the hooks that count."""
 
     def __init__(self, config: Config, listen: str) -> None:
         self.listen = listen
@@ -71,10 +75,31 @@ class State:
         self.started = time.time()
 
     def sample(self) -> None:
-        """Record this process's open client connections, then again every second."""
+        """Record this process's open client connections (``sample_every`` second)."""
         if self.server is not None:
-            self.rows.cells[self.rows.row() + OPEN] = len(self.server.connections.open)
-        asyncio.get_running_loop().call_later(GAUGE_INTERVAL, self.sample)
+            self.rows.cells[self.rows.row() + OPEN] = self.server.open_connections
+
+    @hookimpl
+    def register_background_services(self, server: Server, register: Callable[..., None]) -> None:
+        self.server = server
+        endpoint = Endpoint(SECTION, self.listen, self.handle, "admin endpoint on {address}")
+        register("status", endpoint.serve, ready=True)
+
+    @hookimpl
+    async def worker_started(self, server: Server) -> None:
+        """Each process that serves requests samples its own open connections."""
+        self.server = server
+        sample_every(GAUGE_INTERVAL, self.sample)
+
+    @hookimpl
+    def logging(self, session: Session, error: ProxyError | None) -> None:
+        peer = session.peer
+        status = session.response_status
+        self.count(
+            session.service.name,
+            peer.addr if peer is not None else None,
+            error is not None or status is None or status >= 500,
+        )
 
     def count(self, service: str, addr: str | None, failed: bool) -> None:
         base = self.rows.row()
@@ -168,48 +193,19 @@ def _json(status: int, document: dict[str, Any]) -> tuple[int, str, bytes]:
     return status, "application/json", json.dumps(document).encode() + b"\n"
 
 
-_STATE: State | None = None
-
-
 @hookimpl
 def add_config_keys(schema: ConfigSchema) -> None:
     schema.add_section(SECTION, CONFIG_KEYS)
 
 
 @hookimpl
-def configure(config: Config) -> None:
-    global _STATE
+def configure(config: Config, plugin_manager: PluginManager) -> None:
+    """Build this run's ``Status`` (before the workers fork) and register its hooks."""
+    if config.test:
+        return
     section = config.sections.get(SECTION) or {}
     listen = section.get("listen") or default_listen(config.pid_file)
-    _STATE = None if config.test else State(config, listen)
-
-
-@hookimpl
-def register_background_services(server: Server, register: Callable[..., None]) -> None:
-    state = _STATE
-    if state is not None:
-        state.server = server
-        register("status", _serve_status, ready=True)
-
-
-@hookimpl
-async def worker_started() -> None:
-    """Each process that serves requests samples its own open connections."""
-    if _STATE is not None:
-        _STATE.sample()
-
-
-@hookimpl
-def logging(session: Session, error: ProxyError | None) -> None:
-    state = _STATE
-    if state is not None:
-        peer = session.peer
-        status = session.response_status
-        state.count(
-            session.service.name,
-            peer.addr if peer is not None else None,
-            error is not None or status is None or status >= 500,
-        )
+    plugin_manager.register(Status(config, listen), name="status.state")
 
 
 @hookimpl
@@ -218,14 +214,3 @@ def register_commands(cli: click.Group) -> None:
 
     cli.add_command(status)
     cli.add_command(backend)
-
-
-async def _serve_status(
-    *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
-) -> None:
-    state = _STATE
-    assert state is not None
-    server = await adminhttp.start(state.listen, state.handle, "status.listen")
-    log.info("status: admin endpoint on %s", adminhttp.describe(server, state.listen))
-    task_status.started()
-    await adminhttp.serve_forever(server, state.listen)

@@ -12,7 +12,7 @@ from urllib.parse import quote
 
 import click
 
-from lbx.adminhttp import parse_address
+from lbx.admin import parse_address
 
 TIMEOUT = 5.0
 

@@ -19,16 +19,18 @@ import os
 import socket
 import sys
 import time
-from typing import TYPE_CHECKING
 
 import anyio.to_thread
 
-from lbx import Config, ConfigSchema, Field, hookimpl
-from lbx.errors import StartupError
-
-if TYPE_CHECKING:
-    from lbx.plugins import LbxPluginManager
-    from lbx.server import Server
+from lbx import (
+    Config,
+    ConfigSchema,
+    Field,
+    PluginManager,
+    Server,
+    StartupError,
+    hookimpl,
+)
 
 __all__ = ["RECEIVE_TIMEOUT_SECONDS", "SEND_TIMEOUT_SECONDS", "Takeover"]
 
@@ -78,7 +80,7 @@ def add_config_keys(schema: ConfigSchema) -> None:
 
 
 @hookimpl
-def configure(config: Config, plugin_manager: LbxPluginManager) -> None:
+def configure(config: Config, plugin_manager: PluginManager) -> None:
     """With ``-u``, take part in the start-up: a ``Takeover`` receives the listeners."""
     if config.upgrade:
         plugin_manager.register(Takeover(), "upgrade.takeover")

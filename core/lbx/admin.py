@@ -1,8 +1,10 @@
-"""A tiny HTTP/1.1 server for admin endpoints: a few requests a second, one per connection.
+"""What operators' plugins build admin endpoints with (``lbx-prometheus``, ``lbx-status``): a
+tiny HTTP/1.1 server run as a background service, counters shared by every worker process, and a
+sampler of per-process gauges.
 
 Admin traffic never goes through the proxy's data path: it is served by a background service
 (in the background-services process when ``threads: N``) with asyncio streams, which are plenty
-fast for a scrape or a status query.
+fast for a scrape or a status query. A Unix socket is made readable by its owner only.
 """
 
 from __future__ import annotations
@@ -14,7 +16,23 @@ import os
 import socket
 from collections.abc import Awaitable, Callable
 
-from lbx import ConfigError
+import anyio
+import anyio.abc
+
+from lbx.errors import ConfigError
+from lbx.sharedrows import SharedRows
+
+__all__ = [
+    "Endpoint",
+    "Handler",
+    "SharedRows",
+    "check_address",
+    "describe",
+    "parse_address",
+    "sample_every",
+    "serve_forever",
+    "start",
+]
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +138,44 @@ async def serve_forever(server: asyncio.Server, address: str) -> None:
         if isinstance(target, str):
             with contextlib.suppress(OSError):
                 os.unlink(target)
+
+
+class Endpoint:
+    """An admin endpoint as a background service: ``register(name, endpoint.serve, ready=True)``
+    in ``register_background_services`` starts it before lbx serves (a bad address stops the
+    start with one line) and logs where it listens."""
+
+    def __init__(
+        self, name: str, address: str, handler: Handler, announce: str = "endpoint on {address}"
+    ) -> None:
+        self.name = name
+        """The plugin's config section: errors name ``<name>.listen``."""
+        self.address = address
+        self.handler = handler
+        self.announce = announce
+        """The log line once it listens, ``{address}`` being where (port 0 resolved)."""
+
+    async def serve(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        server = await start(self.address, self.handler, f"{self.name}.listen")
+        bound = describe(server, self.address)
+        logging.getLogger(f"lbx.{self.name}").info(
+            "%s: %s", self.name, self.announce.format(address=bound)
+        )
+        task_status.started()
+        await serve_forever(server, self.address)
+
+
+def sample_every(seconds: float, sample: Callable[[], None]) -> None:
+    """Call ``sample`` now and then every ``seconds`` on the running loop, for as long as it
+    runs: per-process gauges (call it from ``worker_started``)."""
+
+    def tick() -> None:
+        sample()
+        asyncio.get_running_loop().call_later(seconds, tick)
+
+    tick()
 
 
 async def _exchange(
