@@ -1,24 +1,39 @@
-"""HTTP/1.1 request conformance, raw sockets end to end (issue 6; rules in docs/http.md).
+"""HTTP/1.1 request conformance (issue 6; rules in docs/http.md), in this process over in-memory
+transports (``lbx.inprocess``): the real protocol and phases, no sockets, so every rule and its
+variants run in a few seconds. test_conformance_e2e.py runs a sample of them through a real
+lbx process and sockets.
 
-Each test states the status lbx answers, what the capture upstream received (exact bytes parsed
+Each test states the status lbx answers, what the upstream received (exact bytes parsed
 strictly), and whether lbx closed the client connection.
 """
 
 from __future__ import annotations
 
 import pytest
-from tests.http_helpers import Client, Upstream, exchange, lbx_in_front, write_conf
+
+from lbx.inprocess import InProcessProxy, MemoryUpstream
 
 
 @pytest.fixture(scope="module")
-def shared(tmp_path_factory):
-    """One capture upstream and one lbx (default config) for the module's default-config tests."""
-    yield from lbx_in_front(tmp_path_factory)
+def shared():
+    """One in-process lbx (default config) and its upstream for the module's tests."""
+    proxy = InProcessProxy()
+    yield proxy.upstream, proxy
+    assert proxy.errors == []
+    proxy.close()
+
+
+def serving(handler=None, **service):
+    """An in-process lbx with ``service`` keys, its upstream answering with ``handler``."""
+    proxy = InProcessProxy(**service)
+    if handler is not None:
+        proxy.upstream.handler = handler
+    return proxy
 
 
 def rejected(proxy, upstream, data: bytes, status: int) -> None:
     """``data`` gets ``status``, lbx closes, and nothing reached the upstream."""
-    response, closed = exchange(proxy.address, data)
+    response, closed = proxy.exchange(data)
     assert response.status == status, response
     assert response.get("Connection") == b"close"
     assert closed
@@ -75,7 +90,7 @@ def test_unknown_transfer_coding_is_501(proxy, upstream, coding):
 def test_body_is_reframed_canonically(proxy, upstream):
     """Chunk extensions, trailers and odd chunk sizes are not passed through: the upstream gets
     ``Transfer-Encoding: chunked`` with plain chunks; Content-Length is re-written as digits."""
-    with Client(proxy.address) as client:
+    with proxy.client() as client:
         client.send(
             b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: Chunked \r\n\r\n"
             b"003;ext=1\r\nabc\r\n2;x\r\nde\r\n0\r\nTrailer-Field: t\r\n\r\n"
@@ -138,7 +153,7 @@ def test_bad_host_is_400(proxy, upstream, hosts):
 
 
 def test_http10_without_host_gets_empty_host_upstream(proxy, upstream):
-    response, closed = exchange(proxy.address, b"GET /old HTTP/1.0\r\n\r\n")
+    response, closed = proxy.exchange(b"GET /old HTTP/1.0\r\n\r\n")
     assert response.status == 200 and closed
     (request,) = upstream.wait_requests(1)
     assert request.version == "1.1" and request.get_all("Host") == [b""]
@@ -146,7 +161,7 @@ def test_http10_without_host_gets_empty_host_upstream(proxy, upstream):
 
 def test_absolute_form_becomes_origin_form_with_its_host(proxy, upstream):
     """``GET http://h/p`` goes upstream as ``GET /p`` with ``Host: h`` (RFC 9112 3.2.2)."""
-    with Client(proxy.address) as client:
+    with proxy.client() as client:
         client.send(b"GET http://example.com:8080/p?q=1 HTTP/1.1\r\nHost: other\r\n\r\n")
         client.send(b"GET HTTP://example.org HTTP/1.1\r\nHost: example.org\r\n\r\n")
         assert client.read_response().status == 200
@@ -178,7 +193,7 @@ def test_bad_request_target_is_400(proxy, upstream, line):
 
 
 def test_options_asterisk_is_forwarded(proxy, upstream):
-    response, _ = exchange(proxy.address, b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n")
+    response, _ = proxy.exchange(b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n")
     assert response.status == 200
     assert upstream.wait_requests(1)[0].target == b"*"
 
@@ -189,7 +204,7 @@ def test_unsupported_version_is_505(proxy, upstream, version):
 
 
 def test_http10_request_goes_upstream_as_11(proxy, upstream):
-    response, closed = exchange(proxy.address, b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
+    response, closed = proxy.exchange(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
     assert response.status == 200 and closed  # 1.0 without keep-alive: closed after
     upstream.wait_requests(1)
     assert upstream.raw.startswith(b"GET / HTTP/1.1\r\n")
@@ -207,7 +222,7 @@ def test_connect_is_405(proxy, upstream):
 def test_pipelined_requests_answered_in_order(proxy, upstream):
     """Three pipelined requests (one with a body): three canonical requests upstream, in order,
     and three responses in the same order on the still-open connection."""
-    with Client(proxy.address) as client:
+    with proxy.client() as client:
         client.send(
             b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\n"
             b"POST /2 HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"
@@ -235,7 +250,7 @@ def test_pipelined_requests_answered_in_order(proxy, upstream):
 )
 def test_bad_request_after_good_pipelined_ones(proxy, upstream, bad):
     """A bad request behind good ones: the good ones are answered, then 400, then close."""
-    with Client(proxy.address) as client:
+    with proxy.client() as client:
         client.send(b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\nGET /2 HTTP/1.1\r\nHost: x\r\n\r\n" + bad)
         assert [client.read_response().status for _ in range(3)] == [200, 200, 400]
         assert client.closed()
@@ -248,18 +263,14 @@ def test_bad_request_after_good_pipelined_ones(proxy, upstream, bad):
 def test_expect_100_continue_never_deadlocks(proxy, upstream):
     """lbx answers ``Expect: 100-continue`` itself once it wants the body; Expect is not forwarded,
     and the client that waits for the 100 before sending its body gets its answer."""
-    with Client(proxy.address) as client:
+    with proxy.client() as client:
         client.send(
             b"POST /e HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n"
         )
-        client.sock.settimeout(5)
-        interim = b""
-        while b"\r\n\r\n" not in interim:
-            interim += client.sock.recv(1)
-        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+        assert client.received == b"HTTP/1.1 100 Continue\r\n\r\n"
         client.send(b"hello")
         response = client.read_response()
-        assert response.status == 200 and response.informational == []
+        assert response.status == 200 and response.informational == [100]  # lbx's one 100
     (request,) = upstream.wait_requests(1)
     assert request.body == b"hello" and request.get("Expect") is None
 
@@ -276,7 +287,7 @@ def test_unknown_expectation_is_417(proxy, upstream):
 def test_upgrade_h2c_is_never_forwarded(proxy, upstream):
     """``Upgrade: h2c`` (and HTTP2-Settings) is dropped: the request is answered as HTTP/1.1 and
     the connection stays usable for the next request."""
-    with Client(proxy.address) as client:
+    with proxy.client() as client:
         client.send(
             b"GET /u HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n"
             b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n"
@@ -306,8 +317,7 @@ def test_upgrade_with_a_body_is_400(proxy, upstream):
 
 
 def test_hop_by_hop_fields_are_removed_upstream(proxy, upstream):
-    response, _ = exchange(
-        proxy.address,
+    response, _ = proxy.exchange(
         b"GET / HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, X-Secret, x-other\r\n"
         b"X-Secret: 1\r\nX-Other: 2\r\nKeep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\n"
         b"TE: trailers\r\nTrailer: X\r\nUpgrade: websocket\r\nProxy-Authorization: Basic eA==\r\n"
@@ -327,23 +337,20 @@ def test_connection_naming_a_protected_field_is_400(proxy, upstream, field):
     )
 
 
-def test_hop_by_hop_fields_are_removed_downstream(lbx, tmp_path):
-    upstream = Upstream(
+def test_hop_by_hop_fields_are_removed_downstream():
+    proxy = serving(
         lambda conn, request: conn.send(
             b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: 5\r\n"
             b"Proxy-Connection: keep-alive\r\nUpgrade: h2c\r\nTrailer: X\r\nX-End: yes\r\n"
             b"Content-Length: 2\r\n\r\nok"
         )
     )
-    try:
-        proc = lbx("-c", write_conf(tmp_path, [upstream.address]))
-        response, closed = exchange(proc.address, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        assert response.status == 200 and response.body == b"ok" and not closed
-        for name in (b"x-hop", b"keep-alive", b"proxy-connection", b"upgrade", b"trailer"):
-            assert name not in response.names()
-        assert response.get("X-End") == b"yes"
-    finally:
-        upstream.close()
+    response, closed = proxy.exchange(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert response.status == 200 and response.body == b"ok" and not closed
+    for name in (b"x-hop", b"keep-alive", b"proxy-connection", b"upgrade", b"trailer"):
+        assert name not in response.names()
+    assert response.get("X-End") == b"yes"
+    proxy.close()
 
 
 FORWARDING = (
@@ -385,13 +392,13 @@ FORWARDING = (
         ),
     ],
 )
-def test_forwarding_headers_modes(lbx, tmp_path, keys, xff, xfp, fwd):
+def test_forwarding_headers_modes(keys, xff, xfp, fwd):
     """X-Forwarded-For / X-Forwarded-Proto / Forwarded: append (received values kept only from
     trusted proxies), replace, off; ``via: true`` adds ``Via: 1.1 lbx`` both ways."""
-    upstream = Upstream()
-    proc = lbx("-c", write_conf(tmp_path, [upstream.address], **keys))
-    response, _ = exchange(proc.address, FORWARDING)
-    upstream.close()
+    proxy = serving(**keys)
+    upstream: MemoryUpstream = proxy.upstream
+    response, _ = proxy.exchange(FORWARDING)
+    proxy.close()
     assert response.status == 200
     (request,) = upstream.wait_requests(1)
     assert request.get_all("X-Forwarded-For") == xff
@@ -404,7 +411,7 @@ def test_forwarding_headers_modes(lbx, tmp_path, keys, xff, xfp, fwd):
 
 def test_keepalive_connection_survives_many_requests(proxy, upstream):
     """Sanity: a valid request leaves the connection open (the rejections above close it)."""
-    with Client(proxy.address) as client:
+    with proxy.client() as client:
         for index in range(5):
             client.send(b"GET /%d HTTP/1.1\r\nHost: x\r\n\r\n" % index)
             assert client.read_response().status == 200

@@ -1182,13 +1182,13 @@ def fixture_test(page: Page, block: Block) -> None:
 
 
 def unit_tests(page: Page, block: Block) -> None:
-    """The unit tests, in the same file: all four pass."""
+    """The unit tests, in the same file: all five pass."""
     with (page.workdir / "tests" / "test_tag.py").open("a", encoding="utf-8") as file:
         file.write("\n\n" + block.text)
     result = page.r.run(
         f"{sys.executable} -m pytest -q -p no:cacheprovider -W error tests/test_tag.py"
     )
-    assert "4 passed" in result.output, result.output
+    assert "5 passed" in result.output, result.output
 
 
 def setup_plugins(page: Page) -> None:

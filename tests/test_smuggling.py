@@ -1,20 +1,20 @@
-"""Requests that fool proxies, issue 14 classes 1-4, raw sockets end to end (cases in
-tests/smuggling_cases.py): h2c inside Upgrade lists, look-alikes of framing, routing and
-forwarding fields, request lines naming another protocol, malformed chunked bodies.
+"""Requests that fool proxies, issue 14 classes 1-4 (cases in tests/smuggling_cases.py): h2c
+inside Upgrade lists, look-alikes of framing, routing and forwarding fields, request lines naming
+another protocol, malformed chunked bodies. They run in this process over in-memory transports
+(``lbx.inprocess``), every case in milliseconds; test_nginx_differential.py sends the same
+classes through a real lbx process and sockets, next to nginx.
 
-Each test states the status lbx answers, the exact bytes the capture upstream received (or that
-it received nothing), whether lbx closed the client connection, and that the next request on a
-new connection works.
+Each test states the status lbx answers, the exact bytes the upstream received (or that it
+received nothing), whether lbx closed the client connection, and that the next request on a new
+connection works.
 """
 
 from __future__ import annotations
 
 import re
-import time
 
 import pytest
 from tests.differential import capture_answer
-from tests.http_helpers import Client, Response, Upstream, exchange, lbx_in_front
 from tests.smuggling_cases import (
     CASES,
     CHUNKED_HEAD,
@@ -24,45 +24,44 @@ from tests.smuggling_cases import (
     Case,
 )
 
+from lbx.inprocess import InProcessProxy, MemoryClient, MemoryUpstream, Response
+
 
 @pytest.fixture(scope="module")
-def shared(tmp_path_factory):
-    yield from lbx_in_front(tmp_path_factory)
+def shared():
+    proxy = InProcessProxy()
+    yield proxy.upstream, proxy
+    assert proxy.errors == []
+    proxy.close()
 
 
-def next_request_works(proxy, upstream: Upstream) -> None:
+def next_request_works(proxy: InProcessProxy, upstream: MemoryUpstream) -> None:
     """A new connection still gets its request through (and nothing else arrives upstream)."""
     upstream.reset()
     upstream.handler = capture_answer
-    response, _ = exchange(proxy.address, b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n")
+    response, _ = proxy.exchange(b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n")
     assert response.status == 200
     (request,) = upstream.wait_requests(1)
     assert (request.method, request.target, request.complete) == (b"GET", b"/next", True)
     assert upstream.raw == b"GET /next HTTP/1.1\r\nHost: x\r\n" + FORWARDING + b"\r\n"
 
 
-def read_head(client: Client) -> bytes:
-    """The first response head, 1xx included (b"" if lbx closed first)."""
-    try:
-        while b"\r\n\r\n" not in client.buffer:
-            if not client._fill():
-                break
-    except (ConnectionError, TimeoutError):
-        pass
-    return client.buffer.partition(b"\r\n\r\n")[0]
+def read_head(client: MemoryClient) -> bytes:
+    """The first response head, 1xx included (b"" if lbx wrote none)."""
+    return client.received.partition(b"\r\n\r\n")[0]
 
 
-def read_answer(client: Client) -> Response | None:
+def read_answer(client: MemoryClient) -> Response | None:
     try:
         return client.read_response()
-    except (ConnectionError, TimeoutError):
+    except ConnectionError:
         return None
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
-def test_refused_or_forwarded_canonically(proxy, upstream: Upstream, case: Case) -> None:
+def test_refused_or_forwarded_canonically(proxy, upstream: MemoryUpstream, case: Case) -> None:
     upstream.handler = capture_answer  # closes after an Upgrade request (httptools stops there)
-    with Client(proxy.address) as client:
+    with proxy.client() as client:
         client.send(case.data)
         response = read_answer(client)
         assert response is not None, f"lbx closed without an answer; upstream got {upstream.raw!r}"
@@ -71,7 +70,6 @@ def test_refused_or_forwarded_canonically(proxy, upstream: Upstream, case: Case)
         assert response.get("Server") == b"lbx", response  # lbx's own answer
         assert response.get("Connection") == b"close", response
         assert closed
-        time.sleep(0.05)
         assert upstream.raw == b"", upstream.raw
     else:
         assert case.forwarded is not None, (response.status, upstream.raw)
@@ -89,7 +87,7 @@ def test_malformed_chunk_after_the_request_went_upstream(proxy, upstream, name, 
     (never reused), and it received the head, the good chunk and at most the data the bad chunk
     carried before its framing broke (lbx streams bodies: it cannot know a chunk's CRLF is
     missing before its data went on), never the last chunk: the request never completes there."""
-    with Client(proxy.address) as client:
+    with proxy.client() as client:
         client.send(CHUNKED_HEAD + b"5\r\nhello\r\n")
         partial = CHUNKED_UPSTREAM + b"5\r\nhello\r\n"
         assert upstream.wait(lambda: upstream.raw == partial), upstream.raw
@@ -131,7 +129,7 @@ def test_101_to_a_protocol_not_offered_and_allowed_is_502(proxy, upstream, offer
 
     upstream.handler = switch
     request = f"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: {offered}\r\nConnection: Upgrade\r\n\r\n"
-    with Client(proxy.address) as client:
+    with proxy.client() as client:
         client.send(request.encode())
         head = read_head(client)
         assert head, "lbx closed without an answer"

@@ -260,8 +260,18 @@ def blame(pm: pluggy.PluginManager, exc: BaseException) -> tuple[str, str] | Non
 
 
 def plugin_hooks(pm: pluggy.PluginManager, plugin: object) -> list[str]:
-    """The names of the hooks ``plugin`` implements."""
-    return sorted(caller.name for caller in pm.get_hookcallers(plugin) or ())
+    """The names of the hooks ``plugin`` implements: its own, and those of the objects it
+    registers from ``configure`` (methods marked ``@hookimpl`` of the classes it defines)."""
+    names = {caller.name for caller in pm.get_hookcallers(plugin) or ()}
+    package = getattr(plugin, "__name__", "").partition(".")[0]
+    for value in vars(plugin).values() if package else ():
+        if isinstance(value, type) and value.__module__.partition(".")[0] == package:
+            names.update(
+                name
+                for name, method in vars(value).items()
+                if hasattr(method, f"{hookspecs.PROJECT_NAME}_impl")
+            )
+    return sorted(names)
 
 
 def describe_installed() -> list[dict[str, object]]:

@@ -47,7 +47,8 @@ from lbx.connections import Connections
 from lbx.exchange import Exchange, RequestBody
 from lbx.h1 import H1Downstream
 from lbx.http import Headers, RequestHeader
-from lbx.plugins import get_plugin_manager
+from lbx.inprocess import InProcessProxy
+from lbx.plugins import get_plugin_manager, load_plugin_arg
 from lbx.proxy import ProxyService, RequestHooks, build_connector
 from lbx.server import Server
 from lbx.session import Session
@@ -56,10 +57,12 @@ __all__ = [
     "BackendThread",
     "ClientLoad",
     "DemoBackend",
+    "InProcessProxy",
     "LbxProcess",
     "Reply",
     "http_connection",
     "http_get",
+    "load_plugin",
     "make_session",
     "pattern_bytes",
     "prepared_server",
@@ -435,6 +438,14 @@ class _ClientTransport(asyncio.Transport):
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         self.written += data
+
+
+def load_plugin(arg: str) -> object:
+    """The plugin ``arg`` names (a ``.py`` file, an installed name, a module), loaded alone as
+    ``--plugin arg`` loads it: a wrong hook name, colour or argument raises here."""
+    pm = get_plugin_manager(defaults=False)
+    load_plugin_arg(pm, arg)
+    return pm.get_plugin(list(pm.infos)[-1])  # the last registered: this one
 
 
 def make_session(

@@ -30,6 +30,7 @@ from lbx.config import ServiceConfig
 from lbx.connections import Connections
 from lbx.h1 import H1Downstream
 from lbx.http import HOP_BY_HOP
+from lbx.inprocess import MemoryTransport
 from lbx.peer import Peer
 from lbx.proxy import ProxyService, RequestHooks
 from lbx.request_rules import is_lookalike
@@ -55,45 +56,6 @@ class _Statuses:
 
 def _statuses(out: bytes) -> list[int]:
     return _Statuses(out).seen
-
-
-class FakeTransport(asyncio.Transport):
-    def __init__(self, loop: asyncio.AbstractEventLoop, protocol: asyncio.Protocol) -> None:
-        super().__init__()
-        self.loop = loop
-        self.protocol = protocol
-        self.out = bytearray()
-        self.closed = False
-        self.paused = False
-
-    def write(self, data: Any) -> None:
-        self.out += data
-
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            self.loop.call_soon(self.protocol.connection_lost, None)
-
-    def abort(self) -> None:
-        self.close()
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def pause_reading(self) -> None:
-        self.paused = True
-
-    def resume_reading(self) -> None:
-        self.paused = False
-
-    def can_write_eof(self) -> bool:
-        return True
-
-    def write_eof(self) -> None:
-        pass
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return {"peername": ("127.0.0.1", 40000), "sockname": ("127.0.0.1", 80)}.get(name, default)
 
 
 class _Capture:
@@ -140,7 +102,7 @@ class _Capture:
         self.upstream.requests += 1
 
 
-class UpstreamTransport(FakeTransport):
+class UpstreamTransport(MemoryTransport):
     def __init__(
         self, loop: asyncio.AbstractEventLoop, protocol: UpstreamConnection, response: bytes
     ) -> None:
@@ -220,7 +182,7 @@ class Harness:
         self.connector.transports = []
         self.connector.pool.close_all()
         protocol = H1Downstream(self.service)
-        transport = FakeTransport(self.loop, protocol)
+        transport = MemoryTransport(self.loop, protocol)
         protocol.connection_made(transport)
         start = 0
         for cut in [*sorted(set(splits)), len(request)]:
