@@ -123,6 +123,10 @@ class HookCaller:
         "name",
     )
 
+    def only_calls(self, function: Callable[..., Any]) -> bool:
+        """Whether ``function`` is the hook's one impl (the caller may call it directly)."""
+        return len(self._impls) == 1 and self._impls[0][0] is function
+
     def __init__(self, caller: pluggy.HookCaller) -> None:
         assert caller.spec is not None, f"{caller.name} has no spec"
         self.name = caller.name

@@ -16,6 +16,7 @@ import pluggy
 
 from lbx import _hookcall, hashkey
 from lbx._hookcall import Pending
+from lbx.builtin import default_peer as builtin_default_peer
 from lbx.connections import Connections
 from lbx.errors import ErrorSource, ErrorType, ProxyError
 from lbx.exchange import Exchange
@@ -57,9 +58,13 @@ _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 
 class RequestHooks:
-    """The per-request hooks with impls, resolved once; a hook nobody implements is None."""
+    """The per-request hooks with impls, resolved once; a hook nobody implements is None.
 
-    __slots__ = PER_REQUEST_HOOKS
+    ``upstream_peer`` is None too when the built-in ``default_peer`` is its only impl
+    (``default_peer_only``): the phases then call the service's ``default_peer`` directly.
+    """
+
+    __slots__ = (*PER_REQUEST_HOOKS, "default_peer_only")
 
     early_request_filter: _hookcall.HookCaller | None
     request_filter: _hookcall.HookCaller | None
@@ -80,6 +85,13 @@ class RequestHooks:
     def __init__(self, pm: pluggy.PluginManager) -> None:
         for name in PER_REQUEST_HOOKS:
             setattr(self, name, _hookcall.resolve(pm, name))
+        peer = self.upstream_peer
+        self.default_peer_only = (
+            type(peer) is _hookcall.HookCaller  # not traced (LBX_DEBUG_HOOKS logs every call)
+            and peer.only_calls(builtin_default_peer.upstream_peer)
+        )
+        if self.default_peer_only:
+            self.upstream_peer = None
 
 
 class ProxyService:
@@ -130,7 +142,9 @@ class ProxyService:
         )
         self.upstream_host = config.host.encode("latin-1") if config.host else None
         self._peers: dict[Any, Peer] = {}
-        self._hash_key = hashkey.key_function(config.hash_key)
+        self._hash_key = None if config.hash_key is None else hashkey.key_function(config.hash_key)
+        self._debug = log.isEnabledFor(logging.DEBUG)
+        """Whether each peer choice is logged (the level is set before servers are built)."""
 
     def selection_key(self, session: Session, ctx: dict[str, Any]) -> bytes:
         """The key for hashing selection: the ``selection_key`` hook, else ``hash_key``."""
@@ -138,7 +152,8 @@ class ProxyService:
             key = self.hooks.selection_key.call_first(session, ctx)
             if key is not None:
                 return bytes(key)
-        return self._hash_key(session)
+        hash_key = self._hash_key
+        return b"" if hash_key is None else hash_key(session)
 
     def default_peer(self, session: Session, ctx: dict[str, Any]) -> Peer | None:
         """The built-in ``upstream_peer`` (``lbx.builtin.default_peer``): the next ready backend
@@ -163,7 +178,7 @@ class ProxyService:
             raise ProxyError.http_status(
                 503, f"no ready backend in service {self.name!r} (all unhealthy or disabled)"
             )
-        if log.isEnabledFor(logging.DEBUG):
+        if self._debug:
             log.debug("upstream peer is: %r", backend)
         return self.peer_for(backend)
 
@@ -264,11 +279,14 @@ class ProxyService:
         last: ProxyError | None = None
         while True:
             session.tries += 1
-            peer = None
-            if hooks.upstream_peer is not None:
+            if hooks.default_peer_only:
+                peer = self.default_peer(session, ctx)
+            elif hooks.upstream_peer is not None:
                 peer = hooks.upstream_peer.run(session, ctx)
                 if type(peer) is Pending:
                     peer = await peer
+            else:
+                peer = None
             if peer is None:
                 if last is not None:
                     # A retry found no other peer: the request fails with the last error.

@@ -102,7 +102,9 @@ class Server:
                 load_balancer.backends.listeners.append(
                     functools.partial(self._health_changed, service.name)
                 )
-            elif hooks.upstream_peer is not None and len(hooks.upstream_peer) <= 1:
+            elif hooks.default_peer_only or (
+                hooks.upstream_peer is not None and len(hooks.upstream_peer) <= 1
+            ):
                 raise config.error(
                     ("services", index, "upstreams"),
                     f"service {service.name!r} has no upstreams and no plugin chooses a peer",
