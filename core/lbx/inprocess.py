@@ -416,13 +416,20 @@ class MemoryClient:
 
 class InProcessProxy:
     """One service of ``plugins`` (round robin by default) in front of a ``MemoryUpstream``;
-    ``service`` keys (limits, forwarding modes...) go to its config as in a YAML file."""
+    ``service`` keys (limits, forwarding modes...) go to its config as in a YAML file, and
+    ``server`` keys (``upstream_keepalive_pool_size``...) to the file's top level."""
 
-    def __init__(self, plugins: Sequence[str] = ("roundrobin",), **service: Any) -> None:
+    def __init__(
+        self,
+        plugins: Sequence[str] = ("roundrobin",),
+        server: dict[str, Any] | None = None,
+        **service: Any,
+    ) -> None:
         document = config_module.parse_document(
             yaml.safe_dump(
                 {
                     "version": 1,
+                    **(server or {}),
                     "services": [
                         {"name": "t", "listen": ["127.0.0.1:0"], "upstreams": [UPSTREAM_ADDRESS]}
                         | service
@@ -431,8 +438,8 @@ class InProcessProxy:
             )
         )
         pm, problems = load_plugins(document, plugins)
-        server = build_server(pm, document, problems, test=True)
-        self.service: ProxyService = server.services[0]
+        built = build_server(pm, document, problems, test=True)
+        self.service: ProxyService = built.services[0]
         self.upstream = MemoryUpstream()
         self.service.connector.dial = self.upstream.dial
         self.loop = asyncio.new_event_loop()

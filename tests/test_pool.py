@@ -1,0 +1,58 @@
+"""The idle upstream pool follows the load (issue 18): connections that many clients needed at
+once are kept for the next burst instead of being closed and opened again, in this process over
+in-memory transports (``lbx.inprocess``)."""
+
+from __future__ import annotations
+
+from lbx.inprocess import InProcessProxy, MemoryUpstreamConnection, UpstreamRequest
+
+BURST = 40
+
+
+def burst(proxy: InProcessProxy) -> None:
+    """``BURST`` clients at once: every request is held by the upstream until all arrived."""
+    held: list[MemoryUpstreamConnection] = []
+
+    def hold(conn: MemoryUpstreamConnection, request: UpstreamRequest) -> None:
+        held.append(conn)
+
+    proxy.upstream.handler = hold
+    clients = [proxy.client() for _ in range(BURST)]
+    for client in clients:
+        client.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert len(held) == BURST
+    for conn in held:
+        conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    proxy.settle()
+    for client in clients:
+        assert client.read_response().status == 200
+        client.close()
+
+
+def test_a_burst_finds_the_connections_of_the_last_one():
+    proxy = InProcessProxy(server={"upstream_keepalive_pool_size": 4})
+    burst(proxy)
+    pool = proxy.service.connector.pool
+    assert len(pool) == BURST  # kept beyond the configured 4: the load needed them
+    burst(proxy)
+    assert len(proxy.upstream.conns) == BURST  # the second burst opened none
+    assert proxy.errors == []
+    proxy.close()
+
+
+def test_without_a_peak_the_configured_size_bounds_the_pool():
+    proxy = InProcessProxy(server={"upstream_keepalive_pool_size": 4})
+    pool = proxy.service.connector.pool
+    assert pool.bound == 4
+    for _ in range(3):  # one client at a time: one connection, reused
+        response, _ = proxy.exchange(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert response.status == 200
+    assert len(proxy.upstream.conns) == 1 and len(pool) == 1
+    proxy.close()
+
+
+def test_size_zero_keeps_nothing():
+    proxy = InProcessProxy(server={"upstream_keepalive_pool_size": 0})
+    burst(proxy)
+    assert len(proxy.service.connector.pool) == 0
+    proxy.close()
