@@ -22,11 +22,12 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from lbx import notify
+from lbx import discovery, notify
+from lbx.backendtable import BackendTable
 from lbx.config import Config, ServiceConfig
 from lbx.connections import Connections
 from lbx.errors import ConfigError, StartupError, describe
-from lbx.lb import Backend, Backends, Health, LoadBalancer, split_host_port
+from lbx.lb import Backend, Backends, Change, Health, LoadBalancer, split_host_port
 from lbx.plugins import LbxPluginManager, installed_selection_plugins
 from lbx.proxy import ProxyService, RequestHooks, build_connector
 from lbx.selector import SelectorFactory
@@ -54,6 +55,9 @@ class Server:
         self.config = config
         self.pm = pm
         self.selectors: dict[str, SelectorFactory] = {}
+        self.sources: dict[str, discovery.Source] = {}
+        self.discovery: dict[str, discovery.ServiceDiscovery] = {}
+        """Per service with backends: where they come from (``lbx.discovery``)."""
         self.services: list[ProxyService] = []
         self.listeners: dict[str, socket.socket] = {}
         self.bound: dict[str, str] = {}
@@ -79,6 +83,7 @@ class Server:
         """Build selectors and services; every problem is a ``ConfigError``."""
         config = self.config
         self.pm.hook.register_selectors(register=self._register_selector)
+        self.pm.hook.register_discovery(register=discovery.registrar(self.sources))
         if config.upgrade and not self.pm.hook.acquire_listeners.get_hookimpls():
             raise ConfigError("-u/--upgrade needs the upgrade plugin (pip install lbx-upgrade)")
         if config.daemon and not self.pm.hook.daemonize.get_hookimpls():
@@ -97,10 +102,13 @@ class Server:
         )
         for index, service in enumerate(config.services):
             load_balancer = None
-            if service.upstreams:
+            if service.upstreams or service.discovery is not None:
                 load_balancer = self._load_balancer(index, service.selection, service)
                 load_balancer.backends.listeners.append(
                     functools.partial(self._health_changed, service.name)
+                )
+                self.discovery[service.name] = discovery.build(
+                    config, index, service, load_balancer, self.sources
                 )
             elif hooks.upstream_peer is not None and len(hooks.upstream_peer) <= 1:
                 raise config.error(
@@ -128,7 +136,50 @@ class Server:
                     )
                 except CertificateError as exc:
                     raise config.error(("services", index, "certificates"), str(exc)) from None
+        for proxy_service in self.services:
+            if proxy_service.load_balancer is not None:
+                proxy_service.load_balancer.backends.set_listeners.append(
+                    functools.partial(self._backends_changed, proxy_service)
+                )
+        dynamic = [d for d in self.discovery.values() if d.dynamic]
+        if dynamic:
+            # Registered before the plugins' services: the first health round checks the
+            # backends the first discovery found.
+            self._register_background(
+                "discovery", functools.partial(discovery.run_all, dynamic), True
+            )
         self.pm.hook.register_background_services(server=self, register=self._register_background)
+
+    def _backends_changed(self, service: ProxyService, change: Change) -> None:
+        """A service's backend set changed in this process: let go of the peers and idle
+        connections of backends that left."""
+        assert service.load_balancer is not None
+        closed = service.forget_backends(service.load_balancer.backends.items)
+        if closed:
+            log.debug(
+                "service %s: closed %d idle connections to removed backends", service.name, closed
+            )
+
+    def share_backends(self) -> None:
+        """``threads: N``: put every service's backend set in memory shared by the processes
+        about to be forked (``lbx.backendtable``)."""
+        for service in self.services:
+            found = self.discovery.get(service.name)
+            if found is None or service.load_balancer is None:
+                continue
+            backends = service.load_balancer.backends
+            table = BackendTable(max(found.max_backends, len(backends.items)))
+            table.publish(backends)
+            found.table = table
+
+    def take_shared_backends(self) -> None:
+        """A forked process starts from the set in shared memory, which may have changed since
+        the supervisor forked the first generation."""
+        for found in self.discovery.values():
+            if found.table is not None:
+                found.table.seen = -1
+                found.refresh()
+                found.lb.on_exhausted = found.refreshed
 
     def _register_selector(self, name: str, factory: SelectorFactory) -> None:
         if name in self.selectors:
@@ -231,6 +282,10 @@ class Server:
     ) -> None:
         """A worker process: serve requests on the supervisor's sockets until told to stop."""
         async with anyio.create_task_group() as tasks:
+            self.take_shared_backends()
+            shared = [d for d in self.discovery.values() if d.table is not None]
+            if shared:
+                tasks.start_soon(discovery.follow, shared, name="backend set follower")
             await self.listen(sockets)
             self.start_certificate_reloader(tasks)
             await self.pm.ahook.worker_started(server=self)
@@ -245,6 +300,7 @@ class Server:
     async def serve_background(self, ready: Callable[[], None]) -> None:
         """The background-services process of a supervisor: health checks and the like."""
         async with anyio.create_task_group() as tasks:
+            self.take_shared_backends()
             await self.start_ready_services(tasks)
             self.start_other_services(tasks)
             ready()

@@ -15,7 +15,6 @@ import contextlib
 import ctypes
 import functools
 import logging
-import mmap
 import os
 import select
 import signal
@@ -24,7 +23,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from lbx.errors import StartupError, describe
-from lbx.lb import Health
 
 if TYPE_CHECKING:
     from lbx.server import Server
@@ -71,7 +69,7 @@ class Supervisor:
     def run(self) -> int:
         server = self.server
         server.run_loop(server.acquire_sockets)
-        self._share_health()
+        server.share_backends()
         signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
         try:
             if server.has_background_services:
@@ -92,15 +90,6 @@ class Supervisor:
             self._signal_all(signal.SIGKILL)
             self._reap(block=True)
             raise
-
-    def _share_health(self) -> None:
-        services = [s for s in self.server.services if s.load_balancer is not None]
-        count = sum(len(s.load_balancer.backends.items) for s in services if s.load_balancer)
-        cells = mmap.mmap(-1, max(1, Health.SIZE * count))
-        offset = 0
-        for service in services:
-            assert service.load_balancer is not None
-            offset = service.load_balancer.backends.share(cells, offset)
 
     def _start(self, index: int) -> Child:
         """Fork a worker (or the background process) and wait until it reports ready."""

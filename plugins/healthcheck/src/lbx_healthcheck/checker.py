@@ -23,7 +23,7 @@ from typing import Protocol
 import anyio
 import anyio.abc
 
-from lbx import Backend
+from lbx import Backend, Change
 from lbx_healthcheck.state import ServiceHealth
 
 
@@ -51,6 +51,15 @@ class ServiceChecker:
         self._backends: tuple[Backend, ...] = ()
         self._next_start = 0.0
         """The earliest start of the next paced check (``time.monotonic()``)."""
+        self._checked: set[Backend] = set()
+        """Backends checked at least once: any other one's first check decides alone, as at
+        start-up (a backend that joins takes no traffic before it passes one)."""
+        self._joined: anyio.Event | None = None
+        health.backends.set_listeners.append(self._set_changed)
+
+    def _set_changed(self, change: Change) -> None:
+        if self._joined is not None and (change.added or change.reweighted):
+            self._joined.set()
 
     async def current_backends(self) -> tuple[Backend, ...]:
         """The service's backends; when they changed, the check lets go of those that left.
@@ -61,10 +70,12 @@ class ServiceChecker:
         items = self.health.backends.items
         if items is not self._backends:
             self._backends = items
+            self._checked.intersection_update(items)
             await self.check.retain(items)
         return items
 
     async def check_one(self, backend: Backend, initial: bool = False) -> None:
+        initial = initial or backend not in self._checked
         timeout = self.settings.timeout
         try:
             with anyio.fail_after(timeout):
@@ -73,7 +84,9 @@ class ServiceChecker:
             reason = f"{self.settings.type} check timed out after {timeout:g}s"
         except Exception as exc:  # a bug in a check (or a validator) must not stop checking
             reason = f"{self.settings.type} check error: {exc!r}"
-        self.health.observe_check(backend, reason is None, reason or "", initial)
+        if backend in self.health.backends.health:  # still a member when the check ended
+            self._checked.add(backend)
+            self.health.observe_check(backend, reason is None, reason or "", initial)
 
     async def _limited(self, backend: Backend, initial: bool) -> None:
         async with self.limiter:
@@ -109,9 +122,11 @@ class ServiceChecker:
         Each backend is still checked every ``frequency`` seconds, but the checks of a large
         service do not all land on the event loop in the same millisecond, and a slow check
         delays only its own backend. The backend list is re-read every period, so backends
-        added or removed by the load balancer are followed.
+        added or removed by the load balancer are followed: one that joins is checked at once
+        (it takes no traffic before it passed a check), then on the schedule.
         """
         frequency = self.settings.frequency
+        self._joined = anyio.Event()
         running: dict[Backend, anyio.CancelScope] = {}
         async with anyio.create_task_group() as tasks:
             next_sync = first_round_started
@@ -127,10 +142,17 @@ class ServiceChecker:
                         if backend not in running:
                             offset = frequency * index / count
                             first = max(next_sync + frequency + offset, time.monotonic())
+                            if backend not in self._checked:
+                                first = time.monotonic()
                             running[backend] = scope = anyio.CancelScope()
                             tasks.start_soon(self._backend_loop, backend, first, scope)
+                    continue  # look again at once: the set may have changed meanwhile
                 next_sync += frequency
-                await anyio.sleep(max(0.0, next_sync - time.monotonic()))
+                with anyio.move_on_after(max(0.0, next_sync - time.monotonic())):
+                    await self._joined.wait()
+                if self._joined.is_set():
+                    self._joined = anyio.Event()
+                    next_sync -= frequency  # woken early: same period
 
     async def _backend_loop(self, backend: Backend, first: float, scope: anyio.CancelScope) -> None:
         frequency = self.settings.frequency

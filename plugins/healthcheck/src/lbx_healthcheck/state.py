@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from logging import getLogger
 
-from lbx import Backend, Backends
+from lbx import Backend, Backends, Change
 from lbx_healthcheck.settings import HealthCheckSettings, PassiveSettings
 
 log = getLogger("lbx.healthcheck")
@@ -61,6 +61,14 @@ class ServiceHealth:
         self.passive = passive
         self.clock = clock
         self.states: dict[Backend, BackendState] = {}
+        backends.set_listeners.append(self._forget_departed)
+
+    def _forget_departed(self, change: Change) -> None:
+        """Backends that left the set (or changed weight: a new ``Backend``) lose their state."""
+        for backend in [b for b in self.states if b not in self.backends.health]:
+            state = self.states.pop(backend)
+            if state.readmit is not None:
+                state.readmit.cancel()
 
     def state(self, backend: Backend) -> BackendState:
         state = self.states.get(backend)
