@@ -737,7 +737,7 @@ OPERATIONS_STEPS = [
 
 def setup_status(page: Page) -> None:
     """The endpoint's configured and default sockets are both the page's socket."""
-    start_external(page, "10.0.0.1:8080", "10.0.0.2:8080")
+    start_external(page, "10.0.0.1:8080", "10.0.0.2:8080", "10.0.0.3:8080")
     socket_path = str(page.workdir / "lbx-status.sock")
     page.r.places.literal["/run/lbx/lbx-status.sock"] = socket_path
     page.r.places.literal["/tmp/lbx-status.sock"] = socket_path
@@ -800,6 +800,11 @@ def both_serve(page: Page) -> None:
     assert set(requests_answered(page, 4)) == {"a", "b"}
 
 
+def third_serves(page: Page) -> None:
+    """A backend added at run time takes requests."""
+    assert "c" in requests_answered(page, 6)
+
+
 def status_table(page: Page) -> None:
     assert isinstance(page.r.last, Result)
     assert page.r.subst("10.0.0.1:8080") in page.r.last.output, page.r.last.output
@@ -816,6 +821,8 @@ STATUS_STEPS = [
                 "lbx status -c conf.yaml --json": status_json,
                 "lbx backend disable": drained,
                 "lbx backend enable": both_serve,
+                "lbx backend add": third_serves,
+                "lbx backend remove": both_serve,
             },
         ),
     ),

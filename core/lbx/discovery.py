@@ -26,7 +26,7 @@ from lbx.backendtable import BackendTable
 from lbx.config import Config, Document, check_value, validate_mapping
 from lbx.config_keys import Field
 from lbx.errors import ConfigError, describe
-from lbx.lb import Backend, Change, LoadBalancer
+from lbx.lb import Backend, Change, Health, LoadBalancer
 
 if TYPE_CHECKING:
     from lbx.config import ServiceConfig
@@ -157,6 +157,12 @@ class ServiceDiscovery:
         self._found: list[Backend] = list(lb.backends.items)
         self._enabled: dict[str, bool] = {}
         self._wake: anyio.Event | None = None
+        self._lock: anyio.Lock | None = None
+        self.precheck: Callable[[Sequence[Backend]], Awaitable[Mapping[str, bool]]] | None = None
+        """Set by active health checks: checks backends about to join and returns their
+        verdicts by address. The update waits for it and applies additions and removals
+        together, so a new backend never takes traffic before it passed a check, and the
+        backends it replaces serve until then."""
 
     @property
     def dynamic(self) -> bool:
@@ -185,12 +191,19 @@ class ServiceDiscovery:
             found = Discovered(tuple(found))
         self._found = list(found.backends)
         self.next_refresh = found.refresh
-        change = self.apply()
+        change = await self.apply()
         self._apply_enabled(found.enabled)
         return change
 
-    def apply(self, why: str = "") -> Change:
-        """Install the source's last set with the operator's overrides on top."""
+    async def apply(self, why: str = "") -> Change:
+        """Install the source's last set with the operator's overrides on top (one change at a
+        time: an update and an operator's command do not interleave)."""
+        if self._lock is None:
+            self._lock = anyio.Lock()
+        async with self._lock:
+            return await self._apply(why)
+
+    async def _apply(self, why: str) -> Change:
         wanted = self.overrides.apply(self._found)
         wanted.sort(key=Backend.sort_key)
         limit = self.max_backends
@@ -218,7 +231,17 @@ class ServiceDiscovery:
                 ", ".join(b.addr for b in wanted[limit:]),
             )
             wanted = wanted[:limit]
-        change = self.lb.update(wanted)
+        make_health = None
+        if self.precheck is not None:
+            members = {backend.addr for backend in self.lb.backends.items}
+            joining = [backend for backend in wanted if backend.addr not in members]
+            if joining:
+                verdicts = await self.precheck(joining)
+
+                def make_health(backend: Backend) -> Health:
+                    return Health(healthy=verdicts.get(backend.addr, False))
+
+        change = self.lb.update(wanted, make_health)
         if self.table is not None and change:
             self.table.publish(self.lb.backends)
         if change:
@@ -244,25 +267,28 @@ class ServiceDiscovery:
                     backends.health[backend].reason = ""
 
     # -- an operator's changes -----------------------------------------------------------------
-    def add(self, backend: Backend) -> Change:
+    async def add(self, backend: Backend) -> Change:
+        """Add a backend (or change its weight) until the next reload or restart."""
         self.overrides.removed.discard(backend.addr)
         self.overrides.added[backend.addr] = backend
         self.overrides.weights.pop(backend.addr, None)
-        return self.apply(" by an operator")
+        return await self.apply(" by an operator")
 
-    def remove(self, addr: str) -> Change:
+    async def remove(self, addr: str) -> Change:
+        """Remove a backend, whatever the source says, until the next reload or restart."""
         if self.lb.backends.find(addr) is None:
             raise LookupError(f"service {self.service!r} has no backend {addr!r}")
         self.overrides.added.pop(addr, None)
         self.overrides.weights.pop(addr, None)
         self.overrides.removed.add(addr)
-        return self.apply(" by an operator")
+        return await self.apply(" by an operator")
 
-    def set_weight(self, addr: str, weight: int) -> Change:
+    async def set_weight(self, addr: str, weight: int) -> Change:
+        """Give a backend another weight until the next reload or restart."""
         if self.lb.backends.find(addr) is None:
             raise LookupError(f"service {self.service!r} has no backend {addr!r}")
         self.overrides.weights[addr] = weight
-        return self.apply(" by an operator")
+        return await self.apply(" by an operator")
 
     # -- running -------------------------------------------------------------------------------
     def changed(self) -> None:

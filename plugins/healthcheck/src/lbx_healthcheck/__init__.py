@@ -148,6 +148,10 @@ def register_checks(
             lb.backends.initial_healthy = False
             check_class = HttpCheck if active.type == "http" else TcpCheck
             check = check_class(active, service.config, server.config.ca_file)
-            checkers.append(ServiceChecker(health, check))
+            checker = ServiceChecker(health, check)
+            checkers.append(checker)
+            discovery = server.discovery.get(service.name)
+            if discovery is not None:
+                discovery.precheck = checker.precheck
     if checkers:
         register(BACKGROUND_SERVICE, functools.partial(run_checks, checkers), ready=True)

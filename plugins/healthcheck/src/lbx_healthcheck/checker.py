@@ -55,10 +55,15 @@ class ServiceChecker:
         """Backends checked at least once: any other one's first check decides alone, as at
         start-up (a backend that joins takes no traffic before it passes one)."""
         self._joined: anyio.Event | None = None
+        self._fresh: set[Backend] = set()
+        """Backends that joined since the schedule last looked (possibly back again)."""
         health.backends.set_listeners.append(self._set_changed)
 
     def _set_changed(self, change: Change) -> None:
-        if self._joined is not None and (change.added or change.reweighted):
+        self._checked.difference_update(change.removed)
+        self._fresh.update(change.added)
+        self._fresh.update(change.reweighted)
+        if self._joined is not None:
             self._joined.set()
 
     async def current_backends(self) -> tuple[Backend, ...]:
@@ -70,20 +75,43 @@ class ServiceChecker:
         items = self.health.backends.items
         if items is not self._backends:
             self._backends = items
-            self._checked.intersection_update(items)
             await self.check.retain(items)
         return items
 
-    async def check_one(self, backend: Backend, initial: bool = False) -> None:
-        initial = initial or backend not in self._checked
+    async def _verdict(self, backend: Backend) -> str | None:
+        """One check within ``timeout``: None when healthy, else why not."""
         timeout = self.settings.timeout
         try:
             with anyio.fail_after(timeout):
-                reason = await self.check(backend)
+                return await self.check(backend)
         except TimeoutError:
-            reason = f"{self.settings.type} check timed out after {timeout:g}s"
+            return f"{self.settings.type} check timed out after {timeout:g}s"
         except Exception as exc:  # a bug in a check (or a validator) must not stop checking
-            reason = f"{self.settings.type} check error: {exc!r}"
+            return f"{self.settings.type} check error: {exc!r}"
+
+    async def precheck(self, backends: Sequence[Backend]) -> dict[str, bool]:
+        """Check backends about to join (discovery, ``lbx backend add``) before they do: the
+        update waits for this, so they never take traffic before a check passed, and the
+        backends they replace keep serving until then. Returns the verdicts by address."""
+        verdicts: dict[str, bool] = {}
+
+        async def one(backend: Backend) -> None:
+            async with self.limiter:
+                reason = await self._verdict(backend)
+            verdicts[backend.addr] = reason is None
+            self._checked.add(backend)
+            self.health.observe_check(
+                backend, reason is None, reason or "", initial=True, when="before joining"
+            )
+
+        async with anyio.create_task_group() as tasks:
+            for backend in backends:
+                tasks.start_soon(one, backend)
+        return verdicts
+
+    async def check_one(self, backend: Backend, initial: bool = False) -> None:
+        initial = initial or backend not in self._checked
+        reason = await self._verdict(backend)
         if backend in self.health.backends.health:  # still a member when the check ended
             self._checked.add(backend)
             self.health.observe_check(backend, reason is None, reason or "", initial)
@@ -133,10 +161,11 @@ class ServiceChecker:
             scheduled: tuple[Backend, ...] = ()
             while True:
                 items = await self.current_backends()
-                if items is not scheduled:
+                if items is not scheduled or self._fresh:
                     scheduled = items
-                    for backend in set(running) - set(items):
+                    for backend in (set(running) - set(items)) | (self._fresh & set(running)):
                         running.pop(backend).cancel()
+                    self._fresh.clear()
                     count = len(items)
                     for index, backend in enumerate(items):
                         if backend not in running:

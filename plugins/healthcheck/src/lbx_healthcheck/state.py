@@ -87,12 +87,16 @@ class ServiceHealth:
             self.backends.set_ejected(backend, state.ejected, state.eject_reason, state.until)
 
     # -- active checks ----------------------------------------------------------------------
-    def observe_check(self, backend: Backend, ok: bool, reason: str, initial: bool = False) -> None:
-        """Record one active check result; ``initial``: the start-up round, taken as is."""
+    def observe_check(
+        self, backend: Backend, ok: bool, reason: str, initial: bool = False, when: str = ""
+    ) -> None:
+        """Record one active check result; ``initial``: a backend's first check (the start-up
+        round, or one that joins later: ``when`` says which), taken as is."""
+        when = when or "at start-up"
         state = self.state(backend)
         if initial:
             state.active_ok, state.active_counter = ok, 0
-            state.active_reason = f"{reason} (at start-up)" if not ok else ""
+            state.active_reason = f"{reason} ({when})" if not ok else ""
             self._apply_active(backend)
             return
         if ok == state.active_ok:
