@@ -27,6 +27,7 @@ from lbx.sharedrows import SharedRows
 __all__ = [
     "Endpoint",
     "Handler",
+    "Sampler",
     "SharedRows",
     "check_address",
     "check_exposure",
@@ -200,15 +201,34 @@ class Endpoint:
         await serve_forever(server, self.address)
 
 
-def sample_every(seconds: float, sample: Callable[[], None]) -> None:
-    """Call ``sample`` now and then every ``seconds`` on the running loop, for as long as it
-    runs: per-process gauges (call it from ``worker_started``)."""
+def sample_every(seconds: float, sample: Callable[[], None]) -> Sampler:
+    """Call ``sample`` now and then every ``seconds`` on the running loop, until the returned
+    ``Sampler`` is cancelled (call it from ``worker_started``; cancel it in
+    ``server_stopping``: a reload starts the plugins of the new configuration)."""
+    sampler = Sampler(seconds, sample)
+    sampler.tick()
+    return sampler
 
-    def tick() -> None:
-        sample()
-        asyncio.get_running_loop().call_later(seconds, tick)
 
-    tick()
+class Sampler:
+    """A ``sample_every`` in progress."""
+
+    def __init__(self, seconds: float, sample: Callable[[], None]) -> None:
+        self.seconds = seconds
+        self.sample = sample
+        self._handle: asyncio.TimerHandle | None = None
+        self.cancelled = False
+
+    def tick(self) -> None:
+        if self.cancelled:
+            return
+        self.sample()
+        self._handle = asyncio.get_running_loop().call_later(self.seconds, self.tick)
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        if self._handle is not None:
+            self._handle.cancel()
 
 
 async def _exchange(

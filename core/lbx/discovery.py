@@ -30,6 +30,7 @@ from lbx.lb import Backend, Change, Health, LoadBalancer
 
 if TYPE_CHECKING:
     from lbx.config import ServiceConfig
+    from lbx.server import Server
 
 log = logging.getLogger("lbx.discovery")
 
@@ -342,6 +343,16 @@ class ServiceDiscovery:
         if close is not None:
             await close()
 
+    @property
+    def found(self) -> list[Backend]:
+        """What the source said last (without an operator's changes)."""
+        return list(self._found)
+
+    def seed(self, backends: Sequence[Backend]) -> None:
+        """Start from ``backends`` (a reload: the set the previous configuration's source found)."""
+        self._found = list(backends)
+        self.lb.update(self._found)
+
     # -- a worker of threads: N ----------------------------------------------------------------
     def refreshed(self) -> bool:
         """``refresh``, telling whether the set changed (``LoadBalancer.on_exhausted``)."""
@@ -479,3 +490,24 @@ def registrar(sources: dict[str, Source]) -> Callable[..., None]:
         sources[name] = Source(name, factory, dict(keys or {}), update_frequency)
 
     return register
+
+
+def share(server: Server) -> None:
+    """``threads: N``: put every service's backend set in memory shared by the processes about
+    to be forked (``lbx.backendtable``)."""
+    for found in server.discovery.values():
+        backends = found.lb.backends
+        table = BackendTable(max(found.max_backends, len(backends.items)))
+        table.publish(backends)
+        found.table = table
+
+
+def take_shared(server: Server) -> None:
+    """A forked process starts from the set in shared memory, which may have changed since the
+    supervisor forked the first generation; a worker also takes a new set at once when it finds
+    no ready backend (``LoadBalancer.on_exhausted``)."""
+    for found in server.discovery.values():
+        if found.table is not None:
+            found.table.seen = -1
+            found.refresh()
+            found.lb.on_exhausted = found.refreshed

@@ -36,7 +36,7 @@ from lbx import (
     Session,
     hookimpl,
 )
-from lbx.admin import Endpoint, SharedRows, check_address, check_exposure, sample_every
+from lbx.admin import Endpoint, Sampler, SharedRows, check_address, check_exposure, sample_every
 
 log = getLogger("lbx.status")
 
@@ -86,6 +86,7 @@ class Status:
                     self.columns[(service.name, addr)] = column
                     column += 2  # requests, failures
         self.rows = SharedRows(column, config.threads + SPARE_ROWS, gauges=(OPEN,))
+        self.sampler: Sampler | None = None
         self.server: Server | None = None
         self.started = time.time()
 
@@ -106,7 +107,13 @@ class Status:
     async def worker_started(self, server: Server) -> None:
         """Each process that serves requests samples its own open connections."""
         self.server = server
-        sample_every(GAUGE_INTERVAL, self.sample)
+        self.sampler = sample_every(GAUGE_INTERVAL, self.sample)
+
+    @hookimpl
+    async def server_stopping(self, server: Server) -> None:
+        """Stop sampling (at shutdown, and when a reload replaces this configuration)."""
+        if self.sampler is not None:
+            self.sampler.cancel()
 
     @hookimpl
     def logging(self, session: Session, error: ProxyError | None) -> None:
