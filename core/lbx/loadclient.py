@@ -101,14 +101,18 @@ Step = dict[str, int]
 """One backend set of a churn: backend name -> weight."""
 
 
-def churn_steps(names: list[str], count: int = 20) -> list[Step]:
+KINDS = ("add", "remove", "weight", "replace")
+
+
+def churn_steps(names: list[str], count: int = 20, kinds: tuple[str, ...] = KINDS) -> list[Step]:
     """``count`` backend sets, each differing from the one before by one kind of change, in
-    turn: a backend added, one removed, a weight changed, every backend replaced."""
+    turn: a backend added, one removed, a weight changed, every backend replaced (``kinds``:
+    fewer, for a source without weights)."""
     assert len(names) >= 4
     current: Step = {names[0]: 1, names[1]: 1}
     steps: list[Step] = [dict(current)]
     while len(steps) <= count:
-        kind = (len(steps) - 1) % 4
+        kind = KINDS.index(kinds[(len(steps) - 1) % len(kinds)])
         spare = [n for n in names if n not in current]
         if kind == 0:
             current[spare[0]] = 1
