@@ -35,7 +35,7 @@ DNSMASQ = shutil.which("dnsmasq") or (
     "/usr/sbin/dnsmasq" if os.path.exists("/usr/sbin/dnsmasq") else None
 )
 pytestmark = pytest.mark.skipif(
-    DNSMASQ is None, reason="dnsmasq is not installed (Debian package dnsmasq)"
+    DNSMASQ is None, reason="dnsmasq is not installed (Debian package dnsmasq-base)"
 )
 
 
