@@ -57,7 +57,8 @@ class Dnsmasq:
     """dnsmasq on 127.0.0.1:<port>, authoritative for ``.test``: A records from a hosts file
     (re-read on SIGHUP), SRV records from its command line (changed by a restart)."""
 
-    def __init__(self, directory: Path, ttl: int = 0) -> None:
+    def __init__(self, directory: Path, ttl: int = 0, domains: tuple[str, ...] = ("test",)) -> None:
+        self.domains = domains
         self.port = free_udp_port()
         self.hosts = directory / "hosts"
         self.hosts.write_text("")
@@ -83,7 +84,8 @@ class Dnsmasq:
         self.proc = subprocess.Popen(
             [DNSMASQ, "--no-daemon", f"--port={self.port}", "--listen-address=127.0.0.1",
              "--bind-interfaces", "--no-resolv", "--no-hosts", f"--addn-hosts={self.hosts}",
-             f"--local-ttl={self.ttl}", "--local=/test/", "--conf-file=/dev/null",
+             f"--local-ttl={self.ttl}", *(f"--local=/{d}/" for d in self.domains),
+             "--conf-file=/dev/null",
              "--pid-file=", f"--user={getpass.getuser()}", "--cache-size=0",
              *(f"--srv-host={item}" for item in self.srv),
              *(f"--host-record={item}" for item in self.records)],
@@ -94,7 +96,7 @@ class Dnsmasq:
         deadline = time.monotonic() + TIMEOUT
         while True:  # answering: it asks nothing upstream, so NXDOMAIN for an unknown name
             try:
-                resolver.resolve("probe.test", "A")
+                resolver.resolve(f"probe.{self.domains[0]}", "A")
             except dns.resolver.NXDOMAIN:
                 return True
             except dns.exception.DNSException:
