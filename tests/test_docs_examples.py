@@ -571,7 +571,9 @@ def synopsis(page: Page, block: Block) -> None:
             commands[-1] = (commands[-1][0], commands[-1][1] + line)
             continue
         words = line.split()
-        name = " ".join(words[:2]) if words[1:2] in (["serve"], ["plugins"]) else words[0]
+        name = (
+            " ".join(words[:2]) if words[1:2] in (["serve"], ["plugins"], ["reload"]) else words[0]
+        )
         commands.append((name, line))
     env = {**page.r.env, "COLUMNS": "200"}
     for name, text in commands:
