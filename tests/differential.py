@@ -515,8 +515,10 @@ def contract(data: bytes, reference: Reference, nginx: Outcome, lbx: Outcome) ->
             broken["lbx answers itself with a status below 400"] = str(answer.status)
     # A malformed chunked body (the strict parser fails in it) before any response byte (a 100
     # Continue of lbx's own is one) is answered 400 (413 for a size over the limit), not a
-    # silent close.
-    answered = first is not None and first.own and first.status in (400, 413) and first.closes
+    # silent close. A request refused for its version (505, ``HTTP/2.0``: nginx too) never
+    # reaches its body: that refusal is the answer.
+    refusals = (400, 413, 505)
+    answered = first is not None and first.own and first.status in refusals and first.closes
     malformed = reference.chunked and reference.body_error
     if malformed and not answered and not lbx.raw.startswith(b"HTTP/1.1 1"):
         broken["a malformed chunked body is not answered 400 with Connection: close"] = "lbx " + (

@@ -54,6 +54,8 @@ from pathlib import Path
 
 import pytest
 import trustme
+from plugins.dns.tests.test_dns_discovery import DNSMASQ, Dnsmasq
+from plugins.etcd.tests.test_etcd_discovery import ETCD, ETCDCTL, Etcd
 from tests.docrun import (
     ORDER_ATTEMPTS,
     REPO,
@@ -569,7 +571,9 @@ def synopsis(page: Page, block: Block) -> None:
             commands[-1] = (commands[-1][0], commands[-1][1] + line)
             continue
         words = line.split()
-        name = " ".join(words[:2]) if words[1:2] in (["serve"], ["plugins"]) else words[0]
+        name = (
+            " ".join(words[:2]) if words[1:2] in (["serve"], ["plugins"], ["reload"]) else words[0]
+        )
         commands.append((name, line))
     env = {**page.r.env, "COLUMNS": "200"}
     for name, text in commands:
@@ -737,7 +741,7 @@ OPERATIONS_STEPS = [
 
 def setup_status(page: Page) -> None:
     """The endpoint's configured and default sockets are both the page's socket."""
-    start_external(page, "10.0.0.1:8080", "10.0.0.2:8080")
+    start_external(page, "10.0.0.1:8080", "10.0.0.2:8080", "10.0.0.3:8080")
     socket_path = str(page.workdir / "lbx-status.sock")
     page.r.places.literal["/run/lbx/lbx-status.sock"] = socket_path
     page.r.places.literal["/tmp/lbx-status.sock"] = socket_path
@@ -800,6 +804,11 @@ def both_serve(page: Page) -> None:
     assert set(requests_answered(page, 4)) == {"a", "b"}
 
 
+def third_serves(page: Page) -> None:
+    """A backend added at run time takes requests."""
+    assert "c" in requests_answered(page, 6)
+
+
 def status_table(page: Page) -> None:
     assert isinstance(page.r.last, Result)
     assert page.r.subst("10.0.0.1:8080") in page.r.last.output, page.r.last.output
@@ -816,6 +825,8 @@ STATUS_STEPS = [
                 "lbx status -c conf.yaml --json": status_json,
                 "lbx backend disable": drained,
                 "lbx backend enable": both_serve,
+                "lbx backend add": third_serves,
+                "lbx backend remove": both_serve,
             },
         ),
     ),
@@ -1120,6 +1131,95 @@ WORKERS_STEPS = [
 ]
 
 
+# -- docs/discovery.md -------------------------------------------------------------------------
+
+
+def setup_discovery(page: Page) -> None:
+    start_external(page, "10.0.0.1:8080", "10.0.0.2:8080", "10.0.0.3:8080")
+
+
+def backends_file(page: Page, block: Block) -> None:
+    (page.workdir / "backends.yaml").write_text(page.r.subst(block.text), encoding="utf-8")
+
+
+def serve_discovered(expected: set[str]) -> Action:
+    """A config block: valid (``-t``), then running; ``expected`` backends answer at once
+    (the first discovery runs before lbx listens)."""
+
+    def action(page: Page, block: Block) -> None:
+        (page.workdir / "conf.yaml").write_text(block.text, encoding="utf-8")
+        page.r.command("lbx serve -c conf.yaml -t")
+        page.r.command("lbx serve -c conf.yaml")
+        if expected:
+            assert set(requests_answered(page, 6)) == expected
+
+    return action
+
+
+def discovered(pattern: str, expected: set[str]) -> Callable[[Page], None]:
+    """After a command: lbx logged the change, and the ``expected`` backends answer."""
+
+    def check(page: Page) -> None:
+        foreground(page).wait_for(pattern, TIMEOUT, page.r.mark)
+        assert set(requests_answered(page, 6)) == expected
+
+    return check
+
+
+def with_dnsmasq(page: Page, block: Block) -> None:
+    """Consul's DNS (127.0.0.1:8600) is a dnsmasq answering web.service.consul's SRV records
+    with the documented backends a and b."""
+    if DNSMASQ is None:
+        pytest.skip("dnsmasq is not installed (Debian package dnsmasq-base)")
+    server = Dnsmasq(page.workdir, domains=("consul",))
+    page.keep["dnsmasq"] = server
+    a, b = (page.r.subst(address) for address in ("10.0.0.1:8080", "10.0.0.2:8080"))
+    server.records = ["a.node.consul,127.0.0.1", "b.node.consul,127.0.0.1"]
+    server.srv = [
+        f"web.service.consul,{n}.node.consul,{address.rsplit(':', 1)[1]},1,1"
+        for n, address in (("a", a), ("b", b))
+    ]
+    server.start()
+    page.r.places.literal["127.0.0.1:8600"] = server.nameserver
+    serve_discovered({"a", "b"})(page, block)
+
+
+def with_etcd(page: Page, block: Block) -> None:
+    """etcd at its default client URL is a real etcd; etcdctl finds it (ETCDCTL_ENDPOINTS)."""
+    if ETCD is None or ETCDCTL is None:
+        pytest.skip("etcd is not installed (Debian packages etcd-server, etcd-client)")
+    server = Etcd(page.workdir)
+    page.keep["etcd"] = server
+    page.r.places.literal["http://127.0.0.1:2379"] = server.url
+    page.r.env["ETCDCTL_ENDPOINTS"] = server.url
+    page.r.env["ETCDCTL_API"] = "3"
+    serve_discovered(set())(page, block)
+    page.r.mark = len(foreground(page).lines)
+
+
+DISCOVERY_STEPS = [
+    custom("yaml", "- 10.0.0.1:8080", backends_file),
+    custom("yaml", "plugins: [roundrobin, file]", serve_discovered({"a", "b"})),
+    sh(
+        "printf -- '- 10.0.0.3:8080",
+        Hooks(after={"printf": discovered(r"backends changed \(file\)", {"c"})}),
+        before=lambda page: setattr(page.r, "mark", len(foreground(page).lines)),
+    ),
+    custom("yaml", "plugins: [roundrobin, dns]", with_dnsmasq),
+    custom("yaml", "plugins: [roundrobin, etcd]", with_etcd),
+    sh(
+        "etcdctl put /services/web/a 10.0.0.1:8080",
+        Hooks(
+            after={
+                "etcdctl put /services/web/b": discovered(
+                    r"backends changed \(etcd\): .*\(2 backends\)", {"a", "b"}
+                )
+            }
+        ),
+    ),
+]
+
+
 # -- docs/plugins.md ---------------------------------------------------------------------------
 
 
@@ -1270,6 +1370,7 @@ PAGES: dict[str, Doc] = {
     "status.md": Doc(STATUS_STEPS, setup_status),
     "tls.md": Doc(TLS_STEPS, setup_tls),
     "workers.md": Doc(WORKERS_STEPS, setup_workers),
+    "discovery.md": Doc(DISCOVERY_STEPS, setup_discovery),
 }
 
 
@@ -1352,3 +1453,5 @@ def test_page_examples(name: str, workdir: Path, backends: BackendThread) -> Non
         for kept in page.keep.values():
             if isinstance(kept, Upstream):
                 kept.close()
+            elif isinstance(kept, Dnsmasq | Etcd):
+                kept.stop()

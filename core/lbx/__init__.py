@@ -5,10 +5,11 @@ tests from ``lbx.testing``; everything else is internal (docs/plugins.md, "The p
 """
 
 from lbx.config import Config, ConfigSchema, Field, ServiceConfig
+from lbx.discovery import Discovered, Discovery, DiscoveryFactory, ServiceDiscovery
 from lbx.errors import ConfigError, ErrorSource, ErrorType, ProxyError, StartupError
 from lbx.hookspecs import hookimpl
 from lbx.http import HeaderList, Headers, RequestHeader, ResponseHeader
-from lbx.lb import Backend, Backends, Health, LoadBalancer
+from lbx.lb import Backend, Backends, Change, Health, LoadBalancer
 from lbx.peer import Peer, upstream_tls_context
 from lbx.plugins import LbxPluginManager as PluginManager
 from lbx.plugins import get_plugin_manager
@@ -19,9 +20,13 @@ from lbx.views import Server, Service
 __all__ = [
     "Backend",
     "Backends",
+    "Change",
     "Config",
     "ConfigError",
     "ConfigSchema",
+    "Discovered",
+    "Discovery",
+    "DiscoveryFactory",
     "ErrorSource",
     "ErrorType",
     "Field",
@@ -39,6 +44,7 @@ __all__ = [
     "Server",
     "Service",
     "ServiceConfig",
+    "ServiceDiscovery",
     "Session",
     "StartupError",
     "get_plugin_manager",

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
+import ipaddress
 import logging
 import os
 import socket
@@ -25,8 +27,10 @@ from lbx.sharedrows import SharedRows
 __all__ = [
     "Endpoint",
     "Handler",
+    "Sampler",
     "SharedRows",
     "check_address",
+    "check_exposure",
     "describe",
     "parse_address",
     "sample_every",
@@ -45,6 +49,7 @@ TIMEOUT = 10.0
 REASONS = {
     200: "OK",
     400: "Bad Request",
+    401: "Unauthorized",
     404: "Not Found",
     405: "Method Not Allowed",
     409: "Conflict",
@@ -75,6 +80,24 @@ def check_address(value: object) -> str | None:
     return None
 
 
+def check_exposure(address: str, token: str | None) -> str | None:
+    """Why an admin endpoint that can change lbx must not listen on ``address`` without a
+    token (a TCP address other than loopback), or None when it may."""
+    target = parse_address(address)
+    if isinstance(target, str) or token:
+        return None
+    try:
+        loopback = ipaddress.ip_address(target[0]).is_loopback
+    except ValueError:
+        loopback = target[0] == "localhost"
+    if loopback:
+        return None
+    return (
+        f"{address} is reachable from other machines, and this endpoint can point traffic "
+        "anywhere: listen on a Unix socket or on loopback, or set a token"
+    )
+
+
 def describe(server: asyncio.Server, address: str) -> str:
     """The address as bound (port 0 resolved)."""
     if address.startswith("unix:"):
@@ -84,12 +107,15 @@ def describe(server: asyncio.Server, address: str) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-async def start(address: str, handler: Handler, what: str) -> asyncio.Server:
-    """Listen on ``address``; a Unix socket is made readable by its owner only."""
+async def start(
+    address: str, handler: Handler, what: str, token: str | None = None
+) -> asyncio.Server:
+    """Listen on ``address``; a Unix socket is made readable by its owner only. With ``token``
+    every request must carry ``Authorization: Bearer <token>`` (else 401)."""
 
     async def connected(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            await asyncio.wait_for(_exchange(reader, writer, handler), TIMEOUT)
+            await asyncio.wait_for(_exchange(reader, writer, handler, token), TIMEOUT)
         except (TimeoutError, ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
@@ -102,11 +128,12 @@ async def start(address: str, handler: Handler, what: str) -> asyncio.Server:
         if isinstance(target, str):
             with contextlib.suppress(FileNotFoundError):
                 _remove_stale(target)
-            old = os.umask(0o077)
+            old = os.umask(0o077)  # never readable by others, not even for an instant
             try:
                 server = await asyncio.start_unix_server(connected, target)
             finally:
                 os.umask(old)
+            os.chmod(target, 0o600)
         else:
             server = await asyncio.start_server(connected, target[0], target[1], reuse_address=True)
     except OSError as exc:
@@ -146,8 +173,15 @@ class Endpoint:
     start with one line) and logs where it listens."""
 
     def __init__(
-        self, name: str, address: str, handler: Handler, announce: str = "endpoint on {address}"
+        self,
+        name: str,
+        address: str,
+        handler: Handler,
+        announce: str = "endpoint on {address}",
+        token: str | None = None,
     ) -> None:
+        self.token = token
+        """When set, requests without ``Authorization: Bearer <token>`` are answered 401."""
         self.name = name
         """The plugin's config section: errors name ``<name>.listen``."""
         self.address = address
@@ -158,7 +192,7 @@ class Endpoint:
     async def serve(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        server = await start(self.address, self.handler, f"{self.name}.listen")
+        server = await start(self.address, self.handler, f"{self.name}.listen", self.token)
         bound = describe(server, self.address)
         logging.getLogger(f"lbx.{self.name}").info(
             "%s: %s", self.name, self.announce.format(address=bound)
@@ -167,19 +201,41 @@ class Endpoint:
         await serve_forever(server, self.address)
 
 
-def sample_every(seconds: float, sample: Callable[[], None]) -> None:
-    """Call ``sample`` now and then every ``seconds`` on the running loop, for as long as it
-    runs: per-process gauges (call it from ``worker_started``)."""
+def sample_every(seconds: float, sample: Callable[[], None]) -> Sampler:
+    """Call ``sample`` now and then every ``seconds`` on the running loop, until the returned
+    ``Sampler`` is cancelled (call it from ``worker_started``; cancel it in
+    ``server_stopping``: a reload starts the plugins of the new configuration)."""
+    sampler = Sampler(seconds, sample)
+    sampler.tick()
+    return sampler
 
-    def tick() -> None:
-        sample()
-        asyncio.get_running_loop().call_later(seconds, tick)
 
-    tick()
+class Sampler:
+    """A ``sample_every`` in progress."""
+
+    def __init__(self, seconds: float, sample: Callable[[], None]) -> None:
+        self.seconds = seconds
+        self.sample = sample
+        self._handle: asyncio.TimerHandle | None = None
+        self.cancelled = False
+
+    def tick(self) -> None:
+        if self.cancelled:
+            return
+        self.sample()
+        self._handle = asyncio.get_running_loop().call_later(self.seconds, self.tick)
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        if self._handle is not None:
+            self._handle.cancel()
 
 
 async def _exchange(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, handler: Handler
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    handler: Handler,
+    token: str | None = None,
 ) -> None:
     head = await reader.readuntil(b"\r\n\r\n")
     if len(head) > MAX_HEAD:
@@ -192,6 +248,7 @@ async def _exchange(
         return
     method, target = parts[0], parts[1]
     length = 0
+    authorization = ""
     for line in lines[1:]:
         name, _, value = line.partition(":")
         if name.strip().lower() == "content-length":
@@ -199,6 +256,13 @@ async def _exchange(
                 await _send(writer, 400, "text/plain", b"bad content-length\n")
                 return
             length = int(value)
+        elif name.strip().lower() == "authorization":
+            authorization = value.strip()
+    if token is not None and not hmac.compare_digest(
+        authorization.encode("latin-1"), f"Bearer {token}".encode("latin-1", "replace")
+    ):
+        await _send(writer, 401, "text/plain", b"missing or wrong Authorization: Bearer token\n")
+        return
     if length > MAX_BODY:
         await _send(writer, 413, "text/plain", b"body too large\n")
         return

@@ -5,6 +5,7 @@ build theirs here, so they run the same start-up.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -75,4 +76,26 @@ def build_server(
     pm.hook.configure(config=config, plugin_manager=pm)
     server = Server(config, pm)
     server.prepare()
+    return server
+
+
+def build_from_file(
+    path: str | None,
+    cli_plugins: Sequence[str] = (),
+    loaded: list[LbxPluginManager] | None = None,
+    **kwargs: Any,
+) -> Server:
+    """``lbx serve``: read the config file (or none), load the plugins, build the server. The
+    server remembers how, so that a reload (SIGHUP) builds the next one the same way from the
+    file as it is then (``Server.rebuild``). ``loaded`` receives the plugin manager (to name a
+    plugin that failed)."""
+    document = (
+        config_module.read_document(path) if path else config_module.parse_document("version: 1\n")
+    )
+    pm, problems = load_plugins(document, cli_plugins)
+    if loaded is not None:
+        loaded.append(pm)
+    server = build_server(pm, document, problems, **kwargs)
+    kwargs["upgrade"] = False  # a reload takes nothing over: the listeners are this process's
+    server.rebuild = functools.partial(build_from_file, path, cli_plugins, **kwargs)
     return server

@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import rich_click as click
 
-from lbx import config as config_module
 from lbx import signals
 from lbx.errors import ConfigError, StartupError, describe
 
@@ -120,20 +119,14 @@ def serve(
 ) -> None:
     """Run the load balancer."""
     setup_logging()
-    from lbx.build import build_server, load_plugins
+    from lbx.build import build_from_file
 
-    pm = None
+    loaded: list[LbxPluginManager] = []
     try:
-        document = (
-            config_module.read_document(conf)
-            if conf
-            else config_module.parse_document("version: 1\n")
-        )
-        pm, problems = load_plugins(document, plugins)
-        server = build_server(
-            pm,
-            document,
-            problems,
+        server = build_from_file(
+            conf,
+            plugins,
+            loaded,
             listen=listen,
             upstreams=upstream,
             upstream_tls=upstream_tls,
@@ -149,7 +142,7 @@ def serve(
     except StartupError as exc:
         _fail(str(exc), 1)
     except Exception as exc:  # a plugin's start-up hook failed: one line, the traceback at debug
-        _fail_unexpected(exc, pm)
+        _fail_unexpected(exc, loaded[0] if loaded else None)
     if test:
         _print_plan(server)
         return
@@ -162,7 +155,7 @@ def serve(
     except Exception as exc:
         if server.ready:
             raise  # a crash while serving: its traceback is what to look at
-        _fail_unexpected(exc, pm)
+        _fail_unexpected(exc, server.pm)
     sys.exit(code)
 
 
@@ -210,6 +203,34 @@ def _fail_unexpected(exc: BaseException, pm: LbxPluginManager | None) -> NoRetur
     culprit = blame(pm, exc) if pm is not None else None
     where = f"plugin {culprit[0]!r} failed in {culprit[1]}: " if culprit else ""
     _fail(f"{where}{describe(exc)}", 1)
+
+
+@cli.command()
+@click.option(
+    "-c", "--conf", type=click.Path(dir_okay=False), help="The running lbx's config file."
+)
+@click.option("--pid-file", metavar="PATH", help="Where the running lbx wrote its pid (pid_file).")
+def reload(conf: str | None, pid_file: str | None) -> None:
+    """Reload a running lbx: SIGHUP to the pid in its pid_file; it re-reads its config file."""
+    import signal
+
+    if pid_file is None:
+        pid_file = "/tmp/lbx.pid"
+        if conf:
+            try:
+                from lbx.config import read_document
+
+                document = read_document(conf)
+            except ConfigError as exc:
+                _fail(str(exc), 2)
+            pid_file = str(document.data.get("pid_file") or pid_file)
+    try:
+        with open(pid_file) as file:
+            pid = int(file.read().strip())
+        os.kill(pid, signal.SIGHUP)
+    except (OSError, ValueError) as exc:
+        _fail(f"cannot signal the lbx of {pid_file}: {getattr(exc, 'strerror', None) or exc}", 1)
+    click.echo(f"lbx: reload requested (SIGHUP to pid {pid}); its log says what it applied")
 
 
 @cli.command()

@@ -66,6 +66,9 @@ class ServiceConfig:
     name: str
     listen: list[str]
     upstreams: list[Backend]
+    discovery: dict[str, Any] | None = None
+    """The ``discovery:`` mapping as written (validated when the server is prepared, once the
+    plugins registered their sources)."""
     tls_listen: list[str] = field(default_factory=list)
     certificates: list[dict[str, str]] = field(default_factory=list)
     unknown_sni: str = "default"
@@ -427,6 +430,17 @@ def _build_service(doc: Document, index: int, data: Any, schema: ConfigSchema) -
     if not values["listen"] and not values["tls_listen"]:
         raise doc.error((*path, "listen"), "a service needs at least one listen address")
     upstreams = parse_upstreams(doc, (*path, "upstreams"), values["upstreams"])
+    if values["discovery"] is not None:
+        if upstreams:
+            raise doc.error(
+                (*path, "discovery"),
+                "a service takes its backends from upstreams or from discovery, not both",
+            )
+        if not isinstance(values["discovery"], dict):
+            raise doc.error(
+                (*path, "discovery"),
+                f"expected a mapping with a source, got {values['discovery']!r}",
+            )
     kernel = {key: values[key] for key in SERVICE_KEYS if key not in ("upstreams", "name")}
     kernel["selection_options"] = kernel["selection_options"] or {}
     kernel["listen"] = kernel["listen"] or []

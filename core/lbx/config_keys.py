@@ -115,6 +115,9 @@ SERVICE_KEYS: dict[str, Field] = {
         "str_list", None, "addresses: host:port, [v6]:port or unix:/path", check=check_listen
     ),
     "upstreams": Field("any", None, "backends: 'ip:port' or {address, weight}"),
+    "discovery": Field(
+        "any", None, "where the backends come from: {source: NAME, ...} (docs/discovery.md)"
+    ),
     "tls_listen": Field(
         "str_list", None, "addresses where clients connect with TLS", check=check_listen
     ),

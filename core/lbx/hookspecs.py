@@ -63,6 +63,28 @@ def register_selectors(register: Callable[[str, SelectorFactory], None]) -> None
 
 
 @hookspec
+def register_discovery(register: Callable[..., None]) -> None:
+    """Register service discovery sources by name.
+
+    Called once at start-up (and at each reload). ``register(name, factory, keys=None,
+    update_frequency=None)`` adds a source that services name in ``discovery: {source: name,
+    ...}``. ``keys`` maps the source's own option names to ``lbx.Field``s: the kernel
+    validates them as strictly as its own keys (file, line, did-you-mean). ``factory(options,
+    service)`` builds an ``lbx.Discovery`` for one service, from the validated options and the
+    ``lbx.ServiceConfig``; raise ``ValueError`` to refuse the options. ``update_frequency`` is
+    the default number of seconds between two updates (None: only when the source's ``watch``
+    reports a change, or when ``Discovered.refresh`` asks).
+
+    The source's ``discover()`` runs in the background-services process with ``threads: N``
+    (once for every worker), never on the request path.
+
+    Sync hook.
+
+    .. versionadded:: 0.2
+    """
+
+
+@hookspec
 def add_config_keys(schema: ConfigSchema) -> None:
     """Declare the config keys a plugin understands, so that the file is validated strictly.
 

@@ -184,6 +184,18 @@ class Health:
         cells[at : at + self.SIZE] = bytes(self._cells[self._at : self._at + self.SIZE])
         self._cells, self._at = cells, at
 
+    def attach(self, cells: mmap.mmap, at: int) -> None:
+        """Use the state bytes at ``cells[at:at + SIZE]`` as they are (another process wrote
+        them: a worker taking over a backend that the discovery process added)."""
+        self._cells, self._at = cells, at
+
+    def copy_from(self, other: Health) -> None:
+        """Take every value of ``other`` (a reload carrying the state over)."""
+        self._cells[self._at : self._at + self.SIZE] = bytes(
+            other._cells[other._at : other._at + other.SIZE]
+        )
+        self.consecutive, self.reason = other.consecutive, other.reason
+
     def __repr__(self) -> str:
         return (
             f"Health(healthy={self.healthy}, ejected={self.ejected}, enabled={self.enabled}, "
@@ -194,6 +206,29 @@ class Health:
 HealthListener = Callable[[Backend, Health], None]
 
 
+@dataclass(frozen=True)
+class Change:
+    """What one update of a backend set did. Backends are the same when their address is
+    (``Backend.addr``): a weight change keeps the backend, its health and its connections."""
+
+    added: tuple[Backend, ...] = ()
+    removed: tuple[Backend, ...] = ()
+    reweighted: tuple[Backend, ...] = ()
+    """Backends present before and after whose weight changed (the new ``Backend``)."""
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.removed or self.reweighted)
+
+    def describe(self) -> str:
+        """``+a, -b, b weight 1 -> 3``: for the log line of an update."""
+        parts = [f"+{b.addr}" for b in self.added] + [f"-{b.addr}" for b in self.removed]
+        parts += [f"{b.addr} weight {b.weight}" for b in self.reweighted]
+        return ", ".join(parts)
+
+
+SetListener = Callable[[Change], None]
+
+
 @dataclass
 class Backends:
     """The backend set of one service plus each backend's health and enabled state."""
@@ -201,6 +236,13 @@ class Backends:
     items: tuple[Backend, ...] = ()
     health: dict[Backend, Health] = field(default_factory=dict)
     listeners: list[HealthListener] = field(default_factory=list)
+    set_listeners: list[SetListener] = field(default_factory=list)
+    """Called with the ``Change`` after every update of the set (health checks follow it)."""
+    initial_healthy: bool = True
+    """The ``healthy`` flag a backend that joins the set starts with: False while active health
+    checks are configured, so that it takes no traffic before its first check passes."""
+    version: int = 0
+    """Incremented by every update that changed the set."""
 
     def __post_init__(self) -> None:
         self.items = tuple(sorted(self.items, key=Backend.sort_key))
@@ -263,14 +305,70 @@ class Backends:
             start += Health.SIZE
         return start
 
-    def replace(self, backends: Iterable[Backend]) -> bool:
-        """Swap in a new set, keeping the state of backends present in both; True if it changed."""
-        new_items = tuple(sorted(set(backends), key=Backend.sort_key))
+    def replace(
+        self,
+        backends: Iterable[Backend],
+        make_health: Callable[[Backend], Health] | None = None,
+    ) -> Change:
+        """Swap in a new set; returns what changed (empty when nothing did).
+
+        A backend keeps its ``Health`` when its address stays, whatever its weight; one that
+        joins gets ``make_health(backend)``, or a ``Health`` with ``initial_healthy``. The tuple
+        ``items`` and the dictionary ``health`` are replaced, never changed in place, so a
+        reader holding the old ones sees a consistent set.
+        """
+        items, health, change = self.plan(backends, make_health)
+        if change:
+            self.commit(items, health, change)
+        return change
+
+    def plan(
+        self,
+        backends: Iterable[Backend],
+        make_health: Callable[[Backend], Health] | None = None,
+    ) -> tuple[tuple[Backend, ...], dict[Backend, Health], Change]:
+        """What ``replace`` would install, without installing it."""
+        unique: dict[str, Backend] = {}
+        for backend in backends:
+            unique.setdefault(backend.addr, backend)
+        new_items = tuple(sorted(unique.values(), key=Backend.sort_key))
         if new_items == self.items:
-            return False
-        self.health = {b: self.health.get(b) or Health() for b in new_items}
-        self.items = new_items
-        return True
+            return self.items, self.health, Change()
+        old = {backend.addr: backend for backend in self.items}
+        health: dict[Backend, Health] = {}
+        added: list[Backend] = []
+        reweighted: list[Backend] = []
+        for backend in new_items:
+            previous = old.pop(backend.addr, None)
+            if previous is None:
+                added.append(backend)
+                health[backend] = (
+                    make_health(backend)
+                    if make_health is not None
+                    else Health(healthy=self.initial_healthy)
+                )
+                continue
+            health[backend] = self.health[previous]
+            if previous.weight != backend.weight:
+                reweighted.append(backend)
+        return new_items, health, Change(tuple(added), tuple(old.values()), tuple(reweighted))
+
+    def commit(
+        self, items: tuple[Backend, ...], health: dict[Backend, Health], change: Change
+    ) -> None:
+        """Install what ``plan`` returned and tell the set listeners."""
+        self.health = health
+        self.items = items
+        self.version += 1
+        for listener in self.set_listeners:
+            listener(change)
+
+    def find(self, addr: str) -> Backend | None:
+        """The backend with this address (``ip:port``, ``[v6]:port``, ``unix:/path``), or None."""
+        for backend in self.items:
+            if backend.addr == addr:
+                return backend
+        return None
 
 
 class LoadBalancer:
@@ -290,19 +388,43 @@ class LoadBalancer:
         self.selector = selector_factory(backends.items, self._options)
         self.tracks = hasattr(self.selector, "on_start")
         """Whether the selector wants ``on_start``/``on_finish`` for every upstream attempt."""
+        self.on_exhausted: Callable[[], bool] | None = None
+        """Called when no backend is ready, before giving up: True when it changed the set
+        (a worker of ``threads: N`` taking a set just published: the old one may be all
+        removed backends), and the selection is tried once more."""
 
-    def update(self, backends: Iterable[Backend]) -> None:
+    def update(
+        self,
+        backends: Iterable[Backend],
+        make_health: Callable[[Backend], Health] | None = None,
+    ) -> Change:
         """Replace the backend set; the selector is rebuilt before the new set is used.
 
         Requests in flight keep the backend they chose; a selector with ``inherit`` carries its
-        per-backend state (connection counts, latencies) over to the new one.
+        per-backend state (connection counts, latencies) over to the new one. Returns what
+        changed (see ``Backends.replace``). A factory that raises leaves everything as it was.
         """
-        if self.backends.replace(backends):
-            selector = self._factory(self.backends.items, self._options)
+        items, health, change = self.backends.plan(backends, make_health)
+        if not change:
+            return change
+        selector = self._factory(items, self._options)
+        inherit = getattr(selector, "inherit", None)
+        if inherit is not None:
+            inherit(self.selector)
+        self.selector = selector
+        self.backends.commit(items, health, change)
+        return change
+
+    def reconfigure(self, factory: SelectorFactory, options: Mapping[str, Any], name: str) -> None:
+        """A new selection algorithm or new ``selection_options`` (config reload)."""
+        selector = factory(self.backends.items, dict(options))
+        if name == self.selector_name:
             inherit = getattr(selector, "inherit", None)
             if inherit is not None:
                 inherit(self.selector)
-            self.selector = selector
+        self._factory, self._options, self.selector_name = factory, dict(options), name
+        self.selector = selector
+        self.tracks = hasattr(selector, "on_start")
 
     def select(self, key: bytes = b"", max_iterations: int = 256) -> Backend | None:
         """The first ready backend the selector offers for ``key``, within ``max_iterations``."""
@@ -319,6 +441,17 @@ class LoadBalancer:
         Every candidate pulled from the selector, duplicates included, counts one iteration, as
         Pingora's ``UniqueIterator`` does.
         """
+        found = self._select(key, max_iterations, accept)
+        if found is None and self.on_exhausted is not None and self.on_exhausted():
+            found = self._select(key, max_iterations, accept)
+        return found
+
+    def _select(
+        self,
+        key: bytes,
+        max_iterations: int,
+        accept: Callable[[Backend, bool], bool] | None,
+    ) -> Backend | None:
         health = self.backends.health
         first: Backend | None = None
         seen: set[Backend] | None = None  # made only when the first candidate is not taken

@@ -7,7 +7,8 @@ that Unix socket (a path, or an abstract name written ``@name``):
   first when this process is not the one the manager started: a daemon, or the new process of an
   upgrade, which becomes the service's main process);
 - ``RELOADING=1`` when SIGQUIT starts an upgrade (the new process's ``READY=1`` ends it; if no
-  new process takes over, this one sends ``READY=1`` again);
+  new process takes over, this one sends ``READY=1`` again), and when SIGHUP starts a reload
+  (``READY=1`` once it is applied or refused);
 - ``STOPPING=1`` when it starts to shut down, unless it handed its listeners over: the new
   process is the service then, and the old one's exit is not the service stopping.
 

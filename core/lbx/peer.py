@@ -42,6 +42,7 @@ class Peer:
         "pool_key",
         "port",
         "read_timeout",
+        "retired",
         "sni",
         "tls",
         "unix_path",
@@ -80,6 +81,8 @@ class Peer:
         self.connection_timeout = connection_timeout
         self.read_timeout = read_timeout
         self.idle_timeout = idle_timeout
+        self.retired = False
+        """The backend left its service: connections to it are closed once idle."""
         self.pool_key = (
             self.host,
             self.port,

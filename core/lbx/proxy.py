@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import time
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -181,6 +182,20 @@ class ProxyService:
         if self._debug:
             log.debug("upstream peer is: %r", backend)
         return self.peer_for(backend)
+
+    def forget_backends(self, current: Collection[Backend]) -> int:
+        """The backend set changed to ``current``: drop the cached peers of backends that left
+        (or changed weight); those whose address left are retired, their idle pooled
+        connections closed now and the busy ones once their request is over. Returns how many
+        idle connections were closed."""
+        addresses = {backend.addr for backend in current}
+        closed = 0
+        for backend in [b for b in self._peers if b not in current]:
+            peer = self._peers.pop(backend)
+            if backend.addr not in addresses:
+                peer.retired = True
+                closed += self.connector.pool.close_idle(peer.pool_key)
+        return closed
 
     def is_trusted(self, client_ip: str) -> bool:
         """Whether forwarding fields from this client are kept (``trusted_proxies``)."""

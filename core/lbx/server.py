@@ -22,11 +22,11 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from lbx import notify
+from lbx import background, discovery, notify, reload
 from lbx.config import Config, ServiceConfig
 from lbx.connections import Connections
-from lbx.errors import ConfigError, StartupError, describe
-from lbx.lb import Backend, Backends, Health, LoadBalancer, split_host_port
+from lbx.errors import ConfigError, StartupError
+from lbx.lb import Backend, Backends, Change, Health, LoadBalancer, split_host_port
 from lbx.plugins import LbxPluginManager, installed_selection_plugins
 from lbx.proxy import ProxyService, RequestHooks, build_connector
 from lbx.selector import SelectorFactory
@@ -54,6 +54,9 @@ class Server:
         self.config = config
         self.pm = pm
         self.selectors: dict[str, SelectorFactory] = {}
+        self.sources: dict[str, discovery.Source] = {}
+        self.discovery: dict[str, discovery.ServiceDiscovery] = {}
+        """Per service with backends: where they come from (``lbx.discovery``)."""
         self.services: list[ProxyService] = []
         self.listeners: dict[str, socket.socket] = {}
         self.bound: dict[str, str] = {}
@@ -73,12 +76,18 @@ class Server:
         self._stop_announced = False
         self.ready = False
         """Serving (``lbx ready`` was logged): a failure from then on is no failed start."""
+        self.rebuild: Callable[[], Server] | None = None
+        """Builds the server of the config file as it is now (``lbx.build``): reload."""
+        self.background_group: background.BackgroundGroup | None = None
+        self._tasks: anyio.abc.TaskGroup | None = None
+        self._reloading_certificates = False
 
     # -- preparation (also what ``-t`` checks) -----------------------------------------------
     def prepare(self) -> None:
         """Build selectors and services; every problem is a ``ConfigError``."""
         config = self.config
         self.pm.hook.register_selectors(register=self._register_selector)
+        self.pm.hook.register_discovery(register=discovery.registrar(self.sources))
         if config.upgrade and not self.pm.hook.acquire_listeners.get_hookimpls():
             raise ConfigError("-u/--upgrade needs the upgrade plugin (pip install lbx-upgrade)")
         if config.daemon and not self.pm.hook.daemonize.get_hookimpls():
@@ -97,10 +106,13 @@ class Server:
         )
         for index, service in enumerate(config.services):
             load_balancer = None
-            if service.upstreams:
+            if service.upstreams or service.discovery is not None:
                 load_balancer = self._load_balancer(index, service.selection, service)
                 load_balancer.backends.listeners.append(
                     functools.partial(self._health_changed, service.name)
+                )
+                self.discovery[service.name] = discovery.build(
+                    config, index, service, load_balancer, self.sources
                 )
             elif hooks.default_peer_only or (
                 hooks.upstream_peer is not None and len(hooks.upstream_peer) <= 1
@@ -130,7 +142,29 @@ class Server:
                     )
                 except CertificateError as exc:
                     raise config.error(("services", index, "certificates"), str(exc)) from None
+        for proxy_service in self.services:
+            if proxy_service.load_balancer is not None:
+                proxy_service.load_balancer.backends.set_listeners.append(
+                    functools.partial(self._backends_changed, proxy_service)
+                )
+        dynamic = [d for d in self.discovery.values() if d.dynamic]
+        if dynamic:
+            # Registered before the plugins' services: the first health round checks the
+            # backends the first discovery found.
+            self._register_background(
+                "discovery", functools.partial(discovery.run_all, dynamic), True
+            )
         self.pm.hook.register_background_services(server=self, register=self._register_background)
+
+    def _backends_changed(self, service: ProxyService, change: Change) -> None:
+        """A service's backend set changed in this process: let go of the peers and idle
+        connections of backends that left."""
+        assert service.load_balancer is not None
+        closed = service.forget_backends(service.load_balancer.backends.items)
+        if closed:
+            log.debug(
+                "service %s: closed %d idle connections to removed backends", service.name, closed
+            )
 
     def _register_selector(self, name: str, factory: SelectorFactory) -> None:
         if name in self.selectors:
@@ -213,9 +247,11 @@ class Server:
     async def _serve(self) -> None:
         """Everything in one process: background services, listeners, signals."""
         async with anyio.create_task_group() as tasks:
-            await self.start_ready_services(tasks)
+            self._tasks = tasks
+            self.background_group = background.BackgroundGroup(self._background)
+            await tasks.start(self.background_group.run)
             await self.listen(await self.acquire_sockets())
-            self.start_other_services(tasks)
+            self.background_group.listening.set()
             self.start_certificate_reloader(tasks)
             await self.pm.ahook.worker_started(server=self)
 
@@ -233,6 +269,10 @@ class Server:
     ) -> None:
         """A worker process: serve requests on the supervisor's sockets until told to stop."""
         async with anyio.create_task_group() as tasks:
+            discovery.take_shared(self)
+            shared = [d for d in self.discovery.values() if d.table is not None]
+            if shared:
+                tasks.start_soon(discovery.follow, shared, name="backend set follower")
             await self.listen(sockets)
             self.start_certificate_reloader(tasks)
             await self.pm.ahook.worker_started(server=self)
@@ -247,6 +287,7 @@ class Server:
     async def serve_background(self, ready: Callable[[], None]) -> None:
         """The background-services process of a supervisor: health checks and the like."""
         async with anyio.create_task_group() as tasks:
+            discovery.take_shared(self)
             await self.start_ready_services(tasks)
             self.start_other_services(tasks)
             ready()
@@ -257,18 +298,15 @@ class Server:
 
     async def start_ready_services(self, tasks: anyio.abc.TaskGroup) -> None:
         """Start the services that must be ready before traffic (a first round of checks)."""
-        for name, run, ready in self._background:
-            if ready:
-                await tasks.start(_run_ready_background, name, run, name=name)
+        await background.start_ready(tasks, self._background)
 
     def start_other_services(self, tasks: anyio.abc.TaskGroup) -> None:
-        for name, run, ready in self._background:
-            if not ready:
-                tasks.start_soon(_run_background, name, run, name=name)
+        background.start_others(tasks, self._background)
 
     def start_certificate_reloader(self, tasks: anyio.abc.TaskGroup) -> None:
         """Watch certificate files: changed ones serve new connections within a second or so."""
-        if self.server_tls:
+        if self.server_tls and not self._reloading_certificates:
+            self._reloading_certificates = True
             tasks.start_soon(self._reload_certificates, name="certificate reloader")
 
     async def _reload_certificates(self) -> None:
@@ -316,12 +354,24 @@ class Server:
         ``handover``, SIGQUIT first hands the listeners to a new process (upgrade); a worker of
         a supervisor leaves that to the supervisor.
         """
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGQUIT) as signals:
+        watched = [signal.SIGTERM, signal.SIGINT, signal.SIGQUIT]
+        if handover:
+            watched.append(signal.SIGHUP)
+        with anyio.open_signal_receiver(*watched) as signals:
             await announce()
             async with anyio.create_task_group() as stopping:
                 self._busy_with = ""
                 async for signum in signals:
                     name = signal.Signals(signum).name
+                    if signum == signal.SIGHUP:
+                        if self._busy_with:
+                            log.info("SIGHUP received while %s; not reloading", self._busy_with)
+                        elif self._tasks is not None:
+                            log.info("SIGHUP received, reloading the configuration")
+                            # Signals that arrive meanwhile wait in the receiver's queue.
+                            await reload.reload_in_process(self, self._tasks)
+                            self.start_certificate_reloader(self._tasks)
+                        continue
                     if signum == signal.SIGINT:
                         log.info("SIGINT received, exiting")
                         if handover:
@@ -485,6 +535,30 @@ class Server:
         self._bound_unix_paths.append(path)
         return sock
 
+    # -- what a reload needs -------------------------------------------------------------------
+    @property
+    def registered_background(self) -> list[background.Registered]:
+        return list(self._background)
+
+    @property
+    def pool_settings(self) -> tuple[object, ...]:
+        """What the upstream connection pool is built from: equal, a reload keeps the pool."""
+        config = self.config
+        idle = min((s.idle_timeout for s in config.services), default=60)
+        return (config.upstream_keepalive_pool_size, idle, config.ca_file)
+
+    def listen_addresses(self) -> list[tuple[str, str]]:
+        """(key, address) of every listener of every service (TLS keys are ``tls:<address>``)."""
+        return [pair for service in self.services for pair in listener_keys(service.config)]
+
+    def bind(self, address: str) -> socket.socket:
+        """Bind and listen on one address (``StartupError`` when it cannot)."""
+        return self._bind(address)
+
+    def keep_unix_path(self, path: str) -> None:
+        """This server owns the Unix socket file at ``path`` (bound by the one it replaces)."""
+        self._bound_unix_paths.append(path)
+
     def forget_unix_paths(self) -> None:
         """Leave the Unix socket files in place on exit (another process owns them)."""
         self._bound_unix_paths.clear()
@@ -586,46 +660,6 @@ TLS_PREFIX = "tls:"
 def listener_keys(service: ServiceConfig) -> list[tuple[str, str]]:
     """(key, address) of every listener of a service; TLS ones are keyed ``tls:<address>``."""
     return [(a, a) for a in service.listen] + [(TLS_PREFIX + a, a) for a in service.tls_listen]
-
-
-async def _run_background(name: str, run: Callable[[], Any]) -> None:
-    try:
-        await run()
-    except Exception:
-        log.exception("background service %s failed", name)
-
-
-async def _run_ready_background(
-    name: str,
-    run: Callable[..., Any],
-    *,
-    task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
-) -> None:
-    """Run a service registered with ``ready=True``: one that fails before it is ready is a
-    failed start (one line, its traceback at debug level); once ready, like any service."""
-    status = _ReadyStatus(task_status)
-    try:
-        await run(task_status=status)
-    except Exception as exc:
-        if status.ready:
-            log.exception("background service %s failed", name)
-            return
-        log.debug("background service %s failed before it was ready", name, exc_info=True)
-        raise StartupError(f"background service {name!r} failed to start: {describe(exc)}") from exc
-    if not status.ready:
-        raise StartupError(f"background service {name!r} returned before it was ready")
-
-
-class _ReadyStatus:
-    """The ``task_status`` handed to a ready=True service: remembers that it became ready."""
-
-    def __init__(self, task_status: anyio.abc.TaskStatus[None]) -> None:
-        self.task_status = task_status
-        self.ready = False
-
-    def started(self, value: None = None) -> None:
-        self.ready = True
-        self.task_status.started(value)
 
 
 def _describe(address: str, sock: socket.socket) -> str:

@@ -5,7 +5,8 @@ background jobs of a non-interactive shell start with SIGINT and SIGQUIT ignored
 runners ignore SIGINT. Python then installs no ``KeyboardInterrupt`` handler, and a signal that
 arrives before the event loop handles it is lost: Ctrl-C no longer stops ``lbx status --watch``
 or the demo backends, and SIGQUIT or SIGTERM sent to an ``lbx serve`` that is still starting do
-nothing. SIGHUP is left as it is: ignoring it is what ``nohup`` is for, and lbx does not use it.
+nothing. SIGHUP is left as it is until ``lbx serve`` is ready: then it means "reload the
+configuration" (``lbx.reload``), whatever disposition lbx was started with.
 """
 
 from __future__ import annotations

@@ -31,7 +31,6 @@ import ssl
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import cast
@@ -48,6 +47,7 @@ from lbx.exchange import Exchange, RequestBody
 from lbx.h1 import H1Downstream
 from lbx.http import Headers, RequestHeader
 from lbx.inprocess import InProcessProxy
+from lbx.loadclient import ChurnReport, ClientLoad, churn, churn_steps
 from lbx.plugins import get_plugin_manager, load_plugin_arg
 from lbx.proxy import ProxyService, RequestHooks, build_connector
 from lbx.server import Server
@@ -55,11 +55,14 @@ from lbx.session import Session
 
 __all__ = [
     "BackendThread",
+    "ChurnReport",
     "ClientLoad",
     "DemoBackend",
     "InProcessProxy",
     "LbxProcess",
     "Reply",
+    "churn",
+    "churn_steps",
     "http_connection",
     "http_get",
     "load_plugin",
@@ -360,62 +363,6 @@ def http_get(
     finally:
         if conn is None:
             client.close()
-
-
-class ClientLoad:
-    """Bounded HTTP load from threads: half keep-alive clients, half a new connection per
-    request, counting every success and every failure (``with ClientLoad(address): ...``)."""
-
-    def __init__(
-        self, address: str, clients: int = 20, seconds: float = 15, path: str = "/"
-    ) -> None:
-        self.path = path
-        self.host, port = address.rsplit(":", 1)
-        self.port = int(port)
-        self.deadline = time.monotonic() + seconds
-        self.stop = threading.Event()
-        self.ok = 0
-        self.errors: list[str] = []
-        self.lock = threading.Lock()
-        self.threads = [
-            threading.Thread(target=self.run, args=(i % 2 == 0,), daemon=True)
-            for i in range(clients)
-        ]
-
-    def __enter__(self) -> ClientLoad:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(30)
-
-    def run(self, keep_alive: bool) -> None:
-        conn = None
-        while not self.stop.is_set() and time.monotonic() < self.deadline:
-            fresh = conn is None
-            if conn is None:
-                conn = http.client.HTTPConnection(self.host, self.port, timeout=10)
-            try:
-                conn.request("GET", self.path)
-                response = conn.getresponse()
-                body = response.read()
-                closing = response.getheader("Connection", "").lower() == "close"
-                if response.status != 200:
-                    raise RuntimeError(f"status {response.status} body {body[:40]!r}")
-                with self.lock:
-                    self.ok += 1
-            except Exception as exc:
-                with self.lock:
-                    self.errors.append(f"{'new' if fresh else 'reused'} connection: {exc!r}")
-                closing = True
-            if closing or not keep_alive:
-                conn.close()
-                conn = None
-        if conn is not None:
-            conn.close()
 
 
 def prepared_server(plugins: list[str], upstreams: tuple[str, ...]) -> Server:

@@ -451,8 +451,8 @@ class ConnectionPool:
                     self._waiters.pop(key, None)
 
     def put(self, conn: UpstreamConnection) -> None:
-        """Keep ``conn`` for reuse, or close it when pooling is off."""
-        if self.size <= 0 or conn.closed:
+        """Keep ``conn`` for reuse, or close it when pooling is off (or its backend left)."""
+        if self.size <= 0 or conn.closed or conn.peer.retired:
             conn.close()
             return
         if self._waiters and conn.peer.pool_key in self._waiters:
@@ -479,6 +479,15 @@ class ConnectionPool:
             stack = self._idle.get(conn.peer.pool_key)
             if stack and conn in stack:
                 stack.remove(conn)
+
+    def close_idle(self, key: tuple[object, ...]) -> int:
+        """Close the idle connections pooled for ``key`` (a backend that left); returns how
+        many."""
+        stack = self._idle.pop(key, None) or []
+        for conn in stack:
+            self._lru.pop(conn, None)
+            conn.close()
+        return len(stack)
 
     def close_all(self) -> None:
         for conn in list(self._lru):

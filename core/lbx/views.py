@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     import socket
 
     from lbx.config import Config, ServiceConfig
+    from lbx.discovery import ServiceDiscovery
     from lbx.lb import LoadBalancer
 
 
@@ -43,6 +44,11 @@ class Server(Protocol):
     @property
     def services(self) -> Sequence[Service]:
         """The services, in the config's order."""
+
+    @property
+    def discovery(self) -> Mapping[str, ServiceDiscovery]:
+        """Service name -> where its backends come from and an operator's runtime changes
+        (``add``, ``remove``, ``set_weight``), for every service with backends."""
 
     @property
     def listeners(self) -> Mapping[str, socket.socket]:

@@ -15,7 +15,6 @@ import contextlib
 import ctypes
 import functools
 import logging
-import mmap
 import os
 import select
 import signal
@@ -23,8 +22,8 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from lbx import discovery, notify, reload
 from lbx.errors import StartupError, describe
-from lbx.lb import Health
 
 if TYPE_CHECKING:
     from lbx.server import Server
@@ -36,7 +35,7 @@ PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 UPGRADE_OVERLAP_SECONDS = 5.0
 """After handing the listeners over, keep accepting this long (Pingora's CLOSE_TIMEOUT)."""
 
-SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD}
+SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD, signal.SIGHUP}
 READY_TIMEOUT_SECONDS = 60.0
 READY = b"ready\n"
 FAILED = b"failed: "
@@ -52,6 +51,8 @@ class Child:
     index: int
     pid: int
     started: float
+    generation: int = 0
+    """Which configuration it serves: a reload starts a new generation and drains the old."""
 
     @property
     def name(self) -> str:
@@ -66,12 +67,13 @@ class Supervisor:
         self.children: dict[int, Child] = {}
         self.stopping = False
         self.supervisor_pid = os.getpid()
+        self.generation = 0
 
     # -- start-up ------------------------------------------------------------------------------
     def run(self) -> int:
         server = self.server
         server.run_loop(server.acquire_sockets)
-        self._share_health()
+        discovery.share(server)
         signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
         try:
             if server.has_background_services:
@@ -93,15 +95,6 @@ class Supervisor:
             self._reap(block=True)
             raise
 
-    def _share_health(self) -> None:
-        services = [s for s in self.server.services if s.load_balancer is not None]
-        count = sum(len(s.load_balancer.backends.items) for s in services if s.load_balancer)
-        cells = mmap.mmap(-1, max(1, Health.SIZE * count))
-        offset = 0
-        for service in services:
-            assert service.load_balancer is not None
-            offset = service.load_balancer.backends.share(cells, offset)
-
     def _start(self, index: int) -> Child:
         """Fork a worker (or the background process) and wait until it reports ready."""
         read_fd, write_fd = os.pipe()
@@ -110,7 +103,7 @@ class Supervisor:
             os.close(read_fd)
             os._exit(self._child_main(index, write_fd))
         os.close(write_fd)
-        child = Child(index, pid, time.monotonic())
+        child = Child(index, pid, time.monotonic(), self.generation)
         self.children[pid] = child
         try:
             failure = _wait_ready(read_fd, READY_TIMEOUT_SECONDS)
@@ -122,6 +115,7 @@ class Supervisor:
         return child
 
     def _child_main(self, index: int, ready_fd: int) -> int:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the supervisor reloads, not its children
         signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
         _die_with(self.supervisor_pid)
         server = self.server
@@ -178,6 +172,9 @@ class Supervisor:
             if self.stopping:
                 log.info("%s received while draining", signal.Signals(signum).name)
                 continue
+            if signum == signal.SIGHUP:
+                self._reload()
+                continue
             if signum == signal.SIGQUIT:
                 log.info("SIGQUIT received, handing the listeners over")
                 handed_over = self.server.run_loop(self.server.hand_over)
@@ -199,6 +196,94 @@ class Supervisor:
             )
         log.info("lbx stopped")
         return 0
+
+    # -- reload ----------------------------------------------------------------------------------
+    def _reload(self) -> None:
+        """SIGHUP: start a generation of processes with the configuration file as it is now,
+        then drain the old workers (nginx's reload); a refused file changes nothing."""
+        log.info("SIGHUP received, reloading the configuration")
+        notify.reloading()
+        old = self.server
+        for found in old.discovery.values():  # the current set and flags, from shared memory
+            if found.table is not None:
+                found.table.seen = -1
+                found.refresh()
+        new = reload.rebuild(old)
+        if new is None:
+            notify.ready(main_pid=False)
+            return
+        try:
+            new.listeners = reload.bind_listeners(old, new)
+        except StartupError as exc:
+            log.error("reload refused, the running configuration stays: %s", exc)
+            notify.ready(main_pid=False)
+            return
+        new.bound = {key: old.bound.get(key) or key for key in new.listeners}
+        reload.carry_over(old, new)
+        discovery.share(new)
+        previous = [c for c in self.children.values() if c.generation == self.generation]
+        # The new admin endpoints may listen where the old ones do: the old background
+        # process goes first (health verdicts stay as they are meanwhile).
+        for child in [c for c in previous if c.index < 0]:
+            self._end(child)
+        self.generation += 1
+        self.server = new
+        try:
+            if new.has_background_services:
+                self._start(-1)
+            for index in range(new.config.threads):
+                self._start(index)
+        except StartupError as exc:
+            log.error("reload failed, the running configuration stays: %s", exc)
+            for child in [c for c in self.children.values() if c.generation == self.generation]:
+                self._end(child, signal.SIGKILL)
+            self.generation -= 1
+            self.server = old
+            new.close_listeners()
+            if any(c.index < 0 for c in previous):
+                self._start(-1)
+            notify.ready(main_pid=False)
+            return
+        for child in previous:
+            if child.index >= 0:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child.pid, signal.SIGTERM)  # drains: requests in flight finish
+        for sock in old.listeners.values():
+            sock.close()
+        log.info(
+            "configuration reloaded from %s (pid %d, %d workers: %s); draining the previous ones",
+            old.config.path or "the command line",
+            os.getpid(),
+            new.config.threads,
+            ", ".join(
+                str(c.pid)
+                for c in self.children.values()
+                if c.index >= 0 and c.generation == self.generation
+            ),
+        )
+        notify.ready(main_pid=False)
+
+    def _end(self, child: Child, signum: int = signal.SIGTERM) -> None:
+        """Stop one child now and reap it (SIGKILL if it takes more than a few seconds)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child.pid, signum)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                pid, _ = os.waitpid(child.pid, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid:
+                break
+            left = deadline - time.monotonic()
+            if left <= 0:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child.pid, signal.SIGKILL)
+                deadline = time.monotonic() + 10
+                continue
+            signal.sigtimedwait({signal.SIGCHLD}, min(left, 0.1))
+        self.children.pop(child.pid, None)
+        log.info("%s (pid %d) of the previous configuration stopped", child.name, child.pid)
 
     def _overlap(self) -> int | None:
         """Keep the workers accepting a little longer while still replacing dead ones.
@@ -245,6 +330,9 @@ class Supervisor:
                 continue
             if self.stopping:
                 log.info("%s (pid %d) exited", child.name, pid)
+                continue
+            if child.generation != self.generation:
+                log.info("%s (pid %d) of the previous configuration exited", child.name, pid)
                 continue
             log.warning(
                 "%s (pid %d) exited unexpectedly (%s); starting a new one",

@@ -143,8 +143,15 @@ def register_checks(
         if passive is not None and passive_checks is not None:
             passive_checks.services[service.name] = health
         if active is not None:
+            # A backend that joins later (discovery, lbx backend add) starts unhealthy and
+            # takes traffic once its first check passes, as at start-up.
+            lb.backends.initial_healthy = False
             check_class = HttpCheck if active.type == "http" else TcpCheck
             check = check_class(active, service.config, server.config.ca_file)
-            checkers.append(ServiceChecker(health, check))
+            checker = ServiceChecker(health, check)
+            checkers.append(checker)
+            discovery = server.discovery.get(service.name)
+            if discovery is not None:
+                discovery.precheck = checker.precheck
     if checkers:
         register(BACKGROUND_SERVICE, functools.partial(run_checks, checkers), ready=True)

@@ -23,7 +23,7 @@ from typing import Protocol
 import anyio
 import anyio.abc
 
-from lbx import Backend
+from lbx import Backend, Change
 from lbx_healthcheck.state import ServiceHealth
 
 
@@ -51,6 +51,20 @@ class ServiceChecker:
         self._backends: tuple[Backend, ...] = ()
         self._next_start = 0.0
         """The earliest start of the next paced check (``time.monotonic()``)."""
+        self._checked: set[Backend] = set()
+        """Backends checked at least once: any other one's first check decides alone, as at
+        start-up (a backend that joins takes no traffic before it passes one)."""
+        self._joined: anyio.Event | None = None
+        self._fresh: set[Backend] = set()
+        """Backends that joined since the schedule last looked (possibly back again)."""
+        health.backends.set_listeners.append(self._set_changed)
+
+    def _set_changed(self, change: Change) -> None:
+        self._checked.difference_update(change.removed)
+        self._fresh.update(change.added)
+        self._fresh.update(change.reweighted)
+        if self._joined is not None:
+            self._joined.set()
 
     async def current_backends(self) -> tuple[Backend, ...]:
         """The service's backends; when they changed, the check lets go of those that left.
@@ -64,16 +78,43 @@ class ServiceChecker:
             await self.check.retain(items)
         return items
 
-    async def check_one(self, backend: Backend, initial: bool = False) -> None:
+    async def _verdict(self, backend: Backend) -> str | None:
+        """One check within ``timeout``: None when healthy, else why not."""
         timeout = self.settings.timeout
         try:
             with anyio.fail_after(timeout):
-                reason = await self.check(backend)
+                return await self.check(backend)
         except TimeoutError:
-            reason = f"{self.settings.type} check timed out after {timeout:g}s"
+            return f"{self.settings.type} check timed out after {timeout:g}s"
         except Exception as exc:  # a bug in a check (or a validator) must not stop checking
-            reason = f"{self.settings.type} check error: {exc!r}"
-        self.health.observe_check(backend, reason is None, reason or "", initial)
+            return f"{self.settings.type} check error: {exc!r}"
+
+    async def precheck(self, backends: Sequence[Backend]) -> dict[str, bool]:
+        """Check backends about to join (discovery, ``lbx backend add``) before they do: the
+        update waits for this, so they never take traffic before a check passed, and the
+        backends they replace keep serving until then. Returns the verdicts by address."""
+        verdicts: dict[str, bool] = {}
+
+        async def one(backend: Backend) -> None:
+            async with self.limiter:
+                reason = await self._verdict(backend)
+            verdicts[backend.addr] = reason is None
+            self._checked.add(backend)
+            self.health.observe_check(
+                backend, reason is None, reason or "", initial=True, when="before joining"
+            )
+
+        async with anyio.create_task_group() as tasks:
+            for backend in backends:
+                tasks.start_soon(one, backend)
+        return verdicts
+
+    async def check_one(self, backend: Backend, initial: bool = False) -> None:
+        initial = initial or backend not in self._checked
+        reason = await self._verdict(backend)
+        if backend in self.health.backends.health:  # still a member when the check ended
+            self._checked.add(backend)
+            self.health.observe_check(backend, reason is None, reason or "", initial)
 
     async def _limited(self, backend: Backend, initial: bool) -> None:
         async with self.limiter:
@@ -109,28 +150,38 @@ class ServiceChecker:
         Each backend is still checked every ``frequency`` seconds, but the checks of a large
         service do not all land on the event loop in the same millisecond, and a slow check
         delays only its own backend. The backend list is re-read every period, so backends
-        added or removed by the load balancer are followed.
+        added or removed by the load balancer are followed: one that joins is checked at once
+        (it takes no traffic before it passed a check), then on the schedule.
         """
         frequency = self.settings.frequency
+        self._joined = anyio.Event()
         running: dict[Backend, anyio.CancelScope] = {}
         async with anyio.create_task_group() as tasks:
             next_sync = first_round_started
             scheduled: tuple[Backend, ...] = ()
             while True:
                 items = await self.current_backends()
-                if items is not scheduled:
+                if items is not scheduled or self._fresh:
                     scheduled = items
-                    for backend in set(running) - set(items):
+                    for backend in (set(running) - set(items)) | (self._fresh & set(running)):
                         running.pop(backend).cancel()
+                    self._fresh.clear()
                     count = len(items)
                     for index, backend in enumerate(items):
                         if backend not in running:
                             offset = frequency * index / count
                             first = max(next_sync + frequency + offset, time.monotonic())
+                            if backend not in self._checked:
+                                first = time.monotonic()
                             running[backend] = scope = anyio.CancelScope()
                             tasks.start_soon(self._backend_loop, backend, first, scope)
+                    continue  # look again at once: the set may have changed meanwhile
                 next_sync += frequency
-                await anyio.sleep(max(0.0, next_sync - time.monotonic()))
+                with anyio.move_on_after(max(0.0, next_sync - time.monotonic())):
+                    await self._joined.wait()
+                if self._joined.is_set():
+                    self._joined = anyio.Event()
+                    next_sync -= frequency  # woken early: same period
 
     async def _backend_loop(self, backend: Backend, first: float, scope: anyio.CancelScope) -> None:
         frequency = self.settings.frequency

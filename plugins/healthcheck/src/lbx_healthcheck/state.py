@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from logging import getLogger
 
-from lbx import Backend, Backends
+from lbx import Backend, Backends, Change
 from lbx_healthcheck.settings import HealthCheckSettings, PassiveSettings
 
 log = getLogger("lbx.healthcheck")
@@ -61,6 +61,14 @@ class ServiceHealth:
         self.passive = passive
         self.clock = clock
         self.states: dict[Backend, BackendState] = {}
+        backends.set_listeners.append(self._forget_departed)
+
+    def _forget_departed(self, change: Change) -> None:
+        """Backends that left the set (or changed weight: a new ``Backend``) lose their state."""
+        for backend in [b for b in self.states if b not in self.backends.health]:
+            state = self.states.pop(backend)
+            if state.readmit is not None:
+                state.readmit.cancel()
 
     def state(self, backend: Backend) -> BackendState:
         state = self.states.get(backend)
@@ -79,12 +87,16 @@ class ServiceHealth:
             self.backends.set_ejected(backend, state.ejected, state.eject_reason, state.until)
 
     # -- active checks ----------------------------------------------------------------------
-    def observe_check(self, backend: Backend, ok: bool, reason: str, initial: bool = False) -> None:
-        """Record one active check result; ``initial``: the start-up round, taken as is."""
+    def observe_check(
+        self, backend: Backend, ok: bool, reason: str, initial: bool = False, when: str = ""
+    ) -> None:
+        """Record one active check result; ``initial``: a backend's first check (the start-up
+        round, or one that joins later: ``when`` says which), taken as is."""
+        when = when or "at start-up"
         state = self.state(backend)
         if initial:
             state.active_ok, state.active_counter = ok, 0
-            state.active_reason = f"{reason} (at start-up)" if not ok else ""
+            state.active_reason = f"{reason} ({when})" if not ok else ""
             self._apply_active(backend)
             return
         if ok == state.active_ok:

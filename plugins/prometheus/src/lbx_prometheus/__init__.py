@@ -26,7 +26,7 @@ from lbx import (
     Session,
     hookimpl,
 )
-from lbx.admin import Endpoint, SharedRows, check_address, sample_every
+from lbx.admin import Endpoint, Sampler, SharedRows, check_address, sample_every
 from lbx_prometheus.metrics import DEFAULT_BUCKETS, Layout, LbxCollector, Recorder
 
 if TYPE_CHECKING:
@@ -88,6 +88,7 @@ class Metrics:
             [float(b) for b in section["buckets"]],
         )
         self.rows = SharedRows(layout.columns, config.threads + SPARE_ROWS, gauges=(0, 1))
+        self.sampler: Sampler | None = None
         self.recorder = Recorder(layout, self.rows)
         self.threads = config.threads
         self._registry: Any = None
@@ -104,7 +105,13 @@ class Metrics:
     async def worker_started(self, server: Server) -> None:
         """Each process that serves requests samples its own gauges (open connections, pool)."""
         self.recorder.server = server
-        sample_every(GAUGE_INTERVAL, self.recorder.sample_gauges)
+        self.sampler = sample_every(GAUGE_INTERVAL, self.recorder.sample_gauges)
+
+    @hookimpl
+    async def server_stopping(self, server: Server) -> None:
+        """Stop sampling (at shutdown, and when a reload replaces this configuration)."""
+        if self.sampler is not None:
+            self.sampler.cancel()
 
     @hookimpl
     def logging(self, session: Session, error: ProxyError | None) -> None:

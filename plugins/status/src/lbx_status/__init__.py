@@ -1,11 +1,14 @@
 """lbx-status: an admin endpoint with the live state of lbx, and ``lbx status`` / ``lbx backend``.
 
 ``GET /status`` answers JSON: every service with its backends (address, weight, healthy, ejected,
-enabled, ready, reason) and live counters (requests and failures, all workers together).
-``POST /backends/<service>/<addr>/disable`` drains a backend and ``.../enable`` re-admits it, as
-HAProxy's runtime API does: the enabled flag lives in memory every worker shares, so all of them
-follow at once. The endpoint listens on a Unix socket (owner only) unless ``status.listen`` names
-a TCP address. See docs/status.md.
+enabled, ready, reason), where they come from, and live counters (requests and failures, all
+workers together). As HAProxy's runtime API does, ``POST /backends/<service>/<addr>/<action>``
+changes a running lbx: ``disable`` drains a backend and ``enable`` re-admits it (a flag in
+memory every worker shares), ``add`` and ``remove`` change the set and ``weight`` a weight
+(``{"weight": N}`` in the body), applied by the service's discovery and so by every worker at
+once, until the next reload or restart. The endpoint listens on a Unix socket (owner only)
+unless ``status.listen`` names a TCP address; one outside loopback needs ``status.token``, and
+every request must then carry ``Authorization: Bearer <token>``. See docs/status.md.
 """
 
 from __future__ import annotations
@@ -18,9 +21,12 @@ from logging import getLogger
 from typing import Any
 from urllib.parse import unquote
 
+import anyio.to_thread
 import click
 
 from lbx import (
+    Backend,
+    Change,
     Config,
     ConfigSchema,
     Field,
@@ -30,7 +36,7 @@ from lbx import (
     Session,
     hookimpl,
 )
-from lbx.admin import Endpoint, SharedRows, check_address, sample_every
+from lbx.admin import Endpoint, Sampler, SharedRows, check_address, check_exposure, sample_every
 
 log = getLogger("lbx.status")
 
@@ -54,15 +60,24 @@ CONFIG_KEYS = {
         "unix:/path (default: lbx-status.sock beside pid_file) or host:port (explicitly only)",
         check=check_address,
     ),
+    "token": Field(
+        "str",
+        None,
+        "a secret every request must carry (Authorization: Bearer ...); needed on a TCP address "
+        "other than loopback",
+    ),
 }
+
+ACTIONS = ("enable", "disable", "add", "remove", "weight")
 
 
 class Status:
     """The status of one run: counters in memory every worker shares (one row per process), the
     server, the endpoint, and the hooks that count."""
 
-    def __init__(self, config: Config, listen: str) -> None:
+    def __init__(self, config: Config, listen: str, token: str | None = None) -> None:
         self.listen = listen
+        self.token = token
         self.columns: dict[tuple[str, str], int] = {}
         column = 1
         for service in config.services:
@@ -71,6 +86,7 @@ class Status:
                     self.columns[(service.name, addr)] = column
                     column += 2  # requests, failures
         self.rows = SharedRows(column, config.threads + SPARE_ROWS, gauges=(OPEN,))
+        self.sampler: Sampler | None = None
         self.server: Server | None = None
         self.started = time.time()
 
@@ -82,14 +98,22 @@ class Status:
     @hookimpl
     def register_background_services(self, server: Server, register: Callable[..., None]) -> None:
         self.server = server
-        endpoint = Endpoint(SECTION, self.listen, self.handle, "admin endpoint on {address}")
+        endpoint = Endpoint(
+            SECTION, self.listen, self.handle, "admin endpoint on {address}", self.token
+        )
         register("status", endpoint.serve, ready=True)
 
     @hookimpl
     async def worker_started(self, server: Server) -> None:
         """Each process that serves requests samples its own open connections."""
         self.server = server
-        sample_every(GAUGE_INTERVAL, self.sample)
+        self.sampler = sample_every(GAUGE_INTERVAL, self.sample)
+
+    @hookimpl
+    async def server_stopping(self, server: Server) -> None:
+        """Stop sampling (at shutdown, and when a reload replaces this configuration)."""
+        if self.sampler is not None:
+            self.sampler.cancel()
 
     @hookimpl
     def logging(self, session: Session, error: ProxyError | None) -> None:
@@ -120,10 +144,18 @@ class Status:
         for service in server.services if server is not None else []:
             lb: Any = service.load_balancer
             column = self.columns.get((service.name, ""))
+            found = server.discovery.get(service.name) if server is not None else None
             entry: dict[str, Any] = {
                 "name": service.name,
                 "listen": [bound.get(a, a) for a in service.config.listen],
                 "selection": lb.selector_name if lb is not None else None,
+                "discovery": None
+                if found is None
+                else {
+                    "source": found.source_name,
+                    "updates": found.updates,
+                    "last_error": found.last_error,
+                },
                 "requests": int(totals[column]) if column else 0,
                 "failures": int(totals[column + 1]) if column else 0,
                 "backends": [],
@@ -155,26 +187,59 @@ class Status:
             "services": services,
         }
 
-    def set_enabled(
-        self, service_name: str, addr: str, enabled: bool
+    async def change(
+        self, service_name: str, addr: str, action: str, body: bytes
     ) -> tuple[int, dict[str, Any]]:
+        """One runtime change of a backend (``ACTIONS``), answered as JSON."""
         server = self.server
-        for service in server.services if server is not None else []:
-            if service.name != service_name:
-                continue
-            lb: Any = service.load_balancer
-            for backend in lb.backends.items if lb is not None else ():
-                if backend.addr == addr:
-                    lb.backends.set_enabled(backend, enabled)
-                    log.warning(
-                        "service %s: %s %s by the admin endpoint",
-                        service_name,
-                        addr,
-                        "enabled" if enabled else "disabled (draining)",
-                    )
-                    return 200, {"service": service_name, "addr": addr, "enabled": enabled}
-            return 404, {"error": f"service {service_name!r} has no backend {addr!r}"}
-        return 404, {"error": f"no service {service_name!r}"}
+        service = (
+            next((s for s in server.services if s.name == service_name), None) if server else None
+        )
+        found = server.discovery.get(service_name) if server is not None else None
+        if service is None or found is None:
+            return 404, {"error": f"no service {service_name!r} with backends"}
+        backends = found.lb.backends
+        try:
+            options = json.loads(body) if body.strip() else {}
+            weight = options.get("weight", 1) if isinstance(options, dict) else None
+        except ValueError:
+            weight = None
+        if isinstance(weight, bool) or not isinstance(weight, int) or weight < 1:
+            return 400, {"error": 'the body must be {"weight": N} with N a whole number >= 1'}
+        change = Change()
+        if action == "add":
+            try:
+                parsed = await anyio.to_thread.run_sync(Backend.parse, addr, weight)
+            except ValueError as exc:
+                return 400, {"error": str(exc)}
+            for backend in parsed:
+                change = await found.add(backend)
+        elif action in ("remove", "weight"):
+            try:
+                change = await (
+                    found.remove(addr) if action == "remove" else found.set_weight(addr, weight)
+                )
+            except LookupError as exc:
+                return 404, {"error": str(exc.args[0])}
+        else:
+            target = backends.find(addr)
+            if target is None:
+                return 404, {"error": f"service {service_name!r} has no backend {addr!r}"}
+            backends.set_enabled(target, action == "enable")
+            log.warning(
+                "service %s: %s %s by the admin endpoint",
+                service_name,
+                addr,
+                "enabled" if action == "enable" else "disabled (draining)",
+            )
+            return 200, {"service": service_name, "addr": addr, "enabled": action == "enable"}
+        return 200, {
+            "service": service_name,
+            "addr": addr,
+            "action": action,
+            "change": change.describe() or "nothing changed",
+            "backends": [b.addr for b in backends.items],
+        }
 
     async def handle(self, method: str, path: str, body: bytes) -> tuple[int, str, bytes]:
         parts = [unquote(p) for p in path.strip("/").split("/")]
@@ -182,11 +247,14 @@ class Status:
             if method not in ("GET", "HEAD"):
                 return _json(405, {"error": "use GET"})
             return _json(200, self.snapshot())
-        if len(parts) == 4 and parts[0] == "backends" and parts[3] in ("enable", "disable"):
+        if len(parts) == 4 and parts[0] == "backends" and parts[3] in ACTIONS:
             if method != "POST":
                 return _json(405, {"error": "use POST"})
-            return _json(*self.set_enabled(parts[1], parts[2], parts[3] == "enable"))
-        return _json(404, {"error": "GET /status or POST /backends/<service>/<addr>/disable"})
+            return _json(*await self.change(parts[1], parts[2], parts[3], body))
+        return _json(
+            404,
+            {"error": f"GET /status or POST /backends/<service>/<addr>/{'|'.join(ACTIONS)}"},
+        )
 
 
 def _json(status: int, document: dict[str, Any]) -> tuple[int, str, bytes]:
@@ -200,12 +268,17 @@ def add_config_keys(schema: ConfigSchema) -> None:
 
 @hookimpl
 def configure(config: Config, plugin_manager: PluginManager) -> None:
-    """Build this run's ``Status`` (before the workers fork) and register its hooks."""
-    if config.test:
-        return
+    """Build this run's ``Status`` (before the workers fork) and register its hooks; refuse
+    an endpoint other machines could reach without a token."""
     section = config.sections.get(SECTION) or {}
     listen = section.get("listen") or default_listen(config.pid_file)
-    plugin_manager.register(Status(config, listen), name="status.state")
+    token = section.get("token")
+    problem = check_exposure(listen, token)
+    if problem:
+        raise config.error((SECTION, "listen"), problem)
+    if config.test:
+        return
+    plugin_manager.register(Status(config, listen, token), name="status.state")
 
 
 @hookimpl

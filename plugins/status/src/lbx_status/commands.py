@@ -1,9 +1,11 @@
-"""``lbx status`` and ``lbx backend enable|disable``: clients of the admin endpoint."""
+"""``lbx status`` and ``lbx backend add|remove|weight|enable|disable``: clients of the admin
+endpoint."""
 
 from __future__ import annotations
 
 import http.client
 import json
+import os
 import socket
 import sys
 import time
@@ -36,26 +38,38 @@ class _UnixConnection(http.client.HTTPConnection):
 class Endpoint:
     """Where the admin endpoint of a running lbx listens (``unix:/path`` or ``host:port``)."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, token: str | None = None) -> None:
         self.address = address
         self.target = parse_address(address)
+        self.token = token
 
-    def request(self, method: str, path: str) -> tuple[int, dict[str, Any]]:
+    def request(
+        self, method: str, path: str, body: dict[str, Any] | None = None
+    ) -> tuple[int, dict[str, Any]]:
         if isinstance(self.target, str):
             conn: http.client.HTTPConnection = _UnixConnection(self.target)
         else:
             conn = http.client.HTTPConnection(self.target[0], self.target[1], timeout=TIMEOUT)
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        payload = json.dumps(body).encode() if body is not None else None
+        if payload is not None:
+            headers["Content-Type"] = "application/json"
         try:
-            conn.request(method, path)
+            conn.request(method, path, body=payload, headers=headers)
             response = conn.getresponse()
-            document: dict[str, Any] = json.loads(response.read() or b"{}")
-            return response.status, document
-        except (OSError, http.client.HTTPException, ValueError) as exc:
+            raw = response.read()
+        except (OSError, http.client.HTTPException) as exc:
             raise click.ClickException(
                 f"cannot reach the lbx admin endpoint at {self.address}: {exc}"
             ) from None
         finally:
             conn.close()
+        try:
+            document: dict[str, Any] = json.loads(raw or b"{}")
+        except ValueError:  # not lbx's JSON: a 401 for a missing token, another server
+            text = raw.decode("utf-8", "replace").strip()
+            document = {"error": f"{self.address} answered {response.status}: {text}"}
+        return response.status, document
 
     def status(self) -> dict[str, Any]:
         code, document = self.request("GET", "/status")
@@ -64,15 +78,16 @@ class Endpoint:
         return document
 
 
-def resolve(socket_path: str | None, conf: str | None) -> Endpoint:
-    """``--socket`` wins; else ``status.listen`` (or the default) of ``-c conf.yaml``."""
+TOKEN_ENVIRONMENT = "LBX_ADMIN_TOKEN"
+
+
+def resolve(socket_path: str | None, conf: str | None, token: str | None = None) -> Endpoint:
+    """``--socket`` wins; else ``status.listen`` (or the default) of ``-c conf.yaml``. The token
+    is ``--token``, else ``$LBX_ADMIN_TOKEN``, else ``status.token`` of the config file."""
     from lbx_status import default_listen
 
-    if socket_path:
-        if socket_path.startswith("unix:") or (":" in socket_path and "/" not in socket_path):
-            return Endpoint(socket_path)
-        return Endpoint("unix:" + socket_path)
-    pid_file: str | None = "/tmp/lbx.pid"
+    token = token or os.environ.get(TOKEN_ENVIRONMENT) or None
+    data: dict[str, Any] = {}
     if conf:
         import yaml
 
@@ -81,11 +96,15 @@ def resolve(socket_path: str | None, conf: str | None) -> Endpoint:
                 data = yaml.safe_load(file) or {}
         except (OSError, yaml.YAMLError) as exc:
             raise click.ClickException(f"cannot read {conf}: {exc}") from None
-        listen = (data.get("status") or {}).get("listen")
-        if listen:
-            return Endpoint(str(listen))
-        pid_file = data.get("pid_file", pid_file)
-    return Endpoint(default_listen(pid_file))
+    section = data.get("status") or {}
+    token = token or section.get("token")
+    if socket_path:
+        if socket_path.startswith("unix:") or (":" in socket_path and "/" not in socket_path):
+            return Endpoint(socket_path, token)
+        return Endpoint("unix:" + socket_path, token)
+    if section.get("listen"):
+        return Endpoint(str(section["listen"]), token)
+    return Endpoint(default_listen(data.get("pid_file", "/tmp/lbx.pid")), token)
 
 
 def _state(backend: dict[str, Any]) -> str:
@@ -141,6 +160,11 @@ def render(document: dict[str, Any], address: str) -> Any:
 
 _ENDPOINT_OPTIONS = [
     click.option(
+        "--token",
+        metavar="SECRET",
+        help=f"The endpoint's status.token (default: ${TOKEN_ENVIRONMENT}, or the config's).",
+    ),
+    click.option(
         "--socket",
         "socket_path",
         metavar="ADDR",
@@ -173,10 +197,15 @@ def _endpoint_options(function: Any) -> Any:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON document instead.")
 def status(
-    socket_path: str | None, conf: str | None, watch: bool, interval: float, as_json: bool
+    token: str | None,
+    socket_path: str | None,
+    conf: str | None,
+    watch: bool,
+    interval: float,
+    as_json: bool,
 ) -> None:
     """Show the services, backends, health and counters of a running lbx (lbx-status)."""
-    endpoint = resolve(socket_path, conf)
+    endpoint = resolve(socket_path, conf, token)
     if as_json:
         click.echo(json.dumps(endpoint.status(), indent=2))
         return
@@ -206,48 +235,142 @@ def status(
 
 @click.group()
 def backend() -> None:
-    """Drain or re-admit a backend of a running lbx (lbx-status)."""
+    """Change the backends of a running lbx (lbx-status): every worker follows at once, until
+    the next reload or restart."""
 
 
-def _switch(address: str, service: str | None, endpoint: Endpoint, enabled: bool) -> None:
-    document = endpoint.status()
-    matches = [
-        s["name"]
-        for s in document["services"]
-        if (service is None or s["name"] == service)
-        and any(b["addr"] == address for b in s["backends"])
-    ]
+def _service_and_address(
+    endpoint: Endpoint, arguments: tuple[str, ...], service: str | None, new: bool = False
+) -> tuple[str, str]:
+    """``SERVICE ADDR`` or ``ADDR``: the service that has it (``new``: or the only one)."""
+    if len(arguments) == 2:
+        return arguments[0], arguments[1]
+    if len(arguments) != 1:
+        raise click.UsageError("expected [SERVICE] ADDRESS")
+    address = arguments[0]
+    if service is not None:
+        return service, address
+    services = endpoint.status()["services"]
+    matches = [s["name"] for s in services if any(b["addr"] == address for b in s["backends"])]
+    if not matches and new and len(services) == 1:
+        matches = [services[0]["name"]]
     if not matches:
         raise click.ClickException(
-            f"no backend {address}" + (f" in service {service!r}" if service else "")
+            f"no backend {address}" + ("; name the service: SERVICE ADDRESS" if new else "")
         )
     if len(matches) > 1:
         raise click.ClickException(
             f"{address} is a backend of several services ({', '.join(matches)}); "
-            "choose one with --service"
+            "name one: SERVICE ADDRESS"
         )
-    action = "enable" if enabled else "disable"
+    return matches[0], address
+
+
+def _post(
+    endpoint: Endpoint, service: str, address: str, action: str, body: dict[str, Any] | None = None
+) -> dict[str, Any]:
     code, answer = endpoint.request(
-        "POST", f"/backends/{quote(matches[0], safe='')}/{quote(address, safe='')}/{action}"
+        "POST", f"/backends/{quote(service, safe='')}/{quote(address, safe='')}/{action}", body
     )
     if code != 200:
         raise click.ClickException(answer.get("error", f"status {code}"))
-    click.echo(f"{matches[0]}: {address} {'enabled' if enabled else 'disabled (draining)'}")
+    return answer
+
+
+_SERVICE_OPTION = click.option(
+    "--service", metavar="NAME", help="The service (or give it first: SERVICE ADDRESS)."
+)
 
 
 @backend.command()
-@click.argument("address")
-@click.option("--service", metavar="NAME", help="The service, when several have ADDRESS.")
+@click.argument("arguments", nargs=-1, required=True, metavar="[SERVICE] ADDRESS")
+@_SERVICE_OPTION
 @_endpoint_options
-def disable(address: str, service: str | None, socket_path: str | None, conf: str | None) -> None:
+def disable(
+    arguments: tuple[str, ...],
+    service: str | None,
+    token: str | None,
+    socket_path: str | None,
+    conf: str | None,
+) -> None:
     """Stop sending new requests to ADDRESS (requests in flight finish)."""
-    _switch(address, service, resolve(socket_path, conf), False)
+    endpoint = resolve(socket_path, conf, token)
+    name, address = _service_and_address(endpoint, arguments, service)
+    _post(endpoint, name, address, "disable")
+    click.echo(f"{name}: {address} disabled (draining)")
 
 
 @backend.command()
-@click.argument("address")
-@click.option("--service", metavar="NAME", help="The service, when several have ADDRESS.")
+@click.argument("arguments", nargs=-1, required=True, metavar="[SERVICE] ADDRESS")
+@_SERVICE_OPTION
 @_endpoint_options
-def enable(address: str, service: str | None, socket_path: str | None, conf: str | None) -> None:
+def enable(
+    arguments: tuple[str, ...],
+    service: str | None,
+    token: str | None,
+    socket_path: str | None,
+    conf: str | None,
+) -> None:
     """Send requests to ADDRESS again."""
-    _switch(address, service, resolve(socket_path, conf), True)
+    endpoint = resolve(socket_path, conf, token)
+    name, address = _service_and_address(endpoint, arguments, service)
+    _post(endpoint, name, address, "enable")
+    click.echo(f"{name}: {address} enabled")
+
+
+@backend.command()
+@click.argument("arguments", nargs=-1, required=True, metavar="[SERVICE] ADDRESS")
+@click.option("--weight", type=click.IntRange(min=1), default=1, show_default=True)
+@_SERVICE_OPTION
+@_endpoint_options
+def add(
+    arguments: tuple[str, ...],
+    weight: int,
+    service: str | None,
+    token: str | None,
+    socket_path: str | None,
+    conf: str | None,
+) -> None:
+    """Add ADDRESS to the service's backends (health checks first, when configured)."""
+    endpoint = resolve(socket_path, conf, token)
+    name, address = _service_and_address(endpoint, arguments, service, new=True)
+    answer = _post(endpoint, name, address, "add", {"weight": weight})
+    click.echo(f"{name}: {answer['change']}")
+
+
+@backend.command()
+@click.argument("arguments", nargs=-1, required=True, metavar="[SERVICE] ADDRESS")
+@_SERVICE_OPTION
+@_endpoint_options
+def remove(
+    arguments: tuple[str, ...],
+    service: str | None,
+    token: str | None,
+    socket_path: str | None,
+    conf: str | None,
+) -> None:
+    """Remove ADDRESS from the service's backends (requests in flight finish)."""
+    endpoint = resolve(socket_path, conf, token)
+    name, address = _service_and_address(endpoint, arguments, service)
+    answer = _post(endpoint, name, address, "remove")
+    click.echo(f"{name}: {answer['change']}")
+
+
+@backend.command()
+@click.argument("arguments", nargs=-1, required=True, metavar="[SERVICE] ADDRESS WEIGHT")
+@_SERVICE_OPTION
+@_endpoint_options
+def weight(
+    arguments: tuple[str, ...],
+    service: str | None,
+    token: str | None,
+    socket_path: str | None,
+    conf: str | None,
+) -> None:
+    """Change the weight of ADDRESS."""
+    if len(arguments) < 2 or not arguments[-1].isdigit() or int(arguments[-1]) < 1:
+        raise click.UsageError("expected [SERVICE] ADDRESS WEIGHT, WEIGHT a whole number >= 1")
+    endpoint = resolve(socket_path, conf, token)
+    name, address = _service_and_address(endpoint, arguments[:-1], service)
+    answer = _post(endpoint, name, address, "weight", {"weight": int(arguments[-1])})
+    click.echo(f"{name}: {answer['change']}")

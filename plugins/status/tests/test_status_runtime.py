@@ -1,0 +1,148 @@
+"""Runtime changes by an operator (issue 17, HAProxy's runtime API): ``lbx backend
+add|remove|weight`` under load reach every worker at once, show in ``lbx status`` and the
+metrics, and the admin endpoint is not exposed to the network without a token."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+from lbx.testing import BackendThread, ClientLoad, LbxProcess, churn, churn_steps
+from lbx_status.commands import Endpoint
+
+TIMEOUT = 30.0
+NAMES = [f"b{i}" for i in range(1, 7)]
+
+
+def lbx_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "lbx", *args],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_add_remove_weight_under_load_with_health_checks(
+    lbx, backends: BackendThread, tmp_path: Path
+) -> None:
+    """20 changes through ``lbx backend`` with two workers and active checks: no failed
+    request, no request to a removed backend once the command returned, new backends get
+    traffic after their first check; ``lbx status`` and /metrics show the current set."""
+    addresses = {name: backends.start(name).address for name in NAMES}
+    steps = churn_steps(NAMES, 20)
+    sock = tmp_path / "status.sock"
+    metrics_port = free_port()
+    conf = tmp_path / "lbx.yaml"
+    conf.write_text(
+        "threads: 2\nplugins: [roundrobin, status, healthcheck, prometheus]\n"
+        f"status: {{listen: 'unix:{sock}'}}\n"
+        f"prometheus: {{listen: '127.0.0.1:{metrics_port}'}}\n"
+        "services:\n  - name: web\n    listen: 127.0.0.1:0\n"
+        "    health_check: {type: tcp, frequency: 0.5}\n    upstreams:\n"
+        + "".join(f"      - {addresses[name]}\n" for name in steps[0])
+    )
+    proc = lbx("-c", str(conf))
+    socket_args = ("--socket", str(sock))
+    endpoint = Endpoint(f"unix:{sock}")  # what lbx backend uses, in this process: faster
+
+    def run(action: str, service: str, address: str, weight: str = "1") -> None:
+        code, answer = endpoint.request(
+            "POST", f"/backends/{service}/{address}/{action}", {"weight": int(weight)}
+        )
+        assert code == 200, answer
+
+    current = dict(steps[0])
+
+    def change(step: dict[str, int]) -> None:
+        for name, weight in step.items():  # additions first: the set is never empty
+            if name not in current:
+                run("add", "web", addresses[name], str(weight))
+        for name in current:
+            if name not in step:
+                run("remove", "web", addresses[name])
+        for name, weight in step.items():
+            if name in current and current[name] != weight:
+                run("weight", "web", addresses[name], str(weight))
+        current.clear()
+        current.update(step)
+
+    with ClientLoad(proc.address, clients=8, seconds=180) as load:
+        report = churn(load, steps, change, lambda: None)
+    print(f"lbx backend, threads: 2, tcp checks every 0.5s: {report.summary(load)}")
+    assert load.errors == [] and load.ok > 0
+    assert report.stale == []
+    document = json.loads(lbx_cli("status", *socket_args, "--json").stdout)
+    shown = {b["addr"]: b["weight"] for b in document["services"][0]["backends"]}
+    assert shown == {addresses[name]: weight for name, weight in steps[-1].items()}
+    assert document["services"][0]["discovery"]["source"] == "static"
+    table = lbx_cli("status", *socket_args)
+    assert all(addresses[name] in table.stdout for name in steps[-1])
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as page:
+        metrics = page.read().decode()
+    for name, weight in steps[-1].items():
+        assert f'lbx_backend_weight{{backend="{addresses[name]}",service="web"}} {weight}.0' in (
+            metrics
+        )
+    assert proc.output.count("backends changed by an operator") >= 20
+
+
+def test_unknown_backend_and_bad_weight_are_refused(lbx, backends, tmp_path):
+    """Mistakes are one line and exit 1; the set does not change."""
+    one = backends.start("one")
+    sock = tmp_path / "status.sock"
+    conf = tmp_path / "lbx.yaml"
+    conf.write_text(f"plugins: [roundrobin, status]\nstatus: {{listen: 'unix:{sock}'}}\n")
+    lbx("-c", str(conf), "--listen", "127.0.0.1:0", "--upstream", one.address)
+    for args, expected in (
+        (("remove", "default", "127.0.0.1:1"), "has no backend '127.0.0.1:1'"),
+        (("weight", "default", one.address, "0"), "WEIGHT a whole number >= 1"),
+        (("add", "nosuch", "127.0.0.1:1"), "no service 'nosuch'"),
+        (("add", "default", "127.0.0.1:99999"), "port must be"),
+    ):
+        result = lbx_cli("backend", *args, "--socket", str(sock))
+        assert result.returncode != 0 and expected in result.stderr, (args, result.stderr)
+    assert stat.S_IMODE(os.stat(sock).st_mode) == 0o600
+
+
+def test_a_tcp_endpoint_beyond_loopback_needs_a_token(lbx, backends, tmp_path):
+    """Refused at start-up without a token (one line, exit 2); with one, every request needs it."""
+    one = backends.start("one")
+    port = free_port()
+    conf = tmp_path / "lbx.yaml"
+    conf.write_text(f"plugins: [roundrobin, status]\nstatus:\n  listen: 0.0.0.0:{port}\n")
+    refused = LbxProcess("-c", str(conf), "--listen", "127.0.0.1:0", "--upstream", one.address)
+    refused.start_async()
+    assert refused.wait() == 2
+    assert len(refused.lines) == 1 and "lbx.yaml:3: status.listen: 0.0.0.0:" in refused.output
+    refused.close()
+    conf.write_text(
+        f"plugins: [roundrobin, status]\nstatus:\n  listen: 0.0.0.0:{port}\n  token: s3cret\n"
+    )
+    lbx("-c", str(conf), "--listen", "127.0.0.1:0", "--upstream", one.address)
+    try:
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=10)
+        raise AssertionError("answered without the token")
+    except urllib.error.HTTPError as exc:
+        assert exc.code == 401
+    wrong = lbx_cli("status", "--socket", f"127.0.0.1:{port}", "--token", "nope")
+    assert wrong.returncode == 1 and "Bearer" in wrong.stderr
+    right = lbx_cli("status", "--json", "-c", str(conf), "--socket", f"127.0.0.1:{port}")
+    assert right.returncode == 0, right.stderr
+    added = lbx_cli("backend", "add", "default", "127.0.0.1:1", "-c", str(conf),
+                    "--socket", f"127.0.0.1:{port}")  # fmt: skip
+    assert added.returncode == 0 and "+127.0.0.1:1" in added.stdout

@@ -1,0 +1,104 @@
+"""The discovery model (lbx.discovery, lbx.backendtable, Backends.replace): settings validated
+like any key, health carried over by address, the shared table across processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from lbx import Backend, Backends
+from lbx.backendtable import QUARANTINE_SECONDS, BackendTable
+
+A, B, C = Backend("127.0.0.1", 1), Backend("127.0.0.1", 2), Backend("127.0.0.1", 3)
+
+
+def check(tmp_path, text: str) -> subprocess.CompletedProcess[str]:
+    conf = tmp_path / "conf.yaml"
+    conf.write_text(text)
+    return subprocess.run(
+        [sys.executable, "-m", "lbx", "serve", "-c", str(conf), "-t"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+
+
+def test_lbx_t_validates_discovery_settings(tmp_path):
+    """A typo, an unknown source, a missing option, upstreams and discovery together: one line
+    with the file, the line and the key; exit 2."""
+    base = "plugins: [roundrobin, file, dns]\nservices:\n  - listen: 127.0.0.1:0\n"
+    cases = {
+        "    discovery:\n      source: file\n      paht: b.yaml\n": (
+            "conf.yaml:6: services[0].discovery.paht: unknown key; did you mean 'path'?"
+        ),
+        "    discovery: {source: fiel}\n": (
+            "conf.yaml:4: services[0].discovery.source: unknown discovery source 'fiel'; "
+            "registered: dns, file"
+        ),
+        "    discovery: {source: dns, name: web.test}\n": (
+            "conf.yaml:4: services[0].discovery: record: any needs the backends' port"
+        ),
+        "    discovery: {source: file, path: b.yaml, update_frequency: 0}\n": (
+            "conf.yaml:4: services[0].discovery.update_frequency: must be greater than 0"
+        ),
+        "    upstreams: [127.0.0.1:1]\n    discovery: {source: file, path: b.yaml}\n": (
+            "conf.yaml:5: services[0].discovery: a service takes its backends from upstreams "
+            "or from discovery, not both"
+        ),
+    }
+    for service, expected in cases.items():
+        result = check(tmp_path, base + service)
+        assert result.returncode == 2, result.stdout
+        assert result.stderr.strip().splitlines() == [f"lbx: error: {tmp_path}/{expected}"] or (
+            expected in result.stderr and len(result.stderr.strip().splitlines()) == 1
+        ), result.stderr
+    ok = check(tmp_path, base + "    discovery: {source: file, path: b.yaml}\n")
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_health_carries_over_by_address():
+    """A weight change keeps the backend's health; a backend that joins starts as
+    ``initial_healthy`` says; the change says what happened."""
+    backends = Backends((A, B), initial_healthy=False)
+    backends.set_healthy(B, False, "down")
+    heavier = Backend("127.0.0.1", 2, weight=3)
+    change = backends.replace([A, heavier, C])
+    assert change.added == (C,) and change.reweighted == (heavier,) and change.removed == ()
+    assert not backends.health[heavier].healthy and backends.health[heavier].reason == "down"
+    assert not backends.health[C].healthy  # checks configured: unchecked means out
+    assert backends.replace([A, heavier, C]).describe() == ""
+    assert backends.replace([A]).removed == (heavier, C)
+
+
+def test_the_table_carries_the_set_and_the_flags_to_another_process():
+    """What the writer publishes, a forked reader reads: members, weights, health flags; a
+    removed backend's healthy flag is cleared before the reader even looks; a retired slot is
+    not reused during the quarantine."""
+    now = [100.0]
+    table = BackendTable(4, clock=lambda: now[0])
+    writer = Backends((A, B))
+    table.publish(writer)
+    writer.set_enabled(B, False)
+    old_health_of_b = writer.health[B]
+    writer.replace([B, C])
+    table.publish(writer)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # a worker: reads the table
+        found = table.read()
+        ok = found is not None and [b.addr for _, b in found] == [B.addr, C.addr]
+        reader = Backends()
+        reader.replace([b for _, b in found or []], table.make_health(table.slots))
+        ok = ok and not reader.health[B].enabled and reader.health[C].ready
+        os.write(write, b"ok" if ok else b"no")
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    assert os.read(read, 2) == b"ok"
+    os.close(read)
+    assert old_health_of_b.enabled is False
+    retired_slot = 0  # A's
+    writer.replace([B, C, Backend("127.0.0.1", 4)])
+    table.publish(writer)
+    assert retired_slot not in table.slots.values()  # quarantined: a free slot was used
+    now[0] += QUARANTINE_SECONDS
+    assert table.room() == 1  # the retired slot is free again
