@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from lbx.h1 import H1Downstream
+    from lbx.downstream import ClientConnection
 
 
 class Deadlines:
@@ -57,15 +57,15 @@ class Connections:
     """Every open client connection of the process, for graceful shutdown."""
 
     def __init__(self) -> None:
-        self.open: set[H1Downstream] = set()
+        self.open: set[ClientConnection] = set()
         self.deadlines = Deadlines()
         self.shutting_down = False
         self._all_closed: asyncio.Event | None = None
 
-    def add(self, conn: H1Downstream) -> None:
+    def add(self, conn: ClientConnection) -> None:
         self.open.add(conn)
 
-    def remove(self, conn: H1Downstream) -> None:
+    def remove(self, conn: ClientConnection) -> None:
         self.open.discard(conn)
         if not self.open and self._all_closed is not None:
             self._all_closed.set()

@@ -16,11 +16,17 @@ from typing import TYPE_CHECKING, cast
 
 import httptools
 
-from lbx._hookcall import Pending
 from lbx.connections import format_address
 from lbx.errors import ErrorSource, ErrorType, ProxyError
 from lbx.exchange import Exchange, RequestBody
-from lbx.http import HeaderList, Headers, RequestHeader, error_response
+from lbx.http import (
+    HeaderList,
+    Headers,
+    RequestHeader,
+    ResponseHeader,
+    error_response,
+    serialize_response,
+)
 from lbx.request_rules import (
     HTTP_FIRST_LINE,
     NOT_HTTP,
@@ -548,17 +554,7 @@ class H1Downstream(asyncio.Protocol):
         if exchange is None:
             head = self._head_read(error.context != NOT_HTTP)
             exchange = Exchange(self, service, head, RequestBody.NONE, [], False)
-        session = exchange.session
-        session.response_status = status
-        exchange.response_started = exchange.response_complete = True
-        try:
-            done = hook.run(session, session.ctx, error)
-            if type(done) is Pending:
-                self.loop.create_task(_finish_logging(done, exchange))
-                return
-        except Exception:
-            log.exception("logging hook failed, %s", session.request_summary())
-        exchange.finish()
+        exchange.log_refused(status, error)
 
     def _head_read(self, http: bool) -> RequestHeader:
         """What was read of a refused head: method, target (cut at ``LOGGED_TARGET_BYTES``),
@@ -585,6 +581,31 @@ class H1Downstream(asyncio.Protocol):
         if transport.can_write_eof():
             transport.write_eof()
         self._arm_timer(LINGER_SECONDS, _LINGER)
+
+    # -- the response, as its Exchange writes it (lbx.downstream.Downstream) ----------------
+    def send_head(
+        self, head: ResponseHeader, framing: HeaderList, body: list[bytes], end: bool
+    ) -> None:
+        """The head in HTTP/1.1 form and the (framed) body bytes that came with it, in one
+        write: a syscall per request less."""
+        data = serialize_response(head, framing)
+        if body:
+            body.insert(0, data)
+            data = b"".join(body)
+        transport = self.transport
+        if transport is not None and not self.lost:
+            transport.write(data)
+
+    def end_response(self, trailers: HeaderList | None) -> None:
+        """Not called: the HTTP/1.1 framing (length, last chunk, close) ends a body."""
+
+    def send_informational(self, status: int, headers: HeaderList) -> None:
+        if self.transport is not None and not self.lost:
+            self.transport.write(serialize_response(ResponseHeader(status, Headers(headers)), []))
+
+    def send_error(self, status: int, close: bool) -> None:
+        if self.transport is not None and not self.lost:
+            self.transport.write(error_response(status, close=close))
 
     # -- flow control and writes -------------------------------------------------------------
     def write(self, data: bytes) -> None:
@@ -679,11 +700,3 @@ LOGGED_TARGET_BYTES = 1024
 def _refusal_error(status: int, reason: str) -> ProxyError:
     """The error a refused request ends with: the client's (``DOWNSTREAM``), with its status."""
     return ProxyError(ErrorType.HTTP_STATUS, ErrorSource.DOWNSTREAM, reason, status=status)
-
-
-async def _finish_logging(pending: Pending, exchange: Exchange) -> None:
-    try:
-        await pending
-    except Exception:
-        log.exception("logging hook failed, %s", exchange.session.request_summary())
-    exchange.finish()

@@ -7,6 +7,7 @@ allow, exchanges the request with the upstream and always ends with ``logging``.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import time
@@ -21,6 +22,7 @@ from lbx.connections import Connections
 from lbx.errors import ErrorSource, ErrorType, ProxyError
 from lbx.exchange import Exchange
 from lbx.h1 import H1Downstream
+from lbx.h2 import select_protocol
 from lbx.http import Headers, RequestHeader, serialize_request
 from lbx.peer import Peer
 from lbx.request_rules import HeadRules
@@ -193,9 +195,16 @@ class ProxyService:
             return False
         return any(address in network for network in networks)
 
-    def protocol_factory(self) -> H1Downstream:
-        """A new client connection's protocol (asyncio's ``protocol_factory``)."""
+    def protocol_factory(self) -> asyncio.Protocol:
+        """A new plaintext client connection's protocol (asyncio's ``protocol_factory``):
+        HTTP/1.1, or with ``h2c: true`` whichever the connection preface tells."""
+        if self.config.h2c:
+            return select_protocol(self, tls=False)
         return H1Downstream(self)
+
+    def tls_protocol_factory(self) -> asyncio.Protocol:
+        """A new TLS client connection's protocol: HTTP/2 or HTTP/1.1, as ALPN chose."""
+        return select_protocol(self, tls=True)
 
     def peer_for(self, backend: Any) -> Peer:
         """The ``Peer`` for a backend of this service (cached: one object per backend)."""
@@ -279,6 +288,9 @@ class ProxyService:
         last: ProxyError | None = None
         while True:
             session.tries += 1
+            # Any: compiled, a variable typed by its first assignment (Peer | None) would refuse
+            # the Pending an async impl hands back.
+            peer: Any
             if hooks.default_peer_only:
                 peer = self.default_peer(session, ctx)
             elif hooks.upstream_peer is not None:
