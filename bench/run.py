@@ -13,6 +13,11 @@ two workers per proxy, pins nothing). Rounds are interleaved (lbx, nginx, haprox
   g  TLS termination (keep-alive clients), else as a
   h  a, plus an access log to a file: lbx (accesslog plugin, combined and JSON), nginx (combined,
      unbuffered and buffer=64k): each beside the same proxy without it
+  p  plain: round robin over two backends and nothing else (lbx serve --plugin roundrobin), each
+     system in its leanest configuration for the same job: the client's Host and lbx's default
+     X-Forwarded-For / X-Forwarded-Proto passed upstream, upstream keep-alive, no health check,
+     no access log, default buffers
+  k  as p with 1,000 active clients (wrk -t2), k5 with 5,000: the upstream pool under load
 
     .venv/bin/python bench/run.py --scenario all          # a: 5 rounds, others 3; ~20 min
     .venv/bin/python bench/run.py --scenario a,c --quick  # 1 round x 3 s
@@ -164,6 +169,60 @@ services:
     health_check: tcp
 """
 
+# Scenarios p and k: the same job everywhere, nothing extra. lbx by default passes the client's
+# Host and adds X-Forwarded-For (appended) and X-Forwarded-Proto; nginx and HAProxy do so here.
+NGINX_PLAIN = """\
+daemon off;
+master_process on;
+worker_processes 1;
+worker_rlimit_nofile 65536;
+pid {tmp}/nginx-plain.pid;
+error_log {tmp}/nginx-plain.err warn;
+events {{ worker_connections 16384; }}
+http {{
+    access_log off;
+    keepalive_requests 1000000;
+    upstream backends {{
+        server {b1};
+        server {b2};
+        keepalive 64;
+        keepalive_requests 1000000;
+    }}
+    server {{
+        listen {listen};
+        location / {{
+            proxy_pass http://backends;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $http_host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
+        }}
+    }}
+}}
+"""
+
+HAPROXY_PLAIN = """\
+global
+    nbthread 1
+    maxconn 8000
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+    http-reuse always
+frontend fe
+    bind {listen}
+    option forwardfor
+    http-request set-header X-Forwarded-Proto http
+    default_backend be
+backend be
+    balance roundrobin
+    server a {b1}
+    server b {b2}
+"""
+
 # Scenario h: each system with an access log to {tmp}/{system}.access.log, measured beside the
 # same system without one. lbx: the accesslog plugin's defaults but the format (256-line batches);
 # nginx: the combined format, a write per request by default or 64 KiB batches with buffer=.
@@ -192,6 +251,9 @@ class Scenario:
     idle: int = 0
     workers: int = 1
     tls: bool = False
+    plain: bool = False
+    """Each system in its leanest configuration for the job (scenarios p and k)."""
+    wrk_threads: int = 1
 
     @property
     def pinned(self) -> bool:
@@ -213,6 +275,23 @@ SCENARIOS = {
             "h",
             "a + access log to a file",
             ("lbx", "lbx+log", "lbx+json", "nginx", "nginx+log", "nginx+logbuf"),
+        ),
+        Scenario("p", "plain: round robin, the same job everywhere", ALL, rounds=5, plain=True),
+        Scenario(
+            "k",
+            "p with 1,000 active clients",
+            ALL[:3],
+            connections=1000,
+            plain=True,
+            wrk_threads=2,
+        ),
+        Scenario(
+            "k5",
+            "p with 5,000 active clients",
+            ALL[:3],
+            connections=5000,
+            plain=True,
+            wrk_threads=2,
         ),
     )
 }
@@ -395,10 +474,11 @@ def wrk(
     path: str = "/",
     lua: Path | None = None,
     scheme: str = "http",
+    threads: int = 1,
 ) -> tuple[str, float]:
     """Run wrk pinned to ``cpu``; return its output and its own CPU seconds."""
     with tempfile.TemporaryFile() as out:
-        argv = ["taskset", "-c", cpu, "wrk", "-t1", f"-c{connections}", f"-d{duration}s"]
+        argv = ["taskset", "-c", cpu, "wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s"]
         argv += ["--latency", "--timeout", "5s", *(["-s", str(lua)] if lua else [])]
         url = f"{scheme}://{HOST}:{port}{path}"
         proc = subprocess.Popen([*argv, url], stdout=out, stderr=out)
@@ -436,7 +516,9 @@ def measure(t: Target, rnd: int, duration: int) -> Run:
     everyone0, core0, t0 = all_ticks(), cpu_busy(core), time.monotonic()
     p0, b0 = cpu_ticks(pids), cpu_ticks(bpids)
     scheme = "https" if sc.tls else "http"
-    out, wrk_cpu = wrk(t.port, duration, sc.connections, client_cpu, sc.path, t.lua, scheme)
+    out, wrk_cpu = wrk(
+        t.port, duration, sc.connections, client_cpu, sc.path, t.lua, scheme, sc.wrk_threads
+    )
     p1, b1, wall, core1 = cpu_ticks(pids), cpu_ticks(bpids), time.monotonic() - t0, cpu_busy(core)
     everyone1 = all_ticks()
     rss, rss_total = rss_of(t.pid)
@@ -603,12 +685,30 @@ def start_proxy(
     stack: ExitStack,
     workers: int = 1,
     tls: bool = False,
+    plain: bool = False,
 ) -> int:
     listen, up1, up2 = f"{HOST}:{port}", f"{HOST}:{b1}", f"{HOST}:{b2}"
     env: dict[str, str] = {}
     cpu = PROXY_CPU if workers == 1 else ANY_CPU
     cert, key = self_signed(tmp) if tls else (Path(), Path())
-    if system.startswith("lbx"):
+    if plain and system in ("lbx", "nginx", "haproxy"):
+        if system == "lbx":
+            env = {"LBX_LOG": "warn"}
+            argv = [str(VENV_BIN / "lbx"), "serve", "--plugin", "roundrobin", "--listen", listen]
+            argv += ["--upstream", up1, "--upstream", up2]
+        elif system == "nginx":
+            text = NGINX_PLAIN.format(tmp=tmp, listen=listen, b1=up1, b2=up2)
+            argv = [
+                "nginx",
+                "-e",
+                str(tmp / "nginx-plain.err"),
+                "-c",
+                str(write(tmp, "p.conf", text)),
+            ]
+        else:
+            text = HAPROXY_PLAIN.format(listen=listen, b1=up1, b2=up2)
+            argv = ["haproxy", "-db", "-f", str(write(tmp, "haproxy-plain.cfg", text))]
+    elif system.startswith("lbx"):
         noop = system == "lbx+noop"
         env = {"LBX_LOG": "warn", "LBX_UPSTREAM_HOST": UPSTREAM_HOST}
         if tls:
@@ -845,7 +945,7 @@ def run_scenario(sc: Scenario, systems: list[str], args: argparse.Namespace) -> 
         targets = []
         for system in systems:
             port = free_port()
-            pid = start_proxy(system, port, b1, b2, tmp, stack, sc.workers, sc.tls)
+            pid = start_proxy(system, port, b1, b2, tmp, stack, sc.workers, sc.tls, sc.plain)
             targets.append(Target(system, port, pid, backend, sc, lua))
         time.sleep(1.5)  # let the first health-check rounds pass
         for rnd in range(1, rounds + 1):
@@ -854,7 +954,15 @@ def run_scenario(sc: Scenario, systems: list[str], args: argparse.Namespace) -> 
                 while len(tries) <= args.retries:  # repeat runs disturbed by others
                     client = CLIENT_CPU if sc.pinned else ANY_CPU
                     if args.warmup > 0:
-                        wrk(t.port, args.warmup, sc.connections, client, sc.path, lua)
+                        wrk(
+                            t.port,
+                            args.warmup,
+                            sc.connections,
+                            client,
+                            sc.path,
+                            lua,
+                            threads=sc.wrk_threads,
+                        )
                     idle: list[socket.socket] = []
                     if sc.idle:
                         before, _ = rss_of(t.pid)
@@ -899,7 +1007,7 @@ def raise_fd_limit() -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--scenario", default="a", help="a to h, or all (comma-separated)")
+    ap.add_argument("--scenario", default="a", help="a to h, p, k, k5, or all (comma-separated)")
     ap.add_argument("--rounds", type=int, default=0, help="rounds per scenario (default: a 5, 3)")
     ap.add_argument("--duration", type=int, default=10, help="seconds per measured run")
     ap.add_argument("--warmup", type=int, default=2, help="seconds of load before each run")
@@ -947,7 +1055,8 @@ def main() -> None:
         report += [
             f"### ({key}) {sc.title}",
             "",
-            f"{rounds} rounds x {args.duration} s, wrk -t1 -c{sc.connections} {sc.path}"
+            f"{rounds} rounds x {args.duration} s, wrk -t{sc.wrk_threads} -c{sc.connections} "
+            f"{sc.path}"
             + (f" POST {UPLOAD // 1024} KiB" if sc.upload else "")
             + ("" if sc.pinned else ", nothing pinned")
             + f", backend: {args.backend}; median (min-max); ratios paired by round",

@@ -95,3 +95,22 @@ async def serve_and_close(requests_per_client: int) -> tuple[int, int, int]:
 def test_closed_connections_are_freed_by_reference_counting(collector_off, requests_per_client):
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         assert runner.run(serve_and_close(requests_per_client)) == (0, 0, 0)
+
+
+def test_an_idle_connection_keeps_nothing_of_its_requests():
+    """A keep-alive connection between requests holds no exchange, session or head of the last
+    request: 1,000 idle clients cost their connections, not their last requests (issue 18)."""
+    from lbx.exchange import Exchange
+    from lbx.inprocess import InProcessProxy
+
+    proxy = InProcessProxy()
+    clients = [proxy.client() for _ in range(20)]
+    for client in clients:
+        client.send(b"GET / HTTP/1.1\r\nHost: x\r\nX-Some: field\r\n\r\n")
+        assert client.read_response().status == 200
+    gc.collect()
+    assert (count(Exchange), count(Session)) == (0, 0)
+    assert all(not client.protocol._headers for client in clients)
+    for client in clients:
+        client.close()
+    proxy.close()

@@ -288,17 +288,14 @@ class ProxyService:
         last: ProxyError | None = None
         while True:
             session.tries += 1
-            # Any: compiled, a variable typed by its first assignment (Peer | None) would refuse
-            # the Pending an async impl hands back.
-            peer: Any
+            chosen: Any = None  # Any: a hook's result may be a Pending until awaited
             if hooks.default_peer_only:
-                peer = self.default_peer(session, ctx)
+                chosen = self.default_peer(session, ctx)
             elif hooks.upstream_peer is not None:
-                peer = hooks.upstream_peer.run(session, ctx)
-                if type(peer) is Pending:
-                    peer = await peer
-            else:
-                peer = None
+                chosen = hooks.upstream_peer.run(session, ctx)
+                if type(chosen) is Pending:
+                    chosen = await chosen
+            peer = chosen
             if peer is None:
                 if last is not None:
                     # A retry found no other peer: the request fails with the last error.
