@@ -4,6 +4,7 @@ for many objects in one periodic sweep."""
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -93,3 +94,16 @@ def format_address(addr: Any) -> str:
         host = str(addr[0])
         return f"[{host}]:{addr[1]}" if ":" in host else f"{host}:{addr[1]}"
     return str(addr)
+
+
+def accepted(transport: asyncio.BaseTransport) -> tuple[str, str, str]:
+    """A new client connection's ``(client_addr, server_addr, client_ip)`` as lbx logs them
+    (``unix`` for a Unix socket's client); on TCP, Nagle's algorithm goes off (a response head
+    must not wait for its body)."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        peer = transport.get_extra_info("peername")
+        local = transport.get_extra_info("sockname")
+        return format_address(peer), format_address(local), str(peer[0])
+    return "unix", "unix:" + str(transport.get_extra_info("sockname") or ""), "unix"

@@ -84,6 +84,7 @@ class ClientConnection(Protocol):
     """A client connection as graceful shutdown sees it (``lbx.connections``)."""
 
     transport: asyncio.Transport | None
+    client_addr: str
 
     def close_when_idle(self) -> None:
         """Finish what is in flight, take nothing new, then close (HTTP/2: GOAWAY)."""

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from typing import TYPE_CHECKING, cast
 
 import httptools
 
-from lbx.connections import format_address
-from lbx.errors import ErrorSource, ErrorType, ProxyError
+from lbx.connections import accepted
+from lbx.errors import ProxyError
 from lbx.exchange import Exchange, RequestBody
 from lbx.http import (
     HeaderList,
@@ -36,6 +35,7 @@ from lbx.request_rules import (
     check_head,
     forwarding_values,
     parse_error_status,
+    refused_head,
     request_line_is_http,
     scan_fields,
     upgrade_request,
@@ -129,31 +129,12 @@ class H1Downstream(asyncio.Protocol):
         # Kept: on Python 3.11 every get_running_loop() costs a getpid() syscall.
         self.loop = asyncio.get_running_loop()
         service = self.service
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            peer = transport.get_extra_info("peername")
-            local = transport.get_extra_info("sockname")
-            self.client_addr = format_address(peer)
-            self.server_addr = format_address(local)
-            self.client_ip = str(peer[0])
-        else:
-            self.client_addr = "unix"
-            self.server_addr = "unix:" + str(transport.get_extra_info("sockname") or "")
-            self.client_ip = "unix"
+        self.client_addr, self.server_addr, self.client_ip = accepted(transport)
         scheme = b"https" if transport.get_extra_info("sslcontext") is not None else b"http"
         self._trusted = service.is_trusted(self.client_ip)
         if service.rules.forwarding:
             self._forwarding = forwarding_values(service.rules, self.client_ip, scheme)
-        service.connections.add(self)
-        service.open_connections += 1
-        if service.max_connections and service.open_connections > service.max_connections:
-            log.warning(
-                "service %s: %d client connections open, closing %s",
-                service.name,
-                service.max_connections,
-                self.client_addr,
-            )
+        if not service.admit(self):
             self.transport.write(error_response(503, close=True))
             transport.close()
             self.lost = True
@@ -229,9 +210,7 @@ class H1Downstream(asyncio.Protocol):
         self._last = None
         self._refusal = None
         self._head_raw = None
-        service = self.service
-        service.open_connections -= 1
-        service.connections.remove(self)
+        self.service.release(self)
         current = self._current
         if current is not None:
             if current is self._tunnel:
@@ -510,7 +489,7 @@ class H1Downstream(asyncio.Protocol):
         if self._parsing is not None:
             self._refuse_body(status, reason)
             return
-        error = _refusal_error(status, reason)
+        error = ProxyError.refused(status, reason)
         if self._current is None:
             self._refuse(status)
             self._log_refused(status, error, None)
@@ -527,7 +506,7 @@ class H1Downstream(asyncio.Protocol):
         self._discard = True
         if exchange is None or self.lost or self.transport is None:
             return
-        error = _refusal_error(status, reason)
+        error = ProxyError.refused(status, reason)
         if exchange is not self._current:
             # Pipelined: the requests before it are answered first (it is the last one read).
             if exchange in self._queue:
@@ -552,8 +531,7 @@ class H1Downstream(asyncio.Protocol):
         its exchange if it was parsed, else one built from what was read of the head."""
         service = self.service
         log.info("Refused: %s, status: %d, from %s", error.context, status, self.client_addr)
-        hook = service.hooks.logging
-        if hook is None:
+        if service.hooks.logging is None:
             return
         if exchange is None:
             head = self._head_read(error.context != NOT_HTTP)
@@ -561,17 +539,15 @@ class H1Downstream(asyncio.Protocol):
         exchange.log_refused(status, error)
 
     def _head_read(self, http: bool) -> RequestHeader:
-        """What was read of a refused head: method, target (cut at ``LOGGED_TARGET_BYTES``),
-        version and fields as far as the parser got (empty strings where it did not, and for
-        the version of a line that is not ``http``)."""
+        """What was read of a refused head, as far as the parser got (the version only of a
+        complete ``http`` request line)."""
         url = self._url
         method = version = ""
         if url:  # the method precedes the target
             method = self._parser.get_method().decode("latin-1")
-            if http and (self._headers or not self._in_head):  # the request line was complete
+            if http and (self._headers or not self._in_head):
                 version = self._parser.get_http_version()
-        target = url[:LOGGED_TARGET_BYTES].decode("latin-1")
-        return RequestHeader(method, target, Headers(list(self._headers)), version)
+        return refused_head(method, url, self._headers, version)
 
     def _linger(self) -> None:
         """Stop writing, drain what the client still sends for a moment, then close."""
@@ -701,12 +677,3 @@ class H1Downstream(asyncio.Protocol):
         elif self._current is None:
             transport.close()
             self.lost = True
-
-
-LOGGED_TARGET_BYTES = 1024
-"""How much of a refused request's target the ``logging`` hook gets."""
-
-
-def _refusal_error(status: int, reason: str) -> ProxyError:
-    """The error a refused request ends with: the client's (``DOWNSTREAM``), with its status."""
-    return ProxyError(ErrorType.HTTP_STATUS, ErrorSource.DOWNSTREAM, reason, status=status)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from typing import TYPE_CHECKING, Any, cast
 
 from h2.config import H2Configuration
@@ -33,7 +32,7 @@ from h2.exceptions import ProtocolError
 from h2.settings import SettingCodes, Settings
 from hyperframe.frame import GoAwayFrame
 
-from lbx.connections import format_address
+from lbx.connections import accepted
 from lbx.errors import ErrorSource, ErrorType, ProxyError
 from lbx.exchange import Exchange, RequestBody
 from lbx.h1 import H1Downstream
@@ -45,6 +44,7 @@ from lbx.request_rules import (
     add_forwarding,
     check_head,
     forwarding_values,
+    refused_head,
     scan_fields,
 )
 
@@ -97,16 +97,7 @@ class H2Downstream(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         self.loop = asyncio.get_running_loop()
         service = self.service
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            peer = transport.get_extra_info("peername")
-            self.client_addr = format_address(peer)
-            self.server_addr = format_address(transport.get_extra_info("sockname"))
-            self.client_ip = str(peer[0])
-        else:
-            self.client_addr = self.client_ip = "unix"
-            self.server_addr = "unix:" + str(transport.get_extra_info("sockname") or "")
+        self.client_addr, self.server_addr, self.client_ip = accepted(transport)
         scheme = b"https" if transport.get_extra_info("sslcontext") is not None else b"http"
         self._trusted = service.is_trusted(self.client_ip)
         if service.rules.forwarding:
@@ -137,15 +128,7 @@ class H2Downstream(asyncio.Protocol):
         # REFUSED_STREAM, RFC 9113 5.1.2) rather than the connection: see ``_request``.
         h2.local_settings[SettingCodes.MAX_CONCURRENT_STREAMS] = 4 * self._max_streams
         h2.increment_flow_control_window(CONNECTION_WINDOW - 65535)
-        service.connections.add(self)
-        service.open_connections += 1
-        if service.max_connections and service.open_connections > service.max_connections:
-            log.warning(
-                "service %s: %d client connections open, closing %s",
-                service.name,
-                service.max_connections,
-                self.client_addr,
-            )
+        if not service.admit(self):
             self.goaway(ErrorCodes.REFUSED_STREAM, "too many connections")
             return
         self.write_pending()
@@ -224,8 +207,7 @@ class H2Downstream(asyncio.Protocol):
             return
         self.lost = True
         self.service.connections.deadlines.clear(self)
-        self.service.open_connections -= 1
-        self.service.connections.remove(self)
+        self.service.release(self)
         for stream in list(self.streams.values()):
             stream.gone()
         self.streams.clear()
@@ -367,16 +349,15 @@ class H2Downstream(asyncio.Protocol):
         stream.finished = True
         stream.send_error(status, True)
         pseudo = {name: value for name, value in raw if name[:1] == b":"}
-        head = RequestHeader(
+        head = refused_head(
             pseudo.get(b":method", b"").decode("latin-1"),
-            pseudo.get(b":path", b"")[:1024].decode("latin-1"),
-            Headers([(n, v) for n, v in raw if n[:1] != b":"]),
+            pseudo.get(b":path", b""),
+            [(n, v) for n, v in raw if n[:1] != b":"],
             "2",
         )
         exchange = Exchange(stream, service, head, RequestBody.NONE, [], True)
         stream._maybe_done()
-        error = ProxyError(ErrorType.HTTP_STATUS, ErrorSource.DOWNSTREAM, reason, status=status)
-        exchange.log_refused(status, error)
+        exchange.log_refused(status, ProxyError.refused(status, reason))
 
     def stream_finished(self, stream: H2Stream) -> None:
         """A request's phases are over."""

@@ -31,6 +31,7 @@ from lbx.upstream import ConnectionPool, Connector, UpstreamConnection
 
 if TYPE_CHECKING:
     from lbx.config import ServiceConfig
+    from lbx.downstream import ClientConnection
     from lbx.lb import Backend, LoadBalancer
 
 log = logging.getLogger("lbx.proxy")
@@ -183,6 +184,26 @@ class ProxyService:
         if self._debug:
             log.debug("upstream peer is: %r", backend)
         return self.peer_for(backend)
+
+    def admit(self, conn: ClientConnection) -> bool:
+        """Count a new client connection; False (logged) when it is one over
+        ``max_connections``: the caller answers and closes it."""
+        self.connections.add(conn)
+        self.open_connections += 1
+        if self.max_connections and self.open_connections > self.max_connections:
+            log.warning(
+                "service %s: %d client connections open, closing %s",
+                self.name,
+                self.max_connections,
+                conn.client_addr,
+            )
+            return False
+        return True
+
+    def release(self, conn: ClientConnection) -> None:
+        """A client connection admitted by ``admit`` is closed."""
+        self.open_connections -= 1
+        self.connections.remove(conn)
 
     def is_trusted(self, client_ip: str) -> bool:
         """Whether forwarding fields from this client are kept (``trusted_proxies``)."""
