@@ -189,7 +189,7 @@ def test_h2load(proxy: Proxy) -> None:
 def test_many_streams_at_once_on_one_connection(proxy: Proxy) -> None:
     """30 requests to a backend that holds each: all in flight together, all answered."""
     with H2Client(proxy.plain) as client:
-        streams = [client.request("/sleep/1") for _ in range(30)]
+        streams = [client.request("/sleep/3") for _ in range(30)]
         wait_until(lambda: proxy.backend.sleeping == 30)
         replies = [client.response(stream) for stream in streams]
     assert [(r.status, r.body) for r in replies] == [(200, b"slept\n")] * 30

@@ -256,9 +256,9 @@ def test_too_many_concurrent_streams(h2c: tuple[LbxProcess, DemoBackend]) -> Non
         frames = read_frames(sock)
         assert isinstance(next(frames), SettingsFrame)  # lbx's SETTINGS: acknowledged
         out = SettingsFrame(0, flags=["ACK"]).serialize()
-        for index in range(128):
+        for index in range(128):  # held long enough that all run at once on a busy machine
             out += HeadersFrame(
-                1 + 2 * index, encoder.encode(fields("/sleep/1")), flags=BOTH
+                1 + 2 * index, encoder.encode(fields("/sleep/5")), flags=BOTH
             ).serialize()
         sock.sendall(out)
         wait_until(lambda: backend.sleeping == 128)

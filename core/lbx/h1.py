@@ -40,7 +40,7 @@ from lbx.request_rules import (
     scan_fields,
     upgrade_request,
 )
-from lbx.upstream import NoParserCallbacks, UpstreamConnection
+from lbx.upstream import UpstreamConnection
 
 if TYPE_CHECKING:
     from lbx.proxy import ProxyService
@@ -53,13 +53,13 @@ DRAIN_LINGER_SECONDS = 1.0
 _METHODS: dict[bytes, str] = {}
 
 # Timer states of a client connection (one deadline per connection at a time).
-_NO_TIMER, _IDLE, _HEAD, _BODY, _LINGER = range(5)
+_NO_TIMER, _IDLE, _HEAD, _BODY, _LINGER, _PARK = range(6)
+PARK_SECONDS = 2.0
+"""After this long idle, a keep-alive connection ends its task and drops its parser (made again
+on its next byte): a busy client keeps them, one that idles holds about 2 KiB less."""
 LINGER_SECONDS = 2.0
 """After an error answer, how long unread request bytes are drained before the close (so the
 client reads the answer instead of a reset)."""
-
-_DETACHED_REQUEST_PARSER = httptools.HttpRequestParser(NoParserCallbacks())
-"""What a closed connection keeps instead of its parser (which references the connection)."""
 
 
 class H1Downstream(asyncio.Protocol):
@@ -74,7 +74,8 @@ class H1Downstream(asyncio.Protocol):
         self.server_addr = ""
         self.lost = False
         self.writable = True
-        self._parser = httptools.HttpRequestParser(self)
+        self._parser: httptools.HttpRequestParser | None = None
+        """Made on the first byte: a connection that never sends holds none (about 900 bytes)."""
         self._url = b""
         self._headers: HeaderList = []
         self._max_headers = service.max_headers
@@ -160,12 +161,15 @@ class H1Downstream(asyncio.Protocol):
         self._feed_idle = not in_head and self._parsing is None
         if in_head and self._head_raw is not None:
             self._head_raw.append(data)
+        parser = self._parser
+        if parser is None:
+            parser = self._parser = httptools.HttpRequestParser(self)
         try:
-            self._parser.feed_data(data)
+            parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             self._chunk = b""
             offset = exc.args[0] if exc.args and isinstance(exc.args[0], int) else len(data)
-            self._parser = httptools.HttpRequestParser(self)
+            self._parser = None  # made again for the next request
             last = self._last
             if last is not None and last.upgrade_names is not None:
                 # Passed on: what follows belongs to the new protocol if the upstream agrees
@@ -206,7 +210,7 @@ class H1Downstream(asyncio.Protocol):
         self._cancel_timer()
         # The parser holds this protocol's callbacks, and the last request holds the protocol:
         # without these cycles reference counting frees the connection now, not the collector.
-        self._parser = _DETACHED_REQUEST_PARSER
+        self._parser = None
         self._last = None
         self._refusal = None
         self._head_raw = None
@@ -268,7 +272,7 @@ class H1Downstream(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         service = self.service
-        parser = self._parser
+        parser = cast(httptools.HttpRequestParser, self._parser)  # calling back: it exists
         method_bytes: bytes = parser.get_method()
         method = _METHODS.get(method_bytes)
         if method is None:
@@ -428,11 +432,11 @@ class H1Downstream(asyncio.Protocol):
         # else the task is finishing the previous request, and takes this one next
 
     async def _serve(self) -> None:
-        """The connection's task: its requests one after the other, then the next one's wait.
+        """The connection's task: its requests in turn, until the connection closes or parks.
 
         One task per connection, not per request: creating a Task costs more than a request's
-        phases with no hooks. Requests share the task's context variables, so per-request state
-        belongs in ``ctx``.
+        phases with no hooks. Requests may share the task's context variables, so per-request
+        state belongs in ``ctx``.
         """
         handle = self.service.handle
         try:
@@ -444,7 +448,9 @@ class H1Downstream(asyncio.Protocol):
                     break
                 else:
                     waiter = self._waiting = self.loop.create_future()
-                    await waiter  # a request (_start) or the end of the connection
+                    await waiter  # a request (_start), the end of the connection or parking
+                    if self._current is None:
+                        break
         except BaseException:
             self.abort()  # cancelled, or a bug escaped handle(): the connection's state is unknown
             raise
@@ -542,11 +548,12 @@ class H1Downstream(asyncio.Protocol):
         """What was read of a refused head, as far as the parser got (the version only of a
         complete ``http`` request line)."""
         url = self._url
+        parser = self._parser
         method = version = ""
-        if url:  # the method precedes the target
-            method = self._parser.get_method().decode("latin-1")
+        if url and parser is not None:  # the method precedes the target
+            method = parser.get_method().decode("latin-1")
             if http and (self._headers or not self._in_head):
-                version = self._parser.get_http_version()
+                version = parser.get_http_version()
         return refused_head(method, url, self._headers, version)
 
     def _linger(self) -> None:
@@ -640,6 +647,8 @@ class H1Downstream(asyncio.Protocol):
     def _arm_timer(self, timeout: float | None = None, state: int = _IDLE) -> None:
         if timeout is None:
             timeout = self.service.keepalive_timeout
+            if timeout > PARK_SECONDS:  # idle: park first, then the rest of the deadline
+                timeout, state = PARK_SECONDS, _PARK
         if timeout:
             self._timer = state
             self.service.connections.deadlines.set(self.loop, self, timeout, self._on_timer)
@@ -674,6 +683,18 @@ class H1Downstream(asyncio.Protocol):
                 self._arm_timer(self.service.body_timeout, _BODY)
                 return
             self._refuse_body(408, "request body stalled")
-        elif self._current is None:
+        elif self._current is not None or self._parsing is not None or self._in_head:
+            return  # a request came: request_finished arms the idle deadline again
+        elif state == _PARK:
+            self._park()
+        else:
             transport.close()
             self.lost = True
+
+    def _park(self) -> None:
+        """Idle for ``PARK_SECONDS``: the task ends, the parser goes, the keep-alive runs on."""
+        self._parser = None
+        waiter, self._waiting = self._waiting, None
+        if waiter is not None:
+            waiter.set_result(None)
+        self._arm_timer(self.service.keepalive_timeout - PARK_SECONDS)  # > 0: see _arm_timer
