@@ -454,14 +454,13 @@ class Runner:
         if shutil.which("curl", path=env["PATH"]) is None:
             pytest.skip("curl is not installed: this page's curl examples cannot run")
         text = self.subst(command.text)
-        failures = {
-            int(code): f"curl: ({code}) {message}"
-            for code, message in CURL_ERROR.findall(command.comment)
-        }
+        failures = {int(code) for code in CURL_ERROR.findall(command.comment)}
         result = self.run(text, env, code=None if failures else 0)
         if failures:
+            # The documented exit codes are the contract; curl words one code differently
+            # depending on when the reset came (a read, a write, getpeername...).
             assert result.code in failures, f"{text}: exit code {result.code}\n{result.output}"
-            expected = [failures[result.code]]
+            expected = [f"curl: ({result.code})"]
         else:
             expected = command.comment.splitlines()
         for line in expected:
@@ -636,7 +635,7 @@ def same_order(documented: list[str], real: list[str]) -> bool:
 
 
 ORDER_ATTEMPTS = 20
-CURL_ERROR = re.compile(r"curl: \((\d+)\) ([^)\n]+)")
+CURL_ERROR = re.compile(r"curl: \((\d+)\) ")
 LOG_LINE = re.compile(r"\.\.\. [A-Z]+ [\w.]+(\[\d+\])?: ")
 SERVICE_LISTENING = re.compile(r": service \S+ listening on (\S+)$")
 SHORT_SERVE = {"-t", "--test", "-h", "--help", "-d", "--daemon"}

@@ -114,3 +114,45 @@ def test_an_idle_connection_keeps_nothing_of_its_requests():
     for client in clients:
         client.close()
     proxy.close()
+
+
+async def park_and_reuse() -> tuple[bool, bool, int]:
+    """One request on a keep-alive connection, the connection left idle until it parks, then a
+    second request on it: (parked without a task, parked without a parser, second status)."""
+    backend = DemoBackend("a")
+    await backend.start()
+    service, listener, port = await inprocess.serve(backend.address)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+
+    async def get() -> int:
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = await reader.readuntil(b"\r\n\r\n")
+        await reader.readuntil(b"\n")  # the demo body ends with its only newline
+        return int(head.split()[1])
+
+    assert await get() == 200
+    (protocol,) = service.connections.open
+    assert isinstance(protocol, H1Downstream)
+    for _ in range(400):  # parks within PARK_SECONDS plus the deadline sweep's resolution
+        if protocol._task is None and protocol._parser is None:
+            break
+        await asyncio.sleep(0.025)
+    parked = (protocol._task is None, protocol._parser is None)
+    status = await get()
+    writer.close()
+    await writer.wait_closed()
+    await service.connections.wait_closed()
+    listener.close()
+    await listener.wait_closed()
+    await backend.stop()
+    return (*parked, status)
+
+
+def test_an_idle_connection_parks_and_serves_its_next_request(monkeypatch):
+    """After ``PARK_SECONDS`` idle a keep-alive connection holds no task and no parser (about
+    2 KiB less per idle client, issue 18), and its next request is served as before."""
+    import lbx.h1
+
+    monkeypatch.setattr(lbx.h1, "PARK_SECONDS", 0.05)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        assert runner.run(park_and_reuse()) == (True, True, 200)

@@ -1097,6 +1097,24 @@ TLS_STEPS = [
 ]
 
 
+# -- docs/http2.md -----------------------------------------------------------------------------
+
+
+def setup_http2(page: Page) -> None:
+    if shutil.which("h2load") is None:
+        pytest.skip("h2load is not installed (Debian package nghttp2-client)")
+    local_backends(page, 8001)
+
+
+HTTP2_STEPS = [
+    config("plugins: [roundrobin]", "h2.yaml"),
+    sh("lbx serve -c h2.yaml"),
+    sh("curl --http2-prior-knowledge -sS -w"),
+    sh("h2load -n 1000 -c 10 -m 10 http://127.0.0.1:8080/"),
+    out("..."),
+]
+
+
 # -- docs/workers.md ---------------------------------------------------------------------------
 
 
@@ -1351,6 +1369,7 @@ PAGES: dict[str, Doc] = {
         every=plugin("@hookimpl"),
     ),
     "http.md": Doc([]),
+    "http2.md": Doc(HTTP2_STEPS, setup_http2),
     "index.md": Doc([]),
     "metrics.md": Doc(METRICS_STEPS, setup_metrics),
     "operations.md": Doc(OPERATIONS_STEPS, setup_operations),

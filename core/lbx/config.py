@@ -104,6 +104,12 @@ class ServiceConfig:
     forwarded: str = "off"
     trusted_proxies: list[str] | None = None
     via: bool = False
+    h2c: bool = False
+    http2: bool = True
+    h2_max_concurrent_streams: int = 128
+    h2_max_control_frames_per_second: int = 100
+    h2_max_empty_frames_per_second: int = 100
+    h2_max_window_updates_per_second: int = 1000
     extra: dict[str, Any] = field(default_factory=dict)
     """Values of plugin-declared service keys."""
 

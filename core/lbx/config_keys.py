@@ -199,6 +199,31 @@ SERVICE_KEYS: dict[str, Field] = {
                 _NETS,
             ),
             ("via", "bool", False, "add Via: 1.1 lbx in both directions", {}),
+            # HTTP/2 (docs/http2.md); limits close to nginx's and HAProxy's.
+            ("h2c", "bool", False, "HTTP/2 by prior knowledge on plaintext listeners", {}),
+            ("http2", "bool", True, "offer HTTP/2 (ALPN h2) on tls_listen addresses", {}),
+            ("h2_max_concurrent_streams", "int", 128, "HTTP/2 requests at once", _MIN1),
+            (
+                "h2_max_control_frames_per_second",
+                "int",
+                100,
+                "SETTINGS, PING, PRIORITY, RST_STREAM, unknown frames: each, per connection",
+                _MIN1,
+            ),
+            (
+                "h2_max_empty_frames_per_second",
+                "int",
+                100,
+                "empty DATA and CONTINUATION frames per connection",
+                _MIN1,
+            ),
+            (
+                "h2_max_window_updates_per_second",
+                "int",
+                1000,
+                "WINDOW_UPDATE frames per connection, beyond two per DATA frame sent",
+                _MIN1,
+            ),
         )
     },
 }

@@ -4,11 +4,12 @@ for many objects in one periodic sweep."""
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from lbx.h1 import H1Downstream
+    from lbx.downstream import ClientConnection
 
 
 class Deadlines:
@@ -57,15 +58,15 @@ class Connections:
     """Every open client connection of the process, for graceful shutdown."""
 
     def __init__(self) -> None:
-        self.open: set[H1Downstream] = set()
+        self.open: set[ClientConnection] = set()
         self.deadlines = Deadlines()
         self.shutting_down = False
         self._all_closed: asyncio.Event | None = None
 
-    def add(self, conn: H1Downstream) -> None:
+    def add(self, conn: ClientConnection) -> None:
         self.open.add(conn)
 
-    def remove(self, conn: H1Downstream) -> None:
+    def remove(self, conn: ClientConnection) -> None:
         self.open.discard(conn)
         if not self.open and self._all_closed is not None:
             self._all_closed.set()
@@ -93,3 +94,16 @@ def format_address(addr: Any) -> str:
         host = str(addr[0])
         return f"[{host}]:{addr[1]}" if ":" in host else f"{host}:{addr[1]}"
     return str(addr)
+
+
+def accepted(transport: asyncio.BaseTransport) -> tuple[str, str, str]:
+    """A new client connection's ``(client_addr, server_addr, client_ip)`` as lbx logs them
+    (``unix`` for a Unix socket's client); on TCP, Nagle's algorithm goes off (a response head
+    must not wait for its body)."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        peer = transport.get_extra_info("peername")
+        local = transport.get_extra_info("sockname")
+        return format_address(peer), format_address(local), str(peer[0])
+    return "unix", "unix:" + str(transport.get_extra_info("sockname") or ""), "unix"

@@ -86,6 +86,12 @@ class ProxyError(Exception):
         """An error that the kernel answers with exactly ``status``."""
         return cls(ErrorType.HTTP_STATUS, ErrorSource.INTERNAL, context, status=status)
 
+    @classmethod
+    def refused(cls, status: int, reason: str) -> ProxyError:
+        """The error of a request lbx refused (the client's fault: ``DOWNSTREAM``), answered
+        with ``status``."""
+        return cls(ErrorType.HTTP_STATUS, ErrorSource.DOWNSTREAM, reason, status=status)
+
     def default_status(self) -> int:
         """Pingora's default `fail_to_proxy` mapping; 0 means "send nothing, close"."""
         if self.status is not None:

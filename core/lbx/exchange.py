@@ -1,8 +1,10 @@
-"""``Exchange``: the bytes of one request between an HTTP/1.1 client connection and an upstream.
+"""``Exchange``: the bytes of one request between the client side and an upstream.
 
 The plumbing behind a ``Session`` (the request as hooks see it, ``lbx.session``): buffering and
-streaming the request body, framing the response for the client, back-pressure both ways, the
-tunnel after a ``101``, and the futures the request's task awaits. Bytes move through plain
+streaming the request body, choosing the response's framing, back-pressure both ways, the
+tunnel after a ``101``, and the futures the request's task awaits. The client side is a
+``lbx.downstream.Downstream``: an HTTP/1.1 connection writes the response as bytes, an HTTP/2
+stream as HEADERS, DATA and trailers. Bytes move through plain
 method calls from the protocols (``request_body``, ``upstream_body``...), never through an await
 per chunk; the task awaits only two futures: the response head and the end of the response
 body.
@@ -12,8 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from typing import TYPE_CHECKING
+import logging
+from typing import TYPE_CHECKING, TypeAlias
 
+from lbx._hookcall import Pending
 from lbx.errors import ErrorSource, ErrorType, ProxyError
 from lbx.http import (
     HOP_BY_HOP,
@@ -23,15 +27,21 @@ from lbx.http import (
     RequestHeader,
     ResponseHeader,
     encode_chunk,
-    error_response,
-    serialize_response,
 )
 from lbx.session import Session
 from lbx.upstream import BodyKind, UpstreamConnection
 
 if TYPE_CHECKING:
     from lbx.h1 import H1Downstream
+    from lbx.h2stream import H2Stream
     from lbx.proxy import ProxyService
+
+    # What lbx.downstream.Downstream describes, as the two concrete classes: compiled, a call
+    # on this union is a direct call to the one the object is (a Protocol would make every
+    # call a generic method lookup, on the HTTP/1.1 path too).
+    Downstream: TypeAlias = "H1Downstream | H2Stream"
+
+log = logging.getLogger("lbx.exchange")
 
 # Request body bytes buffered before the upstream connection is ready; past it, reading pauses.
 REQUEST_BUFFER_HIGH_WATER = 64 * 1024
@@ -39,7 +49,6 @@ REQUEST_BUFFER_HIGH_WATER = 64 * 1024
 RESPONSE_BUFFER_HIGH_WATER = 64 * 1024
 
 _RELAYED_INFORMATIONAL = frozenset({100, 103})
-CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 class RequestBody(enum.IntEnum):
@@ -76,10 +85,12 @@ class Exchange:
         "conn",
         "expect_continue",
         "fresh",
+        "h2",
         "keep_alive",
         "refusal",
         "response_complete",
         "response_started",
+        "response_trailers",
         "service",
         "session",
         "streaming_request",
@@ -90,7 +101,7 @@ class Exchange:
 
     def __init__(
         self,
-        conn: H1Downstream,
+        conn: Downstream,
         service: ProxyService,
         req_header: RequestHeader,
         body_kind: int,
@@ -103,6 +114,10 @@ class Exchange:
         self.upstream_framing = upstream_framing
         """The framing fields of the request that goes upstream (the kernel's, after hooks)."""
         self.keep_alive = keep_alive
+        self.h2 = False
+        """The client side is an HTTP/2 stream: it frames the body itself (``BodyKind.FRAMES``)."""
+        self.response_trailers: HeaderList | None = None
+        """Trailer fields of the upstream response, passed on where the client side can."""
         self.fresh = False
         """The next attempt opens a new upstream connection (a pooled one just failed)."""
         self.expect_continue = 0
@@ -144,6 +159,22 @@ class Exchange:
         session; it then answers ``response_written`` and refuses to respond)."""
         self.session._exchange = None
 
+    def log_refused(self, status: int, error: ProxyError) -> None:
+        """The ``logging`` hook for a request lbx refused before its phases ran (nginx logs
+        them), then ``finish``."""
+        session = self.session
+        session.response_status = status
+        self.response_started = self.response_complete = True
+        hook = self.service.hooks.logging
+        try:
+            done = None if hook is None else hook.run(session, session.ctx, error)
+            if type(done) is Pending:
+                self.conn.loop.create_task(_finish_logging(done, self))
+                return
+        except Exception:
+            log.exception("logging hook failed, %s", session.request_summary())
+        self.finish()
+
     # -- answers written by lbx or by hooks (through the Session) ------------------------------
     async def respond(
         self,
@@ -166,8 +197,8 @@ class Exchange:
         if not self.keep_alive:
             framing.append((b"Connection", b"close"))
         self._mark_started(status)
-        no_body = self.session.req_header.method == "HEAD" or status in (204, 304)
-        self.conn.write(serialize_response(head, framing) + (b"" if no_body else body))
+        no_body = self.session.req_header.method == "HEAD" or status in (204, 304) or not body
+        self.conn.send_head(head, framing, [] if no_body else [body], True)
         self.session.body_bytes_sent += 0 if no_body else len(body)
         self.response_complete = True
         await self.conn.drain()
@@ -177,7 +208,7 @@ class Exchange:
         if not self.body_done:
             self.keep_alive = False
         self._mark_started(status)
-        self.conn.write(error_response(status, close=not self.keep_alive))
+        self.conn.send_error(status, not self.keep_alive)
         self.response_complete = True
         await self.conn.drain()
 
@@ -229,7 +260,7 @@ class Exchange:
             # (never forwarded), so there is no deadlock whatever the upstream does.
             self.expect_continue = 2
             if not self.body_done and not self.response_started:
-                self.conn.write(CONTINUE)
+                self.conn.send_informational(100, [])
         buffered, self._body_buffer = self._body_buffer, []
         self._body_buffered = 0
         for chunk in buffered:
@@ -254,6 +285,7 @@ class Exchange:
         self._resp_pending = []
         self._resp_pending_size = 0
         self._upstream_read_paused = False
+        self.response_trailers = None
         self.session.upstream_response = None
         self.session.head_time = None
 
@@ -261,11 +293,12 @@ class Exchange:
     def upstream_informational(self, status: int, headers: HeaderList) -> None:
         if (
             status in _RELAYED_INFORMATIONAL
-            and self.session.req_header.version == "1.1"
+            and self.session.req_header.version != "1.0"
             and not (status == 100 and self.expect_continue == 2)  # lbx sent its own 100
+            and not self.response_started
         ):
             kept = [(n, v) for n, v in headers if n.lower() not in HOP_BY_HOP]
-            self.conn.write(serialize_response(ResponseHeader(status, Headers(kept)), []))
+            self.conn.send_informational(status, kept)
 
     def upstream_head(self, status: int, headers: HeaderList, body_kind: BodyKind) -> None:
         self.session.upstream_response = ResponseHeader(status, Headers(headers))
@@ -448,6 +481,8 @@ class Exchange:
             mode = self._length_unknown(head, framing)
         self._resp_mode = mode
         self._mark_started(head.status)
+        if self.h2 and mode is not BodyKind.NONE:
+            mode = self._resp_mode = BodyKind.FRAMES  # DATA frames; Content-Length stays if known
         if self.service.via:
             head.headers.append(b"Via", b"1.1 lbx")
         if not self.keep_alive:
@@ -455,7 +490,7 @@ class Exchange:
         elif self.session.req_header.version == "1.0":
             framing.append((b"Connection", b"keep-alive"))
         # One write for the head and whatever body already arrived: a syscall per request less.
-        parts = [serialize_response(head, framing)]
+        parts: list[bytes] = []
         self._streaming_response = True
         if whole is not None:
             if whole:
@@ -470,14 +505,17 @@ class Exchange:
             if self.response_complete:
                 self._send_response_body(b"", True)
             self._collected = None
-        self.conn.write(b"".join(parts) if len(parts) > 1 else parts[0])
+        self.conn.send_head(head, framing, parts, self.response_complete or mode is BodyKind.NONE)
         if self._upstream_read_paused and self.upstream is not None and self.conn.writable:
             self._upstream_read_paused = False
             self.upstream.resume_reading()
 
     def _length_unknown(self, head: ResponseHeader, framing: HeaderList) -> BodyKind:
-        """Frame a body whose length is not known yet: chunked, or to the close for HTTP/1.0."""
+        """Frame a body whose length is not known yet: chunked, or to the close for HTTP/1.0
+        (HTTP/2: DATA frames until END_STREAM)."""
         head.headers.remove("content-length")
+        if self.h2:
+            return BodyKind.FRAMES
         if self.session.req_header.version == "1.1":
             framing.append((b"Transfer-Encoding", b"chunked"))
             return BodyKind.CHUNKED
@@ -511,7 +549,7 @@ class Exchange:
         self._resp_pending_size = 0
         head.headers.remove("connection")
         early = self._to_client(b"".join(pending), False)
-        self.conn.write(serialize_response(head, [(b"Connection", b"upgrade")]) + early)
+        self.conn.send_head(head, [(b"Connection", b"upgrade")], [early] if early else [], False)
         self.session.body_bytes_sent += len(early)
         upstream = self.upstream
         assert upstream is not None
@@ -606,8 +644,11 @@ class Exchange:
         if data and mode is not BodyKind.NONE:
             self.session.body_bytes_sent += len(data)
             write(encode_chunk(data) if mode is BodyKind.CHUNKED else data)
-        if end and mode is BodyKind.CHUNKED:
-            write(LAST_CHUNK)
+        if end:
+            if mode is BodyKind.CHUNKED:
+                write(LAST_CHUNK)
+            elif mode is BodyKind.FRAMES and self._collected is None:
+                self.conn.end_response(self.response_trailers)  # else send_head ends it
 
     def new_futures(self) -> asyncio.Future[None]:
         """A new attempt: the future of its response head (its failures come through it)."""
@@ -628,3 +669,11 @@ class Exchange:
             await self._done_future
         finally:
             self.service.connections.deadlines.clear(self)
+
+
+async def _finish_logging(pending: Pending, exchange: Exchange) -> None:
+    try:
+        await pending
+    except Exception:
+        log.exception("logging hook failed, %s", exchange.session.request_summary())
+    exchange.finish()

@@ -11,16 +11,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from typing import TYPE_CHECKING, cast
 
 import httptools
 
-from lbx._hookcall import Pending
-from lbx.connections import format_address
-from lbx.errors import ErrorSource, ErrorType, ProxyError
+from lbx.connections import accepted
+from lbx.errors import ProxyError
 from lbx.exchange import Exchange, RequestBody
-from lbx.http import HeaderList, Headers, RequestHeader, error_response
+from lbx.http import (
+    HeaderList,
+    Headers,
+    RequestHeader,
+    ResponseHeader,
+    error_response,
+    serialize_response,
+)
 from lbx.request_rules import (
     HTTP_FIRST_LINE,
     NOT_HTTP,
@@ -30,11 +35,12 @@ from lbx.request_rules import (
     check_head,
     forwarding_values,
     parse_error_status,
+    refused_head,
     request_line_is_http,
     scan_fields,
     upgrade_request,
 )
-from lbx.upstream import NoParserCallbacks, UpstreamConnection
+from lbx.upstream import UpstreamConnection
 
 if TYPE_CHECKING:
     from lbx.proxy import ProxyService
@@ -47,13 +53,13 @@ DRAIN_LINGER_SECONDS = 1.0
 _METHODS: dict[bytes, str] = {}
 
 # Timer states of a client connection (one deadline per connection at a time).
-_NO_TIMER, _IDLE, _HEAD, _BODY, _LINGER = range(5)
+_NO_TIMER, _IDLE, _HEAD, _BODY, _LINGER, _PARK = range(6)
+PARK_SECONDS = 2.0
+"""After this long idle, a keep-alive connection ends its task and drops its parser (made again
+on its next byte): a busy client keeps them, one that idles holds about 2 KiB less."""
 LINGER_SECONDS = 2.0
 """After an error answer, how long unread request bytes are drained before the close (so the
 client reads the answer instead of a reset)."""
-
-_DETACHED_REQUEST_PARSER = httptools.HttpRequestParser(NoParserCallbacks())
-"""What a closed connection keeps instead of its parser (which references the connection)."""
 
 
 class H1Downstream(asyncio.Protocol):
@@ -68,7 +74,8 @@ class H1Downstream(asyncio.Protocol):
         self.server_addr = ""
         self.lost = False
         self.writable = True
-        self._parser = httptools.HttpRequestParser(self)
+        self._parser: httptools.HttpRequestParser | None = None
+        """Made on the first byte: a connection that never sends holds none (about 900 bytes)."""
         self._url = b""
         self._headers: HeaderList = []
         self._max_headers = service.max_headers
@@ -123,31 +130,12 @@ class H1Downstream(asyncio.Protocol):
         # Kept: on Python 3.11 every get_running_loop() costs a getpid() syscall.
         self.loop = asyncio.get_running_loop()
         service = self.service
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            peer = transport.get_extra_info("peername")
-            local = transport.get_extra_info("sockname")
-            self.client_addr = format_address(peer)
-            self.server_addr = format_address(local)
-            self.client_ip = str(peer[0])
-        else:
-            self.client_addr = "unix"
-            self.server_addr = "unix:" + str(transport.get_extra_info("sockname") or "")
-            self.client_ip = "unix"
+        self.client_addr, self.server_addr, self.client_ip = accepted(transport)
         scheme = b"https" if transport.get_extra_info("sslcontext") is not None else b"http"
         self._trusted = service.is_trusted(self.client_ip)
         if service.rules.forwarding:
             self._forwarding = forwarding_values(service.rules, self.client_ip, scheme)
-        service.connections.add(self)
-        service.open_connections += 1
-        if service.max_connections and service.open_connections > service.max_connections:
-            log.warning(
-                "service %s: %d client connections open, closing %s",
-                service.name,
-                service.max_connections,
-                self.client_addr,
-            )
+        if not service.admit(self):
             self.transport.write(error_response(503, close=True))
             transport.close()
             self.lost = True
@@ -173,12 +161,15 @@ class H1Downstream(asyncio.Protocol):
         self._feed_idle = not in_head and self._parsing is None
         if in_head and self._head_raw is not None:
             self._head_raw.append(data)
+        parser = self._parser
+        if parser is None:
+            parser = self._parser = httptools.HttpRequestParser(self)
         try:
-            self._parser.feed_data(data)
+            parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             self._chunk = b""
             offset = exc.args[0] if exc.args and isinstance(exc.args[0], int) else len(data)
-            self._parser = httptools.HttpRequestParser(self)
+            self._parser = None  # made again for the next request
             last = self._last
             if last is not None and last.upgrade_names is not None:
                 # Passed on: what follows belongs to the new protocol if the upstream agrees
@@ -219,13 +210,11 @@ class H1Downstream(asyncio.Protocol):
         self._cancel_timer()
         # The parser holds this protocol's callbacks, and the last request holds the protocol:
         # without these cycles reference counting frees the connection now, not the collector.
-        self._parser = _DETACHED_REQUEST_PARSER
+        self._parser = None
         self._last = None
         self._refusal = None
         self._head_raw = None
-        service = self.service
-        service.open_connections -= 1
-        service.connections.remove(self)
+        self.service.release(self)
         current = self._current
         if current is not None:
             if current is self._tunnel:
@@ -283,7 +272,7 @@ class H1Downstream(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         service = self.service
-        parser = self._parser
+        parser = cast(httptools.HttpRequestParser, self._parser)  # calling back: it exists
         method_bytes: bytes = parser.get_method()
         method = _METHODS.get(method_bytes)
         if method is None:
@@ -443,11 +432,11 @@ class H1Downstream(asyncio.Protocol):
         # else the task is finishing the previous request, and takes this one next
 
     async def _serve(self) -> None:
-        """The connection's task: its requests one after the other, then the next one's wait.
+        """The connection's task: its requests in turn, until the connection closes or parks.
 
         One task per connection, not per request: creating a Task costs more than a request's
-        phases with no hooks. Requests share the task's context variables, so per-request state
-        belongs in ``ctx``.
+        phases with no hooks. Requests may share the task's context variables, so per-request
+        state belongs in ``ctx``.
         """
         handle = self.service.handle
         try:
@@ -459,7 +448,9 @@ class H1Downstream(asyncio.Protocol):
                     break
                 else:
                     waiter = self._waiting = self.loop.create_future()
-                    await waiter  # a request (_start) or the end of the connection
+                    await waiter  # a request (_start), the end of the connection or parking
+                    if self._current is None:
+                        break
         except BaseException:
             self.abort()  # cancelled, or a bug escaped handle(): the connection's state is unknown
             raise
@@ -504,7 +495,7 @@ class H1Downstream(asyncio.Protocol):
         if self._parsing is not None:
             self._refuse_body(status, reason)
             return
-        error = _refusal_error(status, reason)
+        error = ProxyError.refused(status, reason)
         if self._current is None:
             self._refuse(status)
             self._log_refused(status, error, None)
@@ -521,7 +512,7 @@ class H1Downstream(asyncio.Protocol):
         self._discard = True
         if exchange is None or self.lost or self.transport is None:
             return
-        error = _refusal_error(status, reason)
+        error = ProxyError.refused(status, reason)
         if exchange is not self._current:
             # Pipelined: the requests before it are answered first (it is the last one read).
             if exchange in self._queue:
@@ -546,36 +537,24 @@ class H1Downstream(asyncio.Protocol):
         its exchange if it was parsed, else one built from what was read of the head."""
         service = self.service
         log.info("Refused: %s, status: %d, from %s", error.context, status, self.client_addr)
-        hook = service.hooks.logging
-        if hook is None:
+        if service.hooks.logging is None:
             return
         if exchange is None:
             head = self._head_read(error.context != NOT_HTTP)
             exchange = Exchange(self, service, head, RequestBody.NONE, [], False)
-        session = exchange.session
-        session.response_status = status
-        exchange.response_started = exchange.response_complete = True
-        try:
-            done = hook.run(session, session.ctx, error)
-            if type(done) is Pending:
-                self.loop.create_task(_finish_logging(done, exchange))
-                return
-        except Exception:
-            log.exception("logging hook failed, %s", session.request_summary())
-        exchange.finish()
+        exchange.log_refused(status, error)
 
     def _head_read(self, http: bool) -> RequestHeader:
-        """What was read of a refused head: method, target (cut at ``LOGGED_TARGET_BYTES``),
-        version and fields as far as the parser got (empty strings where it did not, and for
-        the version of a line that is not ``http``)."""
+        """What was read of a refused head, as far as the parser got (the version only of a
+        complete ``http`` request line)."""
         url = self._url
+        parser = self._parser
         method = version = ""
-        if url:  # the method precedes the target
-            method = self._parser.get_method().decode("latin-1")
-            if http and (self._headers or not self._in_head):  # the request line was complete
-                version = self._parser.get_http_version()
-        target = url[:LOGGED_TARGET_BYTES].decode("latin-1")
-        return RequestHeader(method, target, Headers(list(self._headers)), version)
+        if url and parser is not None:  # the method precedes the target
+            method = parser.get_method().decode("latin-1")
+            if http and (self._headers or not self._in_head):
+                version = parser.get_http_version()
+        return refused_head(method, url, self._headers, version)
 
     def _linger(self) -> None:
         """Stop writing, drain what the client still sends for a moment, then close."""
@@ -589,6 +568,31 @@ class H1Downstream(asyncio.Protocol):
         if transport.can_write_eof():
             transport.write_eof()
         self._arm_timer(LINGER_SECONDS, _LINGER)
+
+    # -- the response, as its Exchange writes it (lbx.downstream.Downstream) ----------------
+    def send_head(
+        self, head: ResponseHeader, framing: HeaderList, body: list[bytes], end: bool
+    ) -> None:
+        """The head in HTTP/1.1 form and the (framed) body bytes that came with it, in one
+        write: a syscall per request less."""
+        data = serialize_response(head, framing)
+        if body:
+            body.insert(0, data)
+            data = b"".join(body)
+        transport = self.transport
+        if transport is not None and not self.lost:
+            transport.write(data)
+
+    def end_response(self, trailers: HeaderList | None) -> None:
+        """Not called: the HTTP/1.1 framing (length, last chunk, close) ends a body."""
+
+    def send_informational(self, status: int, headers: HeaderList) -> None:
+        if self.transport is not None and not self.lost:
+            self.transport.write(serialize_response(ResponseHeader(status, Headers(headers)), []))
+
+    def send_error(self, status: int, close: bool) -> None:
+        if self.transport is not None and not self.lost:
+            self.transport.write(error_response(status, close=close))
 
     # -- flow control and writes -------------------------------------------------------------
     def write(self, data: bytes) -> None:
@@ -643,6 +647,8 @@ class H1Downstream(asyncio.Protocol):
     def _arm_timer(self, timeout: float | None = None, state: int = _IDLE) -> None:
         if timeout is None:
             timeout = self.service.keepalive_timeout
+            if timeout > PARK_SECONDS:  # idle: park first, then the rest of the deadline
+                timeout, state = PARK_SECONDS, _PARK
         if timeout:
             self._timer = state
             self.service.connections.deadlines.set(self.loop, self, timeout, self._on_timer)
@@ -677,23 +683,18 @@ class H1Downstream(asyncio.Protocol):
                 self._arm_timer(self.service.body_timeout, _BODY)
                 return
             self._refuse_body(408, "request body stalled")
-        elif self._current is None:
+        elif self._current is not None or self._parsing is not None or self._in_head:
+            return  # a request came: request_finished arms the idle deadline again
+        elif state == _PARK:
+            self._park()
+        else:
             transport.close()
             self.lost = True
 
-
-LOGGED_TARGET_BYTES = 1024
-"""How much of a refused request's target the ``logging`` hook gets."""
-
-
-def _refusal_error(status: int, reason: str) -> ProxyError:
-    """The error a refused request ends with: the client's (``DOWNSTREAM``), with its status."""
-    return ProxyError(ErrorType.HTTP_STATUS, ErrorSource.DOWNSTREAM, reason, status=status)
-
-
-async def _finish_logging(pending: Pending, exchange: Exchange) -> None:
-    try:
-        await pending
-    except Exception:
-        log.exception("logging hook failed, %s", exchange.session.request_summary())
-    exchange.finish()
+    def _park(self) -> None:
+        """Idle for ``PARK_SECONDS``: the task ends, the parser goes, the keep-alive runs on."""
+        self._parser = None
+        waiter, self._waiting = self._waiting, None
+        if waiter is not None:
+            waiter.set_result(None)
+        self._arm_timer(self.service.keepalive_timeout - PARK_SECONDS)  # > 0: see _arm_timer

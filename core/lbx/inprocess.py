@@ -16,14 +16,13 @@ import asyncio
 import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import httptools
 import yaml
 
 from lbx import config as config_module
 from lbx.build import build_server, load_plugins
-from lbx.h1 import H1Downstream
 from lbx.http import HOP_BY_HOP
 from lbx.proxy import ProxyService
 from lbx.upstream import UpstreamConnection
@@ -68,6 +67,12 @@ class MemoryTransport(asyncio.Transport):
 
     def abort(self) -> None:
         self.close()
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self.protocol = cast(asyncio.Protocol, protocol)
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self.protocol
 
     def is_closing(self) -> bool:
         return self.closed
@@ -361,7 +366,7 @@ class MemoryClient:
 
     def __init__(self, proxy: InProcessProxy) -> None:
         self.proxy = proxy
-        self.protocol: H1Downstream = proxy.service.protocol_factory()
+        self.protocol: asyncio.Protocol = proxy.service.protocol_factory()
         self.transport = MemoryTransport(proxy.loop, self.protocol)
         self._read = 0
         proxy.call(self.protocol.connection_made, self.transport)
@@ -371,7 +376,8 @@ class MemoryClient:
         start = 0
         for cut in [*sorted(set(splits)), len(data)]:
             if start < cut <= len(data) and not self.transport.closed:
-                self.proxy.call(self.protocol.data_received, data[start:cut])
+                # The transport's protocol: an h2c listener's first one hands over to another.
+                self.proxy.call(self.transport.protocol.data_received, data[start:cut])
                 start = cut
 
     @property

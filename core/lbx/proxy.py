@@ -7,6 +7,7 @@ allow, exchanges the request with the upstream and always ends with ``logging``.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import time
@@ -22,6 +23,7 @@ from lbx.connections import Connections
 from lbx.errors import ErrorSource, ErrorType, ProxyError
 from lbx.exchange import Exchange
 from lbx.h1 import H1Downstream
+from lbx.h2 import select_protocol
 from lbx.http import Headers, RequestHeader, serialize_request
 from lbx.peer import Peer
 from lbx.request_rules import HeadRules
@@ -30,6 +32,7 @@ from lbx.upstream import ConnectionPool, Connector, UpstreamConnection
 
 if TYPE_CHECKING:
     from lbx.config import ServiceConfig
+    from lbx.downstream import ClientConnection
     from lbx.lb import Backend, LoadBalancer
 
 log = logging.getLogger("lbx.proxy")
@@ -197,6 +200,26 @@ class ProxyService:
                 closed += self.connector.pool.close_idle(peer.pool_key)
         return closed
 
+    def admit(self, conn: ClientConnection) -> bool:
+        """Count a new client connection; False (logged) when it is one over
+        ``max_connections``: the caller answers and closes it."""
+        self.connections.add(conn)
+        self.open_connections += 1
+        if self.max_connections and self.open_connections > self.max_connections:
+            log.warning(
+                "service %s: %d client connections open, closing %s",
+                self.name,
+                self.max_connections,
+                conn.client_addr,
+            )
+            return False
+        return True
+
+    def release(self, conn: ClientConnection) -> None:
+        """A client connection admitted by ``admit`` is closed."""
+        self.open_connections -= 1
+        self.connections.remove(conn)
+
     def is_trusted(self, client_ip: str) -> bool:
         """Whether forwarding fields from this client are kept (``trusted_proxies``)."""
         networks = self._trusted_networks
@@ -208,9 +231,16 @@ class ProxyService:
             return False
         return any(address in network for network in networks)
 
-    def protocol_factory(self) -> H1Downstream:
-        """A new client connection's protocol (asyncio's ``protocol_factory``)."""
+    def protocol_factory(self) -> asyncio.Protocol:
+        """A new plaintext client connection's protocol (asyncio's ``protocol_factory``):
+        HTTP/1.1, or with ``h2c: true`` whichever the connection preface tells."""
+        if self.config.h2c:
+            return select_protocol(self, tls=False)
         return H1Downstream(self)
+
+    def tls_protocol_factory(self) -> asyncio.Protocol:
+        """A new TLS client connection's protocol: HTTP/2 or HTTP/1.1, as ALPN chose."""
+        return select_protocol(self, tls=True)
 
     def peer_for(self, backend: Any) -> Peer:
         """The ``Peer`` for a backend of this service (cached: one object per backend)."""

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import httptools
 
-from lbx.http import HOP_BY_HOP, HeaderList, connection_tokens, lower_name
+from lbx.http import HOP_BY_HOP, HeaderList, Headers, RequestHeader, connection_tokens, lower_name
 
 if TYPE_CHECKING:
     from lbx.config import ServiceConfig
@@ -458,3 +458,14 @@ def quoted_host(host: bytes) -> bytes:
 def parse_error_status(exc: Exception) -> int:
     """The status for an httptools error: 505 for a version it rejects, else 400."""
     return 505 if "HTTP version" in str(exc) else 400
+
+
+LOGGED_TARGET_BYTES = 1024
+"""How much of a refused request's target the ``logging`` hook gets."""
+
+
+def refused_head(method: str, target: bytes, fields: HeaderList, version: str) -> RequestHeader:
+    """What the ``logging`` hook gets of a refused head: what was read of it (empty strings for
+    what was not), its target cut at ``LOGGED_TARGET_BYTES``."""
+    logged = target[:LOGGED_TARGET_BYTES].decode("latin-1")
+    return RequestHeader(method, logged, Headers(list(fields)), version)

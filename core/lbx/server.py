@@ -139,6 +139,7 @@ class Server:
                         unknown_sni=service.unknown_sni,
                         client_ca=service.client_ca,
                         client_cert=service.client_cert,
+                        http2=service.http2,
                     )
                 except CertificateError as exc:
                     raise config.error(("services", index, "certificates"), str(exc)) from None
@@ -474,14 +475,14 @@ class Server:
                     assert tls is not None
                     sock = sockets[TLS_PREFIX + address]
                     server = await loop.create_server(
-                        service.protocol_factory,
+                        service.tls_protocol_factory,
                         sock=sock,
                         backlog=LISTEN_BACKLOG,
                         ssl=tls.listener_context,
                         ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT_SECONDS,
                     )
                     self._asyncio_servers.append(server)
-                    self._serving.append((sock, service.protocol_factory, tls.listener_context))
+                    self._serving.append((sock, service.tls_protocol_factory, tls.listener_context))
                     bound = _describe(address, sock)
                     log.info("service %s listening on %s", service.name, bound)
                     names = ", ".join(n for c in tls.certificates for n in c.names)

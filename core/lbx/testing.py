@@ -435,7 +435,7 @@ def make_session(
 def sent_to_client(session: Session) -> bytes:
     """The bytes a ``make_session`` session wrote to its client (a response from a hook)."""
     exchange = session._exchange  # the session's own connection, by design of this helper
-    transport = exchange.conn.transport if exchange is not None else None
+    transport = getattr(exchange.conn, "transport", None) if exchange is not None else None
     if not isinstance(transport, _ClientTransport):
         raise TypeError(f"{session!r} was not made by lbx.testing.make_session")
     return bytes(transport.written)

@@ -1,10 +1,11 @@
 """TLS termination: server contexts per service, certificates chosen by SNI, hot reload.
 
 Every certificate gets its own ``SSLContext`` with modern defaults (TLS 1.2+, Mozilla
-"intermediate" ciphers for TLS 1.2, ALPN ``http/1.1``). The listener's context only carries the
-SNI callback, which switches each handshake to the context of the certificate whose names match
-the name the client asked for. Reloading swaps that table: new connections see the new
-certificates, established ones keep theirs.
+"intermediate" ciphers for TLS 1.2, ALPN ``h2`` then ``http/1.1``, or ``http/1.1`` alone with
+``http2: false``). The listener's context only carries the SNI callback, which switches each
+handshake to the context of the certificate whose names match the name the client asked for.
+Reloading swaps that table: new connections see the new certificates, established ones keep
+theirs.
 """
 
 from __future__ import annotations
@@ -60,11 +61,18 @@ def certificate_names(cert_file: str) -> tuple[str, ...]:
     return tuple(name.lower() for name in names)
 
 
-def _load(cert: str, key: str, client_ca: str | None, client_cert: str) -> Certificate:
+ALPN_H2 = ["h2", "http/1.1"]
+"""ALPN of a service that speaks HTTP/2 (``http2: true``, the default): h2 first."""
+ALPN_H1 = ["http/1.1"]
+
+
+def _load(
+    cert: str, key: str, client_ca: str | None, client_cert: str, alpn: list[str]
+) -> Certificate:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.set_ciphers(INTERMEDIATE_CIPHERS)
-    context.set_alpn_protocols(["http/1.1"])
+    context.set_alpn_protocols(alpn)
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
     for path in (cert, key):
         if not os.path.isfile(path):
@@ -107,8 +115,10 @@ class ServerTLS:
         unknown_sni: str = "default",
         client_ca: str | None = None,
         client_cert: str = "none",
+        http2: bool = True,
     ) -> None:
         self.service = service
+        self.alpn = ALPN_H2 if http2 else ALPN_H1
         self.files = [dict(f) for f in files]
         self.reject_unknown = unknown_sni == "reject"
         self.client_ca = client_ca
@@ -120,6 +130,7 @@ class ServerTLS:
         self.listener_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.listener_context.minimum_version = ssl.TLSVersion.TLSv1_2
         self.listener_context.load_cert_chain(self.files[0]["cert"], self.files[0]["key"])
+        self.listener_context.set_alpn_protocols(self.alpn)
         # OpenSSL keeps the verification settings of the context a handshake started with, so
         # client certificates are asked for here, not only on the per-certificate contexts.
         _verify_clients(self.listener_context, client_ca, client_cert)
@@ -128,7 +139,8 @@ class ServerTLS:
     def load(self) -> None:
         """(Re)load every certificate; raises ``CertificateError`` and keeps the old ones."""
         certificates = [
-            _load(f["cert"], f["key"], self.client_ca, self.client_cert) for f in self.files
+            _load(f["cert"], f["key"], self.client_ca, self.client_cert, self.alpn)
+            for f in self.files
         ]
         try:
             self._mtimes = self._current_mtimes()

@@ -53,6 +53,8 @@ class BodyKind(enum.IntEnum):
     CONTENT_LENGTH = 1
     CHUNKED = 2
     CLOSE_DELIMITED = 3
+    FRAMES = 4
+    """Towards an HTTP/2 client: DATA frames until END_STREAM (the stream frames them)."""
 
 
 class NoParserCallbacks:
@@ -85,6 +87,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._body_kind = BodyKind.NONE
         self._keep_alive = True
         self._got_head = False
+        self._head_fields = 0
+        """Fields in the final response head (those after it are trailers)."""
         self._head_bytes = 0
         """Bytes of the response head(s) received so far in this exchange (bounded)."""
         self.received = 0
@@ -231,6 +235,8 @@ class UpstreamConnection(asyncio.Protocol):
                 headers = [item for item in headers if item[0].lower() != b"content-length"]
         self._body_kind = body_kind
         self._got_head = True
+        if body_kind is BodyKind.CHUNKED:
+            self._head_fields = len(raw)  # the fields after these are trailers
         exchange.upstream_head(status, headers, body_kind)
         if self._head_only:
             # httptools cannot be told a HEAD response has no body: finish it here and start a
@@ -245,6 +251,18 @@ class UpstreamConnection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         # After a 101 the "message" is over but the tunnel goes on until a side closes.
         if self._got_head and not self._head_only and not self.tunnel:
+            if (
+                self._body_kind is BodyKind.CHUNKED
+                and len(self._headers) > self._head_fields
+                and self.exchange is not None
+            ):
+                # Trailer fields after a chunked body: passed on where the client side can
+                # carry them (HTTP/2); an HTTP/1.1 client gets the body without them.
+                self.exchange.response_trailers = [
+                    field
+                    for field in self._headers[self._head_fields :]
+                    if field[0].lower() not in HOP_BY_HOP
+                ]
             self._finish()
 
     def _open_tunnel(self, exchange: Exchange, raw: HeaderList) -> None:

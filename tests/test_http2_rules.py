@@ -1,0 +1,167 @@
+"""HTTP/2 requests to an HTTP/1.1 upstream: RFC 9113 8.2-8.3 and lbx's request rules.
+
+A real lbx (``h2c: true``) in front of a capture upstream that records the exact HTTP/1.1
+request it receives; a raw HTTP/2 client (``tests/h2_helpers.py``).
+"""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+from h2.errors import ErrorCodes
+from tests.h2_helpers import H2Client, frames_until_close, goaway_code, raw_connection
+from tests.http_helpers import lbx_in_front, respond_with, write_conf
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    yield from lbx_in_front(tmp_path_factory, h2c=True, max_body_size=1000)
+
+
+def test_authority_becomes_host_and_the_request_is_canonical_http11(proxy, upstream):
+    """``:authority`` is the upstream's Host; one canonical HTTP/1.1 request, no pseudo-fields."""
+    with H2Client(proxy.address) as client:
+        reply = client.get("/a?b=1", authority="example.test:8080", headers=[("x-one", "1")])
+    assert (reply.status, reply.body) == (200, b"ok")
+    (request,) = upstream.wait_requests(1)
+    assert (request.method, request.target, request.version) == (b"GET", b"/a?b=1", "1.1")
+    assert request.get("Host") == b"example.test:8080"
+    assert request.get("x-one") == b"1"
+    assert not [name for name in request.names() if name.startswith(b":")]
+    assert request.get("Content-Length") is None and request.get("Transfer-Encoding") is None
+
+
+def test_cookies_are_joined_for_http11(proxy, upstream):
+    """RFC 9113 8.2.3: the cookie fields of an HTTP/2 request become one ``; ``-joined field."""
+    with H2Client(proxy.address) as client:
+        client.get("/", headers=[("cookie", "a=1"), ("cookie", "b=2")])
+    (request,) = upstream.wait_requests(1)
+    assert request.get_all("cookie") == [b"a=1; b=2"]
+
+
+def test_te_trailers_is_accepted_and_not_forwarded_to_http11(proxy, upstream):
+    with H2Client(proxy.address) as client:
+        assert client.get("/", headers=[("te", "trailers")]).status == 200
+    assert upstream.wait_requests(1)[0].get("TE") is None
+
+
+def unchecked_client(address: str) -> tuple[H2Connection, object]:
+    """An h2 client that sends header fields as given (no validation, no normalising)."""
+    sock = raw_connection(address)
+    conn = H2Connection(
+        H2Configuration(
+            client_side=True,
+            header_encoding=None,
+            validate_outbound_headers=False,
+            normalize_outbound_headers=False,
+        )
+    )
+    conn.initiate_connection()
+    conn.data_to_send()  # the preface went with raw_connection
+    return conn, sock
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        (b"connection", b"keep-alive"),
+        (b"keep-alive", b"timeout=5"),
+        (b"transfer-encoding", b"chunked"),
+        (b"upgrade", b"websocket"),
+        (b"te", b"gzip"),
+        (b"X-Upper", b"1"),
+        (b"host", b"other.test"),
+    ],
+    ids=lambda f: f[0].decode(),
+)
+def test_connection_specific_and_uppercase_fields_are_malformed(proxy, upstream, field):
+    """RFC 9113 8.2.1-8.2.2 and 8.3.1: connection-specific fields, ``TE`` other than
+    ``trailers``, upper-case names and a Host other than ``:authority`` make the request
+    malformed: PROTOCOL_ERROR, nothing goes upstream."""
+    conn, sock = unchecked_client(proxy.address)
+    fields = [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"x"), (b":path", b"/")]
+    conn.send_headers(1, [*fields, field], end_stream=True)
+    sock.sendall(conn.data_to_send())
+    assert goaway_code(frames_until_close(sock)) == ErrorCodes.PROTOCOL_ERROR
+    sock.close()
+    assert upstream.requests == []
+
+
+def test_request_body_with_and_without_content_length(proxy, upstream):
+    """A body with ``content-length`` goes upstream with it; one without goes chunked."""
+    with H2Client(proxy.address) as client:
+        client.get("/", method="POST", body=b"hello", headers=[("content-length", "5")])
+        client.get("/", method="POST", body=b"world")
+    first, second = upstream.wait_requests(2)
+    assert (first.get("Content-Length"), first.body) == (b"5", b"hello")
+    assert (second.get("Transfer-Encoding"), second.body) == (b"chunked", b"world")
+
+
+def test_a_body_over_the_limit_gets_413(proxy, upstream):
+    with H2Client(proxy.address) as client:
+        reply = client.get("/", method="POST", body=b"x" * 5000)
+        assert reply.status == 413
+        assert client.get("/").status == 200  # the connection goes on
+
+
+def test_connect_is_refused(proxy, upstream):
+    conn, sock = unchecked_client(proxy.address)
+    conn.send_headers(1, [(b":method", b"CONNECT"), (b":authority", b"x:443")], end_stream=True)
+    sock.sendall(conn.data_to_send())
+    data = b""
+    while b"405" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, data
+        data += chunk
+        for event in conn.receive_data(chunk):
+            if type(event).__name__ == "ResponseReceived":
+                assert dict(event.headers)[b":status"] == b"405"
+                sock.close()
+                return
+    sock.close()
+
+
+def test_response_trailers_of_a_chunked_upstream_reach_the_client(proxy, upstream):
+    """Trailer fields after an HTTP/1.1 chunked body go to the HTTP/2 client as trailers."""
+    upstream.handler = respond_with(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5\r\nhello\r\n0\r\ngrpc-status: 0\r\nx-checksum: abc\r\n\r\n"
+    )
+    with H2Client(proxy.address) as client:
+        reply = client.get("/")
+    assert reply.body == b"hello"
+    assert reply.trailers == [(b"grpc-status", b"0"), (b"x-checksum", b"abc")]
+
+
+def test_response_fields_are_lowercase_without_connection_specific_ones(proxy, upstream):
+    upstream.handler = respond_with(
+        b"HTTP/1.1 200 OK\r\nX-Mixed-Case: v\r\nConnection: keep-alive\r\nKeep-Alive: 5\r\n"
+        b"Content-Length: 2\r\n\r\nok"
+    )
+    with H2Client(proxy.address) as client:
+        reply = client.get("/")
+    names = [name for name, _ in reply.headers]
+    assert b"x-mixed-case" in names
+    assert not {b"connection", b"keep-alive", b"transfer-encoding"} & set(names)
+    assert reply.get("content-length") == b"2"
+
+
+def test_head_and_204_end_with_the_head(proxy, upstream):
+    upstream.handler = respond_with(b"HTTP/1.1 204 No Content\r\n\r\n")
+    with H2Client(proxy.address) as client:
+        reply = client.get("/")
+    assert (reply.status, reply.body) == (204, b"")
+
+
+def test_an_unreachable_upstream_is_a_502_on_the_stream(lbx, tmp_path):
+    """A dead backend: 502 as over HTTP/1.1, and the connection goes on."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{probe.getsockname()[1]}"
+    proc = lbx("-c", write_conf(tmp_path, [dead], h2c=True))
+    with H2Client(proc.address) as client:
+        assert client.get("/").status == 502
+        assert client.get("/").status == 502
