@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from lbx.h1 import H1Downstream
     from lbx.h2stream import H2Stream
     from lbx.http import HeaderList, ResponseHeader
+    from lbx.proxy import ProxyService
     from lbx.upstream import UpstreamConnection
 
 
@@ -85,6 +86,7 @@ class ClientConnection(Protocol):
 
     transport: asyncio.Transport | None
     client_addr: str
+    service: ProxyService
 
     def close_when_idle(self) -> None:
         """Finish what is in flight, take nothing new, then close (HTTP/2: GOAWAY)."""
