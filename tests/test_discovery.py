@@ -102,3 +102,37 @@ def test_the_table_carries_the_set_and_the_flags_to_another_process():
     assert retired_slot not in table.slots.values()  # quarantined: a free slot was used
     now[0] += QUARANTINE_SECONDS
     assert table.room() == 1  # the retired slot is free again
+
+
+def test_a_worker_whose_backends_all_leave_always_finds_a_ready_set():
+    """Replace-all: while the writer is between the two halves of its sequence number a worker
+    cannot read the table, so the backends it has must still be ready then; once the new set
+    is readable, the old ones are out and the worker takes the new set (a file source with
+    threads: 2 answered 503 in that window)."""
+    seen: list[tuple[bool, bool, bool]] = []  # (writing, readable, A ready) after each slot
+
+    class Watched(BackendTable):
+        def _write_slot(self, slot: int, state: int, weight: int, at: float, addr: str) -> None:
+            super()._write_slot(slot, state, weight, at, addr)
+            if watching:
+                seen.append((self.sequence % 2 == 1, worker.changed(), serving.health[A].ready))
+
+    watching = False
+    table = Watched(4)
+    writer = Backends((A, B))
+    table.publish(writer)
+    worker = BackendTable(4)
+    worker.memory = table.memory  # a worker maps the same bytes (forked, in production)
+    found = worker.read()
+    assert found is not None
+    serving = Backends()
+    serving.replace([b for _, b in found], worker.make_health(worker.slots))
+    watching = True
+    writer.replace([C])
+    table.publish(writer)
+    assert seen and all(writing and not readable for writing, readable, _ in seen)
+    assert all(ready for _, _, ready in seen)  # what the worker has serves meanwhile
+    assert not serving.health[A].ready and not serving.health[B].ready
+    assert worker.changed()
+    found = worker.read()
+    assert found is not None and [b.addr for _, b in found] == [C.addr]

@@ -11,9 +11,11 @@ forks, so every process maps the same bytes:
   bytes (the flags every process reads and writes in place, as before discovery existed).
 
 A backend keeps its slot for as long as it is a member, so its health flags never move. A
-removed backend's slot is retired with ``healthy`` cleared at once (a worker that has not read
-the new set yet already skips it) and is reused only after ``QUARANTINE_SECONDS``, so that no
-worker still reads a retired slot as the old backend. Workers read the table when its sequence
+removed backend's slot is retired, and its ``healthy`` cleared as soon as the new set is
+published (a worker that has not read the new set yet already skips it; one left with no ready
+backend re-reads the table and finds the new set, never a table being written); it is reused
+only after ``QUARANTINE_SECONDS``, so that no worker still reads a retired slot as the old
+backend. Workers read the table when its sequence
 number changed (``lbx.discovery`` polls it every ``POLL_SECONDS``); the single writer never
 waits for them.
 """
@@ -85,8 +87,8 @@ class BackendTable:
         """Make the table say what ``backends`` holds (the writer: discovery, the admin).
 
         A backend without a slot gets one and its ``Health`` moves into it; members that left
-        are retired with ``healthy`` cleared. Raises ``TableFull`` (nothing changed) when the
-        new backends do not fit.
+        are retired, with ``healthy`` cleared once the new set is readable. Raises
+        ``TableFull`` (nothing changed) when the new backends do not fit.
         """
         memory = self.memory
         members = dict(self._slots)
@@ -96,10 +98,11 @@ class BackendTable:
         sequence = self.sequence + 1  # odd: readers wait
         HEADER.pack_into(memory, 0, sequence, self.capacity)
         now = self.clock()
+        leaving: list[int] = []
         for addr, slot in list(members.items()):
             if addr not in current:
-                memory[self.health_at(slot)] = 0  # out at once, before any worker re-reads
                 self._write_slot(slot, RETIRED, 0, now, addr)
+                leaving.append(slot)
                 del members[addr]
         for addr, slot in zip(new, free, strict=True):
             backend = current[addr]
@@ -116,6 +119,10 @@ class BackendTable:
         self._slots = members
         HEADER.pack_into(memory, 0, sequence + 1, self.capacity)
         self.seen = sequence + 1
+        # Out now, not while the sequence was odd: a worker whose backends all left would
+        # re-read a table being written, find nothing to take, and answer 503.
+        for slot in leaving:
+            memory[self.health_at(slot)] = 0
 
     def room(self) -> int:
         """How many backends that have no slot yet can join now."""
