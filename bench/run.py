@@ -1023,6 +1023,8 @@ def main() -> None:
     ap.add_argument("--retries", type=int, default=2, help="repeats allowed per noisy run")
     ap.add_argument("--compare-backends", action="store_true", help="measure the backends only")
     args = ap.parse_args()
+    # A stopped benchmark (kill, timeout) stops the proxies and backends it started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.quick:
         args.rounds, args.duration, args.warmup, args.retries = 1, 3, 1, 0
     if args.compare_backends:

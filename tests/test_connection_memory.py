@@ -156,3 +156,46 @@ def test_an_idle_connection_parks_and_serves_its_next_request(monkeypatch):
     monkeypatch.setattr(lbx.h1, "PARK_SECONDS", 0.05)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         assert runner.run(park_and_reuse()) == (True, True, 200)
+
+
+async def h2_streams_left(requests: int) -> tuple[int, int]:
+    """``requests`` HTTP/2 requests at once on one connection (an in-process lbx, the client in
+    a thread), the connection still open: (answered, H2Stream objects still alive)."""
+    from tests.h2_helpers import H2Client
+
+    from lbx.h2 import H2Downstream
+    from lbx.h2stream import H2Stream
+
+    backend = DemoBackend("a")
+    await backend.start()
+    service, listener, _ = await inprocess.serve(backend.address)
+    listener.close()
+    h2c = await asyncio.get_running_loop().create_server(
+        lambda: H2Downstream(service), "127.0.0.1", 0
+    )
+    address = f"127.0.0.1:{h2c.sockets[0].getsockname()[1]}"
+    client = await asyncio.to_thread(H2Client, address)
+
+    def send_all() -> int:
+        streams = [client.request("/") for _ in range(requests)]
+        return sum(client.response(stream).status == 200 for stream in streams)
+
+    answered = await asyncio.to_thread(send_all)
+    for _ in range(100):  # the last stream is forgotten once its end is written
+        if not any(isinstance(c, H2Downstream) and c.streams for c in service.connections.open):
+            break
+        await asyncio.sleep(0.01)
+    left = count(H2Stream)
+    client.close()
+    await service.connections.wait_closed()
+    h2c.close()
+    await h2c.wait_closed()
+    await backend.stop()
+    return answered, left
+
+
+def test_http2_streams_are_freed_by_reference_counting(collector_off):
+    """A finished HTTP/2 stream leaves no reference cycle (its task and exchange let go of it):
+    each used to leave about 25 objects for the cyclic collector, 8% of lbx's CPU."""
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        assert runner.run(h2_streams_left(50)) == (50, 0)

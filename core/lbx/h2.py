@@ -87,6 +87,8 @@ class H2Downstream(asyncio.Protocol):
         self._forwarding: list[tuple[bytes, bytes, bytes]] = []
         self._trusted = True
         self._in_events = False
+        self._write_soon = False
+        """A write of what h2 has queued is scheduled for the end of this loop iteration."""
         self._closing = False
         """Graceful shutdown: GOAWAY sent, close once the streams are over."""
         self._refuse_after = MAX_STREAM_ID
@@ -370,16 +372,32 @@ class H2Downstream(asyncio.Protocol):
                 self._arm_idle()
 
     def forget(self, stream: H2Stream) -> None:
+        """A stream is over (phases finished, response sent or reset)."""
         self.streams.pop(stream.stream_id, None)
+        # Its task's coroutine (compiled: it keeps its locals once it returned) and its exchange
+        # reference the stream: without these links a request is a reference cycle that only
+        # the cyclic collector frees (about 25 objects per stream, 8% of lbx's CPU).
+        stream.task = None
+        stream.exchange = None
         if self._closing:
             self._close_if_idle()
 
     # -- writing (h2 frames the bytes; one transport write per batch) -------------------------
     def write_pending(self) -> None:
-        if self._in_events or self.transport is None:
+        """Send what h2 has queued, in one write per loop iteration: the frames of every stream
+        that answered in this iteration go together (a write per frame took a quarter of lbx's
+        CPU under ``h2load -m 10``)."""
+        if self._write_soon or self._in_events or self.transport is None:
+            return
+        self._write_soon = True
+        self.loop.call_soon(self._write_now)
+
+    def _write_now(self) -> None:
+        self._write_soon = False
+        if self.transport is None or self.lost:
             return
         data = self.h2.data_to_send()
-        if data and not self.lost:
+        if data:
             self.transport.write(data)
 
     def send_headers(self, stream: H2Stream, fields: HeaderList, end: bool) -> bool:
@@ -496,7 +514,7 @@ class H2Downstream(asyncio.Protocol):
 
     def _send_goaway(self, last_stream_id: int) -> None:
         # Written past h2, whose state machine sends nothing more after its own GOAWAY.
-        self.write_pending()
+        self._write_now()
         frame = GoAwayFrame(0)
         frame.last_stream_id = last_stream_id
         frame.error_code = 0
@@ -508,7 +526,7 @@ class H2Downstream(asyncio.Protocol):
             return
         if self._refuse_after == MAX_STREAM_ID and self.service.connections.shutting_down:
             return  # the last GOAWAY first
-        self.write_pending()
+        self._write_now()
         self.lost = True
         self.transport.close()
 
