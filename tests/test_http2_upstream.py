@@ -14,6 +14,7 @@ import json
 import socket
 import ssl
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ from lbx.testing import _PATTERN, BackendThread, DemoBackend, LbxProcess, http_g
 
 RSS_BUDGET_KIB = 30 * 1024
 SERVER_NAME = "backend.test"
+PROXY_NAME = "lbx.test"
 
 
 @dataclass
@@ -70,6 +72,10 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     ca = trustme.CA()
     ca_file = directory / "ca.pem"
     ca_file.write_bytes(ca.cert_pem.bytes())
+    proxy_cert = ca.issue_cert(PROXY_NAME)
+    cert_file, key_file = directory / "cert.pem", directory / "key.pem"
+    cert_file.write_bytes(b"".join(blob.bytes() for blob in proxy_cert.cert_chain_pems))
+    proxy_cert.private_key_pem.write_to_path(str(key_file))
     thread = BackendThread()
     try:
         contexts = []
@@ -95,6 +101,9 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
             }
             if tls:
                 service.update({"tls": True, "sni": SERVER_NAME})
+            if name == "h2c":  # clients over TLS too (ALPN h2), on an address of its own
+                service["tls_listen"] = ["127.0.0.9:0"]
+                service["certificates"] = [{"cert": str(cert_file), "key": str(key_file)}]
             services.append(service)
         conf = directory / "lbx.yaml"
         conf.write_text(
@@ -103,7 +112,12 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
             )
         )
         with LbxProcess("-c", str(conf)) as process:
-            addresses = dict(zip(SERVICES, process.addresses, strict=True))
+            listening = process.addresses
+            addresses = {
+                name: next(a for a in listening if a.startswith(f"127.0.0.{index + 1}:"))
+                for index, name in enumerate(SERVICES)
+            }
+            addresses["h2c_tls"] = next(a for a in listening if a.startswith("127.0.0.9:"))
             with H2Client(addresses["h2c"]) as client:
                 assert client.get("/bytes/65536").body == _PATTERN
                 assert client.get("/echo", method="POST", body=b"warm-up").status == 200
@@ -304,6 +318,27 @@ def test_curl_and_h2load_to_h2_backend(setup: Setup) -> None:
     assert "2000 succeeded, 0 failed, 0 errored" in result, result
 
 
+def test_curl_http2_over_tls_to_h2_backend(setup: Setup, tmp_path: Path) -> None:
+    """``curl --http2`` over TLS (ALPN h2) through lbx to an HTTP/2 backend."""
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(setup.ca.cert_pem.bytes())
+    port = setup.addresses["h2c_tls"].rsplit(":", 1)[1]
+    resolve = f"{PROXY_NAME}:{port}:127.0.0.9"
+    url = f"https://{PROXY_NAME}:{port}/"
+    out = curl("--http2", "--cacert", str(ca), "--resolve", resolve, "-w", "\n%{http_version}", url)
+    assert out.stdout == b"Hello from backend h2\n\n2"
+    transport = httpx.HTTPTransport(http2=True, verify=_context(setup.ca))
+    with httpx.Client(transport=transport, timeout=TIMEOUT) as client:
+        reply = client.get(f"https://127.0.0.9:{port}/", extensions={"sni_hostname": PROXY_NAME})
+    assert reply.http_version == "HTTP/2" and reply.text == "Hello from backend h2\n"
+
+
+def _context(ca: trustme.CA) -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    return context
+
+
 def test_httpx_h2_to_h2_backend(setup: Setup) -> None:
     with httpx.Client(http1=False, http2=True, timeout=TIMEOUT) as client:
         reply = client.get(f"http://{setup.addresses['alpn']}/")
@@ -377,3 +412,57 @@ def test_a_raw_socket_h1_client_that_stops_reading(setup: Setup) -> None:
             digest.update(piece)
             size += len(piece)
     assert digest.hexdigest() == expected_sha256(SIZE)
+
+
+# -- streams are requests for the access log, the metrics and the status view ---------------------
+
+
+def test_streams_are_counted_by_accesslog_metrics_and_status(tmp_path: Path) -> None:
+    """Five streams on one HTTP/2 connection, to an HTTP/2 backend: five access log lines
+    (``HTTP/2``), five requests in /metrics and in ``lbx status``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    thread = BackendThread()
+    backend = start_h2_backend(thread, "h2")
+    try:
+        log, sock = tmp_path / "access.log", tmp_path / "status.sock"
+        conf = tmp_path / "lbx.yaml"
+        service = {
+            "name": "web",
+            "listen": ["127.0.0.1:0"],
+            "h2c": True,
+            "upstream_http_version": 2,
+            "upstreams": [backend.address],
+        }
+        conf.write_text(
+            yaml.safe_dump(
+                {
+                    "plugins": ["roundrobin", "accesslog", "prometheus", "status"],
+                    "accesslog": {"path": str(log), "batch_lines": 1},
+                    "prometheus": {"listen": "127.0.0.1:0"},
+                    "status": {"listen": f"unix:{sock}"},
+                    "services": [service],
+                }
+            )
+        )
+        with LbxProcess("-c", str(conf)) as process:
+            metrics = process.wait_for(r"prometheus: metrics on http://(\S+)/metrics")[1]
+            with H2Client(process.address) as client:
+                for stream in [client.request("/") for _ in range(5)]:
+                    assert client.response(stream).status == 200
+            wait_until(lambda: log.exists() and log.read_text().count("\n") == 5)
+            assert all('"GET / HTTP/2"' in line for line in log.read_text().splitlines())
+            text = httpx.get(f"http://{metrics}/metrics", timeout=TIMEOUT).text
+            families = {f.name: f.samples for f in text_string_to_metric_families(text)}
+            assert sum(s.value for s in families["lbx_requests"]) == 5
+            status = subprocess.run(
+                [sys.executable, "-m", "lbx", "status", "--socket", str(sock), "--json"],
+                capture_output=True,
+                text=True,
+                timeout=TIMEOUT,
+                check=True,
+            )
+            assert json.loads(status.stdout)["services"][0]["requests"] == 5
+    finally:
+        stop_h2_backend(thread, backend)
+        thread.close()
