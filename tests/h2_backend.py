@@ -45,6 +45,8 @@ class _Protocol(asyncio.Protocol):
         self.h2 = H2Connection(H2Configuration(client_side=False, header_encoding=None))
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, _Stream] = {}
+        self.head_only = False
+        """The request being answered is a HEAD (its answer has no DATA)."""
         self.window = asyncio.Event()
         self.writable = asyncio.Event()
         self.writable.set()
@@ -125,6 +127,7 @@ class _Protocol(asyncio.Protocol):
         method, target = pseudo.get(b":method", b""), pseudo.get(b":path", b"/").decode()
         path, _, query = target.partition("?")
         name = self.backend.name
+        self.head_only = method == b"HEAD"
         fields: list[tuple[bytes, bytes]] = [(b"x-backend", name.encode())]
         if path == "/echo":
             body = json.dumps(
@@ -169,6 +172,8 @@ class _Protocol(asyncio.Protocol):
         self, stream_id: int, status: int, fields: list[tuple[bytes, bytes]], body: bytes
     ) -> None:
         head = [(b":status", b"%d" % status), *fields, (b"content-length", b"%d" % len(body))]
+        if self.head_only or status in (204, 304):
+            body = b""
         self.h2.send_headers(stream_id, head, end_stream=not body)
         if body:
             self.h2.send_data(stream_id, body, end_stream=True)

@@ -199,6 +199,27 @@ def test_post_bodies_both_framings(setup: Setup) -> None:
     assert echo(sized.content)[0]["content-length"] == "100000"
 
 
+def test_head_and_204_have_no_body(setup: Setup) -> None:
+    """HEAD keeps the backend's content-length and has no body; a 204 has neither, to
+    HTTP/1.1 and HTTP/2 clients alike (the connection goes on)."""
+    address = setup.addresses["h2c"]
+    with httpx.Client(timeout=TIMEOUT) as client:
+        head = client.head(f"http://{address}/")
+        empty = client.get(f"http://{address}/status/204")
+        after = client.get(f"http://{address}/")
+    assert (head.status_code, head.headers["content-length"], head.content) == (200, "22", b"")
+    assert (empty.status_code, "content-length" in empty.headers, empty.content) == (
+        204,
+        False,
+        b"",
+    )
+    assert after.text == "Hello from backend h2\n"
+    with H2Client(address) as h2client:
+        reply = h2client.get("/status/204")
+        assert (reply.status, reply.get("content-length"), reply.body) == (204, None, b"")
+        assert h2client.get("/", method="HEAD").body == b""
+
+
 def test_trailers_reach_h2_clients(setup: Setup) -> None:
     """The backend's trailers are HTTP/2 trailers to an HTTP/2 client; an HTTP/1.1 client gets
     the body."""

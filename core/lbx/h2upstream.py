@@ -225,8 +225,8 @@ class H2UpstreamConnection(asyncio.Protocol):
             return  # the transport was handed over; not this protocol's any more
         if not self.ready.done():
             self.ready.set_exception(PrefaceRefused(f"{self.peer.addr} closed: {exc}"))
+        self._release()  # first: nothing more is written to a lost transport
         self._fail_all(f"{self.peer.addr} closed the HTTP/2 connection", False)
-        self._release()
 
     def pause_writing(self) -> None:
         self.writable = False
@@ -586,6 +586,8 @@ class H2UpstreamStream:
         self._got_head = True
         if self._head_only or status in _NO_BODY_STATUSES:
             kind = BodyKind.NONE
+            if status == 204:  # no length either (RFC 9110 8.6), as from HTTP/1.1 upstreams
+                fields = [field for field in fields if field[0] != b"content-length"]
         elif any(name == b"content-length" for name, _ in fields):
             kind = BodyKind.CONTENT_LENGTH
         elif event.stream_ended is not None and not exchange.h2:
