@@ -9,6 +9,7 @@ each way in flat memory, a client that stops reading (the backend's window close
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import socket
@@ -317,6 +318,31 @@ def test_idle_h2_upstream_connection_is_pinged(setup: Setup) -> None:
     before = setup.counted(setup.h2, "pings")
     wait_until(lambda: setup.counted(setup.h2, "pings") >= before + 2)
     assert http_get(setup.addresses["h2c"], "/").status == 200
+
+
+def mute(backend: H2Backend) -> list[asyncio.Transport]:
+    """Stop reading every connection of ``backend`` (on its loop); their transports."""
+    transports = [c.transport for c in backend.connections if c.transport is not None]
+    for transport in transports:
+        transport.pause_reading()
+    return transports
+
+
+def test_a_backend_that_stops_answering_pings_is_dropped(setup: Setup) -> None:
+    """The backend stops reading (its PING ACKs stop): by the next interval lbx closes the
+    connection, the request waiting on it gets a 502 (a POST: not sent again), the next
+    request a new connection."""
+    with H2Client(setup.addresses["h2c"]) as client:
+        stream = client.request("/sleep/60", method="POST")
+        wait_until(lambda: setup.counted(setup.h2, "sleeping") >= 1)
+        before = setup.counted(setup.h2, "connections_total")
+        muted = run_in(setup.thread, lambda: mute(setup.h2))
+        assert client.response(stream).status == 502
+        assert client.get("/").status == 200
+    assert setup.counted(setup.h2, "connections_total") == before + 1
+    setup.process.wait_for(r"did not answer a PING: connection closed")
+    # The muted connections end (their held request with them) for the tests that follow.
+    run_in(setup.thread, lambda: [transport.abort() for transport in muted])
 
 
 # -- real clients, big bodies, back-pressure -------------------------------------------------------
