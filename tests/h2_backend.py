@@ -1,9 +1,9 @@
 """An HTTP/2 backend for tests: python-hyper's ``h2`` on an asyncio server (h2c prior knowledge,
 or TLS with ALPN ``h2``), run on a ``BackendThread``'s loop. It answers the paths
 ``lbx.testing.DemoBackend`` answers (``/``, ``/echo``, ``/bytes/<n>``, ``/sleep/<s>``,
-``/status/<n>``) plus ``/trailers`` and ``/reset``, sends within lbx's flow-control windows, and
-counts what tests look at: connections, streams at once, PINGs, resets, a stream waiting for a
-window."""
+``/status/<n>``) plus ``/trailers``, ``/reset``, ``/refuse-once/<key>`` and ``/garbage``, sends
+within lbx's flow-control windows, and counts what tests look at: connections, streams at once,
+PINGs, resets, a stream waiting for a window."""
 
 from __future__ import annotations
 
@@ -161,6 +161,19 @@ class _Protocol(asyncio.Protocol):
             self.h2.send_headers(stream_id, [(b":status", b"200"), *fields])
             self.h2.send_data(stream_id, b"with trailers\n")
             self.h2.send_headers(stream_id, [(b"x-trailer", b"yes")], end_stream=True)
+        elif path.startswith("/refuse-once/"):
+            # REFUSED_STREAM the first time a key is asked: the request was not processed.
+            if path not in self.backend.refused:
+                self.backend.refused.add(path)
+                self.h2.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
+            else:
+                self.respond(stream_id, 200, fields, b"processed\n")
+        elif path == "/garbage":
+            # A HEADERS frame whose HPACK block does not decode: a connection error.
+            self.flush()
+            assert self.transport is not None
+            frame = b"\x00\x00\x04\x01\x05" + stream_id.to_bytes(4, "big") + b"\xff" * 4
+            self.transport.write(frame)
         elif path == "/reset":
             self.h2.send_headers(stream_id, [(b":status", b"200"), *fields])
             self.h2.send_data(stream_id, b"partial")
@@ -219,6 +232,7 @@ class H2Backend:
         self.max_active = 0
         self.pings = 0
         self.resets = 0
+        self.refused: set[str] = set()
         self.sleeping = 0
         self.blocked = 0
         """Streams waiting for lbx to open its window."""

@@ -255,6 +255,24 @@ def test_client_reset_resets_the_upstream_stream(setup: Setup) -> None:
         assert client.get("/").status == 200
 
 
+def test_refused_stream_is_sent_again_whatever_the_method(setup: Setup) -> None:
+    """REFUSED_STREAM (the backend did not process it): lbx sends even a POST again (one whose
+    body bytes did not leave lbx yet: they are streamed, not kept)."""
+    with httpx.Client(timeout=TIMEOUT) as client:
+        reply = client.post(f"http://{setup.addresses['h2c']}/refuse-once/post")
+    assert (reply.status_code, reply.content) == (200, b"processed\n")
+
+
+def test_a_backend_breaking_hpack_is_502_and_lbx_goes_on(setup: Setup) -> None:
+    """A header block that does not decode is a connection error: 502 for the request on it,
+    a new connection for the next one."""
+    before = setup.counted(setup.h2, "connections_total")
+    assert http_get(setup.addresses["h2c"], "/garbage").status == 502
+    reply = http_get(setup.addresses["h2c"], "/")
+    assert (reply.status, reply.body) == (200, b"Hello from backend h2\n")
+    assert setup.counted(setup.h2, "connections_total") == before + 1
+
+
 def test_dead_h2_backend_is_502_and_lbx_goes_on(tmp_path: Path) -> None:
     """A backend that is gone: 502 on the stream; once back, the next request works."""
     thread = BackendThread()

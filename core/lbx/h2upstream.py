@@ -404,6 +404,8 @@ class H2UpstreamStream:
         self.complete = False
         """The response ended (END_STREAM)."""
         self.sent_end = False
+        self.unprocessed = False
+        """The backend said it did not process this stream: sending it again is safe."""
         self._head_only = False
         self._got_head = False
         self._outbox: list[bytes] = []
@@ -622,6 +624,9 @@ class H2UpstreamStream:
         """RST_STREAM (or GOAWAY) from the backend. A stream it did not process (REFUSED_STREAM,
         above a GOAWAY's last id) fails before any response byte, so it may be retried."""
         name = ErrorCodes(code).name if code in ErrorCodes._value2member_map_ else str(code)
+        self.unprocessed = not processed or (
+            code == ErrorCodes.REFUSED_STREAM and not self.got_response_bytes
+        )
         self.fail(
             ProxyError(
                 ErrorType.H2_ERROR,

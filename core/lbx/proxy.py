@@ -380,12 +380,16 @@ class ProxyService:
                 raise
             # A pooled connection may have been closed by the upstream just as we reused it:
             # sending again is safe if nothing came back and no body byte left lbx.
-            exc.retry = (
-                reused
-                and not exchange.fresh
-                and not conn.got_response_bytes
-                and exchange.retry_safe
-                and session.req_header.method in _IDEMPOTENT
+            exc.retry = exchange.retry_safe and (
+                (
+                    reused
+                    and not exchange.fresh
+                    and not conn.got_response_bytes
+                    and session.req_header.method in _IDEMPOTENT
+                )
+                # An HTTP/2 backend that says it did not process the stream (REFUSED_STREAM,
+                # above its GOAWAY's last id): any method may go again (RFC 9113 8.7).
+                or (isinstance(conn, H2UpstreamStream) and conn.unprocessed)
             )
             if hooks.error_while_proxy is not None:
                 hooks.error_while_proxy.call_sync(session, peer, ctx, exc, reused)
