@@ -1106,12 +1106,38 @@ def setup_http2(page: Page) -> None:
     local_backends(page, 8001)
 
 
+def grpc_server(page: Page) -> Result:
+    """``python grpc_echo.py serve 127.0.0.1:50051 &``: on port 0 (the documented port is bound
+    to the one it prints), as a job the page ends."""
+    child = page.r.start(
+        [sys.executable, "grpc_echo.py", "serve", "127.0.0.1:0"], page.r.env, r"serving on"
+    )
+    page.r.jobs.append(child)
+    page.r.places.ports[50051] = int(child.wait_for(r"serving on \S+:(\d+)", TIMEOUT)[1])
+    return Result("python grpc_echo.py serve", 0, "")
+
+
+def save_block(name: str) -> Action:
+    def action(page: Page, block: Block) -> None:
+        (page.workdir / name).write_text(block.text, encoding="utf-8")
+
+    return action
+
+
 HTTP2_STEPS = [
     config("plugins: [roundrobin]", "h2.yaml"),
     sh("lbx serve -c h2.yaml"),
     sh("curl --http2-prior-knowledge -sS -w"),
     sh("h2load -n 1000 -c 10 -m 10 http://127.0.0.1:8080/"),
     out("..."),
+    custom("python", '"""grpc_echo.py', save_block("grpc_echo.py")),
+    config("plugins: [roundrobin]", "grpc.yaml"),
+    sh(
+        "python grpc_echo.py serve 127.0.0.1:50051 &",
+        Hooks(instead={"python grpc_echo.py serve": grpc_server}),
+    ),
+    sh("python grpc_echo.py call 127.0.0.1:8080 hello"),
+    out("echo: hello"),
 ]
 
 

@@ -105,6 +105,9 @@ class ServiceConfig:
     trusted_proxies: list[str] | None = None
     via: bool = False
     h2c: bool = False
+    upstream_http_version: int | str = 1
+    max_h2_streams: int = 100
+    h2_ping_interval: float = 30
     http2: bool = True
     h2_max_concurrent_streams: int = 128
     h2_max_control_frames_per_second: int = 100

@@ -201,6 +201,26 @@ SERVICE_KEYS: dict[str, Field] = {
             ("via", "bool", False, "add Via: 1.1 lbx in both directions", {}),
             # HTTP/2 (docs/http2.md); limits close to nginx's and HAProxy's.
             ("h2c", "bool", False, "HTTP/2 by prior knowledge on plaintext listeners", {}),
+            (
+                "upstream_http_version",
+                "any",
+                1,
+                "to upstreams: 1, 2 (h2c prior knowledge or TLS ALPN h2; HTTP/1.1 when the "
+                "backend refuses) or auto (TLS's ALPN chooses)",
+                {
+                    "check": lambda v: (
+                        None if str(v) in ("1", "2", "auto") else "must be 1, 2 or auto"
+                    )
+                },
+            ),
+            ("max_h2_streams", "int", 100, "requests at once on an HTTP/2 upstream", _MIN1),
+            (
+                "h2_ping_interval",
+                "number",
+                30,
+                "seconds of silence before an HTTP/2 upstream connection is PINGed; 0: never",
+                _MIN0,
+            ),
             ("http2", "bool", True, "offer HTTP/2 (ALPN h2) on tls_listen addresses", {}),
             ("h2_max_concurrent_streams", "int", 128, "HTTP/2 requests at once", _MIN1),
             (

@@ -23,6 +23,7 @@ class ErrorType(enum.Enum):
     TLS_HANDSHAKE_FAILURE = "TLSHandshakeFailure"
     INVALID_HTTP_HEADER = "InvalidHTTPHeader"
     H1_ERROR = "H1Error"
+    H2_ERROR = "H2Error"
     READ_ERROR = "ReadError"
     WRITE_ERROR = "WriteError"
     READ_TIMEDOUT = "ReadTimedout"

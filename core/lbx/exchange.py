@@ -34,12 +34,16 @@ from lbx.upstream import BodyKind, UpstreamConnection
 if TYPE_CHECKING:
     from lbx.h1 import H1Downstream
     from lbx.h2stream import H2Stream
+    from lbx.h2upstream import H2UpstreamStream
     from lbx.proxy import ProxyService
 
     # What lbx.downstream.Downstream describes, as the two concrete classes: compiled, a call
     # on this union is a direct call to the one the object is (a Protocol would make every
     # call a generic method lookup, on the HTTP/1.1 path too).
     Downstream: TypeAlias = "H1Downstream | H2Stream"
+    # The upstream side: an HTTP/1.1 connection, or one stream of an HTTP/2 connection
+    # (``lbx.h2upstream``), called the same way.
+    Upstream: TypeAlias = "UpstreamConnection | H2UpstreamStream"
 
 log = logging.getLogger("lbx.exchange")
 
@@ -136,7 +140,7 @@ class Exchange:
         self._body_sent_any = False
         self.streaming_request = False
         self._streaming_response = False
-        self.upstream: UpstreamConnection | None = None
+        self.upstream: Upstream | None = None
         self._upstream_paused = False
         self._head_future: asyncio.Future[None] | None = None
         self._done_future: asyncio.Future[None] | None = None
@@ -248,9 +252,12 @@ class Exchange:
             data = hooks.request_body_filter.chain(self.session, data, end, self.session.ctx)
         if data:
             self._body_sent_any = True
-            upstream.write(encode_chunk(data) if self._body_kind == RequestBody.CHUNKED else data)
-        if end and self._body_kind == RequestBody.CHUNKED:
-            upstream.write(LAST_CHUNK)
+        upstream.send_body(data, end, self._body_kind == RequestBody.CHUNKED)
+
+    @property
+    def has_request_body(self) -> bool:
+        """The request has a body (Content-Length or chunked; HTTP/2: DATA may follow)."""
+        return self._body_kind != RequestBody.NONE
 
     def start_request_body(self) -> None:
         """The request head went upstream: send what was buffered and stream the rest."""
@@ -552,7 +559,8 @@ class Exchange:
         self.conn.send_head(head, [(b"Connection", b"upgrade")], [early] if early else [], False)
         self.session.body_bytes_sent += len(early)
         upstream = self.upstream
-        assert upstream is not None
+        # Requests that offer an Upgrade always go over HTTP/1.1 (``ProxyService._connection``).
+        assert isinstance(upstream, UpstreamConnection)
         self.conn.start_tunnel(self, upstream)
         if self._upstream_read_paused and self.conn.writable:
             self._upstream_read_paused = False

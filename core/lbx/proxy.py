@@ -24,8 +24,10 @@ from lbx.errors import ErrorSource, ErrorType, ProxyError
 from lbx.exchange import Exchange
 from lbx.h1 import H1Downstream
 from lbx.h2 import select_protocol
+from lbx.h2pool import H2Pool
+from lbx.h2upstream import H2UpstreamStream
 from lbx.http import Headers, RequestHeader, serialize_request
-from lbx.peer import Peer
+from lbx.peer import HTTP_VERSION_ALPN, Peer
 from lbx.request_rules import HeadRules
 from lbx.session import Session
 from lbx.upstream import ConnectionPool, Connector, UpstreamConnection
@@ -59,6 +61,8 @@ MAX_SELECTION_ITERATIONS = 256
 """How many candidates a selector may offer before the request fails (Pingora's examples)."""
 
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+_HTTP_VERSIONS = {"1": 1, "2": 2, "auto": HTTP_VERSION_ALPN}
+"""``upstream_http_version`` as ``Peer.http_version``."""
 
 
 class RequestHooks:
@@ -116,6 +120,9 @@ class ProxyService:
         self.load_balancer = load_balancer
         self.hooks = hooks
         self.connector = connector
+        if connector.h2_pool is None:
+            connector.h2_pool = H2Pool(connector)
+        self.h2_pool: H2Pool = connector.h2_pool
         self.connections = connections
         self.max_retries = max(1, max_retries)
         self.read_timeout = config.read_timeout
@@ -256,6 +263,9 @@ class ProxyService:
                 connection_timeout=cfg.connect_timeout,
                 read_timeout=cfg.read_timeout,
                 idle_timeout=cfg.idle_timeout,
+                http_version=_HTTP_VERSIONS[str(cfg.upstream_http_version)],
+                max_h2_streams=cfg.max_h2_streams,
+                h2_ping_interval=cfg.h2_ping_interval,
             )
             self._peers[backend] = peer
         return peer
@@ -372,41 +382,32 @@ class ProxyService:
     ) -> ProxyError | None:
         """One upstream attempt; returns the error when it failed and a retry was decided."""
         hooks = self.hooks
-        pool = self.connector.pool
         client = exchange.conn
-        conn = None if exchange.fresh else pool.take(peer)
-        reused = conn is not None
-        if conn is None:
-            try:
-                limit = self.max_upstream_connections
-                if limit and pool.open_count(peer) >= limit:
-                    conn = await pool.wait_for_slot(peer, limit, self.upstream_queue_timeout)
-                    reused = conn is not None
-                if conn is None:
-                    conn = await self.connector.connect(peer)
-            except ProxyError as exc:
-                # Nothing was sent: by default another peer is tried (nginx's default).
-                exc.retry = True
-                if hooks.fail_to_connect is not None:
-                    hooks.fail_to_connect.call_sync(session, peer, ctx, exc)
-                if exc.retry and session.tries < self.max_retries and not client.lost:
-                    log.warning(
-                        "Fail to proxy: %s, tries: %d, retry: true, %s",
-                        exc,
-                        session.tries,
-                        session.request_summary(),
-                    )
-                    if peer.backend is not None:
-                        if session.tried is None:
-                            session.tried = []
-                        session.tried.append(peer.backend)
-                    return exc
-                raise
-            if client.lost:
-                pool.put(conn)
-                raise ProxyError(
-                    ErrorType.CONNECTION_CLOSED, ErrorSource.DOWNSTREAM, "client closed"
-                ) from None
+        try:
+            conn, reused = await self._connection(exchange, peer)
+        except ProxyError as exc:
+            # Nothing was sent: by default another peer is tried (nginx's default).
+            exc.retry = True
+            if hooks.fail_to_connect is not None:
+                hooks.fail_to_connect.call_sync(session, peer, ctx, exc)
+            if exc.retry and session.tries < self.max_retries and not client.lost:
+                log.warning(
+                    "Fail to proxy: %s, tries: %d, retry: true, %s",
+                    exc,
+                    session.tries,
+                    session.request_summary(),
+                )
+                if peer.backend is not None:
+                    if session.tried is None:
+                        session.tried = []
+                    session.tried.append(peer.backend)
+                return exc
+            raise
+        if client.lost:
+            self._give_back(conn)
+            raise ProxyError(
+                ErrorType.CONNECTION_CLOSED, ErrorSource.DOWNSTREAM, "client closed"
+            ) from None
         try:
             await self._exchange(exchange, session, ctx, conn, reused, peer)
         except ProxyError as exc:
@@ -415,12 +416,16 @@ class ProxyService:
                 raise
             # A pooled connection may have been closed by the upstream just as we reused it:
             # sending again is safe if nothing came back and no body byte left lbx.
-            exc.retry = (
-                reused
-                and not exchange.fresh
-                and not conn.got_response_bytes
-                and exchange.retry_safe
-                and session.req_header.method in _IDEMPOTENT
+            exc.retry = exchange.retry_safe and (
+                (
+                    reused
+                    and not exchange.fresh
+                    and not conn.got_response_bytes
+                    and session.req_header.method in _IDEMPOTENT
+                )
+                # An HTTP/2 backend that says it did not process the stream (REFUSED_STREAM,
+                # above its GOAWAY's last id): any method may go again (RFC 9113 8.7).
+                or (isinstance(conn, H2UpstreamStream) and conn.unprocessed)
             )
             if hooks.error_while_proxy is not None:
                 hooks.error_while_proxy.call_sync(session, peer, ctx, exc, reused)
@@ -437,12 +442,43 @@ class ProxyService:
             raise
         return None
 
+    async def _connection(
+        self, exchange: Exchange, peer: Peer
+    ) -> tuple[UpstreamConnection | H2UpstreamStream, bool]:
+        """A connection (HTTP/1.1) or a stream (HTTP/2) to ``peer``, and whether it served a
+        request before. A request that offers an Upgrade goes over HTTP/1.1 (HTTP/2 has no
+        ``101``)."""
+        if peer.http_version != 1 and exchange.upgrade_names is None:
+            got = await self.h2_pool.stream(peer, exchange.fresh)
+            if type(got) is H2UpstreamStream:
+                return got, got.reused
+            if got is not None:
+                return got, False  # TLS's ALPN chose HTTP/1.1 on this new connection
+        pool = self.connector.pool
+        conn = None if exchange.fresh else pool.take(peer)
+        if conn is not None:
+            return conn, True
+        limit = self.max_upstream_connections
+        if limit and pool.open_count(peer) >= limit:
+            conn = await pool.wait_for_slot(peer, limit, self.upstream_queue_timeout)
+            if conn is not None:
+                return conn, True
+        return await self.connector.connect(peer), False
+
+    def _give_back(self, conn: UpstreamConnection | H2UpstreamStream) -> None:
+        """The attempt is over: a complete HTTP/1.1 connection goes back to the pool, a stream
+        gives its slot back to its HTTP/2 connection (reset if unfinished), the rest close."""
+        if type(conn) is UpstreamConnection and conn.reusable:
+            self.connector.pool.put(conn)
+        else:
+            conn.close()
+
     async def _exchange(
         self,
         exchange: Exchange,
         session: Session,
         ctx: dict[str, Any],
-        conn: UpstreamConnection,
+        conn: UpstreamConnection | H2UpstreamStream,
         reused: bool,
         peer: Peer,
     ) -> None:
@@ -464,17 +500,25 @@ class ProxyService:
                     await done
         client = exchange.conn
         if client.lost:
-            if conn.reusable:
-                self.connector.pool.put(conn)
+            self._give_back(conn)
             raise ProxyError(ErrorType.CONNECTION_CLOSED, ErrorSource.DOWNSTREAM, "client closed")
         head_future = exchange.new_futures()
         exchange.upstream = conn
-        conn.start(
-            exchange,
-            serialize_request(request, exchange.upstream_framing),
-            request.method == "HEAD",
-            exchange.upgrade_names,
-        )
+        if isinstance(conn, H2UpstreamStream):
+            conn.start_request(
+                exchange,
+                request,
+                exchange.upstream_framing,
+                request.method == "HEAD",
+                not exchange.has_request_body,
+            )
+        else:
+            conn.start(
+                exchange,
+                serialize_request(request, exchange.upstream_framing),
+                request.method == "HEAD",
+                exchange.upgrade_names,
+            )
         exchange.start_request_body()
         read_timeout = peer.read_timeout or self.read_timeout
         deadlines = self.connections.deadlines
@@ -498,8 +542,8 @@ class ProxyService:
         exchange.send_response_head(response)
         await exchange.wait_response_end()
         exchange.upstream = None
-        if conn.reusable and exchange.body_done and exchange.streaming_request:
-            self.connector.pool.put(conn)
+        if exchange.body_done and exchange.streaming_request:
+            self._give_back(conn)
         else:
             conn.close()
 

@@ -622,7 +622,7 @@ class Server:
 
     def _close_pools(self) -> None:
         for service in self.services:
-            service.connector.pool.close_all()
+            service.connector.close_all()
 
 
 def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:

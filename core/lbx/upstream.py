@@ -15,12 +15,12 @@ import ssl
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, TypeVar, cast
 
 import httptools
 
 from lbx.errors import ErrorSource, ErrorType, ProxyError
-from lbx.http import HOP_BY_HOP, HeaderList, fields_to_drop, lower_name
+from lbx.http import HOP_BY_HOP, LAST_CHUNK, HeaderList, encode_chunk, fields_to_drop, lower_name
 from lbx.peer import Peer, upstream_tls_context
 from lbx.request_rules import upgrade_accepted
 
@@ -28,6 +28,9 @@ if TYPE_CHECKING:
     # What a connection reports its response to: the request's Exchange, through plain method
     # calls. Typed as the class itself, not a Protocol, so compiled code calls it directly.
     from lbx.exchange import Exchange
+    from lbx.h2pool import H2Pool
+
+_P = TypeVar("_P", bound=asyncio.BaseProtocol)
 
 log = logging.getLogger("lbx.upstream")
 
@@ -301,9 +304,20 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport.write(head)
 
     def write(self, data: bytes) -> None:
-        """Send request body bytes (already framed)."""
+        """Send raw bytes (a tunnel's)."""
         if self.transport is not None and not self.closed:
             self.transport.write(data)
+
+    def send_body(self, data: bytes, end: bool, chunked: bool) -> None:
+        """Send request body bytes, chunk-framed when ``chunked`` (the last chunk with
+        ``end``); an HTTP/2 stream frames them as DATA instead (``lbx.h2upstream``)."""
+        transport = self.transport
+        if transport is None or self.closed:
+            return
+        if data:
+            transport.write(encode_chunk(data) if chunked else data)
+        if end and chunked:
+            transport.write(LAST_CHUNK)
 
     @property
     def got_response_bytes(self) -> bool:
@@ -546,20 +560,31 @@ class Connector:
         self.pool = pool
         self.ca_file = ca_file
         self.connect_timeout = connect_timeout
-        self._ssl_contexts: dict[tuple[bool, bool, str | None], ssl.SSLContext] = {}
+        self._ssl_contexts: dict[
+            tuple[bool, bool, str | None, tuple[str, ...]], ssl.SSLContext
+        ] = {}
+        self.h2_pool: H2Pool | None = None
+        """The HTTP/2 connections (``lbx.h2pool``), shared by the services of this process."""
         self.dial: Callable[[UpstreamConnection], Awaitable[None]] | None = None
         """Instead of a socket, give each new connection its transport (``connection_made``):
         in-process tests and fuzzing over in-memory transports (``lbx.testing``)."""
 
-    def ssl_context(self, peer: Peer) -> ssl.SSLContext:
-        """``upstream_tls_context`` for ``peer`` (its ``ca_file``, else the server's), cached."""
+    def ssl_context(self, peer: Peer, alpn: tuple[str, ...] = ("http/1.1",)) -> ssl.SSLContext:
+        """``upstream_tls_context`` for ``peer`` (its ``ca_file``, else the server's) offering
+        ``alpn``, cached."""
         ca_file = peer.ca_file or self.ca_file
-        key = (peer.verify_cert, peer.verify_hostname, ca_file)
+        key = (peer.verify_cert, peer.verify_hostname, ca_file, alpn)
         context = self._ssl_contexts.get(key)
         if context is None:
-            context = upstream_tls_context(peer.verify_cert, peer.verify_hostname, ca_file)
+            context = upstream_tls_context(peer.verify_cert, peer.verify_hostname, ca_file, alpn)
             self._ssl_contexts[key] = context
         return context
+
+    def close_all(self) -> None:
+        """Close every idle HTTP/1.1 connection and every HTTP/2 connection (shutdown)."""
+        self.pool.close_all()
+        if self.h2_pool is not None:
+            self.h2_pool.close_all()
 
     async def connect(self, peer: Peer) -> UpstreamConnection:
         """A new connection to ``peer``; connect and TLS errors become ``ProxyError``s."""
@@ -573,7 +598,13 @@ class Connector:
                 conn = UpstreamConnection(peer, pool)
                 await self.dial(conn)
             else:
-                conn = await self._connect(peer, timeout, ssl_context, server_hostname)
+                conn = await self.open(
+                    peer,
+                    timeout,
+                    ssl_context,
+                    server_hostname,
+                    lambda: UpstreamConnection(peer, pool),
+                )
         except BaseException:
             pool.release(peer.pool_key)
             raise
@@ -582,26 +613,29 @@ class Connector:
             pool.discard(conn)
         return conn
 
-    async def _connect(
+    async def open(
         self,
         peer: Peer,
         timeout: float,
         ssl_context: ssl.SSLContext | None,
         server_hostname: str | None,
-    ) -> UpstreamConnection:
+        factory: Callable[[], _P],
+    ) -> _P:
+        """A connection to ``peer`` with the protocol ``factory`` makes (HTTP/1.1 here, HTTP/2
+        in ``lbx.h2pool``); connect and TLS errors become ``ProxyError``s."""
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(timeout):
                 if peer.unix_path is not None:
                     _, conn = await loop.create_unix_connection(
-                        lambda: UpstreamConnection(peer, self.pool),
+                        factory,
                         peer.unix_path,
                         ssl=ssl_context,
                         server_hostname=server_hostname,
                     )
                 else:
                     _, conn = await loop.create_connection(
-                        lambda: UpstreamConnection(peer, self.pool),
+                        factory,
                         peer.host or "",
                         peer.port,
                         ssl=ssl_context,
