@@ -20,7 +20,7 @@ import httpx
 import pytest
 import yaml
 
-from lbx.testing import LbxProcess, http_get
+from lbx.testing import LbxProcess, http_connection, http_get
 
 VERSIONS = ["1.1", "2"]
 
@@ -60,12 +60,34 @@ def get(
     """One GET. Over HTTP/2 (httpx, prior knowledge, a new connection) where an ``over_both``
     test's ``[2]`` run started lbx; else HTTP/1.1 (on ``conn`` when given: keep-alive)."""
     if address in HTTP2_ADDRESSES:
-        with httpx.Client(http1=False, http2=True, timeout=10) as client:
-            response = client.get(f"http://{address}{path}", headers=headers)
-        assert response.http_version == "HTTP/2"
-        return Answer(response.status_code, response.headers, response.content, "2")
+        return ask(address, "GET", path, headers=headers)
     reply = http_get(address, path, headers, conn=conn)
     return Answer(reply.status, reply.headers, reply.body, "1.1")
+
+
+def ask(
+    address: str,
+    method: str,
+    path: str = "/",
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> Answer:
+    """One request on a new connection: HTTP/2 where an ``over_both`` test's ``[2]`` run
+    started lbx (httpx, prior knowledge), else HTTP/1.1 (a body goes with its length)."""
+    if address in HTTP2_ADDRESSES:
+        with httpx.Client(http1=False, http2=True, timeout=10) as client:
+            response = client.request(
+                method, f"http://{address}{path}", content=body, headers=headers
+            )
+        assert response.http_version == "HTTP/2"
+        return Answer(response.status_code, response.headers, response.content, "2")
+    conn = http_connection(address)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        response = conn.getresponse()
+        return Answer(response.status, response.headers, response.read(), "1.1")
+    finally:
+        conn.close()
 
 
 def with_h2c(args: Sequence[str], directory: Path) -> list[str]:
