@@ -99,7 +99,8 @@ def with_h2c(args: Sequence[str], directory: Path) -> list[str]:
     if index is not None:
         document = yaml.safe_load(Path(args[index + 1]).read_text()) or {}
         del args[index : index + 2]
-    services = document.setdefault("services", [{"listen": ["127.0.0.1:0"]}])
+    # named as the service the command line alone makes
+    services = document.setdefault("services", [{"name": "default", "listen": ["127.0.0.1:0"]}])
     for service in services:
         service["h2c"] = True
     conf = directory / f"h2c-{len(list(directory.glob('h2c-*.yaml')))}.yaml"
