@@ -36,3 +36,26 @@ def pytest_sessionstart(session: pytest.Session) -> None:
             "or `LBX_PURE_PYTHON=1 .venv/bin/pip install -e .` to test plain Python",
             returncode=2,
         )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "over_both: run the test over HTTP/1.1, then over HTTP/2 (h2c): see tests/over_both.py",
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if metafunc.definition.get_closest_marker("over_both") is not None:
+        from tests.over_both import VERSIONS
+
+        metafunc.parametrize("lbx", VERSIONS, indirect=True)
+
+
+@pytest.fixture
+def lbx(lbx, request):
+    """lbx.pytest_plugin's ``lbx``; in an ``over_both`` test's ``[2]`` run, the services it
+    starts also speak HTTP/2 by prior knowledge (tests/over_both.py)."""
+    from tests.over_both import lbx_over
+
+    yield from lbx_over(lbx, request)

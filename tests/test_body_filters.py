@@ -2,7 +2,9 @@
 
 A body that arrived whole with its head is filtered at once and sent with its new
 ``Content-Length``; a body still arriving when the head goes out is re-framed (chunked for
-HTTP/1.1, to the close for HTTP/1.0). Real lbx, a capture upstream, raw client sockets.
+HTTP/1.1, to the close for HTTP/1.0). Over HTTP/2 (the same lbx: its listener is ``h2c``) the
+filter sees the same chunks: the same bytes reach the client, in DATA frames, and the upstream's
+trailers follow them. Real lbx, a capture upstream, raw client sockets.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from tests.h2_helpers import H2Client
 from tests.http_helpers import (
     TIMEOUT,
     Client,
@@ -27,14 +30,14 @@ SHOUT = Path(__file__).resolve().parent / "plugins" / "shout_body.py"
 
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory):
-    yield from lbx_in_front(tmp_path_factory, "--plugin", str(SHOUT))
+    yield from lbx_in_front(tmp_path_factory, "--plugin", str(SHOUT), h2c=True)
 
 
 def get(version: bytes = b"1.1", method: bytes = b"GET") -> bytes:
     return method + b" / HTTP/" + version + b"\r\nHost: x\r\n\r\n"
 
 
-@pytest.mark.parametrize(
+WHOLE_ANSWERS = pytest.mark.parametrize(
     "answer",
     [
         b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
@@ -42,6 +45,9 @@ def get(version: bytes = b"1.1", method: bytes = b"GET") -> bytes:
     ],
     ids=["content-length", "chunked"],
 )
+
+
+@WHOLE_ANSWERS
 def test_a_whole_body_is_sent_with_its_filtered_length(proxy, upstream, answer):
     """The filtered body's real length, no chunked framing, and the connection stays open."""
     upstream.handler = respond_with(answer)
@@ -127,3 +133,53 @@ def test_a_body_still_arriving_ends_with_the_close_for_http10(proxy, upstream):
         assert b"connection: close" in head
         release.set()
         assert read_to_close(client.sock, rest) == b"HELLO!"
+
+
+@WHOLE_ANSWERS
+def test_a_whole_body_is_filtered_over_http2(proxy, upstream, answer):
+    """Over HTTP/2: the same filtered bytes, a length that is theirs (if any), and the
+    connection goes on."""
+    upstream.handler = respond_with(answer)
+    with H2Client(proxy.address) as client:
+        for _ in range(2):
+            reply = client.get("/")
+            assert (reply.status, reply.body, reply.reset) == (200, b"HELLO!", None)
+            assert reply.get("content-length") in (None, b"6")
+            assert reply.trailers == []
+
+
+def test_head_gets_no_body_over_http2(proxy, upstream):
+    with H2Client(proxy.address) as client:
+        reply = client.get("/", method="HEAD")
+        assert (reply.status, reply.body) == (200, b"")
+        assert client.get("/").body == b"OK!"
+
+
+def test_a_body_still_arriving_is_filtered_over_http2(proxy, upstream):
+    """The head goes out before the body is whole; the rest is filtered as it comes."""
+    release = threading.Event()
+    upstream.handler = streaming(release)
+    with H2Client(proxy.address) as client:
+        stream_id = client.request("/")
+        while not client.replies[stream_id].status:
+            assert client.read_events(), "closed before the head"
+        reply = client.replies[stream_id]
+        assert reply.get("content-length") is None  # not the upstream's 5
+        release.set()
+        reply = client.response(stream_id)
+        assert (reply.status, reply.body, reply.reset) == (200, b"HELLO!", None)
+        upstream.handler = ok  # the connection is still good for the next request
+        assert client.get("/").body == b"OK!"
+
+
+def test_trailers_follow_the_filtered_body_over_http2(proxy, upstream):
+    """A chunked body with trailers: the filter's last chunk (``!``) goes before the
+    upstream's trailers, which reach the HTTP/2 client as they were."""
+    upstream.handler = respond_with(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"3\r\nhel\r\n2\r\nlo\r\n0\r\ngrpc-status: 0\r\nx-checksum: abc\r\n\r\n"
+    )
+    with H2Client(proxy.address) as client:
+        reply = client.get("/")
+    assert (reply.status, reply.body, reply.reset) == (200, b"HELLO!", None)
+    assert reply.trailers == [(b"grpc-status", b"0"), (b"x-checksum", b"abc")]

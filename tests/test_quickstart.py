@@ -8,47 +8,10 @@ import json
 import socket
 from pathlib import Path
 
-import httpx
 import pytest
-
-from lbx.testing import http_get
+from tests.over_both import get
 
 PLUGINS = Path(__file__).parent / "plugins"
-
-HTTP2_ADDRESSES: set[str] = set()
-"""Where an lbx of ``over_both``'s HTTP/2 runs listens: ``get`` speaks HTTP/2 there."""
-
-over_both = pytest.mark.parametrize("lbx", ["1.1", "2"], indirect=True)
-"""Run a test as it is over HTTP/1.1, then again over HTTP/2 (h2c, prior knowledge)."""
-
-
-@pytest.fixture
-def lbx(lbx, request, tmp_path):
-    """The ``lbx`` fixture; with ``over_both``'s ``"2"``, its service also has ``h2c: true``
-    (the command line's ``--listen``/``--upstream`` apply to the file's one service)."""
-    if getattr(request, "param", "1.1") == "1.1":
-        return lbx
-    conf = tmp_path / "h2c.yaml"
-    conf.write_text("services:\n  - listen: ['127.0.0.1:0']\n    h2c: true\n")
-
-    def start(*args, **kwargs):
-        proc = lbx("-c", str(conf), *args, **kwargs)
-        HTTP2_ADDRESSES.add(proc.address)
-        return proc
-
-    return start
-
-
-def get(address: str, path: str = "/", conn: http.client.HTTPConnection | None = None):
-    """One GET; returns (status, headers, body). Reuses ``conn`` when given (keep-alive).
-    Over HTTP/2 (httpx, prior knowledge) where ``over_both`` started lbx with h2c."""
-    if address in HTTP2_ADDRESSES:
-        with httpx.Client(http1=False, http2=True, timeout=10) as client:
-            response = client.get(f"http://{address}{path}")
-        assert response.http_version == "HTTP/2"
-        return response.status_code, response.headers, response.content
-    reply = http_get(address, path, conn=conn)
-    return reply.status, reply.headers, reply.body
 
 
 def free_port() -> int:
@@ -58,6 +21,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.mark.over_both
 def test_round_robin_alternates_exactly(lbx, backends):
     """100 requests over two upstreams split exactly 50/50, strictly alternating."""
     a, b = backends.start("a"), backends.start("b")
@@ -84,6 +48,7 @@ def test_round_robin_alternates_exactly(lbx, backends):
     assert all(x != y for x, y in itertools.pairwise(seen)), seen
 
 
+@pytest.mark.over_both
 def test_broken_upstream_fails_one_in_three_with_502(lbx, backends, tmp_path):
     """With ``max_retries: 1`` (Pingora's behaviour: connect failures not retried) and a third
     upstream that refuses connections, exactly one request in three gets 502."""
@@ -119,7 +84,7 @@ def test_broken_upstream_fails_one_in_three_with_502(lbx, backends, tmp_path):
     )
 
 
-@over_both
+@pytest.mark.over_both
 def test_default_retries_connect_failures_on_another_backend(lbx, backends):
     """By default (nginx's): a refused connection goes to the next backend, so one dead upstream
     out of three costs no 502 at all."""
@@ -143,7 +108,7 @@ def test_default_retries_connect_failures_on_another_backend(lbx, backends):
     proc.wait_for(r"Fail to proxy: .*refused.*tries: 1, retry: true")
 
 
-@over_both
+@pytest.mark.over_both
 def test_502_is_pingoras_error_response(lbx):
     """A refused upstream gets 502 with an empty body and Cache-Control: private, no-store."""
     proc = lbx(
@@ -162,7 +127,7 @@ def test_502_is_pingoras_error_response(lbx):
     assert "refused" in proc.wait_for(r"Fail to proxy: .*status: 502").group(0)
 
 
-@over_both
+@pytest.mark.over_both
 def test_host_header_hook_sync_and_async(lbx, backends):
     """A hook module setting Host in upstream_request_filter works as def and as async def."""
     a = backends.start("a")
@@ -184,7 +149,7 @@ def test_host_header_hook_sync_and_async(lbx, backends):
         proc.stop()
 
 
-@over_both
+@pytest.mark.over_both
 def test_contrib_host_header_module(lbx, backends):
     """contrib/host_header.py, the quick start's hook, sets the Host the backend sees."""
     a = backends.start("a")
@@ -202,7 +167,7 @@ def test_contrib_host_header_module(lbx, backends):
     assert seen["host"] == "one.one.one.one"
 
 
-@over_both
+@pytest.mark.over_both
 def test_upstream_peer_returning_none_defers_to_round_robin(lbx, backends):
     """An upstream_peer impl that returns None for some paths lets round robin decide those."""
     a, b, pinned = backends.start("a"), backends.start("b"), backends.start("pinned")
@@ -253,7 +218,7 @@ def test_forwarding_headers(lbx, backends):
     assert "x-kept" in names
 
 
-@over_both
+@pytest.mark.over_both
 def test_debug_log_names_the_upstream_peer(lbx, backends):
     """At LBX_LOG=debug each request logs the chosen upstream, as the quick start's output does."""
     a = backends.start("a")

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import socket
 
-from tests.http_helpers import Client, Upstream, exchange, write_conf
+import pytest
+from tests.http_helpers import Upstream, write_conf
+from tests.over_both import ask
 
-GET = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+pytestmark = pytest.mark.over_both  # the same retries for HTTP/2 streams
 
 
 def free_port() -> int:
@@ -22,10 +24,7 @@ def test_connect_failure_goes_to_another_backend(lbx, tmp_path):
         dead = [f"127.0.0.1:{free_port()}" for _ in range(3)]
         proc = lbx("-c", write_conf(tmp_path, [*dead, live.address]))
         for _ in range(8):
-            response, _ = exchange(
-                proc.address, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx"
-            )
-            assert response.status == 200
+            assert ask(proc.address, "POST", "/", b"x").status == 200
         assert len(live.requests) == 8  # a POST too: nothing had been sent
     finally:
         live.close()
@@ -34,8 +33,7 @@ def test_connect_failure_goes_to_another_backend(lbx, tmp_path):
 def test_max_retries_bounds_attempts(lbx, tmp_path):
     dead = [f"127.0.0.1:{free_port()}" for _ in range(4)]
     proc = lbx("-c", write_conf(tmp_path, dead, server_max_retries=2))
-    response, _ = exchange(proc.address, GET)
-    assert response.status == 502
+    assert ask(proc.address, "GET").status == 502
     proc.wait_for(r"Fail to proxy: .*status: 502, tries: 2, retry: false")
     assert sum("retry: true" in line for line in proc.lines) == 1
 
@@ -44,7 +42,7 @@ def test_all_backends_tried_then_502(lbx, tmp_path):
     """With fewer backends than max_retries, each is tried once, then the last error is answered."""
     dead = [f"127.0.0.1:{free_port()}" for _ in range(2)]
     proc = lbx("-c", write_conf(tmp_path, dead))
-    assert exchange(proc.address, GET)[0].status == 502
+    assert ask(proc.address, "GET").status == 502
     proc.wait_for(r"status: 502, tries: 3, retry: false")
     assert sum("retry: true" in line for line in proc.lines) == 2
 
@@ -61,11 +59,8 @@ def test_idempotent_request_retried_once_on_stale_pooled_connection(lbx, tmp_pat
     upstream = Upstream(stale_second_request)
     try:
         proc = lbx("-c", write_conf(tmp_path, [upstream.address]))
-        assert exchange(proc.address, GET)[0].status == 200
-        with Client(proc.address) as client:
-            client.send(b"DELETE /again HTTP/1.1\r\nHost: x\r\n\r\n")
-            response = client.read_response()
-        assert response.status == 200
+        assert ask(proc.address, "GET").status == 200
+        assert ask(proc.address, "DELETE", "/again").status == 200
         sent = [r for r in upstream.requests if r.method == b"DELETE"]
         assert len(sent) == 2 and len(upstream.conns) == 2  # once on the stale one, once fresh
     finally:
@@ -76,11 +71,8 @@ def test_post_is_never_retried_once_it_may_have_reached_the_backend(lbx, tmp_pat
     upstream = Upstream(stale_second_request)
     try:
         proc = lbx("-c", write_conf(tmp_path, [upstream.address]))
-        assert exchange(proc.address, GET)[0].status == 200
-        response, _ = exchange(
-            proc.address, b"POST /pay HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nz"
-        )
-        assert response.status == 502
+        assert ask(proc.address, "GET").status == 200
+        assert ask(proc.address, "POST", "/pay", b"z").status == 502
         assert [r.method for r in upstream.requests].count(b"POST") == 1
     finally:
         upstream.close()
@@ -99,8 +91,8 @@ def test_no_retry_after_response_bytes(lbx, tmp_path):
     upstream = Upstream(partial_on_second)
     try:
         proc = lbx("-c", write_conf(tmp_path, [upstream.address]))
-        assert exchange(proc.address, GET)[0].status == 200
-        assert exchange(proc.address, b"GET /two HTTP/1.1\r\nHost: x\r\n\r\n")[0].status == 502
+        assert ask(proc.address, "GET").status == 200
+        assert ask(proc.address, "GET", "/two").status == 502
         assert [r.target for r in upstream.requests].count(b"/two") == 1
     finally:
         upstream.close()

@@ -1,6 +1,8 @@
 """The access-control example of docs/hooks.md blocks every spelling of ``/admin`` (issue 14,
 class 5): the hook module is the documented block itself, run in a real lbx in front of the
 capture upstream. The raw target still goes upstream unchanged for requests that pass.
+Each spelling is asked over HTTP/1.1 and over HTTP/2 (``:path``; the listener is ``h2c``): the
+hook, written for HTTP/1.1, decides the same.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from tests.docrun import read_blocks
+from tests.h2_helpers import H2Client
 from tests.http_helpers import Client, Upstream, exchange, write_conf
 
 from lbx.testing import LbxProcess
@@ -31,13 +34,23 @@ def shared(tmp_path_factory):
     guard = directory / "guard.py"
     guard.write_text(documented_guard())
     server = Upstream()
-    conf = write_conf(directory, [server.address])
+    conf = write_conf(directory, [server.address], h2c=True)
     with LbxProcess("-c", conf, "--plugin", str(guard)) as process:
         yield server, process
     server.close()
 
 
-def get(proxy, target: bytes):
+@pytest.fixture(params=["1.1", "2"])
+def version(request) -> str:
+    """The HTTP version ``get`` speaks."""
+    return request.param
+
+
+def get(proxy, target: bytes, version: str = "1.1"):
+    """One GET of ``target``; the answer has ``status``."""
+    if version == "2":
+        with H2Client(proxy.address) as client:
+            return client.get(target.decode())
     with Client(proxy.address) as client:
         client.send(b"GET " + target + b" HTTP/1.1\r\nHost: x\r\n\r\n")
         return client.read_response()
@@ -63,8 +76,8 @@ def get(proxy, target: bytes):
         b"/x//../admin",
     ],
 )
-def test_every_spelling_of_admin_is_refused(proxy, upstream, target):
-    response = get(proxy, target)
+def test_every_spelling_of_admin_is_refused(proxy, upstream, target, version):
+    response = get(proxy, target, version)
     assert response.status == 403, (target, response)
     assert upstream.requests == []
 
@@ -80,9 +93,9 @@ def test_every_spelling_of_admin_is_refused(proxy, upstream, target):
         b"/%2561dmin",
     ],
 )
-def test_other_paths_pass_with_the_raw_target(proxy, upstream, target):
+def test_other_paths_pass_with_the_raw_target(proxy, upstream, target, version):
     """Normalisation is for the decision only: what goes upstream is the client's target."""
-    response = get(proxy, target)
+    response = get(proxy, target, version)
     assert response.status == 200, (target, response)
     (request,) = upstream.wait_requests(1)
     assert request.target == target
@@ -95,3 +108,12 @@ def test_nul_in_the_path_is_refused(proxy, upstream, target):
     assert response.status == 400 and closed
     assert upstream.requests == []
     assert get(proxy, b"/ok?q=%00").status == 200
+
+
+@pytest.mark.parametrize("target", [b"/admin%00", b"/a%00/b", b"/%00"])
+def test_nul_in_the_path_is_refused_over_http2(proxy, upstream, target):
+    """Over HTTP/2 the 400 answers the stream; the connection goes on."""
+    with H2Client(proxy.address) as client:
+        assert client.get(target.decode()).status == 400
+        assert upstream.requests == []
+        assert client.get("/ok?q=%00").status == 200

@@ -7,11 +7,15 @@ import re
 from pathlib import Path
 from typing import Any
 
+import pytest
+from tests.over_both import get as get_over
+
 from lbx.testing import BackendThread, LbxProcess, http_get
 
 TIMEOUT = 10.0
 COMBINED = re.compile(
-    r'^127\.0\.0\.1 - - \[\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d [+-]\d{4}\] "GET /hello\?x=1 HTTP/1\.1" '
+    r"^127\.0\.0\.1 - - \[\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d [+-]\d{4}\] "
+    r'"GET /hello\?x=1 HTTP/(?P<version>1\.1|2)" '
     r'200 \d+ "-" "lbx-test" upstream=127\.0\.0\.1:\d+ upstream_time=[\d.e-]+ '
     r"total_time=[\d.e-]+ retries=0$"
 )
@@ -21,33 +25,41 @@ def get(address: str, path: str) -> int:
     return http_get(address, path, {"User-Agent": "lbx-test"}, timeout=TIMEOUT).status
 
 
-def run(lbx: Any, backends: BackendThread, tmp_path: Path, section: str) -> list[str]:
+def run(lbx: Any, backends: BackendThread, tmp_path: Path, section: str) -> tuple[list[str], str]:
+    """The lines of one GET /hello?x=1, and the HTTP version it was asked in."""
     backend = backends.start("one")
     conf = tmp_path / "lbx.yaml"
     conf.write_text(f"plugins: [roundrobin, accesslog]\naccesslog: {section}\n")
     proc: LbxProcess = lbx(
         "-c", str(conf), "--listen", "127.0.0.1:0", "--upstream", backend.address
     )
-    assert get(proc.address, "/hello?x=1") == 200
+    answer = get_over(proc.address, "/hello?x=1", headers={"User-Agent": "lbx-test"})
+    assert answer.status == 200
     assert proc.stop() == 0  # the buffer is written at shutdown
-    return (tmp_path / "access.log").read_text().splitlines()
+    return (tmp_path / "access.log").read_text().splitlines(), answer.http_version
 
 
+@pytest.mark.over_both
 def test_combined_line_with_extra_fields(lbx: Any, backends: BackendThread, tmp_path: Path) -> None:
     """The combined format is Apache's, followed by the chosen extra fields as key=value."""
     section = (
         f"{{path: '{tmp_path / 'access.log'}', "
         "fields: [upstream, upstream_time, total_time, retries]}"
     )
-    [line] = run(lbx, backends, tmp_path, section)
-    assert COMBINED.match(line), line
+    [line], version = run(lbx, backends, tmp_path, section)
+    match = COMBINED.match(line)
+    assert match and match["version"] == version, line
 
 
+@pytest.mark.over_both
 def test_json_line_has_every_field(lbx: Any, backends: BackendThread, tmp_path: Path) -> None:
     """A JSON line is one object with every field: status, upstream, times, bytes, retries."""
-    [line] = run(lbx, backends, tmp_path, f"{{path: '{tmp_path / 'access.log'}', format: json}}")
+    [line], version = run(
+        lbx, backends, tmp_path, f"{{path: '{tmp_path / 'access.log'}', format: json}}"
+    )
     record = json.loads(line)
     assert record["status"] == 200 and record["method"] == "GET"
+    assert record["version"] == version
     assert record["uri"] == "/hello?x=1" and record["user_agent"] == "lbx-test"
     assert record["upstream"].startswith("127.0.0.1:") and record["retries"] == 0
     assert 0 < record["upstream_time"] <= record["total_time"] < TIMEOUT

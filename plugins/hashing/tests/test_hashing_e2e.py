@@ -5,16 +5,21 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+from tests.over_both import get
+
 from lbx import Backend
-from lbx.testing import BackendThread, DemoBackend, LbxProcess, http_get
+from lbx.testing import BackendThread, DemoBackend, LbxProcess
 from lbx_hashing import Consistent, FnvHash
+
+pytestmark = pytest.mark.over_both  # the hash key is read from an HTTP/2 request's fields too
 
 ROOT = Path(__file__).resolve().parents[3]
 
 
 def served_by(address: str, path: str = "/", headers: dict[str, str] | None = None) -> str:
     """The name of the backend that answered one GET through lbx."""
-    reply = http_get(address, path, headers)
+    reply = get(address, path, headers=headers)
     assert reply.status == 200
     return reply.backend
 

@@ -23,8 +23,9 @@ from typing import Any
 
 import pytest
 import trustme
+from tests.over_both import get as get_over
 
-from lbx.testing import BackendThread, LbxProcess, http_connection, http_get
+from lbx.testing import BackendThread, LbxProcess, http_connection
 
 TIMEOUT = 10.0
 
@@ -35,8 +36,9 @@ TIMEOUT = 10.0
 def get(
     address: str, path: str = "/", conn: http.client.HTTPConnection | None = None
 ) -> tuple[int, str | None]:
-    """One GET; returns (status, X-Backend). Reuses ``conn`` when given (keep-alive)."""
-    reply = http_get(address, path, conn=conn, timeout=TIMEOUT)
+    """One GET; returns (status, X-Backend). Reuses ``conn`` when given (keep-alive). Over
+    HTTP/2 where an ``over_both`` test's ``[2]`` run started lbx (tests/over_both.py)."""
+    reply = get_over(address, path, conn=conn)
     return reply.status, reply.headers.get("X-Backend")
 
 
@@ -387,6 +389,7 @@ services:
 # -- nothing healthy: 503 -------------------------------------------------------------------------
 
 
+@pytest.mark.over_both
 def test_nothing_healthy_answers_503_and_logs_why(lbx):
     """With every backend unhealthy the client gets 503 and the log says why."""
     dead = f"127.0.0.1:{free_port()}"
@@ -413,6 +416,7 @@ def test_nothing_healthy_answers_503_and_logs_why(lbx):
 # -- done means: passive checks -------------------------------------------------------------------
 
 
+@pytest.mark.over_both
 @pytest.mark.parametrize("passive", [False, True])
 def test_request_hooks_only_with_passive_checks(lbx, backends, tmp_path, passive):
     """Without passive_health the request path calls none of the plugin's hooks (the logging
@@ -426,7 +430,7 @@ def test_request_hooks_only_with_passive_checks(lbx, backends, tmp_path, passive
         f"    health_check: tcp{extra}\n",
     )
     proc = lbx("-c", conf, env={"LBX_LOG": "debug", "LBX_DEBUG_HOOKS": "1"})
-    assert http_get(proc.address, "/").status == 200
+    assert get(proc.address, "/")[0] == 200
     proc.wait_for("hook upstream_peer -> ")  # the request's hooks are being traced
     assert proc.stop() == 0
     assert any("hook logging(" in line for line in proc.lines) is passive

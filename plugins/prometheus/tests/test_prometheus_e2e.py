@@ -14,8 +14,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
+from tests.over_both import HTTP2_ADDRESSES
 
 from lbx.testing import BackendThread, LbxProcess
 
@@ -61,7 +64,16 @@ def scrape(address: str) -> dict[str, list[Sample]]:
 
 
 def requests_through(address: str, count: int, path: str = "/") -> Iterator[int]:
-    """``count`` GETs on keep-alive connections (a new one every 100), yielding each status."""
+    """``count`` GETs on keep-alive connections (a new one every 100), yielding each status.
+    Over HTTP/2 (one stream each) where an ``over_both`` test's ``[2]`` run started lbx."""
+    if address in HTTP2_ADDRESSES:
+        for start in range(0, count, 100):
+            with httpx.Client(http1=False, http2=True, timeout=TIMEOUT) as client:
+                for _ in range(min(100, count - start)):
+                    response = client.get(f"http://{address}{path}")
+                    assert response.http_version == "HTTP/2"
+                    yield response.status_code
+        return
     host, port = address.rsplit(":", 1)
     conn = None
     for index in range(count):
@@ -82,6 +94,7 @@ def total(samples: list[Sample], **labels: str) -> float:
     return sum(s.value for s in samples if all(s.labels.get(k) == v for k, v in labels.items()))
 
 
+@pytest.mark.over_both  # streams count as requests
 def test_thousand_requests_add_up_across_workers(
     lbx: type[LbxProcess], backends: BackendThread, tmp_path: Path
 ) -> None:
