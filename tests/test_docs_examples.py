@@ -57,7 +57,6 @@ import trustme
 from plugins.dns.tests.test_dns_discovery import DNSMASQ, Dnsmasq
 from plugins.etcd.tests.test_etcd_discovery import ETCD, ETCDCTL, Etcd
 from tests.docrun import (
-    ORDER_ATTEMPTS,
     REPO,
     TIMEOUT,
     Block,
@@ -217,16 +216,18 @@ def echo_headers(page: Page, documented: str) -> dict[str, str]:
 
 
 def start_in_order(page: Page, count: int) -> list[DemoBackend]:
-    """Backends ``a``, ``b``, ... on ports 0 whose real ports ascend like the documented ones
-    (lbx sorts backends by address, and the docs' round-robin order holds only then): the
-    group is started again until they do (each attempt succeeds with probability 1/count!)."""
-    for _attempt in range(ORDER_ATTEMPTS):
-        started = [page.backends.start(name) for name in "abcdefgh"[:count]]
-        if [b.port for b in started] == sorted(b.port for b in started):
-            return started
-        for backend in started:
-            page.backends.stop(backend)
-    raise AssertionError(f"no ascending ports in {ORDER_ATTEMPTS} attempts")
+    """Backends ``a``, ``b``, ... on ports the system hands out (bound to port 0 together, then
+    taken in ascending order): lbx sorts backends by address, and the docs' round-robin order
+    holds only when the ports ascend like the documented ones."""
+    reserved = [socket.socket() for _ in range(count)]
+    try:
+        for sock in reserved:
+            sock.bind(("127.0.0.1", 0))
+        ports = sorted(sock.getsockname()[1] for sock in reserved)
+    finally:
+        for sock in reserved:
+            sock.close()
+    return [page.backends.start(name, port) for name, port in zip("abcdefgh", ports, strict=False)]
 
 
 def local_backends(page: Page, *ports: int) -> list[DemoBackend]:
