@@ -123,7 +123,7 @@ def test_twenty_reloads_under_load_fail_no_request(lbx, backends, tmp_path, thre
             reload_and_wait(proc, site)
             site.check(kind)
     print(f"threads: {threads}: 20 reloads, {load.ok} requests ok, {len(load.errors)} failed")
-    assert load.errors == [] and load.ok > 0
+    assert load.errors == [] and load.ok > 0, "\n".join([*load.errors, proc.output[-6000:]])
     assert proc.output.count("configuration reloaded") == 20
 
 
@@ -151,7 +151,7 @@ def test_a_broken_file_is_refused_and_traffic_goes_on(lbx, backends, tmp_path):
         reload_and_wait(proc, site)
         site.check(1)
     notify.close()
-    assert load.errors == [] and load.ok > 0
+    assert load.errors == [] and load.ok > 0, "\n".join([*load.errors, proc.output[-6000:]])
 
 
 def test_lbx_reload_signals_the_pid_in_pid_file(lbx, backends, tmp_path):

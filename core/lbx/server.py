@@ -591,6 +591,10 @@ class Server:
         config = self.config
         await self._accept_pending()
         self.close_listeners()
+        # A connection the event loop accepted just before has its connection_made still
+        # queued: one turn of the loop lets it run, so that the connection is counted and its
+        # request answered (with Connection: close) instead of closed with the process.
+        await asyncio.sleep(0)
         await self.pm.ahook.server_stopping(server=self, graceful=True)
         self.connections.begin_shutdown()
         log.info(
