@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import socket
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -199,3 +200,25 @@ def test_http2_streams_are_freed_by_reference_counting(collector_off):
     each used to leave about 25 objects for the cyclic collector, 8% of lbx's CPU."""
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         assert runner.run(h2_streams_left(50)) == (50, 0)
+
+
+def test_a_real_lbx_serves_a_keep_alive_connection_after_it_parked(lbx, backends):
+    """End to end: a keep-alive connection left idle past ``PARK_SECONDS`` (the idle time is
+    what is tested, so the test waits it out) serves its next request on the same socket."""
+    import http.client
+
+    from lbx.connections import Deadlines
+    from lbx.h1 import PARK_SECONDS
+
+    a = backends.start("a")
+    proc = lbx("--plugin", "roundrobin", "--listen", "127.0.0.1:0", "--upstream", a.address)
+    host, port = proc.address.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        assert http_get(proc.address, conn=conn).status == 200
+        sock = conn.sock
+        time.sleep(PARK_SECONDS + 2 * Deadlines().RESOLUTION)  # compiled: an instance field
+        assert http_get(proc.address, conn=conn).status == 200
+        assert conn.sock is sock  # the same connection, not a new one
+    finally:
+        conn.close()

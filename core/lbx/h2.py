@@ -36,7 +36,7 @@ from lbx.connections import accepted
 from lbx.errors import ErrorSource, ErrorType, ProxyError
 from lbx.exchange import Exchange, RequestBody
 from lbx.h1 import H1Downstream
-from lbx.h2frames import MAX_FRAME_SIZE, PREFACE, FrameGuard
+from lbx.h2frames import MAX_FRAME_SIZE, PREFACE, FrameGuard, send_within_windows
 from lbx.h2stream import H2Stream
 from lbx.http import HOP_BY_HOP, HeaderList, Headers, RequestHeader
 from lbx.request_rules import (
@@ -412,23 +412,9 @@ class H2Downstream(asyncio.Protocol):
 
     def send_data(self, stream: H2Stream, outbox: list[bytes]) -> int:
         """Send DATA from ``outbox`` as the windows allow; returns the bytes sent."""
-        h2 = self.h2
-        sid = stream.stream_id
         sent = frames = 0
         try:
-            while outbox:
-                window = min(h2.local_flow_control_window(sid), h2.max_outbound_frame_size)
-                if window <= 0:
-                    break
-                chunk = outbox[0]
-                if len(chunk) > window:
-                    outbox[0] = chunk[window:]
-                    chunk = chunk[:window]
-                else:
-                    outbox.pop(0)
-                h2.send_data(sid, chunk)
-                sent += len(chunk)
-                frames += 1
+            sent, frames = send_within_windows(self.h2, stream.stream_id, outbox)
         except ProtocolError:
             stream.gone()  # closed by the client meanwhile
         if frames and self._guard is not None:

@@ -8,9 +8,17 @@ counts each kind per second and bounds header blocks and frame sizes, so the con
 refused (GOAWAY) before ``h2`` decodes or buffers anything. HPACK bombs (a small block that
 decodes huge), flow-control violations and streams past the advertised limit are ``h2``'s own
 checks (``lbx.h2`` sets their limits). docs/http2.md lists the limits and codes.
+
+``send_within_windows`` is the other side of flow control, shared by both ends of lbx: DATA
+sent only as the peer's windows allow.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from h2.connection import H2Connection
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 """What an HTTP/2 client sends first (RFC 9113 3.4)."""
@@ -152,3 +160,25 @@ class FrameGuard:
                 f"more than {self._limits[counted]} {_KINDS[counted]} frames in a second"
             )
         return None
+
+
+def send_within_windows(h2: H2Connection, stream_id: int, outbox: list[bytes]) -> tuple[int, int]:
+    """Queue DATA on ``stream_id`` from the front of ``outbox`` as far as the stream's and the
+    connection's flow-control windows and the frame size allow; what does not fit stays in
+    ``outbox`` (a chunk may be split). Returns (bytes, frames) queued. ``h2``'s errors (the
+    peer closed the stream) propagate."""
+    sent = frames = 0
+    while outbox:
+        window = min(h2.local_flow_control_window(stream_id), h2.max_outbound_frame_size)
+        if window <= 0:
+            break
+        chunk = outbox[0]
+        if len(chunk) > window:
+            outbox[0] = chunk[window:]
+            chunk = chunk[:window]
+        else:
+            outbox.pop(0)
+        h2.send_data(stream_id, chunk)
+        sent += len(chunk)
+        frames += 1
+    return sent, frames

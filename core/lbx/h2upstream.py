@@ -40,6 +40,7 @@ from h2.exceptions import H2Error
 from h2.settings import SettingCodes
 
 from lbx.errors import ErrorSource, ErrorType, ProxyError
+from lbx.h2frames import send_within_windows
 from lbx.http import HOP_BY_HOP, HeaderList, RequestHeader
 from lbx.upstream import MAX_RESPONSE_HEADERS, BodyKind, UpstreamConnection
 
@@ -529,18 +530,8 @@ class H2UpstreamStream:
         sid = self.stream_id
         outbox = self._outbox
         try:
-            while outbox and conn.writable:
-                window = min(h2.local_flow_control_window(sid), h2.max_outbound_frame_size)
-                if window <= 0:
-                    break
-                chunk = outbox[0]
-                if len(chunk) > window:
-                    outbox[0] = chunk[window:]
-                    chunk = chunk[:window]
-                else:
-                    outbox.pop(0)
-                h2.send_data(sid, chunk)
-                self._outbox_size -= len(chunk)
+            if conn.writable:  # queueing frames does not write: it stays so meanwhile
+                self._outbox_size -= send_within_windows(h2, sid, outbox)[0]
             if not outbox and self._end_pending and not self.sent_end:
                 h2.end_stream(sid)
                 self.sent_end = True
