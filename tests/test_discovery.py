@@ -136,3 +136,25 @@ def test_a_worker_whose_backends_all_leave_always_finds_a_ready_set():
     assert worker.changed()
     found = worker.read()
     assert found is not None and [b.addr for _, b in found] == [C.addr]
+
+
+def test_a_weight_is_bounded_wherever_it_comes_from(tmp_path):
+    """A weight is memory (selectors expand it): every backend is 1 to ``MAX_WEIGHT`` (256,
+    HAProxy's limit), checked by the one place that makes backends, and by ``lbx -t``."""
+    import pytest
+
+    from lbx import MAX_WEIGHT, check_weight
+
+    assert MAX_WEIGHT == 256 and Backend("127.0.0.1", 1, weight=256).weight == 256
+    for bad in (0, 257, 100_000_000, True, 2.5, "3"):
+        with pytest.raises(ValueError, match="from 1 to 256"):
+            check_weight(bad)
+    with pytest.raises(ValueError, match="from 1 to 256"):
+        Backend("127.0.0.1", 1, weight=100_000_000)
+    result = check(
+        tmp_path,
+        "plugins: [roundrobin]\nservices:\n  - listen: ['127.0.0.1:0']\n"
+        "    upstreams: [{address: '127.0.0.1:1', weight: 1000}]\n",
+    )
+    assert result.returncode == 2, result.stderr
+    assert "weight: expected a whole number from 1 to 256, got 1000" in result.stderr

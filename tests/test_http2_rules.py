@@ -107,6 +107,45 @@ def test_a_body_over_the_limit_gets_413(proxy, upstream):
         assert client.get("/").status == 200  # the connection goes on
 
 
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        (b"GET", b"/x HTTP/1.1"),
+        (b"GET", b"/a b"),
+        (b"GET", b"/\x01"),
+        (b"GET", b"http://evil/x"),
+        (b"GE T", b"/"),
+        (b"get", b"/"),
+    ],
+)
+def test_a_request_line_that_would_bend_http11_is_refused_on_its_stream(
+    proxy, upstream, method, path
+):
+    """``:method`` and ``:path`` become the HTTP/1.1 request line: a space, a control byte, a
+    lower-case method or an absolute-form path is a 400 on the stream, nothing goes upstream,
+    and the connection serves the next stream."""
+    conn, sock = unchecked_client(proxy.address)
+    head = [(b":method", method), (b":scheme", b"http"), (b":authority", b"x"), (b":path", path)]
+    conn.send_headers(1, head, end_stream=True)
+    sound = [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"x")]
+    conn.send_headers(3, [*sound, (b":path", b"/next")], end_stream=True)
+    sock.sendall(conn.data_to_send())
+    statuses: dict[int, bytes] = {}
+    try:
+        while len(statuses) < 2:
+            chunk = sock.recv(65536)
+            assert chunk, statuses
+            for event in conn.receive_data(chunk):
+                if type(event).__name__ == "ResponseReceived":
+                    statuses[event.stream_id] = dict(event.headers)[b":status"]
+            sock.sendall(conn.data_to_send())
+    finally:
+        sock.close()
+    assert statuses == {1: b"400", 3: b"200"}
+    (request,) = upstream.wait_requests(1)
+    assert request.target == b"/next"
+
+
 def test_connect_is_refused(proxy, upstream):
     conn, sock = unchecked_client(proxy.address)
     conn.send_headers(1, [(b":method", b"CONNECT"), (b":authority", b"x:443")], end_stream=True)

@@ -27,7 +27,15 @@ import yaml
 from h2.errors import ErrorCodes
 from tests.h2_backend import H2Backend, run_in, start_h2_backend, stop_h2_backend
 from tests.h2_helpers import H2Client
-from tests.test_http2 import SIZE, TIMEOUT, curl, expected_sha256, tool, wait_until
+from tests.test_http2 import (
+    SIZE,
+    TIMEOUT,
+    curl,
+    expected_sha256,
+    h2load_all_answered,
+    tool,
+    wait_until,
+)
 
 from lbx.testing import _PATTERN, BackendThread, DemoBackend, LbxProcess, http_get
 
@@ -372,15 +380,7 @@ def test_curl_and_h2load_to_h2_backend(setup: Setup) -> None:
     assert out.stdout == b"Hello from backend h2\n\n2"
     out = curl("--http1.1", "-w", "\n%{http_version}", f"http://{address}/")
     assert out.stdout == b"Hello from backend h2\n\n1.1"
-    h2load = tool("h2load", "nghttp2-client")
-    result = subprocess.run(
-        [h2load, "-n", "2000", "-c", "10", "-m", "10", f"http://{address}/"],
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        check=True,
-    ).stdout
-    assert "2000 succeeded, 0 failed, 0 errored" in result, result
+    h2load_all_answered(address)
 
 
 def test_curl_http2_over_tls_to_h2_backend(setup: Setup, tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from lbx.request_rules import (
     UNDERSCORED_FIELD,
     HeadRules,
     RequestRefused,
+    check_h2_request_line,
     check_head,
     field_kind,
     is_lookalike,
@@ -390,3 +391,39 @@ def test_scan_sets_apart_what_lbx_writes_itself() -> None:
     assert scan[7] == {b"x-forwarded-for": [b"1.1.1.1"], b"x-forwarded-proto": [b"https"]}
     off = HeadRules(ServiceConfig(name="t", listen=[], upstreams=[], x_forwarded_for="off"))
     assert scan_fields(off, head.fields)[0] == [(b"Host", b"x"), (b"X-Forwarded-For", b"1.1.1.1")]
+
+
+# -- an HTTP/2 stream's request line -------------------------------------------------------------
+
+H2_BAD_LINES = [
+    (b"GET", b"/x HTTP/1.1"),  # a second version in the line
+    (b"GET", b"/a b"),
+    (b"GET", b"/a\tb"),
+    (b"GET", b"/\x7f"),
+    (b"GET", b"/\x01"),
+    (b"GET", b"/\x80"),  # RFC 3986: escaped, or not at all
+    (b"GET", b"http://evil/x"),  # absolute-form would name another host than :authority
+    (b"GET", b"a"),
+    (b"GET", b""),
+    (b"GET", b"*"),  # only OPTIONS may ask for *
+    (b"GE T", b"/"),
+    (b"G\x01T", b"/"),
+    (b"get", b"/"),  # nginx's rule: upper case (HTTP/1.1 refuses it too)
+    (b"GET\t", b"/"),
+    (b"", b"/"),
+]
+
+
+@pytest.mark.parametrize(("method", "path"), H2_BAD_LINES)
+def test_h2_request_line_refuses_what_would_bend_the_http11_line(method, path):
+    with pytest.raises(RequestRefused) as refused:
+        check_h2_request_line(method, path)
+    assert refused.value.status == 400
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [(b"GET", b"/"), (b"POST", b"/a/b?c=d&e=%20"), (b"OPTIONS", b"*"), (b"M-SEARCH", b"/~x")],
+)
+def test_h2_request_line_passes_sound_lines(method, path):
+    check_h2_request_line(method, path)

@@ -9,7 +9,7 @@ from lbx.discovery import Discovered, Discovery, DiscoveryFactory, ServiceDiscov
 from lbx.errors import ConfigError, ErrorSource, ErrorType, ProxyError, StartupError
 from lbx.hookspecs import hookimpl
 from lbx.http import HeaderList, Headers, RequestHeader, ResponseHeader
-from lbx.lb import Backend, Backends, Change, Health, LoadBalancer
+from lbx.lb import MAX_WEIGHT, Backend, Backends, Change, Health, LoadBalancer, check_weight
 from lbx.peer import Peer, upstream_tls_context
 from lbx.plugins import LbxPluginManager as PluginManager
 from lbx.plugins import get_plugin_manager
@@ -18,6 +18,7 @@ from lbx.session import Session
 from lbx.views import Server, Service
 
 __all__ = [
+    "MAX_WEIGHT",
     "Backend",
     "Backends",
     "Change",
@@ -47,6 +48,7 @@ __all__ = [
     "ServiceDiscovery",
     "Session",
     "StartupError",
+    "check_weight",
     "get_plugin_manager",
     "hookimpl",
     "upstream_tls_context",

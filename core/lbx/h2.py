@@ -42,6 +42,7 @@ from lbx.http import HOP_BY_HOP, HeaderList, Headers, RequestHeader
 from lbx.request_rules import (
     RequestRefused,
     add_forwarding,
+    check_h2_request_line,
     check_head,
     forwarding_values,
     refused_head,
@@ -279,6 +280,7 @@ class H2Downstream(asyncio.Protocol):
             fields.insert(0, (b"host", authority))
         else:
             fields[:0] = [(b"host", host) for host in hosts]
+        check_h2_request_line(method, path)
         if len(path) > service.max_request_line:
             limit = service.max_request_line
             raise RequestRefused(414, f"request target longer than {limit} bytes")

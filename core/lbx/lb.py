@@ -19,6 +19,18 @@ from typing import Any, ClassVar
 
 from lbx.selector import SelectorFactory
 
+MAX_WEIGHT = 256
+"""The largest weight of a backend (HAProxy's): selectors expand weights into lists and hash
+rings, so a weight is memory (a weight of 10^8 took 800 MB)."""
+
+
+def check_weight(weight: object) -> int:
+    """``weight`` if it is a whole number from 1 to ``MAX_WEIGHT``, else ``ValueError`` saying so
+    (every source of backends checks with it: the config, discovery, the admin endpoint)."""
+    if isinstance(weight, bool) or not isinstance(weight, int) or not 1 <= weight <= MAX_WEIGHT:
+        raise ValueError(f"weight: expected a whole number from 1 to {MAX_WEIGHT}, got {weight!r}")
+    return weight
+
 
 @dataclass(frozen=True, slots=True)
 class Backend:
@@ -35,6 +47,7 @@ class Backend:
     _hash: int = field(default=0, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        check_weight(self.weight)
         # Hashed several times per request (health, peers, de-duplication): computed once.
         object.__setattr__(self, "_hash", hash((self.host, self.port, self.weight, self.unix_path)))
 

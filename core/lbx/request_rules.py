@@ -297,6 +297,27 @@ def scan_fields(rules: HeadRules, fields: HeaderList) -> FieldScan:
     return headers, hosts, host, te, content_length, expect, upgrade, received, drop, underscored
 
 
+_H2_METHOD = re.compile(rb"[A-Z_\-]+\Z")
+"""An HTTP/2 ``:method`` lbx passes on: upper-case letters, ``_`` and ``-`` (nginx's rule)."""
+_ORIGIN_FORM = re.compile(rb"/[\x21-\x7e]*\Z")
+"""An HTTP/2 ``:path``: origin-form in visible ASCII (RFC 9113 8.3.1; RFC 3986 escapes the
+rest)."""
+
+
+def check_h2_request_line(method: bytes, path: bytes) -> None:
+    """``RequestRefused`` (400) unless an HTTP/2 stream's ``:method`` and ``:path`` make a sound
+    HTTP/1.1 request line. HTTP/2 carries them as opaque bytes, so a space, a tab or a control
+    byte in either would become part of the line lbx writes upstream (``GET /x HTTP/1.1`` as a
+    path: a second version, a smuggled line), and an absolute-form path would name another host
+    than ``:authority``. httptools refuses all of these in an HTTP/1.1 request line."""
+    if _H2_METHOD.match(method) is None:
+        raise RequestRefused(400, "invalid :method")
+    if method == b"CONNECT":
+        return  # it has no :path (RFC 9113 8.5); check_head answers 405
+    if _ORIGIN_FORM.match(path) is None and not (path == b"*" and method == b"OPTIONS"):
+        raise RequestRefused(400, "invalid :path (origin-form in visible ASCII only)")
+
+
 def check_head(
     rules: HeadRules,
     method: str,

@@ -30,7 +30,7 @@ import dns.name
 import dns.rdatatype
 import dns.resolver
 
-from lbx import Backend, Config, Discovered, Field, ServiceConfig, hookimpl
+from lbx import MAX_WEIGHT, Backend, Config, Discovered, Field, ServiceConfig, hookimpl
 
 SOURCE = "dns"
 RECORDS = ("any", "a", "aaaa", "srv")
@@ -160,13 +160,16 @@ class DnsDiscovery:
         additional = _additional_addresses(answer.response.additional)
         backends: list[Backend] = []
         ttls = [float(answer.rrset.ttl)]
-        for record in records:
-            if record.priority != lowest:
-                continue
+        group = [record for record in records if record.priority == lowest]
+        # SRV weights go up to 65535; lbx's up to MAX_WEIGHT: scaled, keeping their ratios.
+        top = max(record.weight for record in group)
+        scale = MAX_WEIGHT / top if top > MAX_WEIGHT else 1.0
+        for record in group:
             target = record.target.to_text()
             addresses, ttl = await self._addresses(target, "any", additional)
             ttls.append(ttl)
-            backends += [Backend(a, record.port, max(1, record.weight)) for a in addresses]
+            weight = max(1, round(record.weight * scale))
+            backends += [Backend(a, record.port, weight) for a in addresses]
         return backends, min(ttls)
 
 

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 import httpcore
 
-from lbx import Backend, Config, Discovered, Field, ServiceConfig, hookimpl
+from lbx import Backend, Config, Discovered, Field, ServiceConfig, check_weight, hookimpl
 
 SOURCE = "etcd"
 DEFAULT_UPDATE_FREQUENCY = 60.0
@@ -203,8 +203,7 @@ def parse_value(value: str) -> tuple[str, int, bool]:
     address, weight, on = data.get("address"), data.get("weight", 1), data.get("enabled", True)
     if not isinstance(address, str):
         raise ValueError(f"address: expected 'ip:port', got {address!r}")
-    if isinstance(weight, bool) or not isinstance(weight, int) or weight < 1:
-        raise ValueError(f"weight: expected a whole number >= 1, got {weight!r}")
+    check_weight(weight)
     if not isinstance(on, bool):
         raise ValueError(f"enabled: expected true or false, got {on!r}")
     return address, weight, on

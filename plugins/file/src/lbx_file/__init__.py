@@ -22,7 +22,7 @@ from typing import Any
 import anyio.to_thread
 import yaml
 
-from lbx import Backend, Config, Discovered, Field, ServiceConfig, hookimpl
+from lbx import Backend, Config, Discovered, Field, ServiceConfig, check_weight, hookimpl
 
 SOURCE = "file"
 DEFAULT_UPDATE_FREQUENCY = 1.0
@@ -137,8 +137,10 @@ def _entry(where: str, value: Any) -> tuple[str, int, bool]:
     on = value.get("enabled", True)
     if not isinstance(address, str):
         raise BadFile(f"{where}: address: expected 'ip:port', got {address!r}")
-    if isinstance(weight, bool) or not isinstance(weight, int) or weight < 1:
-        raise BadFile(f"{where}: weight: expected a whole number >= 1, got {weight!r}")
+    try:
+        check_weight(weight)
+    except ValueError as exc:
+        raise BadFile(f"{where}: {exc}") from None
     if not isinstance(on, bool):
         raise BadFile(f"{where}: enabled: expected true or false, got {on!r}")
     return address, weight, on

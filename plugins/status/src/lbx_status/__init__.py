@@ -34,6 +34,7 @@ from lbx import (
     ProxyError,
     Server,
     Session,
+    check_weight,
     hookimpl,
 )
 from lbx.admin import Endpoint, Sampler, SharedRows, check_address, check_exposure, sample_every
@@ -204,8 +205,10 @@ class Status:
             weight = options.get("weight", 1) if isinstance(options, dict) else None
         except ValueError:
             weight = None
-        if isinstance(weight, bool) or not isinstance(weight, int) or weight < 1:
-            return 400, {"error": 'the body must be {"weight": N} with N a whole number >= 1'}
+        try:
+            weight = check_weight(weight)
+        except ValueError as exc:
+            return 400, {"error": f'the body must be {{"weight": N}}: {exc}'}
         change = Change()
         if action == "add":
             try:

@@ -14,6 +14,7 @@ from urllib.parse import quote
 
 import click
 
+from lbx import MAX_WEIGHT, check_weight
 from lbx.admin import parse_address
 
 TIMEOUT = 5.0
@@ -320,7 +321,7 @@ def enable(
 
 @backend.command()
 @click.argument("arguments", nargs=-1, required=True, metavar="[SERVICE] ADDRESS")
-@click.option("--weight", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--weight", type=click.IntRange(1, MAX_WEIGHT), default=1, show_default=True)
 @_SERVICE_OPTION
 @_endpoint_options
 def add(
@@ -368,8 +369,12 @@ def weight(
     conf: str | None,
 ) -> None:
     """Change the weight of ADDRESS."""
-    if len(arguments) < 2 or not arguments[-1].isdigit() or int(arguments[-1]) < 1:
-        raise click.UsageError("expected [SERVICE] ADDRESS WEIGHT, WEIGHT a whole number >= 1")
+    if len(arguments) < 2 or not arguments[-1].isdigit():
+        raise click.UsageError("expected [SERVICE] ADDRESS WEIGHT")
+    try:
+        check_weight(int(arguments[-1]))
+    except ValueError as exc:
+        raise click.UsageError(f"expected [SERVICE] ADDRESS WEIGHT: {exc}") from None
     endpoint = resolve(socket_path, conf, token)
     name, address = _service_and_address(endpoint, arguments[:-1], service)
     answer = _post(endpoint, name, address, "weight", {"weight": int(arguments[-1])})
