@@ -47,7 +47,12 @@ class Backend:
     _hash: int = field(default=0, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        check_weight(self.weight)
+        # Every source of backends refuses 0 with check_weight; selectors keep Pingora's meaning
+        # of 0 (a fallback, never a first choice) for backends a plugin makes itself.
+        if not 0 <= self.weight <= MAX_WEIGHT:
+            raise ValueError(
+                f"weight: expected a whole number from 1 to {MAX_WEIGHT}, got {self.weight!r}"
+            )
         # Hashed several times per request (health, peers, de-duplication): computed once.
         object.__setattr__(self, "_hash", hash((self.host, self.port, self.weight, self.unix_path)))
 

@@ -48,6 +48,8 @@ class Consistent:
         for node, backend in enumerate(self.backends):
             if backend.host is None:
                 continue  # Unix sockets are not on the ring (Pingora: "TODO: UDS")
+            if backend.weight < 1:
+                raise ValueError(f"consistent needs a weight of at least 1, {backend!r} has 0")
             host = str(ipaddress.ip_address(backend.host))
             base = crc32(f"{host}\0{backend.port}".encode("ascii"))
             value = 0
