@@ -166,10 +166,9 @@ async def reload_in_process(server: Server, tasks: anyio.abc.TaskGroup) -> bool:
 
 
 def retire_listeners(server: Server, keep: set[str]) -> None:
-    """Close the running server's asyncio servers and sockets (the new one serves the ``keep``
+    """Stop the running server's accepting and close its sockets (the new one serves the ``keep``
     addresses on duplicates of them) and remove the Unix socket files of the others."""
-    for asyncio_server in server._asyncio_servers:
-        asyncio_server.close()
+    server.stop_accepting()
     kept_paths = set()
     for key, sock in server.listeners.items():
         if key in keep and key.startswith("unix:"):
@@ -183,7 +182,7 @@ def retire_listeners(server: Server, keep: set[str]) -> None:
 
 ADOPTED = (
     "config", "pm", "selectors", "sources", "discovery", "services", "listeners", "bound",
-    "server_tls", "_background", "_asyncio_servers", "_serving", "_bound_unix_paths", "rebuild",
+    "server_tls", "_background", "_acceptors", "_bound_unix_paths", "rebuild",
 )  # fmt: skip
 """What the running ``Server`` object takes from the new one (it runs the signal handling and
 the shutdown, so it stays; everything it serves with is replaced)."""

@@ -14,7 +14,6 @@ import logging
 import os
 import signal
 import socket
-import ssl
 import stat
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -23,6 +22,7 @@ import anyio
 import anyio.abc
 
 from lbx import background, discovery, notify, reload
+from lbx.acceptor import Acceptor
 from lbx.config import Config, ServiceConfig
 from lbx.connections import Connections
 from lbx.errors import ConfigError, StartupError
@@ -63,8 +63,7 @@ class Server:
         """Listener key -> the address it is bound to (``127.0.0.1:0`` -> the real port); kept
         where the sockets are not (the background-services process)."""
         self.connections = Connections()
-        self._asyncio_servers: list[asyncio.AbstractServer] = []
-        self._serving: list[tuple[socket.socket, Callable[[], Any], ssl.SSLContext | None]] = []
+        self._acceptors: list[Acceptor] = []
         self._bound_unix_paths: list[str] = []
         self._background: list[tuple[str, Callable[..., Any], bool]] = []
         self.server_tls: dict[str, ServerTLS] = {}
@@ -464,25 +463,19 @@ class Server:
             for service in self.services:
                 for address in service.config.listen:
                     sock = sockets[address]
-                    server = await loop.create_server(
-                        service.protocol_factory, sock=sock, backlog=LISTEN_BACKLOG
-                    )
-                    self._asyncio_servers.append(server)
-                    self._serving.append((sock, service.protocol_factory, None))
+                    self._accept(loop, Acceptor(sock, service.protocol_factory))
                     log.info("service %s listening on %s", service.name, _describe(address, sock))
                 tls = self.server_tls.get(service.name)
                 for address in service.config.tls_listen:
                     assert tls is not None
                     sock = sockets[TLS_PREFIX + address]
-                    server = await loop.create_server(
+                    acceptor = Acceptor(
+                        sock,
                         service.tls_protocol_factory,
-                        sock=sock,
-                        backlog=LISTEN_BACKLOG,
-                        ssl=tls.listener_context,
-                        ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT_SECONDS,
+                        tls.listener_context,
+                        TLS_HANDSHAKE_TIMEOUT_SECONDS,
                     )
-                    self._asyncio_servers.append(server)
-                    self._serving.append((sock, service.tls_protocol_factory, tls.listener_context))
+                    self._accept(loop, acceptor)
                     bound = _describe(address, sock)
                     log.info("service %s listening on %s", service.name, bound)
                     names = ", ".join(n for c in tls.certificates for n in c.names)
@@ -564,9 +557,18 @@ class Server:
         """Leave the Unix socket files in place on exit (another process owns them)."""
         self._bound_unix_paths.clear()
 
+    def _accept(self, loop: asyncio.AbstractEventLoop, acceptor: Acceptor) -> None:
+        acceptor.start(loop)
+        self._acceptors.append(acceptor)
+
+    def stop_accepting(self) -> None:
+        """Leave the listening sockets open (queued clients wait) but take no more."""
+        for acceptor in self._acceptors:
+            acceptor.close()
+        self._acceptors.clear()
+
     def close_listeners(self) -> None:
-        for server in self._asyncio_servers:
-            server.close()
+        self.stop_accepting()
         for sock in self.listeners.values():
             sock.close()
         for path in self._bound_unix_paths:
@@ -574,22 +576,10 @@ class Server:
                 os.unlink(path)
         self._bound_unix_paths.clear()
 
-    async def _accept_pending(self) -> None:
-        """Take the connections already queued on the listeners: closing a listening socket
-        resets every connection still in its queue, and those clients did nothing wrong."""
-        loop = asyncio.get_running_loop()
-        for sock, factory, ssl_context in self._serving:
-            while True:
-                try:
-                    conn, _ = sock.accept()
-                except OSError:  # BlockingIOError: the queue is empty
-                    break
-                conn.setblocking(False)
-                await loop.connect_accepted_socket(factory, conn, ssl=ssl_context)
-
     async def _stop_graceful(self) -> None:
         config = self.config
-        await self._accept_pending()
+        for acceptor in self._acceptors:
+            await acceptor.accept_queued()
         self.close_listeners()
         # A connection the event loop accepted just before has its connection_made still
         # queued: one turn of the loop lets it run, so that the connection is counted and its

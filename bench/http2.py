@@ -7,8 +7,8 @@ over plaintext by prior knowledge (lbx ``h2c: true``, nginx ``listen ... http2``
 ``proto h2``): ``h2load -c 10 -m 10``, 10 connections with 10 streams each at once. Rounds are
 interleaved; ratios are paired by round against nginx.
 
-    .venv/bin/python bench/h2.py                  # 5 rounds x 10 s
-    .venv/bin/python bench/h2.py --rounds 1 --duration 3
+    .venv/bin/python bench/http2.py                  # 5 rounds x 10 s
+    .venv/bin/python bench/http2.py --rounds 1 --duration 3
 """
 
 from __future__ import annotations

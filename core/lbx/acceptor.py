@@ -1,0 +1,138 @@
+"""Accepting client connections: up to ``MAX_ACCEPT`` per wake-up of the event loop.
+
+uvloop's servers take one connection per turn of the event loop (libuv 1.45 stopped accepting
+in a loop). A turn that serves 1,000 busy connections lasts tens of milliseconds, so under that
+load new clients waited in the listen queue for seconds: 50 accepts a second were measured,
+and 1,000 new clients (a load generator's reconnect) needed 4 s to get in. lbx watches its
+listening sockets itself and takes up to ``MAX_ACCEPT`` queued connections each time one is
+readable, as HAProxy does (``tune.maxaccept``), then hands each to the loop as a transport with
+its protocol (TLS: after the handshake).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+import ssl
+from collections.abc import Callable
+
+log = logging.getLogger("lbx.server")
+
+MAX_ACCEPT = 64
+"""Connections taken per readiness of a listening socket (HAProxy's ``tune.maxaccept``): many
+enough that a burst of clients gets in within a few turns of a busy loop, few enough that one
+turn stays short."""
+
+PAUSE_SECONDS = 1.0
+"""After running out of file descriptors (or memory), how long accepting stops; the
+connections meanwhile wait in the listen queue (asyncio's servers do the same)."""
+
+_OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+class Acceptor:
+    """One listening socket's accepting: started with ``start``, stopped with ``close`` (the
+    socket itself stays open: its owner closes it or hands it to another process)."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        protocol_factory: Callable[[], asyncio.BaseProtocol],
+        ssl_context: ssl.SSLContext | None = None,
+        handshake_timeout: float | None = None,
+    ) -> None:
+        self.sock = sock
+        self.protocol_factory = protocol_factory
+        self.ssl_context = ssl_context
+        self.handshake_timeout = handshake_timeout
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._resume: asyncio.TimerHandle | None = None
+        self._wrapping: set[asyncio.Task[None]] = set()
+        """Accepted connections being made transports (TLS: handshaking): the loop keeps only
+        weak references to tasks."""
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        loop.add_reader(self.sock.fileno(), self.accept, MAX_ACCEPT)
+
+    def close(self) -> None:
+        """Stop accepting (before the socket is closed: its descriptor may be reused)."""
+        loop, self._loop = self._loop, None
+        if self._resume is not None:
+            self._resume.cancel()
+            self._resume = None
+        if loop is not None and self.sock.fileno() >= 0:
+            loop.remove_reader(self.sock.fileno())
+
+    def accept(self, limit: int) -> list[asyncio.Task[None]]:
+        """Take up to ``limit`` queued connections; returns the tasks that make them
+        transports."""
+        loop = self._loop
+        started: list[asyncio.Task[None]] = []
+        if loop is None:
+            return started
+        for _ in range(limit):
+            try:
+                conn, _ = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                break  # the queue is empty
+            except OSError as exc:
+                if exc.errno in _OUT_OF_RESOURCES:
+                    self._pause(loop, exc)
+                    break
+                continue  # ECONNABORTED and the like: that client is gone, not the listener
+            conn.setblocking(False)
+            task = loop.create_task(self._wrap(loop, conn))
+            self._wrapping.add(task)
+            task.add_done_callback(self._wrapping.discard)
+            started.append(task)
+        return started
+
+    async def accept_queued(self) -> None:
+        """Take every connection still queued and wait until each is a transport: closing a
+        listening socket resets the connections in its queue, and those clients did nothing
+        wrong."""
+        if self._loop is None:
+            return
+        started: list[asyncio.Task[None]] = []
+        while batch := self.accept(MAX_ACCEPT):
+            started += batch
+        if started:
+            await asyncio.wait(started)
+
+    async def _wrap(self, loop: asyncio.AbstractEventLoop, conn: socket.socket) -> None:
+        try:
+            await loop.connect_accepted_socket(
+                self.protocol_factory,
+                conn,
+                ssl=self.ssl_context,
+                ssl_handshake_timeout=self.handshake_timeout if self.ssl_context else None,
+            )
+        except (OSError, ssl.SSLError, TimeoutError, EOFError) as exc:
+            # A failed TLS handshake or a client that left at once: its connection only.
+            log.debug("connection not set up: %s", exc)
+            conn.close()
+
+    def _pause(self, loop: asyncio.AbstractEventLoop, exc: OSError) -> None:
+        log.error(
+            "cannot accept connections on %s: %s; retrying in %gs",
+            _name(self.sock),
+            exc.strerror or exc,
+            PAUSE_SECONDS,
+        )
+        loop.remove_reader(self.sock.fileno())
+        self._resume = loop.call_later(PAUSE_SECONDS, self._resume_accepting, loop)
+
+    def _resume_accepting(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._resume = None
+        if self._loop is loop:
+            loop.add_reader(self.sock.fileno(), self.accept, MAX_ACCEPT)
+
+
+def _name(sock: socket.socket) -> str:
+    try:
+        return str(sock.getsockname())
+    except OSError:
+        return f"fd {sock.fileno()}"
