@@ -665,6 +665,11 @@ class Exchange:
         self._failure = None
         return future
 
+    @property
+    def failed(self) -> bool:
+        """The upstream exchange failed after its head (``wait_response_end`` raises it)."""
+        return self._failure is not None
+
     async def wait_response_end(self) -> None:
         """Wait until the upstream response body has been relayed (or raise its failure)."""
         if self._failure is not None:

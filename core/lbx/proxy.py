@@ -384,7 +384,13 @@ class ProxyService:
         hooks = self.hooks
         client = exchange.conn
         try:
-            conn, reused = await self._connection(exchange, peer)
+            # An idle pooled connection is the usual case: taken without a coroutine.
+            pooled = self._pooled(exchange, peer)
+            if pooled is not None:
+                conn: UpstreamConnection | H2UpstreamStream = pooled
+                reused = True
+            else:
+                conn, reused = await self._connection(exchange, peer)
         except ProxyError as exc:
             # Nothing was sent: by default another peer is tried (nginx's default).
             exc.retry = True
@@ -442,18 +448,26 @@ class ProxyService:
             raise
         return None
 
+    def _pooled(self, exchange: Exchange, peer: Peer) -> UpstreamConnection | None:
+        """An idle HTTP/1.1 connection to ``peer`` from the pool, when this attempt may reuse
+        one and goes over HTTP/1.1."""
+        if exchange.fresh or (peer.http_version != 1 and exchange.upgrade_names is None):
+            return None
+        return self.connector.pool.take(peer)
+
     async def _connection(
         self, exchange: Exchange, peer: Peer
     ) -> tuple[UpstreamConnection | H2UpstreamStream, bool]:
-        """A connection (HTTP/1.1) or a stream (HTTP/2) to ``peer``, and whether it served a
-        request before. A request that offers an Upgrade goes over HTTP/1.1 (HTTP/2 has no
-        ``101``)."""
+        """A connection (HTTP/1.1) or a stream (HTTP/2) to ``peer`` when the pool had none
+        (``_pooled``), and whether it served a request before. A request that offers an Upgrade
+        goes over HTTP/1.1 (HTTP/2 has no ``101``)."""
         if peer.http_version != 1 and exchange.upgrade_names is None:
             got = await self.h2_pool.stream(peer, exchange.fresh)
             if type(got) is H2UpstreamStream:
                 return got, got.reused
             if got is not None:
                 return got, False  # TLS's ALPN chose HTTP/1.1 on this new connection
+            # None: this peer's ALPN chose HTTP/1.1 before; its pooled connections serve it.
         pool = self.connector.pool
         conn = None if exchange.fresh else pool.take(peer)
         if conn is not None:
@@ -540,7 +554,8 @@ class ProxyService:
             if type(done) is Pending:
                 await done
         exchange.send_response_head(response)
-        await exchange.wait_response_end()
+        if not exchange.response_complete or exchange.failed:
+            await exchange.wait_response_end()
         exchange.upstream = None
         if exchange.body_done and exchange.streaming_request:
             self._give_back(conn)
