@@ -149,8 +149,12 @@ def test_out_of_descriptors_pauses_accepting_then_resumes(
     assert "Too many open files; retrying in 0.05s" in errors[0]
 
 
-def test_connections_queued_at_stop_are_taken_not_reset() -> None:
-    """``accept_queued`` (graceful stop) takes every queued connection, more than one batch."""
+@pytest.mark.parametrize("taken_before", [0, MAX_ACCEPT, CLIENTS])
+def test_a_stop_takes_the_queued_connections_and_waits_for_the_accepted_ones(
+    taken_before: int,
+) -> None:
+    """``accept_queued`` (graceful stop) takes every queued connection, more than one batch,
+    and waits for the ones the reader accepted just before (their transports not made yet)."""
 
     async def main() -> int:
         made: list[asyncio.BaseTransport] = []
@@ -159,18 +163,21 @@ def test_connections_queued_at_stop_are_taken_not_reset() -> None:
             accepting = Acceptor(sock, lambda: Counted(made, all_in))
             loop = asyncio.get_running_loop()
             accepting.start(loop)
-            loop.remove_reader(sock.fileno())  # as if the loop had no turn to accept them
+            loop.remove_reader(sock.fileno())  # the loop gets no turn to accept them itself
             clients = connect_all(sock.getsockname()[1])
             try:
-                await accepting.accept_queued()
+                taken = 0
+                while taken < taken_before:  # as the reader does when the socket is readable
+                    taken += len(accepting.accept(min(MAX_ACCEPT, taken_before - taken)))
+                await accepting.accept_queued(30)
                 await asyncio.sleep(0)  # connection_made runs on the loop's next turn
-                taken = len(made)
+                counted = len(made)
             finally:
                 accepting.close()
                 for transport in made:
                     transport.close()
                 for client in clients:
                     client.close()
-        return taken
+        return counted
 
     assert run(main) == CLIENTS

@@ -90,17 +90,16 @@ class Acceptor:
             started.append(task)
         return started
 
-    async def accept_queued(self) -> None:
-        """Take every connection still queued and wait until each is a transport: closing a
-        listening socket resets the connections in its queue, and those clients did nothing
-        wrong."""
+    async def accept_queued(self, timeout: float) -> None:
+        """Take every connection still queued, and wait (up to ``timeout`` seconds) until each
+        connection accepted so far is a transport: closing a listening socket resets the
+        connections in its queue, and a graceful stop must count the ones it accepted."""
         if self._loop is None:
             return
-        started: list[asyncio.Task[None]] = []
-        while batch := self.accept(MAX_ACCEPT):
-            started += batch
-        if started:
-            await asyncio.wait(started)
+        while self.accept(MAX_ACCEPT):
+            pass
+        if self._wrapping:
+            await asyncio.wait(set(self._wrapping), timeout=timeout)
 
     async def _wrap(self, loop: asyncio.AbstractEventLoop, conn: socket.socket) -> None:
         try:

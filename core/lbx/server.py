@@ -579,11 +579,11 @@ class Server:
     async def _stop_graceful(self) -> None:
         config = self.config
         for acceptor in self._acceptors:
-            await acceptor.accept_queued()
+            await acceptor.accept_queued(config.grace_period_seconds)
         self.close_listeners()
-        # A connection the event loop accepted just before has its connection_made still
-        # queued: one turn of the loop lets it run, so that the connection is counted and its
-        # request answered (with Connection: close) instead of closed with the process.
+        # The connections just accepted have their connection_made still queued: one turn of
+        # the loop lets it run, so that each is counted and its request answered (with
+        # Connection: close) instead of closed with the process.
         await asyncio.sleep(0)
         await self.pm.ahook.server_stopping(server=self, graceful=True)
         self.connections.begin_shutdown()
