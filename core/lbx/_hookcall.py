@@ -15,6 +15,7 @@ import inspect
 import logging
 import os
 from collections.abc import Awaitable, Callable, Generator
+from types import CoroutineType
 from typing import Any
 
 import pluggy
@@ -43,8 +44,8 @@ def _is_awaitable(value: object) -> bool:
 
 
 class Pending:
-    """What ``HookCaller.run`` returns when an impl returned an awaitable: await it for the
-    hook's result (``if type(r) is Pending: r = await r``)."""
+    """What ``HookCaller.run`` returns when an impl returned an awaitable other than a bare
+    coroutine: await it for the hook's result (``if suspends(r): r = await r``)."""
 
     __slots__ = ("_rest",)
 
@@ -53,6 +54,14 @@ class Pending:
 
     def __await__(self) -> Generator[Any, Any, Any]:
         return self._rest.__await__()
+
+
+def suspends(result: object) -> bool:
+    """Whether a result of ``HookCaller.run`` is to be awaited for the hook's result: a
+    ``Pending``, or the coroutine of an ``async def`` impl, handed over bare (awaiting a
+    ``Pending`` costs an object, its ``__await__`` call and a coroutine wrapper per hook)."""
+    kind = type(result)
+    return kind is Pending or kind is CoroutineType
 
 
 def halts_on(value: bool) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -190,10 +199,10 @@ class HookCaller:
         Returns what decides the request: the first non-None result of a firstresult hook; for
         a halting hook its halting value when an impl returned it (compare with ``is``); the
         results of other hooks are not collected. As soon as an impl returns an awaitable the
-        rest comes as a ``Pending``, which the caller awaits (``if type(r) is Pending: r =
-        await r``); that runs it at once, in the caller's task. The last impl's awaitable is
-        handed over as it is: awaiting an ``async def`` impl's coroutine from compiled code
-        costs no exception when it returns None.
+        rest comes as something to await (``if suspends(r): r = await r``), which runs it at
+        once, in the caller's task: a ``Pending``, or when the last impl is an ``async def``,
+        its coroutine itself (awaited from compiled code, it costs no exception when it
+        returns None).
         """
         impls = self._impls
         last = len(impls) - 1
@@ -203,7 +212,7 @@ class HookCaller:
                 continue
             if _is_awaitable(result):
                 if index == last:
-                    return Pending(result)
+                    return result if type(result) is CoroutineType else Pending(result)
                 return Pending(self._finish(index, result, args))
             if self._ends_chain(result):
                 return result
@@ -279,7 +288,7 @@ class TracingHookCaller(HookCaller):
     def run(self, *args: Any) -> Any:
         log.debug("hook %s(%s)", self.name, ", ".join(self.argnames))
         result = super().run(*args)
-        if type(result) is Pending:
+        if suspends(result):
             return Pending(self._traced(result))
         log.debug("hook %s -> %r", self.name, result)
         return result

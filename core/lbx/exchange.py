@@ -15,9 +15,10 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, TypeAlias
 
-from lbx._hookcall import Pending
+from lbx._hookcall import suspends
 from lbx.errors import ErrorSource, ErrorType, ProxyError
 from lbx.http import (
     HOP_BY_HOP,
@@ -172,7 +173,7 @@ class Exchange:
         hook = self.service.hooks.logging
         try:
             done = None if hook is None else hook.run(session, session.ctx, error)
-            if type(done) is Pending:
+            if done is not None and suspends(done):
                 self.conn.loop.create_task(_finish_logging(done, self))
                 return
         except Exception:
@@ -684,7 +685,7 @@ class Exchange:
             self.service.connections.deadlines.clear(self)
 
 
-async def _finish_logging(pending: Pending, exchange: Exchange) -> None:
+async def _finish_logging(pending: Awaitable[None], exchange: Exchange) -> None:
     try:
         await pending
     except Exception:

@@ -129,12 +129,15 @@ class Headers:
 
     def remove(self, name: str | bytes) -> None:
         """Remove every value of ``name``."""
-        key = _b(name).lower()
+        key = lower_name(_b(name))
+        size = len(key)
         raw = self.raw
-        for field, _ in raw:
-            if field.lower() == key:
-                raw[:] = [item for item in raw if item[0].lower() != key]
-                return
+        index = len(raw)
+        while index:  # backwards: deleting does not move the fields still to check
+            index -= 1
+            field = raw[index][0]
+            if len(field) == size and lower_name(field) == key:  # most names differ in length
+                del raw[index]
 
 
 class _HeaderEdits:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 from lbx import _hookcall, hashkey
-from lbx._hookcall import Pending
+from lbx._hookcall import suspends
 from lbx.builtin import default_peer as builtin_default_peer
 from lbx.connections import Connections
 from lbx.errors import ErrorSource, ErrorType, ProxyError
@@ -280,11 +280,11 @@ class ProxyService:
         try:
             if hooks.early_request_filter is not None:
                 done = hooks.early_request_filter.run(session, ctx)
-                if type(done) is Pending:
+                if suspends(done):
                     await done
             if hooks.request_filter is not None:
                 answered = hooks.request_filter.run(session, ctx)
-                if type(answered) is Pending:
+                if suspends(answered):
                     answered = await answered
             else:
                 answered = None
@@ -299,7 +299,7 @@ class ProxyService:
                 proceed = None
                 if hooks.proxy_upstream_filter is not None:
                     proceed = hooks.proxy_upstream_filter.run(session, ctx)
-                    if type(proceed) is Pending:
+                    if suspends(proceed):
                         proceed = await proceed
                 if proceed is False:
                     if not exchange.response_started:
@@ -322,7 +322,7 @@ class ProxyService:
         if hooks.logging is not None:
             try:
                 done = hooks.logging.run(session, ctx, error)
-                if type(done) is Pending:
+                if suspends(done):
                     await done
             except Exception:
                 log.exception("logging hook failed, %s", session.request_summary())
@@ -334,12 +334,12 @@ class ProxyService:
         last: ProxyError | None = None
         while True:
             session.tries += 1
-            chosen: Any = None  # Any: a hook's result may be a Pending until awaited
+            chosen: Any = None  # Any: a hook's result may be something to await until awaited
             if hooks.default_peer_only:
                 chosen = self.default_peer(session, ctx)
             elif hooks.upstream_peer is not None:
                 chosen = hooks.upstream_peer.run(session, ctx)
-                if type(chosen) is Pending:
+                if suspends(chosen):
                     chosen = await chosen
             peer = chosen
             if peer is None:
@@ -499,7 +499,7 @@ class ProxyService:
         hooks = self.hooks
         if hooks.connected_to_upstream is not None:
             done = hooks.connected_to_upstream.run(session, reused, peer, ctx)
-            if type(done) is Pending:
+            if suspends(done):
                 await done
         request = session.req_header
         if self.upstream_host is not None or hooks.upstream_request_filter is not None:
@@ -510,7 +510,7 @@ class ProxyService:
                 request.headers.insert(b"Host", self.upstream_host)
             if hooks.upstream_request_filter is not None:
                 done = hooks.upstream_request_filter.run(session, request, ctx)
-                if type(done) is Pending:
+                if suspends(done):
                     await done
         client = exchange.conn
         if client.lost:
@@ -547,11 +547,11 @@ class ProxyService:
         session.head_time = time.monotonic()
         if hooks.upstream_response_filter is not None:
             done = hooks.upstream_response_filter.run(session, response, ctx)
-            if type(done) is Pending:
+            if suspends(done):
                 await done
         if hooks.response_filter is not None:
             done = hooks.response_filter.run(session, response, ctx)
-            if type(done) is Pending:
+            if suspends(done):
                 await done
         exchange.send_response_head(response)
         if not exchange.response_complete or exchange.failed:
@@ -570,7 +570,7 @@ class ProxyService:
         if hooks.fail_to_proxy is not None:
             try:
                 status = hooks.fail_to_proxy.run(session, ctx, error)
-                if type(status) is Pending:
+                if suspends(status):
                     status = await status
             except Exception:
                 log.exception("fail_to_proxy hook failed, %s", session.request_summary())
