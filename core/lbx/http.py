@@ -237,12 +237,20 @@ def status_line(status: int) -> bytes:
 
 def _fields(fields: HeaderList, framing: HeaderList) -> bytes:
     """``name: value`` lines, CRLF-terminated, and the empty line that ends a head."""
-    if framing:
-        fields = fields + framing
-    if not fields:
-        return b"\r\n"
-    # One join per field instead of four appends: the heads are built on every request.
-    return b"\r\n".join(map(b": ".join, fields)) + b"\r\n\r\n"
+    # One join of the pieces: no bytes object per field (the heads are built on every request).
+    parts: list[bytes] = []
+    _add_lines(parts, fields)
+    _add_lines(parts, framing)
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+def _add_lines(parts: list[bytes], fields: HeaderList) -> None:
+    for name, value in fields:
+        parts.append(name)
+        parts.append(b": ")
+        parts.append(value)
+        parts.append(b"\r\n")
 
 
 def serialize_request(head: RequestHeader, framing: HeaderList) -> bytes:
