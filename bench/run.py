@@ -105,9 +105,10 @@ NGINX_BACKEND = """\
 daemon off;
 master_process on;
 worker_processes 1;
+worker_rlimit_nofile 65536;
 pid {tmp}/nginx-backend.pid;
 error_log {tmp}/nginx-backend.err warn;
-events {{ worker_connections 4096; }}
+events {{ worker_connections 16384; }}
 http {{
     access_log off;
     client_body_temp_path {tmp}/ngxb-body;

@@ -97,7 +97,8 @@ def test_a_burst_of_clients_gets_in_within_a_few_turns_of_a_busy_loop() -> None:
         return server.close
 
     turns = run(lambda: turns_until_all_in(with_acceptor))
-    # 64 per readiness: four turns take them, a few more make their transports and protocols.
+    # MAX_ACCEPT per readiness: a turn or a few take them, a few more make their transports
+    # and protocols.
     assert turns <= CLIENTS // MAX_ACCEPT + 6, turns
     # What lbx did before (and why): uvloop's own server takes one connection per turn.
     assert run(lambda: turns_until_all_in(with_uvloop_server)) >= CLIENTS // 2
@@ -149,12 +150,17 @@ def test_out_of_descriptors_pauses_accepting_then_resumes(
     assert "Too many open files; retrying in 0.05s" in errors[0]
 
 
-@pytest.mark.parametrize("taken_before", [0, MAX_ACCEPT, CLIENTS])
+BATCH = 64
+"""A smaller batch than MAX_ACCEPT, so that the stop's queue holds several."""
+
+
+@pytest.mark.parametrize("taken_before", [0, BATCH, CLIENTS])
 def test_a_stop_takes_the_queued_connections_and_waits_for_the_accepted_ones(
-    taken_before: int,
+    taken_before: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``accept_queued`` (graceful stop) takes every queued connection, more than one batch,
     and waits for the ones the reader accepted just before (their transports not made yet)."""
+    monkeypatch.setattr(acceptor, "MAX_ACCEPT", BATCH)
 
     async def main() -> int:
         made: list[asyncio.BaseTransport] = []
@@ -168,7 +174,7 @@ def test_a_stop_takes_the_queued_connections_and_waits_for_the_accepted_ones(
             try:
                 taken = 0
                 while taken < taken_before:  # as the reader does when the socket is readable
-                    taken += len(accepting.accept(min(MAX_ACCEPT, taken_before - taken)))
+                    taken += len(accepting.accept(min(BATCH, taken_before - taken)))
                 await accepting.accept_queued(30)
                 await asyncio.sleep(0)  # connection_made runs on the loop's next turn
                 counted = len(made)
