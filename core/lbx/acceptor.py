@@ -31,7 +31,26 @@ PAUSE_SECONDS = 1.0
 """After running out of file descriptors (or memory), how long accepting stops; the
 connections meanwhile wait in the listen queue (asyncio's servers do the same)."""
 
-_OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+_CLIENT_GONE = frozenset(
+    getattr(errno, name)
+    for name in (
+        "ECONNABORTED",
+        "EPROTO",
+        "EPERM",
+        "ENETDOWN",
+        "ENETUNREACH",
+        "EHOSTDOWN",
+        "EHOSTUNREACH",
+        "ENOPROTOOPT",
+        "EOPNOTSUPP",
+        "ENONET",  # Linux only
+    )
+    if hasattr(errno, name)
+)
+"""``accept`` errors about the one connection taken (Linux's accept(2) passes on a pending
+network error): the next one is taken. Any other (out of descriptors or memory, a broken
+listening socket) pauses accepting."""
 
 
 class Acceptor:
@@ -50,6 +69,7 @@ class Acceptor:
         self.ssl_context = ssl_context
         self.handshake_timeout = handshake_timeout
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._watching = False
         self._resume: asyncio.TimerHandle | None = None
         self._wrapping: set[asyncio.Task[None]] = set()
         """Accepted connections being made transports (TLS: handshaking): the loop keeps only
@@ -57,16 +77,31 @@ class Acceptor:
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        loop.add_reader(self.sock.fileno(), self.accept, MAX_ACCEPT)
+        self.sock.setblocking(False)  # a socket from another process or a plugin may not be
+        self._watch(loop)
 
     def close(self) -> None:
-        """Stop accepting (before the socket is closed: its descriptor may be reused)."""
+        """Stop accepting."""
         loop, self._loop = self._loop, None
         if self._resume is not None:
             self._resume.cancel()
             self._resume = None
-        if loop is not None and self.sock.fileno() >= 0:
-            loop.remove_reader(self.sock.fileno())
+        if loop is not None:
+            self._unwatch(loop)
+
+    def take_queued(self) -> list[asyncio.Task[None]]:
+        """Stop watching the socket and take every connection still in its queue (closing a
+        listening socket resets them, and those clients did nothing wrong). Returns the tasks
+        still making plain connections transports, which take a turn of the loop each; TLS
+        handshakes under way are not waited for (a connection that completes one after a
+        graceful stop began is answered with ``Connection: close``)."""
+        loop = self._loop
+        if loop is None:
+            return []
+        self._unwatch(loop)
+        while self.accept(MAX_ACCEPT):
+            pass
+        return [] if self.ssl_context is not None else list(self._wrapping)
 
     def accept(self, limit: int) -> list[asyncio.Task[None]]:
         """Take up to ``limit`` queued connections; returns the tasks that make them
@@ -81,27 +116,16 @@ class Acceptor:
             except (BlockingIOError, InterruptedError):
                 break  # the queue is empty
             except OSError as exc:
-                if exc.errno in _OUT_OF_RESOURCES:
-                    self._pause(loop, exc)
-                    break
-                continue  # ECONNABORTED and the like: that client is gone, not the listener
+                if exc.errno in _CLIENT_GONE:
+                    continue
+                self._pause(loop, exc)
+                break
             conn.setblocking(False)
             task = loop.create_task(self._wrap(loop, conn))
             self._wrapping.add(task)
             task.add_done_callback(self._wrapping.discard)
             started.append(task)
         return started
-
-    async def accept_queued(self, timeout: float) -> None:
-        """Take every connection still queued, and wait (up to ``timeout`` seconds) until each
-        connection accepted so far is a transport: closing a listening socket resets the
-        connections in its queue, and a graceful stop must count the ones it accepted."""
-        if self._loop is None:
-            return
-        while self.accept(MAX_ACCEPT):
-            pass
-        if self._wrapping:
-            await asyncio.wait(set(self._wrapping), timeout=timeout)
 
     async def _wrap(self, loop: asyncio.AbstractEventLoop, conn: socket.socket) -> None:
         try:
@@ -111,10 +135,26 @@ class Acceptor:
                 ssl=self.ssl_context,
                 ssl_handshake_timeout=self.handshake_timeout if self.ssl_context else None,
             )
-        except (OSError, ssl.SSLError, TimeoutError, EOFError) as exc:
+        except OSError as exc:  # SSLError, ConnectionError, TimeoutError are OSErrors
             # A failed TLS handshake or a client that left at once: its connection only.
             log.debug("connection not set up: %s", exc)
             conn.close()
+        except Exception:
+            log.exception("cannot set up a connection on %s", _name(self.sock))
+            conn.close()
+
+    # The socket object, not its descriptor, is watched: the loop then holds it open until
+    # the watch ends, so a socket closed too early cannot leave a watch on a closed (or
+    # reused) descriptor.
+    def _watch(self, loop: asyncio.AbstractEventLoop) -> None:
+        if not self._watching:
+            loop.add_reader(self.sock, self.accept, MAX_ACCEPT)
+            self._watching = True
+
+    def _unwatch(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._watching:
+            loop.remove_reader(self.sock)
+            self._watching = False
 
     def _pause(self, loop: asyncio.AbstractEventLoop, exc: OSError) -> None:
         log.error(
@@ -123,13 +163,15 @@ class Acceptor:
             exc.strerror or exc,
             PAUSE_SECONDS,
         )
-        loop.remove_reader(self.sock.fileno())
+        self._unwatch(loop)
+        if self._resume is not None:
+            self._resume.cancel()
         self._resume = loop.call_later(PAUSE_SECONDS, self._resume_accepting, loop)
 
     def _resume_accepting(self, loop: asyncio.AbstractEventLoop) -> None:
         self._resume = None
         if self._loop is loop:
-            loop.add_reader(self.sock.fileno(), self.accept, MAX_ACCEPT)
+            self._watch(loop)
 
 
 def _name(sock: socket.socket) -> str:

@@ -8,7 +8,7 @@ dynamic source last found, so that the first update of the new configuration is 
 start from nothing. What does not: an operator's runtime changes and counters.
 
 - ``threads: 1`` (``reload_in_process``): the new server's background services replace the old
-  ones (health checks, discovery, admin endpoints), every listener gets a new asyncio server on
+  ones (health checks, discovery, admin endpoints), every listener gets a new ``Acceptor`` on
   a duplicate of its socket (a new address is bound, a removed one closed), and every open
   client connection switches to its service's new settings for its next request; a request in
   flight finishes with the settings and the backend it started with.

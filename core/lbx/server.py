@@ -1,7 +1,7 @@
 """The server: listeners, services, background services, signals and graceful shutdown.
 
-anyio gives the structure (task group, signals, cancellation); the listeners are plain asyncio
-servers whose protocols carry the request path (see ``proxy.py``).
+anyio gives the structure (task group, signals, cancellation); each listening socket has an
+``Acceptor`` (``lbx.acceptor``) whose protocols carry the request path (see ``proxy.py``).
 """
 
 from __future__ import annotations
@@ -463,12 +463,14 @@ class Server:
             for service in self.services:
                 for address in service.config.listen:
                     sock = sockets[address]
+                    sock.listen(LISTEN_BACKLOG)  # an inherited socket gets lbx's backlog too
                     self._accept(loop, Acceptor(sock, service.protocol_factory))
                     log.info("service %s listening on %s", service.name, _describe(address, sock))
                 tls = self.server_tls.get(service.name)
                 for address in service.config.tls_listen:
                     assert tls is not None
                     sock = sockets[TLS_PREFIX + address]
+                    sock.listen(LISTEN_BACKLOG)
                     acceptor = Acceptor(
                         sock,
                         service.tls_protocol_factory,
@@ -578,9 +580,10 @@ class Server:
 
     async def _stop_graceful(self) -> None:
         config = self.config
-        for acceptor in self._acceptors:
-            await acceptor.accept_queued(config.grace_period_seconds)
+        settling = [task for acceptor in self._acceptors for task in acceptor.take_queued()]
         self.close_listeners()
+        if settling:
+            await asyncio.wait(settling, timeout=config.grace_period_seconds)
         # The connections just accepted have their connection_made still queued: one turn of
         # the loop lets it run, so that each is counted and its request answered (with
         # Connection: close) instead of closed with the process.
