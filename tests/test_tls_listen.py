@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -270,3 +271,21 @@ def test_upstream_learns_the_client_used_https(lbx, backends, ca, tmp_path):
     seen = json.loads(conn.getresponse().read())["headers"]
     conn.close()
     assert [v for k, v in seen if k.lower() == "x-forwarded-proto"] == ["http"]
+
+
+def test_a_silent_tls_client_does_not_hold_up_a_graceful_stop(lbx, backends, ca, tmp_path):
+    """A client that opened a TLS connection and never sent its ClientHello: SIGTERM still
+    stops lbx at once (its handshake is not waited for), well inside a 60 s grace period."""
+    a = backends.start("a")
+    pairs = [write_pair(ca, tmp_path, "a", "a.test")]
+    conf = write_conf(tmp_path, a.address, pairs)
+    conf.write_text("grace_period_seconds: 60\n" + conf.read_text())
+    proc = lbx("-c", str(conf), env={"LBX_LOG": "debug"})
+    _, tls_address = proc.addresses
+    host, port = tls_address.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as silent:
+        assert handshake(tls_address, ca, "a.test")[2].startswith(b"HTTP/1.1 200")
+        proc.send_signal(signal.SIGTERM)
+        proc.wait_for(r"stopped accepting; waiting up to 60s for 0 open connections")
+        assert proc.wait(timeout=30) == 0
+        assert silent.recv(1) == b""  # closed with the process, never answered

@@ -61,10 +61,13 @@ class Acceptor:
         self,
         sock: socket.socket,
         protocol_factory: Callable[[], asyncio.BaseProtocol],
+        name: str,
         ssl_context: ssl.SSLContext | None = None,
         handshake_timeout: float | None = None,
     ) -> None:
         self.sock = sock
+        self.name = name
+        """The listener as the server logs it (``127.0.0.1:8080``, ``unix:/run/lbx.sock``)."""
         self.protocol_factory = protocol_factory
         self.ssl_context = ssl_context
         self.handshake_timeout = handshake_timeout
@@ -140,7 +143,7 @@ class Acceptor:
             log.debug("connection not set up: %s", exc)
             conn.close()
         except Exception:
-            log.exception("cannot set up a connection on %s", _name(self.sock))
+            log.exception("cannot set up a connection on %s", self.name)
             conn.close()
 
     # The socket object, not its descriptor, is watched: the loop then holds it open until
@@ -159,7 +162,7 @@ class Acceptor:
     def _pause(self, loop: asyncio.AbstractEventLoop, exc: OSError) -> None:
         log.error(
             "cannot accept connections on %s: %s; retrying in %gs",
-            _name(self.sock),
+            self.name,
             exc.strerror or exc,
             PAUSE_SECONDS,
         )
@@ -172,10 +175,3 @@ class Acceptor:
         self._resume = None
         if self._loop is loop:
             self._watch(loop)
-
-
-def _name(sock: socket.socket) -> str:
-    try:
-        return str(sock.getsockname())
-    except OSError:
-        return f"fd {sock.fileno()}"

@@ -24,7 +24,7 @@ import anyio.abc
 from lbx import background, discovery, notify, reload
 from lbx.acceptor import Acceptor
 from lbx.config import Config, ServiceConfig
-from lbx.connections import Connections
+from lbx.connections import Connections, format_address
 from lbx.errors import ConfigError, StartupError
 from lbx.lb import Backend, Backends, Change, Health, LoadBalancer, split_host_port
 from lbx.plugins import LbxPluginManager, installed_selection_plugins
@@ -464,21 +464,23 @@ class Server:
                 for address in service.config.listen:
                     sock = sockets[address]
                     sock.listen(LISTEN_BACKLOG)  # an inherited socket gets lbx's backlog too
-                    self._accept(loop, Acceptor(sock, service.protocol_factory))
-                    log.info("service %s listening on %s", service.name, _describe(address, sock))
+                    bound = _describe(address, sock)
+                    self._accept(loop, Acceptor(sock, service.protocol_factory, bound))
+                    log.info("service %s listening on %s", service.name, bound)
                 tls = self.server_tls.get(service.name)
                 for address in service.config.tls_listen:
                     assert tls is not None
                     sock = sockets[TLS_PREFIX + address]
                     sock.listen(LISTEN_BACKLOG)
+                    bound = _describe(address, sock)
                     acceptor = Acceptor(
                         sock,
                         service.tls_protocol_factory,
+                        bound,
                         tls.listener_context,
                         TLS_HANDSHAKE_TIMEOUT_SECONDS,
                     )
                     self._accept(loop, acceptor)
-                    bound = _describe(address, sock)
                     log.info("service %s listening on %s", service.name, bound)
                     names = ", ".join(n for c in tls.certificates for n in c.names)
                     log.info("service %s: TLS on %s for %s", service.name, bound, names)
@@ -663,5 +665,4 @@ def listener_keys(service: ServiceConfig) -> list[tuple[str, str]]:
 def _describe(address: str, sock: socket.socket) -> str:
     if address.startswith("unix:"):
         return address
-    host, port = sock.getsockname()[:2]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return format_address(sock.getsockname())
