@@ -277,7 +277,13 @@ SCENARIOS = {
             "a + access log to a file",
             ("lbx", "lbx+log", "lbx+json", "nginx", "nginx+log", "nginx+logbuf"),
         ),
-        Scenario("p", "plain: round robin, the same job everywhere", ALL, rounds=5, plain=True),
+        Scenario(
+            "p",
+            "plain: round robin, the same job everywhere",
+            (*ALL, "minimal"),
+            rounds=5,
+            plain=True,
+        ),
         Scenario(
             "k",
             "p with 1,000 active clients",
@@ -363,15 +369,21 @@ def process_tree(pid: int) -> list[int]:
 
 
 def cpu_ticks(pids: list[int]) -> int:
-    total = 0
+    return sum(user_system_ticks(pids))
+
+
+def user_system_ticks(pids: list[int]) -> tuple[int, int]:
+    """CPU ticks of ``pids`` in user space and in the kernel."""
+    user = system = 0
     for pid in pids:
         try:
             stat = Path(f"/proc/{pid}/stat").read_text()
         except OSError:
             continue
         fields = stat.rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total
+        user += int(fields[11])  # utime
+        system += int(fields[12])  # stime
+    return user, system
 
 
 def rss_of(pid: int) -> tuple[float, float]:
@@ -426,6 +438,7 @@ class Run:
     p50_ms: float
     p99_ms: float
     cpu_us_per_req: float
+    user_us_per_req: float  # the part of cpu_us_per_req in user space
     rss_mib: float  # the largest serving process (nginx: a worker; lbx threads: 2: a worker)
     rss_total_mib: float  # every process of the proxy
     core_us_per_req: float  # all busy time of the proxy's CPU (f: of the machine) per request
@@ -515,12 +528,13 @@ def measure(t: Target, rnd: int, duration: int) -> Run:
     core = PROXY_CPU if sc.pinned else ""
     client_cpu = CLIENT_CPU if sc.pinned else ANY_CPU
     everyone0, core0, t0 = all_ticks(), cpu_busy(core), time.monotonic()
-    p0, b0 = cpu_ticks(pids), cpu_ticks(bpids)
+    (u0, s0), b0 = user_system_ticks(pids), cpu_ticks(bpids)
     scheme = "https" if sc.tls else "http"
     out, wrk_cpu = wrk(
         t.port, duration, sc.connections, client_cpu, sc.path, t.lua, scheme, sc.wrk_threads
     )
-    p1, b1, wall, core1 = cpu_ticks(pids), cpu_ticks(bpids), time.monotonic() - t0, cpu_busy(core)
+    (u1, s1), b1 = user_system_ticks(pids), cpu_ticks(bpids)
+    wall, core1 = time.monotonic() - t0, cpu_busy(core)
     everyone1 = all_ticks()
     rss, rss_total = rss_of(t.pid)
     ours.update(process_tree(os.getpid()))
@@ -542,7 +556,8 @@ def measure(t: Target, rnd: int, duration: int) -> Run:
         errors=int(w["errors"]),
         p50_ms=w["p50_ms"],
         p99_ms=w["p99_ms"],
-        cpu_us_per_req=(p1 - p0) / HZ * 1e6 / reqs,
+        cpu_us_per_req=(u1 - u0 + s1 - s0) / HZ * 1e6 / reqs,
+        user_us_per_req=(u1 - u0) / HZ * 1e6 / reqs,
         core_us_per_req=(core1 - core0) / HZ * 1e6 / reqs,
         rss_mib=round(rss, 1),
         rss_total_mib=round(rss_total, 1),
@@ -759,6 +774,8 @@ def start_proxy(
             listen=listen, b1=up1, b2=up2, workers=workers, host=UPSTREAM_HOST, ssl=ssl
         )
         argv = ["haproxy", "-db", "-f", str(write(tmp, "haproxy.cfg", text))]
+    elif system == "minimal":
+        argv = [sys.executable, str(HERE / "minimal_proxy.py"), listen, up1, up2]
     elif system == "proxy.py":
         argv = [str(PROXYPY_VENV / "bin" / "proxy"), "--hostname", HOST, "--port", str(port)]
         argv += ["--enable-reverse-proxy", "--plugins", "proxypy_route.Route", "--threaded"]
@@ -829,7 +846,8 @@ def summarise(sc: Scenario, runs: list[Run], systems: list[str]) -> tuple[dict, 
     summary: dict[str, dict[str, float]] = {}
     big, idle = sc.path == "/1m", sc.idle > 0
     head = ["system", "req/s"] + (["MB/s"] if big or sc.upload else [])
-    head += ["CPU µs/req", "core µs/req" if sc.pinned else "machine µs/req", "p50 ms", "p99 ms"]
+    head += ["CPU µs/req", "user µs/req"]
+    head += ["core µs/req" if sc.pinned else "machine µs/req", "p50 ms", "p99 ms"]
     head += ["RSS MiB" + (" (worker)" if sc.workers > 1 else "")]
     head += ["RSS total MiB"] if sc.workers > 1 else []
     head += ["RSS before idle", "KiB / idle conn", "idle kept"] if idle else []
@@ -844,6 +862,7 @@ def summarise(sc: Scenario, runs: list[Run], systems: list[str]) -> tuple[dict, 
             "rps": statistics.median(r.rps for r in rs),
             "mbps": statistics.median(r.mbps for r in rs),
             "cpu_us_per_req": statistics.median(r.cpu_us_per_req for r in rs),
+            "user_us_per_req": statistics.median(r.user_us_per_req for r in rs),
             "p50_ms": statistics.median(r.p50_ms for r in rs),
             "p99_ms": statistics.median(r.p99_ms for r in rs),
             "rss_mib": statistics.median(r.rss_mib for r in rs),
@@ -855,16 +874,18 @@ def summarise(sc: Scenario, runs: list[Run], systems: list[str]) -> tuple[dict, 
             "p99_vs_nginx": paired(runs, system, "nginx", lambda r: r.p99_ms),
             "errors": sum(r.errors for r in rs),
         }
-        for other in ("lbx", "proxy.py"):
+        for other in ("lbx", "proxy.py", "minimal"):
             if other != system and any(r.system == other for r in runs):
                 key = other.replace(".", "")
                 s[f"rps_vs_{key}"] = paired(runs, system, other, lambda r: r.rps)
                 s[f"mbps_vs_{key}"] = paired(runs, system, other, lambda r: r.mbps)
                 s[f"cpu_vs_{key}"] = paired(runs, system, other, lambda r: r.cpu_us_per_req)
+                s[f"user_vs_{key}"] = paired(runs, system, other, lambda r: r.user_us_per_req)
         summary[system] = s
         cells = [system, spread([r.rps for r in rs], ",.0f")]
         cells += [spread([r.mbps for r in rs], ",.0f")] if big or sc.upload else []
         cells += [spread([r.cpu_us_per_req for r in rs], ".1f")]
+        cells += [spread([r.user_us_per_req for r in rs], ".1f")]
         cells += [spread([r.core_us_per_req for r in rs], ".1f")]
         cells += [spread([r.p50_ms for r in rs], ".2f"), spread([r.p99_ms for r in rs], ".2f")]
         cells += [spread([r.rss_mib for r in rs], ".1f")]
