@@ -57,7 +57,7 @@ def test_async_hooks_run_in_one_task_per_connection(tmp_path):
         "@hookimpl\n"
         "async def request_filter(session, ctx):\n"
         "    ctx['before'] = asyncio.current_task()\n"
-        "    await asyncio.sleep(0)\n"  # really suspends: the request moves into the task
+        "    await asyncio.sleep(0)\n"  # really suspends
         "    ctx['after'] = asyncio.current_task()\n"
         "@hookimpl\n"
         "def upstream_response_filter(session, upstream_response, ctx):\n"
