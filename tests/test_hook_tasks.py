@@ -82,22 +82,27 @@ def test_async_hooks_run_in_one_task_per_connection(tmp_path):
 # -- a real lbx ---------------------------------------------------------------------------------
 
 
+def with_plugin(lbx: Any, backends: Any, plugin: str) -> Any:
+    """A real lbx with ``tests/plugins/<plugin>``, round robin over one backend."""
+    upstream = backends.start("a").address
+    return lbx(
+        "--plugin",
+        "roundrobin",
+        "--plugin",
+        str(PLUGINS / plugin),
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        upstream,
+    )
+
+
 def test_hooks_keep_their_task_their_timeouts_and_their_context(lbx, backends):
     """``tests/plugins/task_aware.py`` in a real lbx: its hooks enter asyncio and anyio timeouts
     and suspend in them, see one task per request before and after, a timeout that fires is
     theirs to catch, and a context variable set in ``request_filter`` is the request's in
     ``upstream_response_filter``, with two clients' requests interleaved."""
-    a = backends.start("a")
-    proc = lbx(
-        "--plugin",
-        "roundrobin",
-        "--plugin",
-        str(PLUGINS / "task_aware.py"),
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
-        a.address,
-    )
+    proc = with_plugin(lbx, backends, "task_aware.py")
     first, second = http_connection(proc.address), http_connection(proc.address)
     for index in range(3):
         for conn, path in ((first, f"/first/{index}"), (second, f"/second/{index}")):
@@ -118,17 +123,7 @@ def test_hooks_keep_their_task_their_timeouts_and_their_context(lbx, backends):
 def test_a_context_variable_follows_its_request(lbx, backends):
     """Plain ``def`` hooks, many clients at once: the response phases, which the upstream
     connection's read sets off, see the context of the request's client connection."""
-    a = backends.start("a")
-    proc = lbx(
-        "--plugin",
-        "roundrobin",
-        "--plugin",
-        str(PLUGINS / "context_sync.py"),
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
-        a.address,
-    )
+    proc = with_plugin(lbx, backends, "context_sync.py")
     wrong: list[str] = []
 
     def client(number: int) -> None:
