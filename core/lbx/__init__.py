@@ -5,7 +5,7 @@ tests from ``lbx.testing``; everything else is internal (docs/plugins.md, "The p
 """
 
 from lbx.config import Config, ConfigSchema, Field, ServiceConfig
-from lbx.discovery import Discovered, Discovery, DiscoveryFactory, ServiceDiscovery
+from lbx.discovery import Discovered, Discovery, DiscoveryFactory, NoRoom, ServiceDiscovery
 from lbx.errors import ConfigError, ErrorSource, ErrorType, ProxyError, StartupError
 from lbx.hookspecs import hookimpl
 from lbx.http import HeaderList, Headers, RequestHeader, ResponseHeader
@@ -35,6 +35,7 @@ __all__ = [
     "Headers",
     "Health",
     "LoadBalancer",
+    "NoRoom",
     "Peer",
     "PluginManager",
     "ProxyError",

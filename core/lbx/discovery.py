@@ -128,6 +128,13 @@ class Overrides:
                 result[addr] = Backend(backend.host, backend.port, weight, backend.unix_path)
         return list(result.values())
 
+    def copy(self) -> Overrides:
+        return Overrides(dict(self.added), set(self.removed), dict(self.weights))
+
+
+class NoRoom(Exception):
+    """An operator's new backend does not fit in the service's ``max_backends``."""
+
 
 class ServiceDiscovery:
     """Keeps one service's load balancer in step with its source and its overrides."""
@@ -199,10 +206,13 @@ class ServiceDiscovery:
     async def apply(self, why: str = "") -> Change:
         """Install the source's last set with the operator's overrides on top (one change at a
         time: an update and an operator's command do not interleave)."""
+        async with self._serialised():
+            return await self._apply(why)
+
+    def _serialised(self) -> anyio.Lock:
         if self._lock is None:
             self._lock = anyio.Lock()
-        async with self._lock:
-            return await self._apply(why)
+        return self._lock
 
     async def _apply(self, why: str) -> Change:
         wanted = self.overrides.apply(self._found)
@@ -268,12 +278,39 @@ class ServiceDiscovery:
                     backends.health[backend].reason = ""
 
     # -- an operator's changes -----------------------------------------------------------------
-    async def add(self, backend: Backend) -> Change:
-        """Add a backend (or change its weight) until the next reload or restart."""
-        self.overrides.removed.discard(backend.addr)
-        self.overrides.added[backend.addr] = backend
-        self.overrides.weights.pop(backend.addr, None)
-        return await self.apply(" by an operator")
+    async def add(self, backend: Backend, *more: Backend) -> Change:
+        """Add backends (or change their weight) until the next reload or restart.
+
+        Raises ``NoRoom`` and changes nothing when the new ones do not all fit: an update would
+        leave some out (or, without a shared table, push out ones that serve)."""
+        adding = (backend, *more)
+        async with self._serialised():
+            new = {b.addr for b in adding if self.lb.backends.find(b.addr) is None}
+            no_room = NoRoom(
+                f"service {self.service!r} has no room for {', '.join(sorted(new))}: "
+                f"max_backends is {self.max_backends}"
+                + (", and removed backends keep their slot for a while" if self.table else "")
+            )
+            if len(new) > self._room():
+                raise no_room
+            before = self.overrides.copy()
+            for one in adding:
+                self.overrides.removed.discard(one.addr)
+                self.overrides.added[one.addr] = one
+                self.overrides.weights.pop(one.addr, None)
+            change = await self._apply(" by an operator")
+            if any(self.lb.backends.find(addr) is None for addr in new):
+                # The source's own newcomers took the room first (they sort earlier).
+                self.overrides = before
+                await self._apply(" by an operator (undone: no room)")
+                raise no_room
+            return change
+
+    def _room(self) -> int:
+        """How many backends not in the set can join it now."""
+        if self.table is not None:
+            return self.table.room()
+        return max(0, self.max_backends - len(self.lb.backends.items))
 
     async def remove(self, addr: str) -> Change:
         """Remove a backend, whatever the source says, until the next reload or restart."""

@@ -12,6 +12,8 @@ import sys
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from lbx.testing import BackendThread, ClientLoad, LbxProcess, churn, churn_steps
 from lbx_status.commands import Endpoint
 
@@ -120,6 +122,36 @@ def test_unknown_backend_and_bad_weight_are_refused(lbx, backends, tmp_path):
         result = lbx_cli("backend", *args, "--socket", str(sock))
         assert result.returncode != 0 and expected in result.stderr, (args, result.stderr)
     assert stat.S_IMODE(os.stat(sock).st_mode) == 0o600
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_new_backend_past_max_backends_is_refused(lbx, backends, tmp_path, threads):
+    """409 and exit 1, the set unchanged; a backend already in the set may still be re-added
+    (a new weight) at the limit. With ``threads: 2`` the room is the shared table's."""
+    one, two = backends.start("one"), backends.start("two")
+    sock = tmp_path / "status.sock"
+    (tmp_path / "backends.yaml").write_text(f"- {one.address}\n")
+    conf = tmp_path / "lbx.yaml"
+    conf.write_text(
+        f"threads: {threads}\nplugins: [roundrobin, file, status]\n"
+        f"status: {{listen: 'unix:{sock}'}}\n"
+        "services:\n  - name: web\n    listen: 127.0.0.1:0\n"
+        f"    discovery: {{source: file, path: {tmp_path / 'backends.yaml'}, max_backends: 2}}\n"
+    )
+    lbx("-c", str(conf))
+    socket_args = ("--socket", str(sock))
+    added = lbx_cli("backend", "add", "web", two.address, *socket_args)
+    assert added.returncode == 0, added.stderr
+    refused = lbx_cli("backend", "add", "web", "127.0.0.1:1", *socket_args)
+    assert refused.returncode == 1
+    assert "no room for 127.0.0.1:1: max_backends is 2" in refused.stderr, refused.stderr
+    code, answer = Endpoint(f"unix:{sock}").request("POST", "/backends/web/127.0.0.1:1/add", {})
+    assert code == 409 and "max_backends" in answer["error"]
+    reweighted = lbx_cli("backend", "add", "web", two.address, "--weight", "3", *socket_args)
+    assert reweighted.returncode == 0, reweighted.stderr
+    document = json.loads(lbx_cli("status", *socket_args, "--json").stdout)
+    shown = {b["addr"]: b["weight"] for b in document["services"][0]["backends"]}
+    assert shown == {one.address: 1, two.address: 3}
 
 
 def test_a_tcp_endpoint_beyond_loopback_needs_a_token(lbx, backends, tmp_path):

@@ -30,6 +30,7 @@ from lbx import (
     Config,
     ConfigSchema,
     Field,
+    NoRoom,
     PluginManager,
     ProxyError,
     Server,
@@ -215,8 +216,10 @@ class Status:
                 parsed = await anyio.to_thread.run_sync(Backend.parse, addr, weight)
             except ValueError as exc:
                 return 400, {"error": str(exc)}
-            for backend in parsed:
-                change = await found.add(backend)
+            try:
+                change = await found.add(*parsed)
+            except NoRoom as exc:
+                return 409, {"error": str(exc)}
         elif action in ("remove", "weight"):
             try:
                 change = await (
