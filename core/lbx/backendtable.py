@@ -207,6 +207,10 @@ class BackendTable:
             if slot is not None:
                 backends.health[backend].attach(self.memory, self.health_at(slot))
 
+    def slot_of(self, addr: str) -> int | None:
+        """A member's slot, as this process last read or wrote the table."""
+        return self._slots.get(addr)
+
     @property
     def slots(self) -> dict[str, int]:
         return dict(self._slots)

@@ -59,6 +59,10 @@ class ConfigSchema:
         self.service_keys.update(fields)
 
 
+DEFAULT_MAX_BACKENDS = 256
+"""``discovery.max_backends`` when not set."""
+
+
 @dataclass
 class ServiceConfig:
     """One service: listeners, upstreams and how to reach them."""
@@ -78,6 +82,17 @@ class ServiceConfig:
     underscores_in_headers: str = "pass"
     tls: bool = False
     sni: str = ""
+
+    @property
+    def max_backends(self) -> int:
+        """The most backends the service may have at once (``discovery.max_backends``, and at
+        least its ``upstreams``): what per-backend memory shared by processes is sized for, and
+        the bound of ``ServiceDiscovery.slot``."""
+        wanted = (self.discovery or {}).get("max_backends", DEFAULT_MAX_BACKENDS)
+        if not isinstance(wanted, int) or isinstance(wanted, bool) or wanted < 1:
+            wanted = DEFAULT_MAX_BACKENDS  # a bad value is reported when the server is prepared
+        return max(wanted, len(self.upstreams))
+
     host: str | None = None
     verify_cert: bool = True
     verify_hostname: bool = True

@@ -23,7 +23,7 @@ import anyio
 import anyio.abc
 
 from lbx.backendtable import BackendTable
-from lbx.config import Config, Document, check_value, validate_mapping
+from lbx.config import DEFAULT_MAX_BACKENDS, Config, Document, check_value, validate_mapping
 from lbx.config_keys import Field
 from lbx.errors import ConfigError, describe
 from lbx.lb import Backend, Change, Health, LoadBalancer
@@ -37,8 +37,6 @@ log = logging.getLogger("lbx.discovery")
 POLL_SECONDS = 0.1
 """How often a worker of ``threads: N`` looks for a new set in the shared table (a read of 8
 bytes; a removed backend is out at once anyway: its ``healthy`` flag is cleared first)."""
-
-DEFAULT_MAX_BACKENDS = 256
 
 
 @dataclass(frozen=True)
@@ -163,6 +161,9 @@ class ServiceDiscovery:
         self.next_refresh: float | None = None
         """What the last successful update's source asked (``Discovered.refresh``)."""
         self._found: list[Backend] = list(lb.backends.items)
+        self._slots: dict[str, int] = {}
+        """Address -> slot of every member, with one process (``threads: N``: the table's)."""
+        self._give_slots()
         self._enabled: dict[str, bool] = {}
         self._wake: anyio.Event | None = None
         self._lock: anyio.Lock | None = None
@@ -255,6 +256,8 @@ class ServiceDiscovery:
         change = self.lb.update(wanted, make_health)
         if self.table is not None and change:
             self.table.publish(self.lb.backends)
+        elif change:
+            self._give_slots()
         if change:
             log.info(
                 "service %s: backends changed%s: %s (%d backends)",
@@ -264,6 +267,25 @@ class ServiceDiscovery:
                 len(self.lb.backends.items),
             )
         return change
+
+    def slot(self, addr: str) -> int | None:
+        """A member backend's index in per-backend arrays of ``max_backends`` entries (and at
+        least one per static upstream), None for an address not in the set. It stays while the
+        backend is a member and is the same in every process of ``threads: N``; a later
+        backend may get it again (with ``threads: N`` after ``QUARANTINE_SECONDS``), so keep
+        with what a slot holds which backend it belongs to."""
+        if self.table is not None:
+            return self.table.slot_of(addr)
+        return self._slots.get(addr)
+
+    def _give_slots(self) -> None:
+        members = {backend.addr for backend in self.lb.backends.items}
+        slots = {addr: slot for addr, slot in self._slots.items() if addr in members}
+        used = set(slots.values())
+        free = (slot for slot in range(len(members) + len(used)) if slot not in used)
+        for addr in sorted(members - slots.keys()):
+            slots[addr] = next(free)
+        self._slots = slots
 
     def _apply_enabled(self, enabled: Mapping[str, bool]) -> None:
         backends = self.lb.backends

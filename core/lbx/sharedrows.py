@@ -84,6 +84,16 @@ class SharedRows:
                 result[column] += value
         return result
 
+    def claimed(self) -> list[memoryview[float]]:
+        """The counter cells of every row a process claimed (live or not), as in ``row()``'s
+        offsets minus the row's start: for columns that are not plain sums."""
+        cells, stride = self.cells, self.stride
+        return [
+            cells[index * stride + 1 : (index + 1) * stride]
+            for index in range(self.rows)
+            if cells[index * stride + _PID] != 0
+        ]
+
     def close(self) -> None:
         """Release the memory (tests; a server keeps it for its lifetime)."""
         with contextlib.suppress(OSError):

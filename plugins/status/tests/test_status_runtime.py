@@ -4,12 +4,15 @@ metrics, and the admin endpoint is not exposed to the network without a token.""
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import stat
 import subprocess
 import sys
+import time
 import urllib.request
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -152,6 +155,70 @@ def test_a_new_backend_past_max_backends_is_refused(lbx, backends, tmp_path, thr
     document = json.loads(lbx_cli("status", *socket_args, "--json").stdout)
     shown = {b["addr"]: b["weight"] for b in document["services"][0]["backends"]}
     assert shown == {one.address: 1, two.address: 3}
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_backends_added_at_run_time_are_counted(lbx, backends, tmp_path, threads):
+    """Each backend counts its own requests, all workers summed, whether it was in the config
+    or added since; one that takes the slot of a backend that left starts from zero."""
+    one, two, three = (backends.start(name) for name in ("one", "two", "three"))
+    address_of = {"one": one.address, "two": two.address, "three": three.address}
+    sock = tmp_path / "status.sock"
+    conf = tmp_path / "lbx.yaml"
+    conf.write_text(
+        f"threads: {threads}\nplugins: [roundrobin, status]\n"
+        f"status: {{listen: 'unix:{sock}'}}\n"
+        f"services:\n  - name: web\n    listen: 127.0.0.1:0\n    upstreams: [{one.address}]\n"
+    )
+    proc = lbx("-c", str(conf))
+    endpoint = Endpoint(f"unix:{sock}")
+    served: Counter[str] = Counter()
+
+    def change(action: str, address: str) -> None:
+        code, answer = endpoint.request("POST", f"/backends/web/{address}/{action}", {})
+        assert code == 200, answer
+
+    def send(count: int, until: str) -> None:
+        """``count`` requests, and more until ``until`` answered one (with ``threads: 2`` a
+        worker takes a new set within ``POLL_SECONDS``)."""
+        host, port = proc.address.rsplit(":", 1)
+        deadline = time.monotonic() + TIMEOUT
+        while count > 0 or (served[until] == 0 and time.monotonic() < deadline):
+            count -= 1
+            conn = http.client.HTTPConnection(host, int(port), timeout=TIMEOUT)
+            conn.request("GET", "/")
+            response = conn.getresponse()
+            response.read()
+            conn.close()
+            assert response.status == 200
+            served[address_of[response.headers["X-Backend"]]] += 1
+
+    def counted() -> dict[str, tuple[int, int]]:
+        """The counters once every request sent is in (the log phase ends after the answer)."""
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            _, document = endpoint.request("GET", "/status")
+            service = document["services"][0]
+            if service["requests"] == sum(served.values()) or time.monotonic() > deadline:
+                return {b["addr"]: (b["requests"], b["failures"]) for b in service["backends"]}
+            time.sleep(0.02)
+
+    change("add", two.address)
+    send(20, until=two.address)
+    assert served[two.address] > 0
+    assert counted() == {
+        one.address: (served[one.address], 0),
+        two.address: (served[two.address], 0),
+    }
+    change("remove", one.address)
+    change("add", three.address)  # with threads: 1, into the slot one left
+    before = served[two.address]
+    send(10, until=three.address)
+    assert counted() == {
+        two.address: (served[two.address], 0),
+        three.address: (served[three.address], 0),
+    }
+    assert served[two.address] > before and served[three.address] > 0
 
 
 def test_a_tcp_endpoint_beyond_loopback_needs_a_token(lbx, backends, tmp_path):

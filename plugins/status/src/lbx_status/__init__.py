@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import zlib
 from collections.abc import Callable
 from logging import getLogger
 from typing import Any
@@ -46,6 +47,7 @@ SECTION = "status"
 SOCKET_NAME = "lbx-status.sock"
 SPARE_ROWS = 16
 OPEN = 0  # gauge column: client connections open in the process
+PER_BACKEND = 3  # cells per backend slot: requests, failures, which backend (``Status._tag``)
 GAUGE_INTERVAL = 1.0
 
 
@@ -80,17 +82,22 @@ class Status:
     def __init__(self, config: Config, listen: str, token: str | None = None) -> None:
         self.listen = listen
         self.token = token
-        self.columns: dict[tuple[str, str], int] = {}
+        # Per service: its requests and failures, then PER_BACKEND cells for each slot a
+        # backend may hold (``ServiceDiscovery.slot``), so that backends discovered or added at
+        # run time are counted too.
+        self.columns: dict[str, int] = {}
+        self.capacity: dict[str, int] = {}
         column = 1
         for service in config.services:
-            for addr in ["", *(b.addr for b in service.upstreams)]:
-                if (service.name, addr) not in self.columns:
-                    self.columns[(service.name, addr)] = column
-                    column += 2  # requests, failures
+            if service.name not in self.columns:
+                self.columns[service.name] = column
+                self.capacity[service.name] = service.max_backends
+                column += 2 + PER_BACKEND * service.max_backends
         self.rows = SharedRows(column, config.threads + SPARE_ROWS, gauges=(OPEN,))
         self.sampler: Sampler | None = None
         self.server: Server | None = None
         self.started = time.time()
+        self._tags: dict[str, float] = {}
 
     def sample(self) -> None:
         """Record this process's open client connections (``sample_every`` second)."""
@@ -128,14 +135,56 @@ class Status:
         )
 
     def count(self, service: str, addr: str | None, failed: bool) -> None:
-        base = self.rows.row()
+        column = self.columns.get(service)
+        if column is None:
+            return
         cells = self.rows.cells
-        for key in ((service, ""), (service, addr)) if addr else ((service, ""),):
-            column = self.columns.get(key)
-            if column is not None:
-                cells[base + column] += 1
-                if failed:
-                    cells[base + column + 1] += 1
+        base = self.rows.row()
+        cells[base + column] += 1
+        if failed:
+            cells[base + column + 1] += 1
+        at = self._backend_column(service, addr)
+        if at < 0:
+            return
+        at += base
+        tag = self._tag(addr or "")
+        if cells[at + 2] != tag:  # the slot counted a backend that left: start from zero
+            cells[at] = cells[at + 1] = 0.0
+            cells[at + 2] = tag
+        cells[at] += 1
+        if failed:
+            cells[at + 1] += 1
+
+    def _backend_column(self, service: str, addr: str | None) -> int:
+        """The first of the backend's PER_BACKEND cells in a row, -1 if it has none."""
+        found = self.server.discovery.get(service) if self.server is not None and addr else None
+        slot = found.slot(addr) if found is not None and addr else None
+        if slot is None or slot >= self.capacity[service]:
+            return -1
+        return self.columns[service] + 2 + PER_BACKEND * slot
+
+    def _tag(self, addr: str) -> float:
+        """Which backend a slot's counters belong to: a checksum of its address, never 0 (a
+        slot never used); exact as a float cell."""
+        tag = self._tags.get(addr)
+        if tag is None:
+            if len(self._tags) > 4096:
+                self._tags.clear()
+            tag = self._tags[addr] = float(zlib.crc32(addr.encode()) + 1)
+        return tag
+
+    def _backend_counts(self, service: str, addr: str) -> tuple[int, int]:
+        """A backend's requests and failures over every process's row."""
+        at = self._backend_column(service, addr)
+        if at < 0:
+            return 0, 0
+        tag = self._tag(addr)
+        requests = failures = 0.0
+        for row in self.rows.claimed():
+            if row[at + 2] == tag:
+                requests += row[at]
+                failures += row[at + 1]
+        return int(requests), int(failures)
 
     def snapshot(self) -> dict[str, Any]:
         """The JSON document of ``GET /status``."""
@@ -145,7 +194,7 @@ class Status:
         bound = server.bound if server is not None else {}
         for service in server.services if server is not None else []:
             lb: Any = service.load_balancer
-            column = self.columns.get((service.name, ""))
+            column = self.columns.get(service.name)
             found = server.discovery.get(service.name) if server is not None else None
             entry: dict[str, Any] = {
                 "name": service.name,
@@ -164,7 +213,7 @@ class Status:
             }
             for backend in lb.backends.items if lb is not None else ():
                 health = lb.backends.health[backend]
-                column = self.columns.get((service.name, backend.addr))
+                requests, failures = self._backend_counts(service.name, backend.addr)
                 entry["backends"].append(
                     {
                         "addr": backend.addr,
@@ -174,8 +223,8 @@ class Status:
                         "enabled": health.enabled,
                         "ready": health.ready,
                         "reason": health.reason,
-                        "requests": int(totals[column]) if column else 0,
-                        "failures": int(totals[column + 1]) if column else 0,
+                        "requests": requests,
+                        "failures": failures,
                     }
                 )
             services.append(entry)
