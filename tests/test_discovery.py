@@ -3,11 +3,14 @@ like any key, health carried over by address, the shared table across processes.
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
 
-from lbx import Backend, Backends
+import anyio
+
+from lbx import Backend, Backends, LoadBalancer, ServiceDiscovery
 from lbx.backendtable import QUARANTINE_SECONDS, BackendTable
 
 A, B, C = Backend("127.0.0.1", 1), Backend("127.0.0.1", 2), Backend("127.0.0.1", 3)
@@ -158,3 +161,62 @@ def test_a_weight_is_bounded_wherever_it_comes_from(tmp_path):
     )
     assert result.returncode == 2, result.stderr
     assert "weight: expected a whole number from 1 to 256, got 1000" in result.stderr
+
+
+class Flaky:
+    """A source that fails with whatever ``error`` holds, or finds ``backends``."""
+
+    def __init__(self) -> None:
+        self.error: Exception | None = None
+        self.backends: list[Backend] = [A]
+
+    async def discover(self) -> list[Backend]:
+        if self.error is not None:
+            raise self.error
+        return self.backends
+
+
+class First:
+    def __init__(self, backends, options) -> None:
+        self.backends = list(backends)
+
+    def iter(self, key: bytes):
+        return iter(self.backends)
+
+
+def test_a_lasting_problem_is_logged_once_and_its_end_too(caplog):
+    """A source failing on every poll (etcd down, a file missing) is one warning until the
+    error changes, then one saying it works again; backends left out past ``max_backends``
+    are logged when the set left out changes, not on every update."""
+    source = Flaky()
+    found = ServiceDiscovery("web", LoadBalancer(Backends((A,)), First), source, "flaky", None, 2)
+
+    def updates(count: int) -> None:
+        for _ in range(count):
+            anyio.run(found.update)
+
+    with caplog.at_level(logging.INFO, logger="lbx.discovery"):
+        source.error = OSError("connection refused")
+        updates(3)
+        source.error = OSError("no route to host")
+        updates(2)
+        source.error = None
+        updates(2)
+        source.backends = [A, B, C]
+        updates(3)
+        source.backends = [A, B, C, Backend("127.0.0.1", 4)]
+        updates(2)
+    said = [record.getMessage() for record in caplog.records]
+    assert [line for line in said if "failed" in line or "again" in line] == [
+        "service web: flaky discovery failed, keeping the last 1 backends: connection refused",
+        "service web: flaky discovery failed, keeping the last 1 backends: no route to host",
+        "service web: flaky discovery works again",
+    ]
+    assert [line.split("; ")[1] for line in said if "max_backends" in line] == [
+        "left out: 127.0.0.1:3",
+        "left out: 127.0.0.1:3, 127.0.0.1:4",
+    ]
+    assert found.last_error == "" and [b.addr for b in found.lb.backends.items] == [
+        "127.0.0.1:1",
+        "127.0.0.1:2",
+    ]

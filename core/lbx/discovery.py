@@ -161,6 +161,7 @@ class ServiceDiscovery:
         self.next_refresh: float | None = None
         """What the last successful update's source asked (``Discovered.refresh``)."""
         self._found: list[Backend] = list(lb.backends.items)
+        self._left_out: set[str] = set()
         self._slots: dict[str, int] = {}
         """Address -> slot of every member, with one process (``threads: N``: the table's)."""
         self._give_slots()
@@ -184,15 +185,19 @@ class ServiceDiscovery:
         try:
             found = await self.source.discover()
         except Exception as exc:
-            self.last_error = describe(exc)
-            log.warning(
-                "service %s: %s discovery failed, keeping the last %d backends: %s",
-                self.service,
-                self.source_name,
-                len(self.lb.backends.items),
-                self.last_error,
-            )
+            error = describe(exc)
+            if error != self.last_error:  # said once, not on every poll while it lasts
+                log.warning(
+                    "service %s: %s discovery failed, keeping the last %d backends: %s",
+                    self.service,
+                    self.source_name,
+                    len(self.lb.backends.items),
+                    error,
+                )
+            self.last_error = error
             return Change()
+        if self.last_error:
+            log.warning("service %s: %s discovery works again", self.service, self.source_name)
         self.last_error = ""
         self.updates += 1
         self.last_update = time.monotonic()
@@ -223,9 +228,8 @@ class ServiceDiscovery:
             known = self.table.slots
             room = self.table.room()
             new = [b for b in wanted if b.addr not in known]
-            if len(new) > room:
-                dropped = {b.addr for b in new[room:]}
-                wanted = [b for b in wanted if b.addr not in dropped]
+            dropped = {b.addr for b in new[room:]}
+            if dropped and dropped != self._left_out:
                 log.error(
                     "service %s: %d new backends do not fit (max_backends %d, or removed ones "
                     "still in quarantine); left out: %s",
@@ -234,15 +238,19 @@ class ServiceDiscovery:
                     limit,
                     ", ".join(sorted(dropped)),
                 )
-        elif len(wanted) > limit:
-            log.error(
-                "service %s: %d backends, more than max_backends %d; left out: %s",
-                self.service,
-                len(wanted),
-                limit,
-                ", ".join(b.addr for b in wanted[limit:]),
-            )
+            wanted = [b for b in wanted if b.addr not in dropped]
+        else:
+            dropped = {b.addr for b in wanted[limit:]}
+            if dropped and dropped != self._left_out:
+                log.error(
+                    "service %s: %d backends, more than max_backends %d; left out: %s",
+                    self.service,
+                    len(wanted),
+                    limit,
+                    ", ".join(b.addr for b in wanted[limit:]),
+                )
             wanted = wanted[:limit]
+        self._left_out = dropped  # the same ones left out again are not logged again
         make_health = None
         if self.precheck is not None:
             members = {backend.addr for backend in self.lb.backends.items}
