@@ -16,18 +16,18 @@ import logging
 import os
 from collections.abc import Awaitable, Callable, Generator
 from types import CoroutineType
-from typing import Any
+from typing import Any, Final
 
 import pluggy
 
 from lbx.errors import PluginValidationError
 
-log = logging.getLogger("lbx.hooks")
+log: Final = logging.getLogger("lbx.hooks")
 
-_NO_HALT = object()
+_NO_HALT: Final = object()
 
 
-_AWAITABLE_TYPES: dict[type, bool] = {}
+_AWAITABLE_TYPES: Final[dict[type, bool]] = {}
 """Whether a result type is awaitable, by type: a failed ``hasattr`` on a class formats an
 AttributeError, which costs more than the dict lookup (``upstream_peer`` returns a Peer on
 every request)."""

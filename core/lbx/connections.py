@@ -6,10 +6,17 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
     from lbx.downstream import ClientConnection
+
+DRAIN_LINGER_SECONDS: Final = 1.0
+"""On shutdown, how long an idle client connection stays open before it is closed (HTTP/2:
+between the first GOAWAY, when any stream may still come, and the last one)."""
+LINGER_SECONDS: Final = 2.0
+"""After an error answer (HTTP/1.1) or a connection error (HTTP/2), how long what the client
+still sends is read and dropped before the close, so that it reads the answer, not a reset."""
 
 
 class Deadlines:

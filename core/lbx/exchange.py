@@ -16,7 +16,7 @@ import asyncio
 import enum
 import logging
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TYPE_CHECKING, Final, TypeAlias
 
 from lbx._hookcall import suspends
 from lbx.errors import ErrorSource, ErrorType, ProxyError
@@ -46,14 +46,14 @@ if TYPE_CHECKING:
     # (``lbx.h2upstream``), called the same way.
     Upstream: TypeAlias = "UpstreamConnection | H2UpstreamStream"
 
-log = logging.getLogger("lbx.exchange")
+log: Final = logging.getLogger("lbx.exchange")
 
 # Request body bytes buffered before the upstream connection is ready; past it, reading pauses.
-REQUEST_BUFFER_HIGH_WATER = 64 * 1024
+REQUEST_BUFFER_HIGH_WATER: Final = 64 * 1024
 # Response body bytes held while response hooks run; past it, reading the upstream pauses.
-RESPONSE_BUFFER_HIGH_WATER = 64 * 1024
+RESPONSE_BUFFER_HIGH_WATER: Final = 64 * 1024
 
-_RELAYED_INFORMATIONAL = frozenset({100, 103})
+_RELAYED_INFORMATIONAL: Final = frozenset({100, 103})
 
 
 class RequestBody(enum.IntEnum):

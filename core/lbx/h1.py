@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Final, cast
 
 import httptools
 
-from lbx.connections import accepted
+from lbx.connections import DRAIN_LINGER_SECONDS, LINGER_SECONDS, accepted
 from lbx.errors import ProxyError
 from lbx.exchange import Exchange, RequestBody
 from lbx.http import (
@@ -45,21 +45,19 @@ from lbx.upstream import UpstreamConnection
 if TYPE_CHECKING:
     from lbx.proxy import ProxyService
 
-log = logging.getLogger("lbx.h1")
+log: Final = logging.getLogger("lbx.h1")
 
-DRAIN_LINGER_SECONDS = 1.0
-"""On shutdown, how long an idle keep-alive connection stays open before it is closed."""
-
-_METHODS: dict[bytes, str] = {}
+_METHODS: Final[dict[bytes, str]] = {}
 
 # Timer states of a client connection (one deadline per connection at a time).
-_NO_TIMER, _IDLE, _HEAD, _BODY, _LINGER, _PARK = range(6)
-PARK_SECONDS = 2.0
-"""After this long idle, a keep-alive connection ends its task and drops its parser (made again
-on its next byte): a busy client keeps them, one that idles holds about 2 KiB less."""
-LINGER_SECONDS = 2.0
-"""After an error answer, how long unread request bytes are drained before the close (so the
-client reads the answer instead of a reset)."""
+_NO_TIMER: Final = 0
+_IDLE: Final = 1
+_HEAD: Final = 2
+_BODY: Final = 3
+_LINGER: Final = 4
+_PARK: Final = 5
+PARK_SECONDS: Final = 2.0
+"""After this long idle, a keep-alive connection drops its task and parser (2 KiB) until a byte."""
 
 
 class H1Downstream(asyncio.Protocol):
@@ -279,7 +277,16 @@ class H1Downstream(asyncio.Protocol):
             method = method_bytes.decode("latin-1")
             if len(_METHODS) < 64:
                 _METHODS[method_bytes] = method
-        version: str = parser.get_http_version()
+        # The request line of a head that started its read is that read's first line: one match
+        # tells it is the plainest (origin-form target without % or #, HTTP/1.1; llhttp also
+        # takes RTSP/ and ICE/ lines). Anything else goes through every rule. (The version of a
+        # plain line is known without asking the parser, which makes a new string each time.)
+        plain_line = (
+            self._line_first
+            and self._head_bytes < 0
+            and PLAIN_REQUEST_LINE.match(self._chunk) is not None
+        )
+        version: str = "1.1" if plain_line else parser.get_http_version()
         keep_alive = bool(parser.should_keep_alive()) and not self._close_when_idle
         self._requests += 1
         if self._requests == service.keepalive_requests:
@@ -290,14 +297,6 @@ class H1Downstream(asyncio.Protocol):
         headers, hosts, host, te, content_length, expect, _, received, drop, underscored = scan
         url = self._url
         length = 0
-        # The request line of a head that started its read is that read's first line: one match
-        # tells it is the plainest (origin-form target without % or #, HTTP/1.1; llhttp also
-        # takes RTSP/ and ICE/ lines). Anything else goes through every rule.
-        plain_line = (
-            self._line_first
-            and self._head_bytes < 0
-            and PLAIN_REQUEST_LINE.match(self._chunk) is not None
-        )
         if not (
             plain_line
             and not underscored

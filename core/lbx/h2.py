@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from h2.config import H2Configuration
 from h2.connection import H2Connection
@@ -32,7 +32,7 @@ from h2.exceptions import ProtocolError
 from h2.settings import SettingCodes, Settings
 from hyperframe.frame import GoAwayFrame
 
-from lbx.connections import accepted
+from lbx.connections import DRAIN_LINGER_SECONDS, LINGER_SECONDS, accepted
 from lbx.errors import ErrorSource, ErrorType, ProxyError
 from lbx.exchange import Exchange, RequestBody
 from lbx.h1 import H1Downstream
@@ -52,17 +52,13 @@ from lbx.request_rules import (
 if TYPE_CHECKING:
     from lbx.proxy import ProxyService
 
-log = logging.getLogger("lbx.h2")
+log: Final = logging.getLogger("lbx.h2")
 
-STREAM_WINDOW = 65535
+STREAM_WINDOW: Final = 65535
 """Request body bytes a client may send on a stream before lbx took them (RFC's default)."""
-CONNECTION_WINDOW = 1 << 20
+CONNECTION_WINDOW: Final = 1 << 20
 """Request body bytes a client may send on all its streams before lbx took them."""
-DRAIN_LINGER_SECONDS = 1.0
-"""On shutdown, between the first GOAWAY (any stream may still come) and the last one."""
-MAX_STREAM_ID = (1 << 31) - 1
-LINGER_SECONDS = 2.0
-"""After a connection error, how long what the client still sends is read and dropped."""
+MAX_STREAM_ID: Final = (1 << 31) - 1
 
 
 class H2Downstream(asyncio.Protocol):
@@ -533,7 +529,7 @@ class H2Downstream(asyncio.Protocol):
             self.goaway(ErrorCodes.NO_ERROR, "idle")
 
 
-_CONFIG = H2Configuration(client_side=False, header_encoding=None)
+_CONFIG: Final = H2Configuration(client_side=False, header_encoding=None)
 
 
 # -- choosing the protocol of a new connection ---------------------------------------------------

@@ -15,26 +15,42 @@ sent only as the peer's windows allow.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
     from h2.connection import H2Connection
 
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 """What an HTTP/2 client sends first (RFC 9113 3.4)."""
 
-ENHANCE_YOUR_CALM = 0xB
-FRAME_SIZE_ERROR = 0x6
+ENHANCE_YOUR_CALM: Final = 0xB
+FRAME_SIZE_ERROR: Final = 0x6
 
-DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS = 0x0, 0x1, 0x2, 0x3, 0x4
-PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = 0x5, 0x6, 0x7, 0x8, 0x9
-END_STREAM, ACK, END_HEADERS = 0x1, 0x1, 0x4
+DATA: Final = 0x0
+HEADERS: Final = 0x1
+PRIORITY: Final = 0x2
+RST_STREAM: Final = 0x3
+SETTINGS: Final = 0x4
+PUSH_PROMISE: Final = 0x5
+PING: Final = 0x6
+GOAWAY: Final = 0x7
+WINDOW_UPDATE: Final = 0x8
+CONTINUATION: Final = 0x9
+END_STREAM: Final = 0x1
+ACK: Final = 0x1
+END_HEADERS: Final = 0x4
 
 # What is counted per second (each kind on its own).
-_KINDS = ("SETTINGS", "PING", "PRIORITY", "RST_STREAM", "unknown", "empty", "WINDOW_UPDATE")
-_SETTINGS, _PING, _PRIORITY, _RESET, _UNKNOWN, _EMPTY, _WINDOW = range(len(_KINDS))
+_KINDS: Final = ("SETTINGS", "PING", "PRIORITY", "RST_STREAM", "unknown", "empty", "WINDOW_UPDATE")
+_SETTINGS: Final = 0
+_PING: Final = 1
+_PRIORITY: Final = 2
+_RESET: Final = 3
+_UNKNOWN: Final = 4
+_EMPTY: Final = 5
+_WINDOW: Final = 6
 
-MAX_FRAME_SIZE = 16384
+MAX_FRAME_SIZE: Final = 16384
 """The largest frame a client may send (SETTINGS_MAX_FRAME_SIZE, RFC 9113's minimum)."""
 
 

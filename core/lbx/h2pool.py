@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from lbx.errors import ErrorSource, ErrorType, ProxyError
 from lbx.h2upstream import H2UpstreamConnection, H2UpstreamStream, PrefaceRefused
@@ -23,12 +23,12 @@ if TYPE_CHECKING:
     from lbx.peer import Peer
     from lbx.upstream import Connector, UpstreamConnection
 
-log = logging.getLogger("lbx.h2pool")
+log: Final = logging.getLogger("lbx.h2pool")
 
-H1_MEMORY_SECONDS = 300.0
+H1_MEMORY_SECONDS: Final = 300.0
 """How long a peer that refused HTTP/2 is spoken to in HTTP/1.1 before HTTP/2 is tried again."""
 
-_ALPN = {2: ("h2",), HTTP_VERSION_ALPN: ("h2", "http/1.1")}
+_ALPN: Final = {2: ("h2",), HTTP_VERSION_ALPN: ("h2", "http/1.1")}
 
 
 class H2Pool:
@@ -36,9 +36,9 @@ class H2Pool:
 
     def __init__(self, connector: Connector) -> None:
         self.connector = connector
-        self._conns: dict[tuple[object, ...], list[H2UpstreamConnection]] = {}
-        self._opening: dict[tuple[object, ...], asyncio.Future[None]] = {}
-        self._h1_until: dict[tuple[object, ...], float] = {}
+        self._conns: dict[str, list[H2UpstreamConnection]] = {}
+        self._opening: dict[str, asyncio.Future[None]] = {}
+        self._h1_until: dict[str, float] = {}
 
     def __len__(self) -> int:
         return sum(len(conns) for conns in self._conns.values())
@@ -79,9 +79,7 @@ class H2Pool:
                 return None
             return await self._open(peer, key)
 
-    async def _open(
-        self, peer: Peer, key: tuple[object, ...]
-    ) -> H2UpstreamStream | UpstreamConnection | None:
+    async def _open(self, peer: Peer, key: str) -> H2UpstreamStream | UpstreamConnection | None:
         connector = self.connector
         opened = asyncio.get_running_loop().create_future()
         self._opening.setdefault(key, opened)

@@ -8,7 +8,7 @@ window makes the stream hold up to ``OUTPUT_HIGH_WATER`` bytes, then pause the u
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from h2.errors import ErrorCodes
 
@@ -19,14 +19,14 @@ if TYPE_CHECKING:
     from lbx.h2 import H2Downstream
     from lbx.upstream import UpstreamConnection
 
-OUTPUT_HIGH_WATER = 64 * 1024
+OUTPUT_HIGH_WATER: Final = 64 * 1024
 """Response bytes a stream holds for a client that gives no window; past it the upstream
 response is paused (as a full socket buffer pauses it for HTTP/1.1)."""
 
-_STATUS = {code: b"%d" % code for code in range(100, 600)}
-_CONNECTION_SPECIFIC = HOP_BY_HOP | {b"host"}
+_STATUS: Final = {code: b"%d" % code for code in range(100, 600)}
+_CONNECTION_SPECIFIC: Final = HOP_BY_HOP | {b"host"}
 """Fields an HTTP/2 response never carries (RFC 9113 8.2.2; Host is a request field)."""
-_ERROR_FIELDS: HeaderList = [
+_ERROR_FIELDS: Final[HeaderList] = [
     (b"server", b"lbx"),
     (b"content-length", b"0"),
     (b"cache-control", b"private, no-store"),

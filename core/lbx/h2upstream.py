@@ -19,7 +19,7 @@ import asyncio
 import logging
 import os
 import socket
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from h2.config import H2Configuration
 from h2.connection import H2Connection
@@ -49,18 +49,18 @@ if TYPE_CHECKING:
     from lbx.h2pool import H2Pool
     from lbx.peer import Peer
 
-log = logging.getLogger("lbx.h2upstream")
+log: Final = logging.getLogger("lbx.h2upstream")
 
-STREAM_WINDOW = 65535
+STREAM_WINDOW: Final = 65535
 """Response bytes a backend may send on a stream before lbx took them (RFC's default)."""
-OUTPUT_HIGH_WATER = 64 * 1024
+OUTPUT_HIGH_WATER: Final = 64 * 1024
 """Request body bytes a stream holds for a backend that gives no window; past it the client's
 request body is paused (as a full socket buffer pauses it for HTTP/1.1)."""
-MAX_STREAM_ID = 1 << 30
+MAX_STREAM_ID: Final = 1 << 30
 """Past this stream id a connection takes no new stream (ids end at 2**31), a new one opens."""
-_CONNECTION_SPECIFIC = HOP_BY_HOP | {b"host"}
+_CONNECTION_SPECIFIC: Final = HOP_BY_HOP | {b"host"}
 """Fields an HTTP/2 request never carries (RFC 9113 8.2.2): ``Host`` becomes ``:authority``."""
-_NO_BODY_STATUSES = frozenset({204, 304})
+_NO_BODY_STATUSES: Final = frozenset({204, 304})
 
 
 class PrefaceRefused(Exception):
@@ -636,4 +636,4 @@ class H2UpstreamStream:
             exchange.upstream_failed(error)
 
 
-_CONFIG = H2Configuration(client_side=True, header_encoding=None)
+_CONFIG: Final = H2Configuration(client_side=True, header_encoding=None)

@@ -11,12 +11,13 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from http import HTTPStatus
+from typing import Final
 
 HeaderList = list[tuple[bytes, bytes]]
 
 # Hop-by-hop fields (RFC 9110 7.6.1 plus the de-facto ones): never forwarded in either direction.
 # Framing fields are rebuilt by the kernel, so they are dropped here as well.
-HOP_BY_HOP = frozenset(
+HOP_BY_HOP: Final = frozenset(
     {
         b"connection",
         b"keep-alive",
@@ -32,9 +33,9 @@ HOP_BY_HOP = frozenset(
 )
 
 
-_LOWERED: dict[bytes, bytes] = {}
-_LOWERED_MAX_ENTRIES = 512
-_LOWERED_MAX_NAME = 40
+_LOWERED: Final[dict[bytes, bytes]] = {}
+_LOWERED_MAX_ENTRIES: Final = 512
+_LOWERED_MAX_NAME: Final = 40
 
 
 def lower_name(name: bytes) -> bytes:
@@ -48,7 +49,7 @@ def lower_name(name: bytes) -> bytes:
     return lowered
 
 
-_ENCODED: dict[str, bytes] = {}
+_ENCODED: Final[dict[str, bytes]] = {}
 
 
 def _b(text: str | bytes) -> bytes:
@@ -223,7 +224,7 @@ def reason_phrase(status: int) -> bytes:
         return b""
 
 
-_STATUS_LINES: dict[int, bytes] = {}
+_STATUS_LINES: Final[dict[int, bytes]] = {}
 
 
 def status_line(status: int) -> bytes:
@@ -296,7 +297,7 @@ def fields_to_drop(value: bytes) -> frozenset[bytes] | set[bytes]:
     return connection_tokens(value) - HOP_BY_HOP
 
 
-_NOTHING: frozenset[bytes] = frozenset()
+_NOTHING: Final[frozenset[bytes]] = frozenset()
 
 
 def encode_chunk(data: bytes) -> bytes:
@@ -304,13 +305,15 @@ def encode_chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
-LAST_CHUNK = b"0\r\n\r\n"
+LAST_CHUNK: Final = b"0\r\n\r\n"
 
 
 # -- the normalised path ---------------------------------------------------------------------
 
-_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
-_HEX = frozenset("0123456789abcdefABCDEF")
+_UNRESERVED: Final = frozenset(
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~"
+)
+_HEX: Final = frozenset("0123456789abcdefABCDEF")
 
 
 def _decode_path_escapes(path: str) -> str:
@@ -349,7 +352,7 @@ def remove_dot_segments(path: str) -> str:
     return "/" + "/".join(output)
 
 
-_SLASHES = re.compile("/{2,}")
+_SLASHES: Final = re.compile("/{2,}")
 
 
 def normalize_path(path: str) -> str:

@@ -15,11 +15,11 @@ import struct
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 from lbx.selector import SelectorFactory
 
-MAX_WEIGHT = 256
+MAX_WEIGHT: Final = 256
 """The largest weight of a backend (HAProxy's): selectors expand weights into lists and hash
 rings, so a weight is memory (a weight of 10^8 took 800 MB)."""
 
@@ -121,7 +121,7 @@ def split_host_port(text: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
-_UNTIL = struct.Struct("d")
+_UNTIL: Final = struct.Struct("d")
 
 
 class Health:

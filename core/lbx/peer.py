@@ -4,10 +4,11 @@ TLS client context every upstream connection of lbx uses (requests and health ch
 from __future__ import annotations
 
 import ssl
+from typing import Final
 
 from lbx.lb import Backend, split_host_port
 
-HTTP_VERSION_ALPN = 0
+HTTP_VERSION_ALPN: Final = 0
 """``Peer.http_version`` for "as TLS's ALPN decides": HTTP/2 when the server picks ``h2``,
 else HTTP/1.1 (Pingora's ``ALPN::H2H1``); plaintext peers then speak HTTP/1.1."""
 
@@ -107,16 +108,20 @@ class Peer:
         self.http_version = http_version
         self.max_h2_streams = max(1, max_h2_streams)
         self.h2_ping_interval = h2_ping_interval
-        self.pool_key = (
-            self.host,
-            self.port,
-            self.unix_path,
-            tls,
-            sni,
-            verify_cert,
-            verify_hostname,
-            ca_file,
-            http_version,
+        # A string, not the tuple: pools look it up twice per request, and a string keeps its
+        # hash where a tuple of nine hashes them all again each time.
+        self.pool_key = repr(
+            (
+                self.host,
+                self.port,
+                self.unix_path,
+                tls,
+                sni,
+                verify_cert,
+                verify_hostname,
+                ca_file,
+                http_version,
+            )
         )
 
     @property

@@ -12,7 +12,7 @@ import ipaddress
 import logging
 import time
 from collections.abc import Collection
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import pluggy
 
@@ -37,9 +37,9 @@ if TYPE_CHECKING:
     from lbx.downstream import ClientConnection
     from lbx.lb import Backend, LoadBalancer
 
-log = logging.getLogger("lbx.proxy")
+log: Final = logging.getLogger("lbx.proxy")
 
-PER_REQUEST_HOOKS = (
+PER_REQUEST_HOOKS: Final = (
     "early_request_filter",
     "request_filter",
     "request_body_filter",
@@ -57,11 +57,11 @@ PER_REQUEST_HOOKS = (
     "logging",
 )
 
-MAX_SELECTION_ITERATIONS = 256
+MAX_SELECTION_ITERATIONS: Final = 256
 """How many candidates a selector may offer before the request fails (Pingora's examples)."""
 
-_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
-_HTTP_VERSIONS = {"1": 1, "2": 2, "auto": HTTP_VERSION_ALPN}
+_IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+_HTTP_VERSIONS: Final = {"1": 1, "2": 2, "auto": HTTP_VERSION_ALPN}
 """``upstream_http_version`` as ``Peer.http_version``."""
 
 

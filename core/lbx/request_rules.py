@@ -9,7 +9,7 @@ the rules and why.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import httptools
 
@@ -18,8 +18,8 @@ from lbx.http import HOP_BY_HOP, HeaderList, Headers, RequestHeader, connection_
 if TYPE_CHECKING:
     from lbx.config import ServiceConfig
 
-_LOWERED_MAX_NAME = 40
-_CACHED_NAMES = 512
+_LOWERED_MAX_NAME: Final = 40
+_CACHED_NAMES: Final = 512
 
 
 class RequestRefused(Exception):
@@ -31,7 +31,7 @@ class RequestRefused(Exception):
         self.reason = reason
 
 
-INTERPRETED_FIELDS = frozenset(
+INTERPRETED_FIELDS: Final = frozenset(
     {
         *HOP_BY_HOP,
         b"content-length",
@@ -48,10 +48,16 @@ INTERPRETED_FIELDS = frozenset(
 )
 """Fields that decide framing, routing or forwarding: lbx reads, drops or writes each of them."""
 
-_NOT_ALPHANUMERIC = bytes(sorted(set(range(256)) - set(b"abcdefghijklmnopqrstuvwxyz0123456789")))
-_LOOKALIKE_KEYS = frozenset(name.translate(None, _NOT_ALPHANUMERIC) for name in INTERPRETED_FIELDS)
+_NOT_ALPHANUMERIC: Final = bytes(
+    sorted(set(range(256)) - set(b"abcdefghijklmnopqrstuvwxyz0123456789"))
+)
+_LOOKALIKE_KEYS: Final = frozenset(
+    name.translate(None, _NOT_ALPHANUMERIC) for name in INTERPRETED_FIELDS
+)
 
-PLAIN_FIELD, UNDERSCORED_FIELD, LOOKALIKE_FIELD = 0, 1, 2
+PLAIN_FIELD: Final = 0
+UNDERSCORED_FIELD: Final = 1
+LOOKALIKE_FIELD: Final = 2
 """``field_kind`` of a name: forwarded as it is; has ``_`` (``underscores_in_headers``
 decides); a look-alike of a field lbx interprets (never forwarded)."""
 
@@ -71,7 +77,7 @@ def is_lookalike(lower: bytes) -> bool:
     )
 
 
-_FIELD_KINDS: dict[bytes, int] = {}
+_FIELD_KINDS: Final[dict[bytes, int]] = {}
 
 
 def field_kind(lower: bytes) -> int:
@@ -88,7 +94,7 @@ def field_kind(lower: bytes) -> int:
     return kind
 
 
-UNDERSCORES_MODES = ("pass", "drop", "reject")
+UNDERSCORES_MODES: Final = ("pass", "drop", "reject")
 """``underscores_in_headers``: what happens to request fields whose name has ``_``.
 
 ``pass`` forwards them, ``drop`` drops them all (nginx's default), ``reject`` answers 400.
@@ -96,7 +102,7 @@ Look-alikes of interpreted fields are dropped in every mode (``reject``: 400 if 
 ``_``)."""
 
 
-_BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})|%00")
+_BAD_ESCAPE: Final = re.compile(rb"%(?![0-9A-Fa-f]{2})|%00")
 
 
 def path_escapes_ok(path: bytes) -> bool:
@@ -106,7 +112,7 @@ def path_escapes_ok(path: bytes) -> bool:
     return _BAD_ESCAPE.search(path) is None
 
 
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_TOKEN: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 
 
 def _protocols(value: bytes) -> list[tuple[bytes, bytes]] | None:
@@ -150,8 +156,8 @@ def upgrade_accepted(values: list[bytes], offered: frozenset[bytes]) -> bool:
     return bool(names) and all(name in offered for name in names)
 
 
-_OTHER_PROTOCOL = re.compile(rb" +(?:RTSP|ICE)/")
-_MAX_PROTOCOL_CANDIDATES = 16
+_OTHER_PROTOCOL: Final = re.compile(rb" +(?:RTSP|ICE)/")
+_MAX_PROTOCOL_CANDIDATES: Final = 16
 
 
 def request_line_is_http(region: bytes, target: bytes) -> bool:
@@ -172,22 +178,22 @@ def request_line_is_http(region: bytes, target: bytes) -> bool:
     return True
 
 
-NOT_HTTP = "the request line names a protocol other than HTTP"
+NOT_HTTP: Final = "the request line names a protocol other than HTTP"
 
-PLAIN_REQUEST_LINE = re.compile(rb"[^ \r\n]+ /[^%# \r\n]* HTTP/1\.1\r\n")
+PLAIN_REQUEST_LINE: Final = re.compile(rb"[^ \r\n]+ /[^%# \r\n]* HTTP/1\.1\r\n")
 """The plainest request line: an origin-form target without ``%`` or ``#``, HTTP/1.1."""
 
-HTTP_FIRST_LINE = re.compile(rb"[^\n]* HTTP/[0-9]\.[0-9]\r\n")
+HTTP_FIRST_LINE: Final = re.compile(rb"[^\n]* HTTP/[0-9]\.[0-9]\r\n")
 """A read's first line is a request line naming HTTP (greedy: the protocol is found from the
 line's end, whatever the target's length)."""
 
-_HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?\Z")
+_HOST: Final = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?\Z")
 """RFC 9110 4.2.3 / RFC 3986 3.2.2: IP-literal or reg-name, optional port."""
 
-PROTECTED_FIELDS = frozenset({b"host", b"content-length", b"transfer-encoding"})
+PROTECTED_FIELDS: Final = frozenset({b"host", b"content-length", b"transfer-encoding"})
 """Fields a client may not ask a proxy to drop through ``Connection`` (RFC 9110 7.6.1)."""
 
-FORWARDING_FIELDS = {
+FORWARDING_FIELDS: Final = {
     b"x-forwarded-for": b"X-Forwarded-For",
     b"x-forwarded-proto": b"X-Forwarded-Proto",
     b"forwarded": b"Forwarded",
@@ -297,9 +303,9 @@ def scan_fields(rules: HeadRules, fields: HeaderList) -> FieldScan:
     return headers, hosts, host, te, content_length, expect, upgrade, received, drop, underscored
 
 
-_H2_METHOD = re.compile(rb"[A-Z_\-]+\Z")
+_H2_METHOD: Final = re.compile(rb"[A-Z_\-]+\Z")
 """An HTTP/2 ``:method`` lbx passes on: upper-case letters, ``_`` and ``-`` (nginx's rule)."""
-_ORIGIN_FORM = re.compile(rb"/[\x21-\x7e]*\Z")
+_ORIGIN_FORM: Final = re.compile(rb"/[\x21-\x7e]*\Z")
 """An HTTP/2 ``:path``: origin-form in visible ASCII (RFC 9113 8.3.1; RFC 3986 escapes the
 rest)."""
 
@@ -481,7 +487,7 @@ def parse_error_status(exc: Exception) -> int:
     return 505 if "HTTP version" in str(exc) else 400
 
 
-LOGGED_TARGET_BYTES = 1024
+LOGGED_TARGET_BYTES: Final = 1024
 """How much of a refused request's target the ``logging`` hook gets."""
 
 

@@ -15,7 +15,7 @@ import ssl
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, TypeVar, cast
+from typing import TYPE_CHECKING, Final, TypeVar, cast
 
 import httptools
 
@@ -32,21 +32,21 @@ if TYPE_CHECKING:
 
 _P = TypeVar("_P", bound=asyncio.BaseProtocol)
 
-log = logging.getLogger("lbx.upstream")
+log: Final = logging.getLogger("lbx.upstream")
 
 
 class _InvalidResponse(Exception):
     """Raised from a parser callback: the response is well-formed HTTP but not acceptable."""
 
 
-MAX_RESPONSE_HEAD_BYTES = 64 * 1024
+MAX_RESPONSE_HEAD_BYTES: Final = 64 * 1024
 """How many bytes of an unfinished response head lbx holds (Envoy allows 60 KiB, HAProxy's
 buffer is 16 KiB, nginx's ``proxy_buffer_size`` 4-8 KiB): past that the answer is a 502."""
-MAX_RESPONSE_HEADERS = 256
+MAX_RESPONSE_HEADERS: Final = 256
 """The most header fields in one response head from an upstream (Pingora parses up to 256)."""
 
 # No body follows these statuses whatever the headers say (RFC 9112 6.3).
-_NO_BODY_STATUSES = frozenset({204, 304})
+_NO_BODY_STATUSES: Final = frozenset({204, 304})
 
 
 class BodyKind(enum.IntEnum):
@@ -65,7 +65,7 @@ class NoParserCallbacks:
     references instead of the connection (which would make a reference cycle)."""
 
 
-_DETACHED_RESPONSE_PARSER = httptools.HttpResponseParser(NoParserCallbacks())
+_DETACHED_RESPONSE_PARSER: Final = httptools.HttpResponseParser(NoParserCallbacks())
 """What a closed connection keeps instead of its parser (which references the connection)."""
 
 
@@ -384,15 +384,15 @@ class ConnectionPool:
     def __init__(self, size: int, default_idle_timeout: float) -> None:
         self.size = size
         self.default_idle_timeout = default_idle_timeout
-        self._idle: dict[tuple[object, ...], list[UpstreamConnection]] = {}
+        self._idle: dict[str, list[UpstreamConnection]] = {}
         self._lru: OrderedDict[UpstreamConnection, None] = OrderedDict()
         self._sweep_handle: asyncio.TimerHandle | None = None
-        self._open: dict[tuple[object, ...], int] = {}
+        self._open: dict[str, int] = {}
         """Open (or opening) connections per peer, for ``max_upstream_connections``."""
         self._open_total = 0
         self._peak = 0
         """The most connections open at once since the last sweep."""
-        self._waiters: dict[tuple[object, ...], list[asyncio.Future[None]]] = {}
+        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
 
     def __len__(self) -> int:
         return len(self._lru)
@@ -421,13 +421,13 @@ class ConnectionPool:
         """How many idle connections the pool keeps now: the recent peak, at least ``size``."""
         return max(self.size, self._peak)
 
-    def reserve(self, key: tuple[object, ...]) -> None:
+    def reserve(self, key: str) -> None:
         self._open[key] = self._open.get(key, 0) + 1
         self._open_total += 1
         if self._open_total > self._peak:
             self._peak = self._open_total
 
-    def release(self, key: tuple[object, ...]) -> None:
+    def release(self, key: str) -> None:
         self._open_total -= 1
         count = self._open.get(key, 0) - 1
         if count > 0:
@@ -436,7 +436,7 @@ class ConnectionPool:
             self._open.pop(key, None)
         self._wake(key)
 
-    def _wake(self, key: tuple[object, ...]) -> None:
+    def _wake(self, key: str) -> None:
         waiters = self._waiters.get(key)
         while waiters:
             future = waiters.pop(0)
@@ -512,7 +512,7 @@ class ConnectionPool:
             if stack and conn in stack:
                 stack.remove(conn)
 
-    def close_idle(self, key: tuple[object, ...]) -> int:
+    def close_idle(self, key: str) -> int:
         """Close the idle connections pooled for ``key`` (a backend that left); returns how
         many."""
         stack = self._idle.pop(key, None) or []
