@@ -649,15 +649,22 @@ class Exchange:
         if hooks.response_body_filter is not None:
             data = hooks.response_body_filter.chain(self.session, data, end, self.session.ctx)
         mode = self._resp_mode
-        write = self.conn.write if self._collected is None else self._collected.append
         if data and mode is not BodyKind.NONE:
             self.session.body_bytes_sent += len(data)
-            write(encode_chunk(data) if mode is BodyKind.CHUNKED else data)
+            self._emit(encode_chunk(data) if mode is BodyKind.CHUNKED else data)
         if end:
             if mode is BodyKind.CHUNKED:
-                write(LAST_CHUNK)
+                self._emit(LAST_CHUNK)
             elif mode is BodyKind.FRAMES and self._collected is None:
                 self.conn.end_response(self.response_trailers)  # else send_head ends it
+
+    def _emit(self, data: bytes) -> None:
+        """Write response bytes, or collect them for the head's write (``send_response_head``)."""
+        collected = self._collected
+        if collected is None:
+            self.conn.write(data)
+        else:
+            collected.append(data)
 
     def new_futures(self) -> asyncio.Future[None]:
         """A new attempt: the future of its response head (its failures come through it)."""

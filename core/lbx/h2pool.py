@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from lbx.peer import Peer
     from lbx.upstream import Connector, UpstreamConnection
 
+monotonic: Final = time.monotonic  # compiled: a C static, not a module attribute per call
+
 log: Final = logging.getLogger("lbx.h2pool")
 
 H1_MEMORY_SECONDS: Final = 300.0
@@ -55,7 +57,7 @@ class H2Pool:
         until = self._h1_until.get(peer.pool_key)
         if until is None:
             return True
-        if time.monotonic() < until:
+        if monotonic() < until:
             return False
         del self._h1_until[peer.pool_key]
         return True
@@ -124,7 +126,7 @@ class H2Pool:
 
     def _refused(self, peer: Peer, reason: str) -> None:
         log.info("%s does not speak HTTP/2 (%s): HTTP/1.1 for now", peer.addr, reason)
-        self._h1_until[peer.pool_key] = time.monotonic() + H1_MEMORY_SECONDS
+        self._h1_until[peer.pool_key] = monotonic() + H1_MEMORY_SECONDS
 
     def forget(self, conn: H2UpstreamConnection) -> None:
         """``conn`` takes no new stream (GOAWAY, closing)."""

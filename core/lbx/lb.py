@@ -19,6 +19,8 @@ from typing import Any, ClassVar, Final
 
 from lbx.selector import SelectorFactory
 
+monotonic: Final = time.monotonic  # compiled: a C static, not a module attribute per call
+
 MAX_WEIGHT: Final = 256
 """The largest weight of a backend (HAProxy's): selectors expand weights into lists and hash
 rings, so a weight is memory (a weight of 10^8 took 800 MB)."""
@@ -189,7 +191,7 @@ class Health:
             return False
         # An ejection is over at its deadline even if the process that set it died meanwhile
         # (CLOCK_MONOTONIC is the same for every process of the machine).
-        return cells[at + 2] == 0 or self.ejected_until <= time.monotonic()
+        return cells[at + 2] == 0 or self.ejected_until <= monotonic()
 
     @property
     def flags_ready(self) -> bool:

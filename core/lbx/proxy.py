@@ -37,6 +37,8 @@ if TYPE_CHECKING:
     from lbx.downstream import ClientConnection
     from lbx.lb import Backend, LoadBalancer
 
+monotonic: Final = time.monotonic  # compiled: a C static, not a module attribute per call
+
 log: Final = logging.getLogger("lbx.proxy")
 
 PER_REQUEST_HOOKS: Final = (
@@ -369,11 +371,11 @@ class ProxyService:
         if lb is None or not lb.tracks or backend is None:
             return None
         lb.selector.on_start(backend)  # type: ignore[attr-defined]  # lb.tracks checked it
-        return lb, backend, time.monotonic()
+        return lb, backend, monotonic()
 
     def _track_finish(self, session: Session, tracked: tuple[LoadBalancer, Backend, float]) -> None:
         lb, backend, started = tracked
-        head_time = session.head_time or time.monotonic()
+        head_time = session.head_time or monotonic()
         ok = session.upstream_response is not None and session.upstream_response.status < 500
         lb.selector.on_finish(backend, head_time - started, ok)  # type: ignore[attr-defined]
 
@@ -544,7 +546,7 @@ class ProxyService:
             deadlines.clear(exchange)
         response = session.upstream_response
         assert response is not None
-        session.head_time = time.monotonic()
+        session.head_time = monotonic()
         if hooks.upstream_response_filter is not None:
             done = hooks.upstream_response_filter.run(session, response, ctx)
             if suspends(done):

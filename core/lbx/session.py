@@ -7,13 +7,15 @@ in its ``Exchange`` (``lbx.exchange``), which the session only reaches to answer
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
     from lbx.exchange import Exchange
     from lbx.http import RequestHeader, ResponseHeader
     from lbx.peer import Peer
     from lbx.proxy import ProxyService
+
+monotonic: Final = time.monotonic  # compiled: a C static, not a module attribute per call
 
 
 class Session:
@@ -63,7 +65,7 @@ class Session:
         self.upstream_response: ResponseHeader | None = None
         self.body_bytes_read = 0
         self.body_bytes_sent = 0
-        self.start_time = time.monotonic()
+        self.start_time = monotonic()
         self.head_time: float | None = None
         self.ctx: dict[str, Any] = {}
         self.upgrade: str | None = None

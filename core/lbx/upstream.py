@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from lbx.exchange import Exchange
     from lbx.h2pool import H2Pool
 
+monotonic: Final = time.monotonic  # compiled: a C static, not a module attribute per call
+
 _P = TypeVar("_P", bound=asyncio.BaseProtocol)
 
 log: Final = logging.getLogger("lbx.upstream")
@@ -47,6 +49,9 @@ MAX_RESPONSE_HEADERS: Final = 256
 
 # No body follows these statuses whatever the headers say (RFC 9112 6.3).
 _NO_BODY_STATUSES: Final = frozenset({204, 304})
+_FRAMING_NAME_LENGTHS: Final = frozenset(len(name) for name in HOP_BY_HOP | {b"content-length"})
+"""A response field of another length is neither hop-by-hop nor framing: it is passed on without
+being lower-cased (most are: Server, Date, Content-Type...)."""
 
 
 class BodyKind(enum.IntEnum):
@@ -219,16 +224,17 @@ class UpstreamConnection(asyncio.Protocol):
         body_kind = BodyKind.CLOSE_DELIMITED
         drop: frozenset[bytes] | set[bytes] | None = None
         for name, value in raw:
-            lower = lower_name(name)
-            if lower in HOP_BY_HOP:
-                if lower == b"transfer-encoding":
-                    body_kind = BodyKind.CHUNKED
-                elif lower == b"connection":
-                    tokens = fields_to_drop(value)
-                    drop = tokens if drop is None else drop | tokens
-                continue
-            if lower == b"content-length" and body_kind is BodyKind.CLOSE_DELIMITED:
-                body_kind = BodyKind.CONTENT_LENGTH
+            if len(name) in _FRAMING_NAME_LENGTHS:
+                lower = lower_name(name)
+                if lower in HOP_BY_HOP:
+                    if lower == b"transfer-encoding":
+                        body_kind = BodyKind.CHUNKED
+                    elif lower == b"connection":
+                        tokens = fields_to_drop(value)
+                        drop = tokens if drop is None else drop | tokens
+                    continue
+                if lower == b"content-length" and body_kind is BodyKind.CLOSE_DELIMITED:
+                    body_kind = BodyKind.CONTENT_LENGTH
             headers.append((name, value))
         if drop:
             headers = [item for item in headers if item[0].lower() not in drop]
@@ -402,7 +408,7 @@ class ConnectionPool:
         stack = self._idle.get(peer.pool_key)
         if not stack:
             return None
-        now = time.monotonic()
+        now = monotonic()
         timeout = peer.idle_timeout if peer.idle_timeout is not None else self.default_idle_timeout
         while stack:
             conn = stack.pop()
@@ -490,7 +496,7 @@ class ConnectionPool:
         if self._waiters and conn.peer.pool_key in self._waiters:
             self._wake(conn.peer.pool_key)
         conn.resume_reading()  # an idle connection must notice when the upstream closes it
-        conn.idle_since = time.monotonic()
+        conn.idle_since = monotonic()
         self._idle.setdefault(conn.peer.pool_key, []).append(conn)
         self._lru[conn] = None
         bound = self.bound
@@ -532,7 +538,7 @@ class ConnectionPool:
 
     def _sweep(self) -> None:
         self._sweep_handle = None
-        now = time.monotonic()
+        now = monotonic()
         for conn in list(self._lru):
             timeout = (
                 conn.peer.idle_timeout
