@@ -10,7 +10,7 @@ import sys
 
 import anyio
 
-from lbx import Backend, Backends, LoadBalancer, ServiceDiscovery
+from lbx import Backend, Backends, LoadBalancer, NoRoom, ServiceDiscovery
 from lbx.backendtable import QUARANTINE_SECONDS, BackendTable
 
 A, B, C = Backend("127.0.0.1", 1), Backend("127.0.0.1", 2), Backend("127.0.0.1", 3)
@@ -220,3 +220,27 @@ def test_a_lasting_problem_is_logged_once_and_its_end_too(caplog):
         "127.0.0.1:1",
         "127.0.0.1:2",
     ]
+
+
+def test_an_operator_add_that_does_not_fit_changes_nothing():
+    """With one process: a new backend that would sort before the serving ones is refused
+    instead of pushing one out; a re-added member (a new weight) still fits at the limit; every
+    member has a slot, also right after a reload's seed."""
+    source = Flaky()
+    source.backends = [B, C]
+    found = ServiceDiscovery("web", LoadBalancer(Backends((B, C)), First), source, "flaky", None, 2)
+    anyio.run(found.update)
+    try:
+        anyio.run(found.add, A)
+        raise AssertionError("added past max_backends")
+    except NoRoom as exc:
+        assert str(exc) == "service 'web' has no room for 127.0.0.1:1: max_backends is 2"
+    assert [b.addr for b in found.lb.backends.items] == ["127.0.0.1:2", "127.0.0.1:3"]
+    assert found.overrides.added == {}
+    anyio.run(found.add, Backend("127.0.0.1", 3, weight=5))
+    assert [b.weight for b in found.lb.backends.items] == [1, 5]
+    assert sorted(found.slot(b.addr) for b in found.lb.backends.items) == [0, 1]
+    reloaded = ServiceDiscovery("web", LoadBalancer(Backends(()), First), source, "flaky", None, 2)
+    reloaded.seed([B, C])
+    assert sorted(reloaded.slot(b.addr) for b in (B, C)) == [0, 1]
+    assert reloaded.slot(A.addr) is None

@@ -220,37 +220,30 @@ class ServiceDiscovery:
             self._lock = anyio.Lock()
         return self._lock
 
-    async def _apply(self, why: str) -> Change:
-        wanted = self.overrides.apply(self._found)
+    def _fit(self, overrides: Overrides) -> tuple[list[Backend], set[str]]:
+        """The set ``overrides`` on top of the source's would give, within ``max_backends``
+        (with ``threads: N``, within the table's free slots), and the addresses left out."""
+        wanted = overrides.apply(self._found)
         wanted.sort(key=Backend.sort_key)
-        limit = self.max_backends
         if self.table is not None:
             known = self.table.slots
-            room = self.table.room()
             new = [b for b in wanted if b.addr not in known]
-            dropped = {b.addr for b in new[room:]}
-            if dropped and dropped != self._left_out:
-                log.error(
-                    "service %s: %d new backends do not fit (max_backends %d, or removed ones "
-                    "still in quarantine); left out: %s",
-                    self.service,
-                    len(dropped),
-                    limit,
-                    ", ".join(sorted(dropped)),
-                )
-            wanted = [b for b in wanted if b.addr not in dropped]
-        else:
-            dropped = {b.addr for b in wanted[limit:]}
-            if dropped and dropped != self._left_out:
-                log.error(
-                    "service %s: %d backends, more than max_backends %d; left out: %s",
-                    self.service,
-                    len(wanted),
-                    limit,
-                    ", ".join(b.addr for b in wanted[limit:]),
-                )
-            wanted = wanted[:limit]
-        self._left_out = dropped  # the same ones left out again are not logged again
+            dropped = {b.addr for b in new[self.table.room() :]}
+            return [b for b in wanted if b.addr not in dropped], dropped
+        return wanted[: self.max_backends], {b.addr for b in wanted[self.max_backends :]}
+
+    async def _apply(self, why: str) -> Change:
+        wanted, dropped = self._fit(self.overrides)
+        if dropped and dropped != self._left_out:  # the same ones left out again: said already
+            log.error(
+                "service %s: %d backends do not fit (max_backends %d%s); left out: %s",
+                self.service,
+                len(dropped),
+                self.max_backends,
+                ", or removed ones still in quarantine" if self.table is not None else "",
+                ", ".join(sorted(dropped)),
+            )
+        self._left_out = dropped
         make_health = None
         if self.precheck is not None:
             members = {backend.addr for backend in self.lb.backends.items}
@@ -264,7 +257,7 @@ class ServiceDiscovery:
         change = self.lb.update(wanted, make_health)
         if self.table is not None and change:
             self.table.publish(self.lb.backends)
-        elif change:
+        elif self.table is None:
             self._give_slots()
         if change:
             log.info(
@@ -316,31 +309,30 @@ class ServiceDiscovery:
         adding = (backend, *more)
         async with self._serialised():
             new = {b.addr for b in adding if self.lb.backends.find(b.addr) is None}
-            no_room = NoRoom(
-                f"service {self.service!r} has no room for {', '.join(sorted(new))}: "
-                f"max_backends is {self.max_backends}"
-                + (", and removed backends keep their slot for a while" if self.table else "")
-            )
-            if len(new) > self._room():
-                raise no_room
-            before = self.overrides.copy()
+            trial = self.overrides.copy()
             for one in adding:
-                self.overrides.removed.discard(one.addr)
-                self.overrides.added[one.addr] = one
-                self.overrides.weights.pop(one.addr, None)
-            change = await self._apply(" by an operator")
-            if any(self.lb.backends.find(addr) is None for addr in new):
-                # The source's own newcomers took the room first (they sort earlier).
+                trial.removed.discard(one.addr)
+                trial.added[one.addr] = one
+                trial.weights.pop(one.addr, None)
+            # Refused before anything changes: when one of them would be left out, or would push
+            # out a backend that serves (the source's own newcomers may take the room first).
+            kept, _ = self._fit(trial)
+            keeping = {b.addr for b in kept}
+            serving = {b.addr for b in self._fit(self.overrides)[0]} & {
+                b.addr for b in self.lb.backends.items
+            }
+            if not new <= keeping or not serving <= keeping:
+                raise NoRoom(
+                    f"service {self.service!r} has no room for {', '.join(sorted(new))}: "
+                    f"max_backends is {self.max_backends}"
+                    + (", and removed backends keep their slot for a while" if self.table else "")
+                )
+            before, self.overrides = self.overrides, trial
+            try:
+                return await self._apply(" by an operator")
+            except BaseException:
                 self.overrides = before
-                await self._apply(" by an operator (undone: no room)")
-                raise no_room
-            return change
-
-    def _room(self) -> int:
-        """How many backends not in the set can join it now."""
-        if self.table is not None:
-            return self.table.room()
-        return max(0, self.max_backends - len(self.lb.backends.items))
+                raise
 
     async def remove(self, addr: str) -> Change:
         """Remove a backend, whatever the source says, until the next reload or restart."""
@@ -419,6 +411,8 @@ class ServiceDiscovery:
         """Start from ``backends`` (a reload: the set the previous configuration's source found)."""
         self._found = list(backends)
         self.lb.update(self._found)
+        if self.table is None:
+            self._give_slots()
 
     # -- a worker of threads: N ----------------------------------------------------------------
     def refreshed(self) -> bool:
