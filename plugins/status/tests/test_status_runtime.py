@@ -248,3 +248,40 @@ def test_a_tcp_endpoint_beyond_loopback_needs_a_token(lbx, backends, tmp_path):
     added = lbx_cli("backend", "add", "default", "127.0.0.1:1", "-c", str(conf),
                     "--socket", f"127.0.0.1:{port}")  # fmt: skip
     assert added.returncode == 0 and "+127.0.0.1:1" in added.stdout
+
+
+def test_the_table_keeps_every_address_whole_in_a_narrow_terminal():
+    """At 80 columns the other columns give way (folded, or cut with an ellipsis): every
+    service name and backend address is shown whole, and no line is wider than the terminal."""
+    from rich.console import Console
+
+    from lbx_status.commands import render
+
+    backends = [f"[2001:db8::{n}]:8080" for n in range(3)] + ["unix:/run/app/backend.sock"]
+    document = {
+        "pid": 1,
+        "threads": 2,
+        "open_connections": 0,
+        "services": [
+            {
+                "name": "checkout-api",
+                "listen": ["127.0.0.1:6188"],
+                "selection": "roundrobin",
+                "requests": 123456,
+                "failures": 7,
+                "backends": [
+                    {
+                        "addr": addr, "weight": 1, "enabled": True, "healthy": False,
+                        "ejected": False, "requests": 41152, "failures": 2,
+                        "reason": "connect failed: Connection refused (after 3 attempts)",
+                    }
+                    for addr in backends
+                ],
+            }
+        ],
+    }  # fmt: skip
+    console = Console(width=80, record=True, color_system=None)
+    console.print(render(document, "unix:/tmp/lbx-status.sock"))
+    text = console.export_text()
+    assert all(len(line) <= 80 for line in text.splitlines())
+    assert all(addr in text for addr in backends) and "checkout-api" in text

@@ -119,16 +119,24 @@ def _state(backend: dict[str, Any]) -> str:
 
 
 def render(document: dict[str, Any], address: str) -> Any:
-    from rich.table import Table
+    """The status as a table; in a narrow terminal the other columns give way, never a service
+    name or a backend address (which backend is which is what the table is for)."""
+    from rich.table import Column, Table
 
+    services = document["services"]
+    names = max((len(service["name"]) for service in services), default=0)
+    addresses = max(
+        (len(backend["addr"]) for service in services for backend in service["backends"]),
+        default=0,
+    )
     table = Table(
-        "service",
-        "backend",
+        Column("service", min_width=names, no_wrap=True),
+        Column("backend", min_width=addresses, no_wrap=True),
         "weight",
         "state",
         "requests",
         "failures",
-        "reason",
+        Column("reason", overflow="fold"),
         title=(
             f"lbx pid {document['pid']} ({document['threads']} worker"
             f"{'s' if document['threads'] != 1 else ''}), "
@@ -136,7 +144,7 @@ def render(document: dict[str, Any], address: str) -> Any:
         ),
         caption=address,
     )
-    for service in document["services"]:
+    for service in services:
         table.add_row(
             f"[bold]{service['name']}[/bold]",
             ", ".join(service["listen"]),
