@@ -14,8 +14,8 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import types
 from collections.abc import Awaitable, Callable, Generator
-from types import CoroutineType
 from typing import Any, Final
 
 import pluggy
@@ -28,6 +28,7 @@ _NO_HALT: Final = object()
 
 
 _AWAITABLE_TYPES: Final[dict[type, bool]] = {}
+_COROUTINE: Final = types.CoroutineType  # compiled: a C static (an imported name is a lookup)
 """Whether a result type is awaitable, by type: a failed ``hasattr`` on a class formats an
 AttributeError, which costs more than the dict lookup (``upstream_peer`` returns a Peer on
 every request)."""
@@ -61,7 +62,7 @@ def suspends(result: object) -> bool:
     ``Pending``, or the coroutine of an ``async def`` impl, handed over bare (awaiting a
     ``Pending`` costs an object, its ``__await__`` call and a coroutine wrapper per hook)."""
     kind = type(result)
-    return kind is Pending or kind is CoroutineType
+    return kind is Pending or kind is _COROUTINE
 
 
 def halts_on(value: bool) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -212,7 +213,7 @@ class HookCaller:
                 continue
             if _is_awaitable(result):
                 if index == last:
-                    return result if type(result) is CoroutineType else Pending(result)
+                    return result if type(result) is _COROUTINE else Pending(result)
                 return Pending(self._finish(index, result, args))
             if self._ends_chain(result):
                 return result
