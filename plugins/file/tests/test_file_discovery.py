@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import time
 from pathlib import Path
 
 import anyio
@@ -86,9 +87,11 @@ def test_a_bad_file_keeps_the_last_good_set_and_says_where(lbx, backends, tmp_pa
         r".*backends\.yaml:2: unknown key 'wieght'",
         start=mark,
     )
-    with ClientLoad(proc.address, clients=2, seconds=1) as load:
-        pass
+    failed_at = time.monotonic()
+    with ClientLoad(proc.address, clients=2, seconds=60) as load:  # served while polls fail
+        load.wait_served_by("one", failed_at + 5 * UPDATE)
     assert load.errors == [] and {name for _, name in load.answers} == {"one"}
+    assert not any("works again" in line for line in proc.lines[mark:])
     write_atomically(path, f"- {one.address}\n- {{address: {two.address}, enabled: false}}\n")
     proc.wait_for(rf"backends changed \(file\): \+{two.address}", start=mark)
     write_atomically(path, f"- {one.address}\n- {two.address}\n")
@@ -96,6 +99,26 @@ def test_a_bad_file_keeps_the_last_good_set_and_says_where(lbx, backends, tmp_pa
         load.wait_served_by("two", 0)
     assert load.errors == []
     assert sum(1 for line in proc.lines if "discovery failed" in line) == 1
+
+
+def test_a_missing_file_is_reported_once_until_it_is_back(lbx, backends, tmp_path):
+    """A file that goes away keeps the last set and is one warning, however many polls find it
+    missing (it was one per poll); its return is one line saying so."""
+    one = backends.start("one")
+    path = tmp_path / "backends.yaml"
+    write_atomically(path, f"- {one.address}\n")
+    proc = start(lbx, tmp_path, 1)
+    mark = len(proc.lines)
+    path.unlink()
+    proc.wait_for(r"file discovery failed, keeping the last 1 backends: ", start=mark)
+    failed_at = time.monotonic()
+    with ClientLoad(proc.address, clients=2, seconds=60) as load:  # served while polls fail
+        load.wait_served_by("one", failed_at + 5 * UPDATE)
+    assert load.errors == [] and {name for _, name in load.answers} == {"one"}
+    assert not any("works again" in line for line in proc.lines[mark:])  # it does not yet
+    write_atomically(path, f"- {one.address}\n")
+    proc.wait_for(r"service service0: file discovery works again", start=mark)
+    assert sum(1 for line in proc.lines[mark:] if "discovery failed" in line) == 1
 
 
 def test_parse_errors_name_the_line(tmp_path):

@@ -51,35 +51,33 @@ class FileDiscovery:
         self.reads = 0
         self._signature: Signature | None = None
         self._last: Discovered | None = None
-        self._failure: tuple[Signature | None, str] | None = None
+        self._failure: str | None = None
+        """Why the file of ``_signature`` is invalid."""
 
     async def discover(self) -> Discovered:
+        """The file's backends; ``BadFile`` for as long as it is missing or invalid (lbx keeps
+        the last set and logs a lasting error once)."""
         try:
             st = os.stat(self.path)
         except OSError as exc:
             self._signature = None
-            return self._failed(None, f"{self.path}: {exc.strerror or exc}")
+            raise BadFile(f"{self.path}: {exc.strerror or exc}") from None
         signature = Signature(st.st_ino, st.st_size, st.st_mtime_ns)
-        if signature == self._signature and self._last is not None:
-            return self._last
+        if signature == self._signature:  # unchanged: the same answer without reading it again
+            if self._failure is not None:
+                raise BadFile(self._failure)
+            if self._last is not None:
+                return self._last
         self._signature = signature
         try:
             found = await anyio.to_thread.run_sync(read_backends, self.path)
         except BadFile as exc:
-            return self._failed(signature, str(exc))
+            self._failure = str(exc)
+            raise
         finally:
             self.reads += 1
         self._last, self._failure = found, None
         return found
-
-    def _failed(self, signature: Signature | None, message: str) -> Discovered:
-        """Raise ``BadFile`` (lbx logs it and keeps the last set), once per bad version of the
-        file: asked again about the same one, answer the last good set quietly."""
-        failure = (signature, message)
-        if failure == self._failure and self._last is not None:
-            return self._last
-        self._failure = failure
-        raise BadFile(message)
 
 
 def read_backends(path: str) -> Discovered:
