@@ -82,17 +82,6 @@ class ServiceConfig:
     underscores_in_headers: str = "pass"
     tls: bool = False
     sni: str = ""
-
-    @property
-    def max_backends(self) -> int:
-        """The most backends the service may have at once (``discovery.max_backends``, and at
-        least its ``upstreams``): what per-backend memory shared by processes is sized for, and
-        the bound of ``ServiceDiscovery.slot``."""
-        wanted = (self.discovery or {}).get("max_backends", DEFAULT_MAX_BACKENDS)
-        if not isinstance(wanted, int) or isinstance(wanted, bool) or wanted < 1:
-            wanted = DEFAULT_MAX_BACKENDS  # a bad value is reported when the server is prepared
-        return max(wanted, len(self.upstreams))
-
     host: str | None = None
     verify_cert: bool = True
     verify_hostname: bool = True
@@ -130,6 +119,16 @@ class ServiceConfig:
     h2_max_window_updates_per_second: int = 1000
     extra: dict[str, Any] = field(default_factory=dict)
     """Values of plugin-declared service keys."""
+
+    @property
+    def max_backends(self) -> int:
+        """The most backends the service may have at once (``discovery.max_backends``, and at
+        least its ``upstreams``): what per-backend memory shared by processes is sized for, and
+        the bound of ``ServiceDiscovery.slot``."""
+        wanted = (self.discovery or {}).get("max_backends", DEFAULT_MAX_BACKENDS)
+        if not isinstance(wanted, int) or isinstance(wanted, bool) or wanted < 1:
+            wanted = DEFAULT_MAX_BACKENDS  # a bad value is reported when the server is prepared
+        return max(wanted, len(self.upstreams))
 
 
 @dataclass

@@ -4,7 +4,6 @@ metrics, and the admin endpoint is not exposed to the network without a token.""
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import stat
@@ -17,20 +16,20 @@ from pathlib import Path
 
 import pytest
 
-from lbx.testing import BackendThread, ClientLoad, LbxProcess, churn, churn_steps
+from lbx.testing import BackendThread, ClientLoad, LbxProcess, churn, churn_steps, http_get
 from lbx_status.commands import Endpoint
 
 TIMEOUT = 30.0
 NAMES = [f"b{i}" for i in range(1, 7)]
 
 
-def lbx_cli(*args: str) -> subprocess.CompletedProcess[str]:
+def lbx_cli(*args: str, columns: int = 200) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "lbx", *args],
         capture_output=True,
         text=True,
         timeout=TIMEOUT,
-        env={**os.environ, "COLUMNS": "200"},
+        env={**os.environ, "COLUMNS": str(columns)},
     )
 
 
@@ -181,17 +180,12 @@ def test_backends_added_at_run_time_are_counted(lbx, backends, tmp_path, threads
     def send(count: int, until: str) -> None:
         """``count`` requests, and more until ``until`` answered one (with ``threads: 2`` a
         worker takes a new set within ``POLL_SECONDS``)."""
-        host, port = proc.address.rsplit(":", 1)
         deadline = time.monotonic() + TIMEOUT
         while count > 0 or (served[until] == 0 and time.monotonic() < deadline):
             count -= 1
-            conn = http.client.HTTPConnection(host, int(port), timeout=TIMEOUT)
-            conn.request("GET", "/")
-            response = conn.getresponse()
-            response.read()
-            conn.close()
-            assert response.status == 200
-            served[address_of[response.headers["X-Backend"]]] += 1
+            reply = http_get(proc.address, timeout=TIMEOUT)
+            assert reply.status == 200
+            served[address_of[reply.backend]] += 1
 
     def counted() -> dict[str, tuple[int, int]]:
         """The counters once every request sent is in (the log phase ends after the answer)."""
@@ -219,6 +213,10 @@ def test_backends_added_at_run_time_are_counted(lbx, backends, tmp_path, threads
         three.address: (served[three.address], 0),
     }
     assert served[two.address] > before and served[three.address] > 0
+    narrow = lbx_cli("status", "--socket", str(sock), columns=80)
+    assert narrow.returncode == 0, narrow.stderr
+    assert two.address in narrow.stdout and three.address in narrow.stdout
+    assert all(len(line) <= 80 for line in narrow.stdout.splitlines())
 
 
 def test_a_tcp_endpoint_beyond_loopback_needs_a_token(lbx, backends, tmp_path):

@@ -51,6 +51,12 @@ PER_BACKEND = 3  # cells per backend slot: requests, failures, which backend (``
 GAUGE_INTERVAL = 1.0
 
 
+def _tag(addr: str) -> float:
+    """Which backend a slot's counters belong to: a checksum of its address, never 0 (a slot
+    never used); exact in a float cell."""
+    return float(zlib.crc32(addr.encode()) + 1)
+
+
 def default_listen(pid_file: str | None) -> str:
     """``unix:<directory of pid_file>/lbx-status.sock`` (``/tmp`` without a pid file)."""
     directory = os.path.dirname(pid_file) if pid_file else ""
@@ -97,7 +103,6 @@ class Status:
         self.sampler: Sampler | None = None
         self.server: Server | None = None
         self.started = time.time()
-        self._tags: dict[str, float] = {}
 
     def sample(self) -> None:
         """Record this process's open client connections (``sample_every`` second)."""
@@ -143,11 +148,13 @@ class Status:
         cells[base + column] += 1
         if failed:
             cells[base + column + 1] += 1
+        if not addr:
+            return
         at = self._backend_column(service, addr)
         if at < 0:
             return
         at += base
-        tag = self._tag(addr or "")
+        tag = _tag(addr)
         if cells[at + 2] != tag:  # the slot counted a backend that left: start from zero
             cells[at] = cells[at + 1] = 0.0
             cells[at + 2] = tag
@@ -155,30 +162,20 @@ class Status:
         if failed:
             cells[at + 1] += 1
 
-    def _backend_column(self, service: str, addr: str | None) -> int:
+    def _backend_column(self, service: str, addr: str) -> int:
         """The first of the backend's PER_BACKEND cells in a row, -1 if it has none."""
-        found = self.server.discovery.get(service) if self.server is not None and addr else None
-        slot = found.slot(addr) if found is not None and addr else None
+        found = self.server.discovery.get(service) if self.server is not None else None
+        slot = found.slot(addr) if found is not None else None
         if slot is None or slot >= self.capacity[service]:
             return -1
         return self.columns[service] + 2 + PER_BACKEND * slot
-
-    def _tag(self, addr: str) -> float:
-        """Which backend a slot's counters belong to: a checksum of its address, never 0 (a
-        slot never used); exact as a float cell."""
-        tag = self._tags.get(addr)
-        if tag is None:
-            if len(self._tags) > 4096:
-                self._tags.clear()
-            tag = self._tags[addr] = float(zlib.crc32(addr.encode()) + 1)
-        return tag
 
     def _backend_counts(self, service: str, addr: str) -> tuple[int, int]:
         """A backend's requests and failures over every process's row."""
         at = self._backend_column(service, addr)
         if at < 0:
             return 0, 0
-        tag = self._tag(addr)
+        tag = _tag(addr)
         requests = failures = 0.0
         for row in self.rows.claimed():
             if row[at + 2] == tag:
