@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pytest
 
+from lbx.http import HOP_BY_HOP
 from lbx.inprocess import InProcessProxy, MemoryUpstream
 
 
@@ -351,6 +352,29 @@ def test_hop_by_hop_fields_are_removed_downstream():
         assert name not in response.names()
     assert response.get("X-End") == b"yes"
     proxy.close()
+
+
+@pytest.mark.parametrize("spell", [bytes.lower, bytes.upper, bytes.title, bytes.swapcase])
+def test_framing_and_hop_by_hop_response_fields_are_found_in_any_case(spell):
+    """lbx lower-cases only response names of a hop-by-hop or framing name's length: every
+    case of each is still dropped, and a chunked or sized body is still framed by it."""
+    hops = [name for name in HOP_BY_HOP if name != b"transfer-encoding"]
+    fields = b"".join(spell(name) + b": 1\r\n" for name in hops if name != b"connection")
+    for framing, body in (
+        (spell(b"Transfer-Encoding") + b": chunked\r\n", b"2\r\nok\r\n0\r\n\r\n"),
+        (spell(b"Content-Length") + b": 2\r\n", b"ok"),
+    ):
+        proxy = serving(
+            lambda conn, request, framing=framing, body=body: conn.send(
+                b"HTTP/1.1 200 OK\r\n" + spell(b"Connection") + b": keep-alive\r\n" + fields
+                + b"X-End: yes\r\n" + framing + b"\r\n" + body
+            )
+        )  # fmt: skip
+        response, closed = proxy.exchange(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert response.status == 200 and response.body == b"ok" and not closed, response
+        assert not set(response.names()) & HOP_BY_HOP - {b"transfer-encoding"}, response
+        assert response.get("X-End") == b"yes"
+        proxy.close()
 
 
 FORWARDING = (
