@@ -117,6 +117,7 @@ def test_unknown_backend_and_bad_weight_are_refused(lbx, backends, tmp_path):
         (("weight", "default", one.address, "0"), "weight: expected a whole number from 1 to 256"),
         (("weight", "default", one.address, "257"), "from 1 to 256, got 257"),
         (("weight", "default", one.address, "100000000"), "from 1 to 256"),
+        (("weight", "default", one.address, "abc"), "from 1 to 256, got 'abc'"),
         (("add", "default", "127.0.0.1:2", "--weight", "100000000"), "1<=x<=256"),
         (("add", "nosuch", "127.0.0.1:1"), "no service 'nosuch'"),
         (("add", "default", "127.0.0.1:99999"), "port must be"),

@@ -377,10 +377,10 @@ def weight(
     conf: str | None,
 ) -> None:
     """Change the weight of ADDRESS."""
-    if len(arguments) < 2 or not arguments[-1].isdigit():
+    if len(arguments) < 2:
         raise click.UsageError("expected [SERVICE] ADDRESS WEIGHT")
     try:
-        check_weight(int(arguments[-1]))
+        check_weight(int(arguments[-1]) if arguments[-1].isdigit() else arguments[-1])
     except ValueError as exc:
         raise click.UsageError(f"expected [SERVICE] ADDRESS WEIGHT: {exc}") from None
     endpoint = resolve(socket_path, conf, token)
