@@ -162,6 +162,22 @@ def test_invalid_yaml_is_one_line(tmp_path: Path) -> None:
     assert f"{conf}:3: invalid YAML" in line
 
 
+def test_the_plan_says_where_discovered_backends_come_from(tmp_path: Path) -> None:
+    """``-t`` on a service whose backends a source gives once lbx runs names the source, not an
+    empty list."""
+    (tmp_path / "backends.yaml").write_text("- 127.0.0.1:9\n")
+    conf = tmp_path / "lbx.yaml"
+    conf.write_text(
+        "plugins: [roundrobin, file]\nservices:\n  - name: web\n    listen: 127.0.0.1:0\n"
+        "    discovery: {source: file, path: backends.yaml}\n"
+    )
+    result = run("serve", "-t", "-c", str(conf))
+    assert result.returncode == 0, result.stderr
+    assert "service web: listen 127.0.0.1:0 -> (from file discovery) by roundrobin" in (
+        result.stdout
+    )
+
+
 def test_bad_upstream_shortcut() -> None:
     """``--upstream nonsense`` is one line naming the flag and the value, exit 2."""
     result = run("serve", "--plugin", "roundrobin", "--upstream", "nonsense")

@@ -208,8 +208,8 @@ def test_a_lasting_problem_is_logged_once_and_its_end_too(caplog):
         updates(2)
     said = [record.getMessage() for record in caplog.records]
     assert [line for line in said if "failed" in line or "again" in line] == [
-        "service web: flaky discovery failed, keeping the last 1 backends: connection refused",
-        "service web: flaky discovery failed, keeping the last 1 backends: no route to host",
+        "service web: flaky discovery failed, keeping the last 1 backend: connection refused",
+        "service web: flaky discovery failed, keeping the last 1 backend: no route to host",
         "service web: flaky discovery works again",
     ]
     assert [line.split("; ")[1] for line in said if "max_backends" in line] == [

@@ -6,7 +6,14 @@ tests from ``lbx.testing``; everything else is internal (docs/plugins.md, "The p
 
 from lbx.config import Config, ConfigSchema, Field, ServiceConfig
 from lbx.discovery import Discovered, Discovery, DiscoveryFactory, NoRoom, ServiceDiscovery
-from lbx.errors import ConfigError, ErrorSource, ErrorType, ProxyError, StartupError
+from lbx.errors import (
+    ConfigError,
+    DiscoveryError,
+    ErrorSource,
+    ErrorType,
+    ProxyError,
+    StartupError,
+)
 from lbx.hookspecs import hookimpl
 from lbx.http import HeaderList, Headers, RequestHeader, ResponseHeader
 from lbx.lb import MAX_WEIGHT, Backend, Backends, Change, Health, LoadBalancer, check_weight
@@ -27,6 +34,7 @@ __all__ = [
     "ConfigSchema",
     "Discovered",
     "Discovery",
+    "DiscoveryError",
     "DiscoveryFactory",
     "ErrorSource",
     "ErrorType",

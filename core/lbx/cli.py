@@ -180,6 +180,9 @@ def _print_plan(server: Any) -> None:
     for service in server.services:
         lb = service.load_balancer
         upstreams = ", ".join(b.addr for b in lb.backends.items) if lb else "(chosen by plugins)"
+        found = server.discovery.get(service.name)
+        if found is not None and found.dynamic:  # its backends come once lbx runs
+            upstreams = f"(from {found.source_name} discovery)"
         selection = f" by {lb.selector_name}" if lb else ""
         listen = [*service.config.listen, *(f"{a} (TLS)" for a in service.config.tls_listen)]
         click.echo(

@@ -57,7 +57,8 @@ class Discovery(Protocol):
     """A source of backends for one service (Pingora's ``ServiceDiscovery`` trait).
 
     ``discover()`` returns the whole current set (a ``Discovered``, or just the backends); an
-    exception keeps the last set and is logged. A source may also define
+    exception keeps the last set and is logged once while it lasts (``lbx.DiscoveryError``:
+    its message as it is; anything else: with its type). A source may also define
     ``async watch(changed)``, a task that calls ``changed()`` whenever it learns the set changed
     (an etcd watch): an update follows at once. It may define ``async close()``.
     """
@@ -188,10 +189,10 @@ class ServiceDiscovery:
             error = describe(exc)
             if error != self.last_error:  # said once, not on every poll while it lasts
                 log.warning(
-                    "service %s: %s discovery failed, keeping the last %d backends: %s",
+                    "service %s: %s discovery failed, keeping the last %s: %s",
                     self.service,
                     self.source_name,
-                    len(self.lb.backends.items),
+                    backends_count(len(self.lb.backends.items)),
                     error,
                 )
             self.last_error = error
@@ -261,11 +262,11 @@ class ServiceDiscovery:
             self._give_slots()
         if change:
             log.info(
-                "service %s: backends changed%s: %s (%d backends)",
+                "service %s: backends changed%s: %s (%s)",
                 self.service,
                 why or f" ({self.source_name})",
                 change.describe(),
-                len(self.lb.backends.items),
+                backends_count(len(self.lb.backends.items)),
             )
         return change
 
@@ -480,6 +481,11 @@ async def follow(discoveries: Sequence[ServiceDiscovery]) -> None:
 
 
 # -- configuration ---------------------------------------------------------------------------
+
+
+def backends_count(count: int) -> str:
+    """``1 backend``, ``2 backends``: for log lines."""
+    return f"{count} backend" if count == 1 else f"{count} backends"
 
 
 def parse(

@@ -140,10 +140,17 @@ class StartupError(Exception):
     """The server cannot start (a port in use, no listeners handed over): one line, exit 1."""
 
 
+class DiscoveryError(Exception):
+    """A discovery source cannot give the backends now (a missing file, a name server or etcd
+    that does not answer): lbx keeps the last set and shows the message as it is, in the log
+    and in ``lbx status``, so it should say what failed and where (the path, name or endpoint).
+    Any other exception a source raises is shown with its type."""
+
+
 def describe(exc: BaseException) -> str:
     """An exception as one line: the message of lbx's own errors and the system's, the type
     and message of anything else (``KeyError: 'x'`` says more than ``'x'``)."""
-    if isinstance(exc, (StartupError, ConfigError, OSError)):
+    if isinstance(exc, (StartupError, ConfigError, DiscoveryError, OSError)):
         return str(exc) or type(exc).__name__
     message = str(exc)
     return f"{type(exc).__name__}: {message}" if message else type(exc).__name__

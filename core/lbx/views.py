@@ -56,7 +56,8 @@ class Server(Protocol):
 
     @property
     def bound(self) -> Mapping[str, str]:
-        """Address key -> the address bound (``127.0.0.1:0`` -> the real port)."""
+        """Listen address -> the address bound (``127.0.0.1:0`` -> the real port); a
+        ``tls_listen`` address is keyed ``tls:<address>``."""
 
     @property
     def open_connections(self) -> int:

@@ -83,7 +83,7 @@ def test_a_bad_file_keeps_the_last_good_set_and_says_where(lbx, backends, tmp_pa
     mark = len(proc.lines)
     write_atomically(path, f"- {one.address}\n- address: {two.address}\n  wieght: 2\n")
     proc.wait_for(
-        r"file discovery failed, keeping the last 1 backends: "
+        r"file discovery failed, keeping the last 1 backend: "
         r".*backends\.yaml:2: unknown key 'wieght'",
         start=mark,
     )
@@ -110,7 +110,7 @@ def test_a_missing_file_is_reported_once_until_it_is_back(lbx, backends, tmp_pat
     proc = start(lbx, tmp_path, 1)
     mark = len(proc.lines)
     path.unlink()
-    proc.wait_for(r"file discovery failed, keeping the last 1 backends: ", start=mark)
+    proc.wait_for(r"file discovery failed, keeping the last 1 backend: ", start=mark)
     failed_at = time.monotonic()
     with ClientLoad(proc.address, clients=2, seconds=60) as load:  # served while polls fail
         load.wait_served_by("one", failed_at + 5 * UPDATE)

@@ -220,6 +220,39 @@ def test_backends_added_at_run_time_are_counted(lbx, backends, tmp_path, threads
     assert all(len(line) <= 80 for line in narrow.stdout.splitlines())
 
 
+def test_a_failing_discovery_source_shows_in_the_table(lbx, backends, tmp_path):
+    """The service's heading names its listen address, selection and source, and while the
+    source fails, its reason (as the log says it: the file and line, no exception type); the
+    backends it keeps are listed under it."""
+    one = backends.start("one")
+    sock = tmp_path / "status.sock"
+    listed = tmp_path / "backends.yaml"
+    listed.write_text(f"- {one.address}\n")
+    conf = tmp_path / "lbx.yaml"
+    conf.write_text(
+        "plugins: [roundrobin, file, status]\n"
+        f"status: {{listen: 'unix:{sock}'}}\n"
+        "services:\n  - name: web\n    listen: 127.0.0.1:0\n"
+        f"    discovery: {{source: file, path: {listed}, update_frequency: 0.1}}\n"
+    )
+    proc = lbx("-c", str(conf))
+    endpoint = Endpoint(f"unix:{sock}")
+    healthy = lbx_cli("status", "--socket", str(sock), columns=100)
+    assert f"web: listen {proc.address}; roundrobin; file discovery; 0 requests, 0 failures" in (
+        healthy.stdout
+    )
+    listed.write_text(f"- {one.address}\nbad: [\n")
+    deadline = time.monotonic() + TIMEOUT
+    while not endpoint.status()["services"][0]["discovery"]["last_error"]:
+        assert time.monotonic() < deadline, "the bad file was not noticed"
+        time.sleep(0.05)
+    table = lbx_cli("status", "--socket", str(sock), columns=400)
+    heading = next(line for line in table.stdout.splitlines() if line.startswith("web:"))
+    assert f"file discovery failed, keeping the last set: {listed}:2: invalid YAML" in heading
+    assert "BadFile" not in table.stdout and one.address in table.stdout
+    assert proc.output.count("file discovery failed, keeping the last 1 backend: ") == 1
+
+
 def test_a_tcp_endpoint_beyond_loopback_needs_a_token(lbx, backends, tmp_path):
     """Refused at start-up without a token (one line, exit 2); with one, every request needs it."""
     one = backends.start("one")

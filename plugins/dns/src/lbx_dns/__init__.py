@@ -30,7 +30,16 @@ import dns.name
 import dns.rdatatype
 import dns.resolver
 
-from lbx import MAX_WEIGHT, Backend, Config, Discovered, Field, ServiceConfig, hookimpl
+from lbx import (
+    MAX_WEIGHT,
+    Backend,
+    Config,
+    Discovered,
+    DiscoveryError,
+    Field,
+    ServiceConfig,
+    hookimpl,
+)
 
 SOURCE = "dns"
 RECORDS = ("any", "a", "aaaa", "srv")
@@ -84,6 +93,10 @@ def _nameserver(text: str) -> tuple[str, int]:
     except ValueError:
         raise ValueError(f"{text!r}: a name server is an IP address (ip or ip:port)") from None
     return host, port
+
+
+class DnsError(DiscoveryError, LookupError):
+    """A name without the records the source asks for, or a name server that failed."""
 
 
 class DnsDiscovery:
@@ -141,19 +154,19 @@ class DnsDiscovery:
                 failures.append(f"{kind}: {exc}")
                 continue
             except dns.exception.DNSException as exc:
-                raise LookupError(f"{name} {kind}: {exc}") from None
+                raise DnsError(f"{name} {kind}: {exc}") from None
             assert answer.rrset is not None
             ttls.append(answer.rrset.ttl)
             found += [str(item.address) for item in answer]
         if not found:
-            raise LookupError(f"no address for {name}: {'; '.join(failures)}")
+            raise DnsError(f"no address for {name}: {'; '.join(failures)}")
         return found, min(ttls)
 
     async def _srv(self) -> tuple[list[Backend], float]:
         try:
             answer = await self.resolver.resolve(self.name, "SRV", search=False)
         except dns.exception.DNSException as exc:
-            raise LookupError(f"{self.name} SRV: {exc}") from None
+            raise DnsError(f"{self.name} SRV: {exc}") from None
         assert answer.rrset is not None
         records = list(answer)
         lowest = min(record.priority for record in records)

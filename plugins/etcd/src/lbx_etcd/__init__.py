@@ -23,7 +23,16 @@ from urllib.parse import urlsplit
 
 import httpcore
 
-from lbx import Backend, Config, Discovered, Field, ServiceConfig, check_weight, hookimpl
+from lbx import (
+    Backend,
+    Config,
+    Discovered,
+    DiscoveryError,
+    Field,
+    ServiceConfig,
+    check_weight,
+    hookimpl,
+)
 
 SOURCE = "etcd"
 DEFAULT_UPDATE_FREQUENCY = 60.0
@@ -50,7 +59,7 @@ HTTP_ERRORS = (httpcore.NetworkError, httpcore.TimeoutException, httpcore.Protoc
 """What a request to an endpoint may raise when the endpoint is down or misbehaves."""
 
 
-class EtcdError(Exception):
+class EtcdError(DiscoveryError):
     """etcd could not be read, or answered something lbx cannot use."""
 
 

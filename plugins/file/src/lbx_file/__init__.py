@@ -22,7 +22,16 @@ from typing import Any
 import anyio.to_thread
 import yaml
 
-from lbx import Backend, Config, Discovered, Field, ServiceConfig, check_weight, hookimpl
+from lbx import (
+    Backend,
+    Config,
+    Discovered,
+    DiscoveryError,
+    Field,
+    ServiceConfig,
+    check_weight,
+    hookimpl,
+)
 
 SOURCE = "file"
 DEFAULT_UPDATE_FREQUENCY = 1.0
@@ -30,7 +39,7 @@ DEFAULT_UPDATE_FREQUENCY = 1.0
 KEYS = {"path": Field("str", None, "the file of backends (relative to the config file)")}
 
 
-class BadFile(ValueError):
+class BadFile(DiscoveryError, ValueError):
     """The file is not a valid list of backends; the message names the file and the line."""
 
 

@@ -196,6 +196,7 @@ class Status:
             entry: dict[str, Any] = {
                 "name": service.name,
                 "listen": [bound.get(a, a) for a in service.config.listen],
+                "tls_listen": [bound.get("tls:" + a, a) for a in service.config.tls_listen],
                 "selection": lb.selector_name if lb is not None else None,
                 "discovery": None
                 if found is None

@@ -118,53 +118,67 @@ def _state(backend: dict[str, Any]) -> str:
     return "[green]up[/green]"
 
 
-def render(document: dict[str, Any], address: str) -> Any:
-    """The status as a table; in a narrow terminal the other columns give way, never a service
-    name or a backend address (which backend is which is what the table is for)."""
-    from rich.table import Column, Table
+def _service_line(service: dict[str, Any]) -> str:
+    """A service's heading: its name, where it listens, how it selects, where its backends come
+    from (in red while that source fails, with its reason) and its counters."""
+    from rich.markup import escape
 
-    services = document["services"]
-    names = max((len(service["name"]) for service in services), default=0)
-    addresses = max(
-        (len(backend["addr"]) for service in services for backend in service["backends"]),
-        default=0,
+    listen = [*service["listen"], *(f"{a} (TLS)" for a in service.get("tls_listen", []))]
+    parts = [f"listen {', '.join(listen)}", service["selection"] or "backends chosen by plugins"]
+    parts = [escape(part) for part in parts]
+    discovery = service.get("discovery")
+    if discovery is not None and discovery["source"] != "static":
+        if discovery["last_error"]:
+            failed = f"{discovery['source']} discovery failed, keeping the last set: "
+            parts.append(f"[red]{escape(failed + discovery['last_error'])}[/red]")
+        else:
+            parts.append(f"{discovery['source']} discovery")
+    requests, failures = service["requests"], service["failures"]
+    parts.append(
+        f"{requests} request{'s' if requests != 1 else ''}, "
+        f"{failures} failure{'s' if failures != 1 else ''}"
     )
-    table = Table(
-        Column("service", min_width=names, no_wrap=True),
-        Column("backend", min_width=addresses, no_wrap=True),
-        "weight",
-        "state",
-        "requests",
-        "failures",
-        Column("reason", overflow="fold"),
-        title=(
-            f"lbx pid {document['pid']} ({document['threads']} worker"
-            f"{'s' if document['threads'] != 1 else ''}), "
-            f"{document['open_connections']} open connections, at {time.strftime('%H:%M:%S')}"
-        ),
-        caption=address,
-    )
-    for service in services:
-        table.add_row(
-            f"[bold]{service['name']}[/bold]",
-            ", ".join(service["listen"]),
-            "",
-            service["selection"] or "",
-            str(service["requests"]),
-            str(service["failures"]),
-            "",
+    return f"[bold]{escape(service['name'])}[/bold]: " + "; ".join(parts)
+
+
+def render(document: dict[str, Any], address: str) -> Any:
+    """The status: a heading per service and a table of its backends. In a narrow terminal the
+    other columns give way, never a backend address (which backend is which is what the table
+    is for); a heading wraps."""
+    from rich.console import Group
+    from rich.markup import escape
+    from rich.table import Column, Table
+    from rich.text import Text
+
+    threads = document["threads"]
+    parts: list[Any] = [
+        Text(
+            f"lbx pid {document['pid']} ({threads} worker{'s' if threads != 1 else ''}), "
+            f"{document['open_connections']} open connections, at {time.strftime('%H:%M:%S')}, "
+            f"from {address}"
+        )
+    ]
+    for service in document["services"]:
+        addresses = max((len(backend["addr"]) for backend in service["backends"]), default=0)
+        table = Table(
+            Column("backend", min_width=max(addresses, len("backend")), no_wrap=True),
+            "weight",
+            "state",
+            "requests",
+            "failures",
+            Column("reason", overflow="fold"),
         )
         for backend in service["backends"]:
             table.add_row(
-                "",
-                backend["addr"],
+                escape(backend["addr"]),  # an IPv6 address in brackets would read as markup
                 str(backend["weight"]),
                 _state(backend),
                 str(backend["requests"]),
                 str(backend["failures"]),
-                backend["reason"] or "",
+                escape(backend["reason"] or ""),
             )
-    return table
+        parts += ["", _service_line(service), table]
+    return Group(*parts)
 
 
 _ENDPOINT_OPTIONS = [
