@@ -9,8 +9,9 @@ import subprocess
 import sys
 
 import anyio
+import pytest
 
-from lbx import Backend, Backends, LoadBalancer, NoRoom, ServiceDiscovery
+from lbx import Backend, Backends, DiscoveryError, LoadBalancer, NoRoom, ServiceDiscovery
 from lbx.backendtable import QUARANTINE_SECONDS, BackendTable
 
 A, B, C = Backend("127.0.0.1", 1), Backend("127.0.0.1", 2), Backend("127.0.0.1", 3)
@@ -176,6 +177,24 @@ class Flaky:
         return self.backends
 
 
+@pytest.mark.parametrize(
+    ("error", "shown"),
+    [
+        (DiscoveryError("/srv/lbx/backends.yaml:3: bad"), "/srv/lbx/backends.yaml:3: bad"),
+        (KeyError("address"), "KeyError: 'address'"),
+        (OSError("connection refused"), "connection refused"),
+    ],
+)
+def test_a_source_error_is_shown_as_its_message_or_with_its_type(error, shown):
+    """A ``DiscoveryError`` says what failed in its own words; any other exception (a source's
+    bug, most often) keeps its type, which says more than ``'address'``."""
+    source = Flaky()
+    source.error = error
+    found = ServiceDiscovery("web", LoadBalancer(Backends((A,)), First), source, "flaky", None, 2)
+    anyio.run(found.update)
+    assert found.last_error == shown
+
+
 class First:
     def __init__(self, backends, options) -> None:
         self.backends = list(backends)
@@ -212,9 +231,9 @@ def test_a_lasting_problem_is_logged_once_and_its_end_too(caplog):
         "service web: flaky discovery failed, keeping the last 1 backend: no route to host",
         "service web: flaky discovery works again",
     ]
-    assert [line.split("; ")[1] for line in said if "max_backends" in line] == [
-        "left out: 127.0.0.1:3",
-        "left out: 127.0.0.1:3, 127.0.0.1:4",
+    assert [line for line in said if "max_backends" in line] == [
+        "service web: 1 backend left out (max_backends 2): 127.0.0.1:3",
+        "service web: 2 backends left out (max_backends 2): 127.0.0.1:3, 127.0.0.1:4",
     ]
     assert found.last_error == "" and [b.addr for b in found.lb.backends.items] == [
         "127.0.0.1:1",

@@ -815,6 +815,25 @@ def status_table(page: Page) -> None:
     assert page.r.subst("10.0.0.1:8080") in page.r.last.output, page.r.last.output
 
 
+def status_sample(page: Page, block: Block) -> None:
+    """The documented output has the shape of a real one: the same title, a service heading in
+    the same form, the same columns (its service and numbers are an example's)."""
+    result = page.r.command("lbx status -c conf.yaml")
+    assert isinstance(result, Result) and result.code == 0, result
+
+    def shape(text: str) -> list[str]:
+        lines = [line for line in text.splitlines() if line.strip()]
+        return [
+            re.sub(r"\d+", "N", lines[0].split(" at ")[0]),
+            re.sub(r":.*", ":", next(line for line in lines if ": listen " in line)),
+            " ".join(next(line for line in lines if line.startswith("backend ")).split()),
+        ]
+
+    documented, real = shape(block.text), shape(result.output)
+    assert documented[0] == real[0] and documented[2] == real[2], (documented, real)
+    assert documented[1].endswith(":") and real[1] == "default:", (documented, real)
+
+
 STATUS_STEPS = [
     config("plugins: [roundrobin, status]", "conf.yaml", check=False, then=status_running),
     sh(
@@ -831,6 +850,7 @@ STATUS_STEPS = [
             },
         ),
     ),
+    custom("text", "lbx pid 2448 (1 worker)", status_sample),
 ]
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import http.client
+import json
+import os
 import shutil
 import signal
 import socket
@@ -80,6 +82,34 @@ def test_each_sni_name_gets_its_certificate_over_tls13(lbx, backends, ca, tmp_pa
         assert response.startswith(b"HTTP/1.1 200") and b"Hello from backend a" in response
     assert handshake(tls_address, ca, "other.test")[1] == ["a.test"]  # the default certificate
     assert handshake(tls_address, ca, None)[1] == ["a.test"]
+
+
+def test_the_status_endpoint_names_tls_listeners_with_their_bound_ports(
+    lbx, backends, ca, tmp_path
+):
+    """``/status`` lists a TLS listener under ``tls_listen`` at the port it was bound to, and
+    ``lbx status`` shows it as ``(TLS)`` in the service's heading."""
+    a = backends.start("a")
+    sock = tmp_path / "status.sock"
+    conf = write_conf(tmp_path, a.address, [write_pair(ca, tmp_path, "a", "a.test")])
+    conf.write_text(
+        conf.read_text().replace("plugins: [roundrobin]", "plugins: [roundrobin, status]")
+        + f"status: {{listen: 'unix:{sock}'}}\n"
+    )
+    proc = lbx("-c", str(conf))
+    plain, tls_address = proc.addresses
+    status = subprocess.run(
+        [sys.executable, "-m", "lbx", "status", "--socket", str(sock), "--json"],
+        capture_output=True, text=True, timeout=30, check=True,
+    )  # fmt: skip
+    service = json.loads(status.stdout)["services"][0]
+    assert (service["listen"], service["tls_listen"]) == ([plain], [tls_address])
+    table = subprocess.run(
+        [sys.executable, "-m", "lbx", "status", "--socket", str(sock)],
+        capture_output=True, text=True, timeout=30, check=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )  # fmt: skip
+    assert f"listen {plain}, {tls_address} (TLS); roundrobin" in table.stdout
 
 
 def test_unknown_name_can_be_rejected(lbx, backends, ca, tmp_path):

@@ -27,7 +27,7 @@ import struct
 import time
 from collections.abc import Callable
 
-from lbx.lb import Backend, Backends, Health
+from lbx.lb import Backend, Backends, Health, backends_count
 
 HEADER = struct.Struct("=QI4x")
 SLOT = struct.Struct("=BxxxId")  # state, weight, retired at (time.monotonic())
@@ -151,7 +151,7 @@ class BackendTable:
         free = self._usable()
         if len(free) < count:
             raise TableFull(
-                f"{len(self._slots) + count} backends do not fit in {self.capacity} slots "
+                f"no room for {backends_count(len(self._slots) + count)} in {self.capacity} slots "
                 "(raise discovery.max_backends)"
             )
         return free[:count]

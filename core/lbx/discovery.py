@@ -26,7 +26,7 @@ from lbx.backendtable import BackendTable
 from lbx.config import DEFAULT_MAX_BACKENDS, Config, Document, check_value, validate_mapping
 from lbx.config_keys import Field
 from lbx.errors import ConfigError, describe
-from lbx.lb import Backend, Change, Health, LoadBalancer
+from lbx.lb import Backend, Change, Health, LoadBalancer, backends_count
 
 if TYPE_CHECKING:
     from lbx.config import ServiceConfig
@@ -169,11 +169,11 @@ class ServiceDiscovery:
         self._enabled: dict[str, bool] = {}
         self._wake: anyio.Event | None = None
         self._lock: anyio.Lock | None = None
-        self.precheck: Callable[[Sequence[Backend]], Awaitable[Mapping[str, bool]]] | None = None
+        self.precheck: Callable[[Sequence[Backend]], Awaitable[Mapping[str, str]]] | None = None
         """Set by active health checks: checks backends about to join and returns their
-        verdicts by address. The update waits for it and applies additions and removals
-        together, so a new backend never takes traffic before it passed a check, and the
-        backends it replaces serve until then."""
+        verdicts by address (``""``: healthy, else why not). The update waits for it and
+        applies additions and removals together, so a new backend never takes traffic before it
+        passed a check, and the backends it replaces serve until then."""
 
     @property
     def dynamic(self) -> bool:
@@ -237,9 +237,9 @@ class ServiceDiscovery:
         wanted, dropped = self._fit(self.overrides)
         if dropped and dropped != self._left_out:  # the same ones left out again: said already
             log.error(
-                "service %s: %d backends do not fit (max_backends %d%s); left out: %s",
+                "service %s: %s left out (max_backends %d%s): %s",
                 self.service,
-                len(dropped),
+                backends_count(len(dropped)),
                 self.max_backends,
                 ", or removed ones still in quarantine" if self.table is not None else "",
                 ", ".join(sorted(dropped)),
@@ -253,7 +253,12 @@ class ServiceDiscovery:
                 verdicts = await self.precheck(joining)
 
                 def make_health(backend: Backend) -> Health:
-                    return Health(healthy=verdicts.get(backend.addr, False))
+                    reason = verdicts.get(backend.addr, "no health check verdict")
+                    if reason:  # said as a backend that fails its check is (server.py)
+                        log.warning(
+                            "service %s: %s joins unhealthy, %s", self.service, backend.addr, reason
+                        )
+                    return Health(healthy=not reason, reason=reason)
 
         change = self.lb.update(wanted, make_health)
         if self.table is not None and change:
@@ -481,11 +486,6 @@ async def follow(discoveries: Sequence[ServiceDiscovery]) -> None:
 
 
 # -- configuration ---------------------------------------------------------------------------
-
-
-def backends_count(count: int) -> str:
-    """``1 backend``, ``2 backends``: for log lines."""
-    return f"{count} backend" if count == 1 else f"{count} backends"
 
 
 def parse(

@@ -4,10 +4,12 @@ prefix converge on the same set (the times are measured and printed)."""
 
 from __future__ import annotations
 
+import http.server
 import os
 import shutil
 import socket
 import subprocess
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -183,6 +185,44 @@ def test_a_bad_value_keeps_the_last_set(etcd):
     unreachable = EtcdDiscovery([f"http://127.0.0.1:{free_port()}"], PREFIX, 1)
     with pytest.raises(EtcdError, match=r"127\.0\.0\.1"):
         anyio.run(discover, unreachable)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [b"[]", b'{"kvs": [{"value": "MTI3LjAuMC4xOjE="}]}', b'{"kvs": [{"key": "not base64!"}]}'],
+)
+def test_an_answer_that_is_not_etcds_is_a_discovery_error(answer):
+    """An endpoint that answers 200 with JSON lbx cannot read (a proxy, another service on the
+    port) fails the update with ``EtcdError`` saying so, which lbx shows as it is."""
+
+    class Answer(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+        def log_message(self, *args: object) -> None: ...
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Answer)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    source = EtcdDiscovery([f"http://127.0.0.1:{server.server_address[1]}"], PREFIX, 5)
+
+    async def discover() -> None:
+        try:
+            await source.discover()
+        finally:
+            await source.close()
+
+    try:
+        with pytest.raises(EtcdError, match="a range answer lbx cannot read"):
+            anyio.run(discover)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
 
 
 def test_values_and_prefix_ends():

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -222,8 +223,8 @@ def test_backends_added_at_run_time_are_counted(lbx, backends, tmp_path, threads
 
 def test_a_failing_discovery_source_shows_in_the_table(lbx, backends, tmp_path):
     """The service's heading names its listen address, selection and source, and while the
-    source fails, its reason (as the log says it: the file and line, no exception type); the
-    backends it keeps are listed under it."""
+    source fails, its reason as the log says it (the file and line, no exception type; rich
+    makes no emoji of ``:100:``); the backends it keeps are listed under it."""
     one = backends.start("one")
     sock = tmp_path / "status.sock"
     listed = tmp_path / "backends.yaml"
@@ -236,21 +237,47 @@ def test_a_failing_discovery_source_shows_in_the_table(lbx, backends, tmp_path):
         f"    discovery: {{source: file, path: {listed}, update_frequency: 0.1}}\n"
     )
     proc = lbx("-c", str(conf))
-    endpoint = Endpoint(f"unix:{sock}")
     healthy = lbx_cli("status", "--socket", str(sock), columns=100)
+    assert healthy.returncode == 0, healthy.stderr
     assert f"web: listen {proc.address}; roundrobin; file discovery; 0 requests, 0 failures" in (
         healthy.stdout
     )
-    listed.write_text(f"- {one.address}\nbad: [\n")
-    deadline = time.monotonic() + TIMEOUT
-    while not endpoint.status()["services"][0]["discovery"]["last_error"]:
-        assert time.monotonic() < deadline, "the bad file was not noticed"
-        time.sleep(0.05)
+    mark = len(proc.lines)
+    replacement = tmp_path / "backends.new"  # replaced at once: a poll never reads half a file
+    replacement.write_text(f"- {one.address}\n" + "# \n" * 98 + "- adress: 10.0.0.1:80\n")
+    os.replace(replacement, listed)
+    said = f"file discovery failed, keeping the last 1 backend: {listed}:100: unknown key 'adress'"
+    proc.wait_for(re.escape(said), TIMEOUT, start=mark)
     table = lbx_cli("status", "--socket", str(sock), columns=400)
+    assert table.returncode == 0, table.stderr
     heading = next(line for line in table.stdout.splitlines() if line.startswith("web:"))
-    assert f"file discovery failed, keeping the last set: {listed}:2: invalid YAML" in heading
+    assert f"file discovery failed, keeping the last set: {listed}:100: unknown key" in heading
     assert "BadFile" not in table.stdout and one.address in table.stdout
-    assert proc.output.count("file discovery failed, keeping the last 1 backend: ") == 1
+    assert proc.output.count("file discovery failed") == 1
+
+
+def test_a_backend_that_fails_its_check_before_joining_says_why(lbx, backends, tmp_path):
+    """With active checks a new backend is checked before it joins; one that fails joins
+    unhealthy with the check's reason, in the log and in ``lbx status``, as a backend that
+    fails at start-up does."""
+    one = backends.start("one")
+    closed = f"127.0.0.1:{free_port()}"  # nothing listens there
+    sock = tmp_path / "status.sock"
+    conf = tmp_path / "lbx.yaml"
+    conf.write_text(
+        "plugins: [roundrobin, status, healthcheck]\n"
+        f"status: {{listen: 'unix:{sock}'}}\n"
+        "services:\n  - name: web\n    listen: 127.0.0.1:0\n"
+        f"    health_check: {{type: tcp, frequency: 60}}\n    upstreams: [{one.address}]\n"
+    )
+    proc = lbx("-c", str(conf))
+    added = lbx_cli("backend", "add", "web", closed, "--socket", str(sock))
+    assert added.returncode == 0, added.stderr
+    reason = "tcp check failed: connection refused (before joining)"
+    proc.wait_for(re.escape(f"service web: {closed} joins unhealthy, {reason}"), TIMEOUT)
+    document = json.loads(lbx_cli("status", "--socket", str(sock), "--json").stdout)
+    shown = {b["addr"]: (b["healthy"], b["reason"]) for b in document["services"][0]["backends"]}
+    assert shown == {one.address: (True, ""), closed: (False, reason)}
 
 
 def test_a_tcp_endpoint_beyond_loopback_needs_a_token(lbx, backends, tmp_path):
@@ -289,7 +316,8 @@ def test_the_table_keeps_every_address_whole_in_a_narrow_terminal():
 
     from lbx_status.commands import render
 
-    backends = [f"[2001:db8::{n}]:8080" for n in range(3)] + ["unix:/run/app/backend.sock"]
+    # [fd00::1] would read as rich markup, :100: as an emoji: the table shows them as they are.
+    backends = [f"[fd00::{n}]:8080" for n in range(3)] + ["unix:/run/app/backend.sock"]
     document = {
         "pid": 1,
         "threads": 2,
@@ -305,7 +333,7 @@ def test_the_table_keeps_every_address_whole_in_a_narrow_terminal():
                     {
                         "addr": addr, "weight": 1, "enabled": True, "healthy": False,
                         "ejected": False, "requests": 41152, "failures": 2,
-                        "reason": "connect failed: Connection refused (after 3 attempts)",
+                        "reason": "http check failed: /health:100: 503 (after 3 attempts)",
                     }
                     for addr in backends
                 ],
@@ -317,3 +345,6 @@ def test_the_table_keeps_every_address_whole_in_a_narrow_terminal():
     text = console.export_text()
     assert all(len(line) <= 80 for line in text.splitlines())
     assert all(addr in text for addr in backends) and "checkout-api" in text
+    wide = Console(width=200, record=True, color_system=None)
+    wide.print(render(document, "unix:/tmp/lbx-status.sock"))
+    assert wide.export_text().count("http check failed: /health:100: 503 (after 3") == 4

@@ -67,6 +67,11 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
+def _text(encoded: str) -> str:
+    """A key or value of an etcd answer (base64; binascii.Error is a ValueError)."""
+    return base64.b64decode(encoded, validate=True).decode("utf-8", "replace")
+
+
 def prefix_end(prefix: bytes) -> bytes:
     """The end of the key range of ``prefix`` (etcd's ``--prefix``: the last byte plus one)."""
     end = bytearray(prefix)
@@ -127,13 +132,18 @@ class EtcdDiscovery:
 
     async def discover(self) -> Discovered:
         answer = await self._post("/v3/kv/range", self._range)
-        self.revision = int(answer.get("header", {}).get("revision", 0))
+        try:
+            revision = int(answer.get("header", {}).get("revision", 0))
+            entries = [
+                (_text(kv["key"]), _text(kv.get("value", ""))) for kv in answer.get("kvs", [])
+            ]
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:  # not etcd's v3 answer
+            raise EtcdError(f"a range answer lbx cannot read: {exc!r}") from None
+        self.revision = revision
         backends: list[Backend] = []
         enabled: dict[str, bool] = {}
         problems = []
-        for kv in answer.get("kvs", []):
-            key = base64.b64decode(kv["key"]).decode("utf-8", "replace")
-            value = base64.b64decode(kv.get("value", "")).decode("utf-8", "replace")
+        for key, value in entries:
             try:
                 address, weight, on = parse_value(value)
                 parsed = Backend.parse(address, weight)

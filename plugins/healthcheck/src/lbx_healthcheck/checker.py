@@ -89,20 +89,21 @@ class ServiceChecker:
         except Exception as exc:  # a bug in a check (or a validator) must not stop checking
             return f"{self.settings.type} check error: {exc!r}"
 
-    async def precheck(self, backends: Sequence[Backend]) -> dict[str, bool]:
+    async def precheck(self, backends: Sequence[Backend]) -> dict[str, str]:
         """Check backends about to join (discovery, ``lbx backend add``) before they do: the
         update waits for this, so they never take traffic before a check passed, and the
-        backends they replace keep serving until then. Returns the verdicts by address."""
-        verdicts: dict[str, bool] = {}
+        backends they replace keep serving until then. Returns the verdicts by address: ``""``
+        when healthy, else the reason ``lbx status`` shows."""
+        verdicts: dict[str, str] = {}
 
         async def one(backend: Backend) -> None:
             async with self.limiter:
                 reason = await self._verdict(backend)
-            verdicts[backend.addr] = reason is None
             self._checked.add(backend)
             self.health.observe_check(
                 backend, reason is None, reason or "", initial=True, when="before joining"
             )
+            verdicts[backend.addr] = self.health.state(backend).active_reason
 
         async with anyio.create_task_group() as tasks:
             for backend in backends:

@@ -108,76 +108,96 @@ def resolve(socket_path: str | None, conf: str | None, token: str | None = None)
     return Endpoint(default_listen(data.get("pid_file", "/tmp/lbx.pid")), token)
 
 
-def _state(backend: dict[str, Any]) -> str:
+def _state(backend: dict[str, Any]) -> tuple[str, str]:
+    """A backend's state and its colour."""
     if not backend["enabled"]:
-        return "[yellow]disabled[/yellow]"
+        return "disabled", "yellow"
     if not backend["healthy"]:
-        return "[red]unhealthy[/red]"
+        return "unhealthy", "red"
     if backend["ejected"]:
-        return "[red]ejected[/red]"
-    return "[green]up[/green]"
+        return "ejected", "red"
+    return "up", "green"
 
 
-def _service_line(service: dict[str, Any]) -> str:
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def _heading(service: dict[str, Any]) -> Any:
     """A service's heading: its name, where it listens, how it selects, where its backends come
     from (in red while that source fails, with its reason) and its counters."""
-    from rich.markup import escape
+    from rich.text import Text
 
     listen = [*service["listen"], *(f"{a} (TLS)" for a in service.get("tls_listen", []))]
-    parts = [f"listen {', '.join(listen)}", service["selection"] or "backends chosen by plugins"]
-    parts = [escape(part) for part in parts]
+    heading = Text.assemble(
+        (service["name"], "bold"),
+        f": listen {', '.join(listen)}; ",
+        service["selection"] or "backends chosen by plugins",
+    )
     discovery = service.get("discovery")
     if discovery is not None and discovery["source"] != "static":
         if discovery["last_error"]:
             failed = f"{discovery['source']} discovery failed, keeping the last set: "
-            parts.append(f"[red]{escape(failed + discovery['last_error'])}[/red]")
+            heading.append_text(Text.assemble("; ", (failed + discovery["last_error"], "red")))
         else:
-            parts.append(f"{discovery['source']} discovery")
-    requests, failures = service["requests"], service["failures"]
-    parts.append(
-        f"{requests} request{'s' if requests != 1 else ''}, "
-        f"{failures} failure{'s' if failures != 1 else ''}"
+            heading.append(f"; {discovery['source']} discovery")
+    heading.append(
+        f"; {_plural(service['requests'], 'request')}, {_plural(service['failures'], 'failure')}"
     )
-    return f"[bold]{escape(service['name'])}[/bold]: " + "; ".join(parts)
+    return heading
 
 
 def render(document: dict[str, Any], address: str) -> Any:
-    """The status: a heading per service and a table of its backends. In a narrow terminal the
+    """The status: a heading per service over a table of its backends. In a narrow terminal the
     other columns give way, never a backend address (which backend is which is what the table
-    is for); a heading wraps."""
+    is for); a heading wraps. Everything is plain text to rich: an address, a reason or an
+    error is never read as markup or emoji (``backends.yaml:100:`` stays as it is)."""
+    from rich import box
     from rich.console import Group
-    from rich.markup import escape
     from rich.table import Column, Table
     from rich.text import Text
 
+    services = document["services"]
+    addresses = max(
+        (len(backend["addr"]) for service in services for backend in service["backends"]),
+        default=0,
+    )
     threads = document["threads"]
     parts: list[Any] = [
         Text(
-            f"lbx pid {document['pid']} ({threads} worker{'s' if threads != 1 else ''}), "
-            f"{document['open_connections']} open connections, at {time.strftime('%H:%M:%S')}, "
-            f"from {address}"
+            f"lbx pid {document['pid']} ({_plural(threads, 'worker')}), "
+            f"{_plural(document['open_connections'], 'open connection')}, "
+            f"at {time.strftime('%H:%M:%S')}, from {address}"
         )
     ]
-    for service in document["services"]:
-        addresses = max((len(backend["addr"]) for backend in service["backends"]), default=0)
+    for service in services:
+        parts += ["", _heading(service)]
+        if not service["backends"]:
+            parts.append(Text("  no backends"))
+            continue
         table = Table(
             Column("backend", min_width=max(addresses, len("backend")), no_wrap=True),
             "weight",
-            "state",
+            Column("state", min_width=len("unhealthy"), no_wrap=True),
             "requests",
             "failures",
             Column("reason", overflow="fold"),
+            box=box.SIMPLE_HEAD,  # a few lines per service: --watch keeps more of them in view
+            show_edge=False,
+            pad_edge=False,
+            collapse_padding=True,
         )
         for backend in service["backends"]:
+            state, colour = _state(backend)
             table.add_row(
-                escape(backend["addr"]),  # an IPv6 address in brackets would read as markup
-                str(backend["weight"]),
-                _state(backend),
-                str(backend["requests"]),
-                str(backend["failures"]),
-                escape(backend["reason"] or ""),
+                Text(backend["addr"]),
+                Text(str(backend["weight"])),
+                Text(state, colour),
+                Text(str(backend["requests"])),
+                Text(str(backend["failures"])),
+                Text(backend["reason"] or ""),
             )
-        parts += ["", _service_line(service), table]
+        parts.append(table)
     return Group(*parts)
 
 
