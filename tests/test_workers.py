@@ -5,9 +5,12 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
+
+import pytest
 
 from lbx.testing import ClientLoad, http_get
 
@@ -80,6 +83,42 @@ def test_sigterm_drains_every_worker(lbx, backends, tmp_path):
     for thread in threads:
         thread.join(30)
     assert results == [200] * 6
+    assert proc.wait() == 0
+
+
+def wait_for_each(proc, pattern: str, count: int, start: int) -> None:
+    """Until ``count`` log lines after ``start`` matched ``pattern`` (one per process)."""
+    for _ in range(count):
+        proc.wait_for(pattern, start=start)
+        start = next(i for i in range(start, len(proc.lines)) if re.search(pattern, proc.lines[i]))
+        start += 1
+
+
+def test_after_a_reload_a_graceful_stop_refuses_new_connections(lbx, backends, tmp_path):
+    """A reload forks new workers while the supervisor still holds the old listeners: they must
+    not keep copies of them. SIGTERM then closes the address at once, as before any reload,
+    while a slow request in flight gets its answer (nginx: refused, not queued unanswered)."""
+    a = backends.start("a")
+    proc = lbx("-c", str(write_conf(tmp_path, a.address, threads=2)))
+    mark = len(proc.lines)
+    proc.send_signal(signal.SIGHUP)
+    proc.wait_for(r"configuration reloaded from", start=mark)
+    wait_for_each(proc, r"of the previous configuration exited", 2, mark)  # they drained
+    results: list[int] = []
+    slow = threading.Thread(target=lambda: results.append(get(proc.address, "/sleep/3")[0]))
+    slow.start()
+    deadline = time.monotonic() + 10
+    while a.sleeping < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    mark = len(proc.lines)
+    proc.send_signal(signal.SIGTERM)
+    wait_for_each(proc, r"stopped accepting", 2, mark)  # each worker of the new configuration
+    host, port = proc.address.rsplit(":", 1)
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection((host, int(port)), timeout=5).close()
+    slow.join(30)
+    assert results == [200]
     assert proc.wait() == 0
 
 

@@ -592,10 +592,12 @@ class Server:
         await asyncio.sleep(0)
         await self.pm.ahook.server_stopping(server=self, graceful=True)
         self.connections.begin_shutdown()
+        open_count = len(self.connections.open)
         log.info(
-            "stopped accepting; waiting up to %gs for %d open connections",
+            "stopped accepting; waiting up to %gs for %d open connection%s",
             config.grace_period_seconds,
-            len(self.connections.open),
+            open_count,
+            "" if open_count == 1 else "s",
         )
         with anyio.move_on_after(config.grace_period_seconds):
             await self.connections.wait_closed()

@@ -18,6 +18,7 @@ import logging
 import os
 import select
 import signal
+import socket
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -68,6 +69,10 @@ class Supervisor:
         self.stopping = False
         self.supervisor_pid = os.getpid()
         self.generation = 0
+        self.previous_listeners: list[socket.socket] = []
+        """During a reload, the running generation's listeners: a child of the new one closes
+        its copies at once, or a drained worker would keep the address accepting into a
+        backlog nobody reads (the kernel closes a listener with its last descriptor)."""
 
     # -- start-up ------------------------------------------------------------------------------
     def run(self) -> int:
@@ -120,6 +125,8 @@ class Supervisor:
         _die_with(self.supervisor_pid)
         server = self.server
         server.forget_unix_paths()  # the supervisor removes socket files, not its children
+        for sock in self.previous_listeners:
+            sock.close()
 
         reported = False
 
@@ -228,6 +235,7 @@ class Supervisor:
             self._end(child)
         self.generation += 1
         self.server = new
+        self.previous_listeners = list(old.listeners.values())
         try:
             if new.has_background_services:
                 self._start(-1)
@@ -239,11 +247,13 @@ class Supervisor:
                 self._end(child, signal.SIGKILL)
             self.generation -= 1
             self.server = old
+            self.previous_listeners = []
             new.close_listeners()
             if any(c.index < 0 for c in previous):
                 self._start(-1)
             notify.ready(main_pid=False)
             return
+        self.previous_listeners = []
         for child in previous:
             if child.index >= 0:
                 with contextlib.suppress(ProcessLookupError):
