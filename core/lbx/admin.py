@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hmac
 import ipaddress
 import logging
@@ -46,6 +47,8 @@ Handler = Callable[[str, str, bytes], Awaitable[tuple[int, str, bytes]]]
 MAX_HEAD = 16 * 1024
 MAX_BODY = 64 * 1024
 TIMEOUT = 10.0
+TAKEOVER_POLL_SECONDS = 0.2
+"""How often the new process of an upgrade tries an address the previous one still holds."""
 REASONS = {
     200: "OK",
     400: "Bad Request",
@@ -137,8 +140,23 @@ async def start(
         else:
             server = await asyncio.start_server(connected, target[0], target[1], reuse_address=True)
     except OSError as exc:
-        raise ConfigError(f"{what}: cannot listen on {address}: {exc.strerror or exc}") from None
+        error = AddressInUse if exc.errno == errno.EADDRINUSE else ConfigError
+        raise error(f"{what}: cannot listen on {address}: {exc.strerror or exc}") from None
     return server
+
+
+class AddressInUse(ConfigError):
+    """Another process listens on an admin endpoint's address."""
+
+
+async def _when_free(
+    address: str, handler: Handler, what: str, token: str | None
+) -> asyncio.Server:
+    """``start`` once the process that holds ``address`` let it go."""
+    while True:
+        await anyio.sleep(TAKEOVER_POLL_SECONDS)
+        with contextlib.suppress(AddressInUse):
+            return await start(address, handler, what, token)
 
 
 def _remove_stale(path: str) -> None:
@@ -156,15 +174,24 @@ def _remove_stale(path: str) -> None:
 
 
 async def serve_forever(server: asyncio.Server, address: str) -> None:
-    """Serve until cancelled, then close (and remove the Unix socket file)."""
+    """Serve until cancelled, then close (and remove the Unix socket file, unless another
+    process bound a new one there meanwhile: the next lbx of an upgrade)."""
+    target = parse_address(address)
+    ours = _inode(target) if isinstance(target, str) else None
     try:
         await asyncio.Event().wait()
     finally:
         server.close()
-        target = parse_address(address)
-        if isinstance(target, str):
+        if isinstance(target, str) and ours is not None and _inode(target) == ours:
             with contextlib.suppress(OSError):
                 os.unlink(target)
+
+
+def _inode(path: str) -> int | None:
+    try:
+        return os.stat(path).st_ino
+    except OSError:
+        return None
 
 
 class Endpoint:
@@ -179,8 +206,13 @@ class Endpoint:
         handler: Handler,
         announce: str = "endpoint on {address}",
         token: str | None = None,
+        takeover: bool = False,
     ) -> None:
         self.token = token
+        self.takeover = takeover
+        """The new process of an upgrade (``config.upgrade``): an address the previous lbx
+        still listens on is taken once it lets go (it does once it handed its listeners over),
+        instead of stopping the start."""
         """When set, requests without ``Authorization: Bearer <token>`` are answered 401."""
         self.name = name
         """The plugin's config section: errors name ``<name>.listen``."""
@@ -192,7 +224,20 @@ class Endpoint:
     async def serve(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        server = await start(self.address, self.handler, f"{self.name}.listen", self.token)
+        what = f"{self.name}.listen"
+        try:
+            server = await start(self.address, self.handler, what, self.token)
+        except AddressInUse:
+            if not self.takeover:
+                raise
+            logging.getLogger(f"lbx.{self.name}").info(
+                "%s: %s is the previous lbx's until it hands over; listening there then",
+                self.name,
+                self.address,
+            )
+            task_status.started()  # the upgrade must not wait: the old process lets go after it
+            task_status = anyio.TASK_STATUS_IGNORED
+            server = await _when_free(self.address, self.handler, what, self.token)
         bound = describe(server, self.address)
         logging.getLogger(f"lbx.{self.name}").info(
             "%s: %s", self.name, self.announce.format(address=bound)

@@ -401,6 +401,9 @@ class Server:
             self._busy_with = ""  # the new process did not take over: keep serving
             return
         if handed_over:
+            # The new process runs its own: its admin endpoints wait for these addresses.
+            if self.background_group is not None:
+                await self.background_group.stop()
             await anyio.sleep(UPGRADE_OVERLAP_SECONDS)
         self._busy_with = "draining"
         self.announce_stopping()

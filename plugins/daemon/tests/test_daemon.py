@@ -191,7 +191,7 @@ def test_daemon_start_failure_is_reported(tmp_path, backend):
             assert result.returncode == 1
             assert result.stderr.startswith(
                 "lbx: error: the daemon did not start (it exited during start-up, exit code 1): "
-                f"lbx: error: cannot listen on 127.0.0.1:{port}: Address already in use"
+                f"cannot listen on 127.0.0.1:{port}: Address already in use"
             ), result.stderr
             assert len(result.stderr.splitlines()) == 1
     assert not (tmp_path / "lbx.pid").exists()
@@ -207,7 +207,7 @@ def test_pid_file_that_cannot_be_written_fails_the_start(tmp_path, backend):
     assert result.returncode == 1
     assert result.stderr == (
         "lbx: error: the daemon did not start (it exited during start-up, exit code 1): "
-        f"lbx: error: cannot write pid_file {missing / 'lbx.pid'}: {missing} does not exist\n"
+        f"cannot write pid_file {missing / 'lbx.pid'}: {missing} does not exist\n"
     )
 
 

@@ -4,12 +4,23 @@ from __future__ import annotations
 
 import http.client
 import os
+import re
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
 
-from lbx.testing import ClientLoad, LbxProcess
+import pytest
+
+from lbx.testing import ClientLoad, LbxProcess, http_get
+from lbx_status.commands import Endpoint
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def write_conf(tmp_path: Path, upstream: str, listen: str = "127.0.0.1:0") -> Path:
@@ -77,6 +88,46 @@ def test_upgrade_under_load_drops_nothing(tmp_path, backends):
         if new is not None:
             assert new.stop() == 0
             new.close()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_admin_endpoints_move_to_the_new_process(tmp_path, backends, threads):
+    """The metrics port and the status socket, which the old process holds while the new one
+    starts, do not fail the upgrade: the new process takes them once the old one handed its
+    listeners over, and answers there (its pid in /status, its own metrics)."""
+    backend = backends.start("a")
+    metrics = f"127.0.0.1:{free_port()}"
+    status = tmp_path / "status.sock"
+    conf = tmp_path / "conf.yaml"
+    conf.write_text(
+        f"threads: {threads}\nupgrade_sock: {tmp_path / 'upgrade.sock'}\n"
+        "plugins: [roundrobin, prometheus, status]\n"
+        f"prometheus: {{listen: '{metrics}'}}\nstatus: {{listen: 'unix:{status}'}}\n"
+        f"services:\n  - listen: ['127.0.0.1:0']\n    upstreams: ['{backend.address}']\n"
+    )
+    old = LbxProcess("-c", str(conf)).start()
+    new = None
+    try:
+        assert Endpoint(f"unix:{status}").status()["pid"] == old.pid
+        new = LbxProcess("-c", str(conf), "-u").start_async()
+        new.wait_for("-u: waiting up to")
+        old.send_signal(signal.SIGQUIT)
+        new.wait_for("lbx ready", timeout=30)
+        new.wait_for(r"prometheus: metrics on http://", timeout=30)
+        new.wait_for(r"status: admin endpoint on", timeout=30)
+        assert old.wait(timeout=30) == 0
+        assert Endpoint(f"unix:{status}").status()["pid"] == new.pid
+        assert http_get(new.address).status == 200
+        scraped = http_get(metrics, "/metrics").body.decode()
+        served = re.search(r'lbx_requests_total\{[^}]*"2xx"[^}]*\} (\S+)', scraped)
+        assert served is not None and float(served.group(1)) == 1, scraped  # the new one's
+        assert status.exists()  # the old process did not remove the new one's socket file
+    finally:
+        old.close()
+        if new is not None:
+            assert new.stop() == 0
+            new.close()
+    assert not status.exists()
 
 
 def test_kill_and_restart_does_drop_requests(tmp_path, backends):

@@ -34,6 +34,8 @@ EXIT_WAIT_SECONDS = 5.0
 """How long the waiting command gives a daemon that closed its end of the pipe to exit."""
 
 _READY = b"ready\n"
+_ERROR = "lbx: error: "
+"""How lbx prints a failure, in the log of a daemon too."""
 
 log = logging.getLogger("lbx.daemon")
 
@@ -158,7 +160,9 @@ def _wait_for_daemon(read_fd: int, pid: int, log_path: str, offset: int, tempora
     if temporary:
         with contextlib.suppress(OSError):
             os.unlink(log_path)
-    detail = f": {lines[-1]}" if lines else ""
+    # The log may be shared with a running lbx (an upgrade): the daemon's own lines say why.
+    own = [line for line in lines if line.startswith(_ERROR) or f"[{pid}]" in line]
+    detail = f": {(own or lines)[-1].removeprefix(_ERROR)}" if lines else ""
     sys.stderr.write(f"lbx: error: the daemon did not start ({reason}){detail}\n")
     sys.stderr.flush()
     os._exit(1)

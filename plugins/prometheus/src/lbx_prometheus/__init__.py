@@ -97,7 +97,11 @@ class Metrics:
     def register_background_services(self, server: Server, register: Callable[..., None]) -> None:
         self.recorder.server = server
         endpoint = Endpoint(
-            SECTION, self.listen, self.handle, "metrics on http://{address}" + self.path
+            SECTION,
+            self.listen,
+            self.handle,
+            "metrics on http://{address}" + self.path,
+            takeover=server.config.upgrade,
         )
         register("prometheus", endpoint.serve, ready=True)
 

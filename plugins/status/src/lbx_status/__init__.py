@@ -113,7 +113,12 @@ class Status:
     def register_background_services(self, server: Server, register: Callable[..., None]) -> None:
         self.server = server
         endpoint = Endpoint(
-            SECTION, self.listen, self.handle, "admin endpoint on {address}", self.token
+            SECTION,
+            self.listen,
+            self.handle,
+            "admin endpoint on {address}",
+            self.token,
+            takeover=server.config.upgrade,
         )
         register("status", endpoint.serve, ready=True)
 
