@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +76,28 @@ def test_unknown_field_is_a_config_error(lbx: Any, backends: BackendThread, tmp_
     proc.start_async()
     assert proc.wait() == 2
     assert "unknown field 'upstrem'" in proc.output
+
+
+def test_lbx_t_finds_a_path_that_cannot_be_opened(tmp_path: Path) -> None:
+    """``-t`` says what a start would (as ``nginx -t`` opens its logs), without creating the
+    file: a directory that does not exist is one line, exit 2; a good path is valid."""
+    conf = tmp_path / "lbx.yaml"
+
+    def check(path: Path) -> subprocess.CompletedProcess[str]:
+        conf.write_text(f"plugins: [roundrobin, accesslog]\naccesslog: {{path: '{path}'}}\n")
+        command = ["serve", "-t", "-c", str(conf), "--upstream", "127.0.0.1:1"]
+        return subprocess.run(
+            [sys.executable, "-m", "lbx", *command], capture_output=True, text=True, timeout=30
+        )
+
+    missing = tmp_path / "missing" / "access.log"
+    refused = check(missing)
+    assert (refused.returncode, refused.stderr) == (
+        2,
+        f"lbx: error: accesslog.path: cannot open '{missing}': No such file or directory\n",
+    )
+    valid = check(tmp_path / "access.log")
+    assert valid.returncode == 0 and not (tmp_path / "access.log").exists(), valid.stderr
 
 
 REFUSED = [

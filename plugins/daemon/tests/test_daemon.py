@@ -211,6 +211,25 @@ def test_pid_file_that_cannot_be_written_fails_the_start(tmp_path, backend):
     )
 
 
+def test_missing_log_and_pid_directories_are_found_by_t_and_by_the_start(tmp_path, backend):
+    """``-t -d`` checks the directories of ``error_log`` and ``pid_file``, as a start would
+    need them; a start with a missing ``error_log`` directory fails with the same one line
+    (it was a traceback's last line from the forked daemon, then a second line)."""
+    conf = write_conf(tmp_path, "127.0.0.1:0", backend.address)
+    good = conf.read_text()
+    for key, name in (("error_log", "error.log"), ("pid_file", "lbx.pid")):
+        missing = tmp_path / "missing" / name
+        conf.write_text(good.replace(f"{key}: {tmp_path / name}", f"{key}: {missing}"))
+        expected = f"lbx: error: cannot write {key} {missing}: {missing.parent} does not exist\n"
+        tested = serve("-c", str(conf), "-d", "-t")
+        assert (tested.returncode, tested.stderr) == (1, expected)
+        if key == "error_log":
+            started = serve("-c", str(conf), "-d")
+            assert (started.returncode, started.stderr) == (1, expected)
+    conf.write_text(good)
+    assert serve("-c", str(conf), "-d", "-t").returncode == 0
+
+
 def test_failed_start_leaves_the_running_daemon_and_its_pid_file(tmp_path, backend):
     """A second `-d` that cannot bind (address in use) does not touch the running daemon's pid
     file: `kill -QUIT $(cat pid_file)` still reaches the daemon that serves."""

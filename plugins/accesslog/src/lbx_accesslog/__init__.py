@@ -84,6 +84,17 @@ class AccessLog:
         self._inode: tuple[int, int] | None = None
 
     # -- the file ------------------------------------------------------------------------------
+    def check(self) -> None:
+        """Whether ``open`` would work, without creating the file (``lbx serve -t``)."""
+        if self.path is None:
+            return
+        target = self.path if os.path.exists(self.path) else os.path.dirname(self.path) or "."
+        if not os.access(target, os.W_OK):
+            reason = (
+                "No such file or directory" if not os.path.exists(target) else "Permission denied"
+            )
+            raise ConfigError(f"accesslog.path: cannot open {self.path!r}: {reason}")
+
     def open(self) -> None:
         """Open (or create) the file now, so a wrong path is a start-up error."""
         if self.path is None:
@@ -186,6 +197,7 @@ def configure(config: Config, plugin_manager: PluginManager) -> None:
         values["flush_interval"],
     )
     if config.test:
+        log.check()  # as nginx -t opens its logs: a start would fail on this
         return
     log.open()  # before the workers fork: each inherits the descriptor
     atexit.register(log.close)

@@ -42,8 +42,13 @@ log = logging.getLogger("lbx.daemon")
 
 @hookimpl
 def configure(config: Config, plugin_manager: PluginManager) -> None:
-    """With ``-d`` (``daemon: true``), take part: the ``Daemon`` holds the state of this run."""
+    """With ``-d`` (``daemon: true``), take part: the ``Daemon`` holds the state of this run.
+    ``-t`` checks the directories of ``error_log`` and ``pid_file`` (as ``nginx -t`` opens its
+    logs): a start would fail on them."""
     if config.daemon:
+        if config.test:
+            _check_error_log_directory(config)
+            _check_directory("pid_file", config.pid_file)
         plugin_manager.register(Daemon(config), "daemon.process")
 
 
@@ -61,6 +66,7 @@ class Daemon:
     @hookimpl
     def daemonize(self, config: Config) -> bool:
         """Fork; the parent waits until the daemon serves and exits, the daemon carries on."""
+        _check_error_log_directory(config)
         if config.error_log:
             log_path = os.path.abspath(config.error_log)
             temporary = False
@@ -221,12 +227,23 @@ def _drop_privileges(config: Config) -> None:
         os.setuid(user.pw_uid)
 
 
+def _check_directory(key: str, path: str) -> str:
+    """The directory of a file lbx writes, which must exist: one line naming the key if not."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise StartupError(f"cannot write {key} {path}: {directory} does not exist")
+    return directory
+
+
+def _check_error_log_directory(config: Config) -> None:
+    if config.error_log:
+        _check_directory("error_log", config.error_log)
+
+
 def _check_pid_file_directory(config: Config) -> None:
     """The pid file is written once the daemon serves, as the user it runs as: find out now,
     while failing is still only a failed start, whether that will work."""
-    directory = os.path.dirname(os.path.abspath(config.pid_file))
-    if not os.path.isdir(directory):
-        raise StartupError(f"cannot write pid_file {config.pid_file}: {directory} does not exist")
+    directory = _check_directory("pid_file", config.pid_file)
     if not os.access(directory, os.W_OK | os.X_OK):
         who = f" by user {config.user}" if config.user is not None else ""
         raise StartupError(
