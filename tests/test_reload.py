@@ -176,3 +176,20 @@ def test_lbx_reload_signals_the_pid_in_pid_file(lbx, backends, tmp_path):
     )  # fmt: skip
     assert missing.returncode == 1 and "cannot signal" in missing.stderr
     assert len(missing.stderr.strip().splitlines()) == 1
+    pid_file.write_text("junk\n")
+    junk = subprocess.run(
+        [sys.executable, "-m", "lbx", "reload", "--pid-file", str(pid_file)],
+        capture_output=True, text=True, timeout=TIMEOUT,
+    )  # fmt: skip
+    assert (junk.returncode, junk.stderr) == (
+        1,
+        f"lbx: error: cannot signal the lbx of {pid_file}: it holds 'junk', not a pid\n",
+    )
+    directory = subprocess.run(
+        [sys.executable, "-m", "lbx", "serve", "-c", str(tmp_path)],
+        capture_output=True, text=True, timeout=TIMEOUT,
+    )  # fmt: skip
+    assert (directory.returncode, directory.stderr) == (
+        2,
+        f"lbx: error: {tmp_path}: cannot read config: Is a directory\n",
+    )

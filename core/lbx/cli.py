@@ -66,7 +66,7 @@ def cli() -> None:
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-@click.option("-c", "--conf", type=click.Path(dir_okay=False), help="YAML config file.")
+@click.option("-c", "--conf", metavar="FILE", help="YAML config file.")
 @click.option(
     "-d", "--daemon", is_flag=True, help="Run in the background (needs the daemon plugin)."
 )
@@ -209,9 +209,7 @@ def _fail_unexpected(exc: BaseException, pm: LbxPluginManager | None) -> NoRetur
 
 
 @cli.command()
-@click.option(
-    "-c", "--conf", type=click.Path(dir_okay=False), help="The running lbx's config file."
-)
+@click.option("-c", "--conf", metavar="FILE", help="The running lbx's config file.")
 @click.option("--pid-file", metavar="PATH", help="Where the running lbx wrote its pid (pid_file).")
 def reload(conf: str | None, pid_file: str | None) -> None:
     """Reload a running lbx: SIGHUP to the pid in its pid_file; it re-reads its config file."""
@@ -229,10 +227,13 @@ def reload(conf: str | None, pid_file: str | None) -> None:
             pid_file = str(document.data.get("pid_file") or pid_file)
     try:
         with open(pid_file) as file:
-            pid = int(file.read().strip())
+            text = file.read().strip()
+        if not text.isdigit():
+            _fail(f"cannot signal the lbx of {pid_file}: it holds {text[:40]!r}, not a pid", 1)
+        pid = int(text)
         os.kill(pid, signal.SIGHUP)
-    except (OSError, ValueError) as exc:
-        _fail(f"cannot signal the lbx of {pid_file}: {getattr(exc, 'strerror', None) or exc}", 1)
+    except OSError as exc:
+        _fail(f"cannot signal the lbx of {pid_file}: {exc.strerror or exc}", 1)
     click.echo(f"lbx: reload requested (SIGHUP to pid {pid}); its log says what it applied")
 
 

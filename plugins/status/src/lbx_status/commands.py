@@ -216,7 +216,7 @@ _ENDPOINT_OPTIONS = [
     click.option(
         "-c",
         "--conf",
-        type=click.Path(dir_okay=False),
+        metavar="FILE",
         help="The config file of the running lbx (finds status.listen).",
     ),
 ]
