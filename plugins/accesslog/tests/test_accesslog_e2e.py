@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +100,28 @@ def test_lbx_t_finds_a_path_that_cannot_be_opened(tmp_path: Path) -> None:
     )
     valid = check(tmp_path / "access.log")
     assert valid.returncode == 0 and not (tmp_path / "access.log").exists(), valid.stderr
+
+
+def test_a_client_gone_before_its_response_is_499(
+    lbx: Any, backends: BackendThread, tmp_path: Path
+) -> None:
+    """A client that closes while its request waits on the upstream: the combined line says
+    499, as nginx's does (json: a null status and the downstream error)."""
+    backend = backends.start("one")
+    log_path = tmp_path / "access.log"
+    conf = tmp_path / "lbx.yaml"
+    conf.write_text(f"plugins: [roundrobin, accesslog]\naccesslog: {{path: '{log_path}'}}\n")
+    proc = lbx("-c", str(conf), "--listen", "127.0.0.1:0", "--upstream", backend.address)
+    host, port = proc.address.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=TIMEOUT) as client:
+        client.sendall(b"GET /sleep/1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        deadline = time.monotonic() + TIMEOUT
+        while backend.sleeping < 1:  # the request waits on the backend
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    assert proc.stop() == 0
+    [line] = log_path.read_text().splitlines()
+    assert '"GET /sleep/1 HTTP/1.1" 499 0 ' in line, line
 
 
 REFUSED = [

@@ -95,9 +95,10 @@ def test_combined_escapes_every_quoted_field() -> None:
 
 
 def test_combined_without_referer_or_user_agent() -> None:
-    """Missing (or empty) Referer and User-Agent are "-"; no status is 0, like nginx's."""
+    """Missing (or empty) Referer and User-Agent are "-"; no status sent (the client went away
+    first) is nginx's 499."""
     line = CombinedFormat([])(session(headers=[(b"Referer", b"")], status=None), None)
-    assert combined_tail(line) == '"GET /index.html HTTP/1.1" 0 612 "-" "-"'
+    assert combined_tail(line) == '"GET /index.html HTTP/1.1" 499 612 "-" "-"'
 
 
 @pytest.mark.parametrize(

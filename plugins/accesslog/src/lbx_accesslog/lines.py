@@ -88,6 +88,11 @@ def escape(text: str) -> str:
     return text.translate(_ESCAPES)
 
 
+CLIENT_CLOSED = 499
+"""The combined status of a request that got no response: its client went away first (nginx's
+499; json says ``null``)."""
+
+
 def request_line(method: str, uri: str, version: str) -> str:
     """The request line as read: ``GET /x HTTP/1.1``; for a request refused before its line was
     read whole, what was read (``GET /x``), or ``-`` for nothing (nginx's ``$request``)."""
@@ -182,7 +187,7 @@ class CombinedFormat:
         line = (
             f"{session.client_ip} - - [{stamp}] "
             f'"{escape(request_line(head.method, head.uri, head.version))}" '
-            f"{session.response_status or 0} {session.body_bytes_sent} "
+            f"{session.response_status or CLIENT_CLOSED} {session.body_bytes_sent} "
             f'"{escape(referer.decode("latin-1")) if referer else "-"}" '
             f'"{escape(agent.decode("latin-1")) if agent else "-"}"'
         )
