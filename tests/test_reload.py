@@ -154,6 +154,38 @@ def test_a_broken_file_is_refused_and_traffic_goes_on(lbx, backends, tmp_path):
     assert load.errors == [] and load.ok > 0, "\n".join([*load.errors, proc.output[-6000:]])
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_refused_reload_leaves_the_unix_socket_file_in_place(lbx, backends, tmp_path, threads):
+    """A reload that cannot bind a new address changes nothing, including the Unix socket file
+    of an address that stays: the running configuration still serves there (the refused one
+    used to remove it on the way out)."""
+    a = backends.start("a")
+    unix = tmp_path / "lbx.sock"
+    conf = tmp_path / "lbx.yaml"
+
+    def write(*listen: str) -> None:
+        conf.write_text(
+            f"threads: {threads}\nplugins: [roundrobin]\nservices:\n"
+            f"  - listen: {[f'unix:{unix}', *listen]}\n    upstreams: ['{a.address}']\n"
+        )
+
+    write("127.0.0.1:0")
+    proc = lbx("-c", str(conf))
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        write("127.0.0.1:0", f"127.0.0.1:{busy.getsockname()[1]}")
+        mark = len(proc.lines)
+        proc.send_signal(signal.SIGHUP)
+        proc.wait_for(r"reload (refused|failed), the running configuration stays", TIMEOUT, mark)
+    assert unix.exists()
+    with socket.socket(socket.AF_UNIX) as client:
+        client.settimeout(TIMEOUT)
+        client.connect(str(unix))
+        client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert client.recv(65536).startswith(b"HTTP/1.1 200 ")
+
+
 def test_lbx_reload_signals_the_pid_in_pid_file(lbx, backends, tmp_path):
     """``lbx reload -c conf.yaml`` sends SIGHUP to the pid its pid_file names."""
     site = Site(tmp_path, backends, 1)
@@ -176,15 +208,16 @@ def test_lbx_reload_signals_the_pid_in_pid_file(lbx, backends, tmp_path):
     )  # fmt: skip
     assert missing.returncode == 1 and "cannot signal" in missing.stderr
     assert len(missing.stderr.strip().splitlines()) == 1
-    pid_file.write_text("junk\n")
-    junk = subprocess.run(
-        [sys.executable, "-m", "lbx", "reload", "--pid-file", str(pid_file)],
-        capture_output=True, text=True, timeout=TIMEOUT,
-    )  # fmt: skip
-    assert (junk.returncode, junk.stderr) == (
-        1,
-        f"lbx: error: cannot signal the lbx of {pid_file}: it holds 'junk', not a pid\n",
-    )
+    for junk in ("junk", "0", "²", "99999999999999999999999"):  # 0: this command's own group
+        pid_file.write_text(f"{junk}\n")
+        refused = subprocess.run(
+            [sys.executable, "-m", "lbx", "reload", "--pid-file", str(pid_file)],
+            capture_output=True, text=True, timeout=TIMEOUT,
+        )  # fmt: skip
+        assert (refused.returncode, refused.stderr) == (
+            1,
+            f"lbx: error: cannot signal the lbx of {pid_file}: it holds {junk!r}, not a pid\n",
+        )
     directory = subprocess.run(
         [sys.executable, "-m", "lbx", "serve", "-c", str(tmp_path)],
         capture_output=True, text=True, timeout=TIMEOUT,

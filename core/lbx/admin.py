@@ -15,8 +15,10 @@ import errno
 import hmac
 import ipaddress
 import logging
+import math
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable
 
 import anyio
@@ -49,6 +51,9 @@ MAX_BODY = 64 * 1024
 TIMEOUT = 10.0
 TAKEOVER_POLL_SECONDS = 0.2
 """How often the new process of an upgrade tries an address the previous one still holds."""
+TAKEOVER_WARN_SECONDS = 30.0
+"""After this long the address is not the previous lbx's handover (it lets go within seconds):
+said once, as a warning."""
 REASONS = {
     200: "OK",
     400: "Bad Request",
@@ -150,13 +155,19 @@ class AddressInUse(ConfigError):
 
 
 async def _when_free(
-    address: str, handler: Handler, what: str, token: str | None
+    address: str, handler: Handler, what: str, token: str | None, name: str
 ) -> asyncio.Server:
-    """``start`` once the process that holds ``address`` let it go."""
+    """``start`` once the process that holds ``address`` let it go; a warning if that takes
+    longer than an upgrade's handover should (something else holds it)."""
+    warn_at = time.monotonic() + TAKEOVER_WARN_SECONDS
     while True:
         await anyio.sleep(TAKEOVER_POLL_SECONDS)
-        with contextlib.suppress(AddressInUse):
+        try:
             return await start(address, handler, what, token)
+        except AddressInUse as exc:
+            if time.monotonic() >= warn_at:
+                logging.getLogger(f"lbx.{name}").warning("%s; still trying", exc)
+                warn_at = math.inf
 
 
 def _remove_stale(path: str) -> None:
@@ -181,10 +192,12 @@ async def serve_forever(server: asyncio.Server, address: str) -> None:
     try:
         await asyncio.Event().wait()
     finally:
-        server.close()
+        # Removed while still listening: a successor's probe of the file then finds it busy
+        # and waits, so this never removes the file it binds next.
         if isinstance(target, str) and ours is not None and _inode(target) == ours:
             with contextlib.suppress(OSError):
                 os.unlink(target)
+        server.close()
 
 
 def _inode(path: str) -> int | None:
@@ -209,11 +222,11 @@ class Endpoint:
         takeover: bool = False,
     ) -> None:
         self.token = token
-        self.takeover = takeover
-        """The new process of an upgrade (``config.upgrade``): an address the previous lbx
-        still listens on is taken once it lets go (it does once it handed its listeners over),
-        instead of stopping the start."""
         """When set, requests without ``Authorization: Bearer <token>`` are answered 401."""
+        self.takeover = takeover
+        """The new process of an upgrade (``config.upgrade``): an address in use is taken once
+        it is free (the previous lbx lets go once it handed its listeners over), instead of
+        stopping the start."""
         self.name = name
         """The plugin's config section: errors name ``<name>.listen``."""
         self.address = address
@@ -231,13 +244,13 @@ class Endpoint:
             if not self.takeover:
                 raise
             logging.getLogger(f"lbx.{self.name}").info(
-                "%s: %s is the previous lbx's until it hands over; listening there then",
+                "%s: %s is in use; listening there once the previous lbx lets go of it",
                 self.name,
                 self.address,
             )
             task_status.started()  # the upgrade must not wait: the old process lets go after it
             task_status = anyio.TASK_STATUS_IGNORED
-            server = await _when_free(self.address, self.handler, what, self.token)
+            server = await _when_free(self.address, self.handler, what, self.token, self.name)
         bound = describe(server, self.address)
         logging.getLogger(f"lbx.{self.name}").info(
             "%s: %s", self.name, self.announce.format(address=bound)

@@ -172,6 +172,10 @@ def _plugin_options(ctx: click.Context, pm: Any) -> dict[str, Any]:
         raise ConfigError(exc.format_message()) from None
 
 
+MAX_PID = 2**22
+"""Linux's largest ``pid_max``: a bigger number in a pid file is not a pid."""
+
+
 def _print_plan(server: Any) -> None:
     config = server.config
     click.echo(f"lbx: configuration {config.path or '(command line)'} is valid")
@@ -228,7 +232,8 @@ def reload(conf: str | None, pid_file: str | None) -> None:
     try:
         with open(pid_file) as file:
             text = file.read().strip()
-        if not text.isdigit():
+        # ASCII digits of a pid from 1 up: 0 would signal this command's own process group.
+        if not (text.isascii() and text.isdigit() and 1 <= int(text) <= MAX_PID):
             _fail(f"cannot signal the lbx of {pid_file}: it holds {text[:40]!r}, not a pid", 1)
         pid = int(text)
         os.kill(pid, signal.SIGHUP)

@@ -147,6 +147,16 @@ class DiscoveryError(Exception):
     Any other exception a source raises is shown with its type."""
 
 
+def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first of the errors (nested groups too) that decide what a failure is: lbx's own
+    (``StartupError``, ``ConfigError``) if any, else the first one."""
+    expected, _ = group.split((StartupError, ConfigError))
+    found: BaseException = expected if expected is not None else group
+    while isinstance(found, BaseExceptionGroup):
+        found = found.exceptions[0]
+    return found
+
+
 def describe(exc: BaseException) -> str:
     """An exception as one line: the message of lbx's own errors and the system's, the type
     and message of anything else (``KeyError: 'x'`` says more than ``'x'``)."""

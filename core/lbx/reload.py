@@ -29,7 +29,7 @@ import anyio.abc
 
 from lbx import notify
 from lbx.background import BackgroundGroup
-from lbx.errors import ConfigError, StartupError, describe
+from lbx.errors import ConfigError, StartupError, describe, first_error
 
 if TYPE_CHECKING:
     from lbx.server import Server
@@ -95,7 +95,7 @@ def bind_listeners(old: Server, new: Server) -> dict[str, socket.socket]:
     except BaseException:
         for sock in sockets.values():
             sock.close()
-        new.close_listeners()
+        new.abandon_listeners()
         raise
     return sockets
 
@@ -130,10 +130,11 @@ async def reload_in_process(server: Server, tasks: anyio.abc.TaskGroup) -> bool:
     try:
         await tasks.start(group.run)
     except Exception as exc:
-        log.error("reload refused, the running configuration stays: %s", describe(exc))
+        cause = first_error(exc) if isinstance(exc, BaseExceptionGroup) else exc
+        log.error("reload refused, the running configuration stays: %s", describe(cause))
         for sock in sockets.values():
             sock.close()
-        new.close_listeners()
+        new.abandon_listeners()
         if previous is not None:
             restarted = BackgroundGroup(previous.services)
             await tasks.start(restarted.run)

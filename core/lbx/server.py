@@ -25,7 +25,7 @@ from lbx import background, discovery, notify, reload
 from lbx.acceptor import Acceptor
 from lbx.config import Config, ServiceConfig
 from lbx.connections import Connections, format_address
-from lbx.errors import ConfigError, StartupError
+from lbx.errors import ConfigError, StartupError, first_error
 from lbx.lb import Backend, Backends, Change, Health, LoadBalancer, split_host_port
 from lbx.plugins import LbxPluginManager, installed_selection_plugins
 from lbx.proxy import ProxyService, RequestHooks, build_connector
@@ -65,6 +65,8 @@ class Server:
         self.connections = Connections()
         self._acceptors: list[Acceptor] = []
         self._bound_unix_paths: list[str] = []
+        self._kept_unix_paths: set[str] = set()
+        """Of those, the files of the running server a reload's new one serves on too."""
         self._background: list[tuple[str, Callable[..., Any], bool]] = []
         self.server_tls: dict[str, ServerTLS] = {}
         """TLS termination per service name (services with ``tls_listen``)."""
@@ -559,6 +561,15 @@ class Server:
     def keep_unix_path(self, path: str) -> None:
         """This server owns the Unix socket file at ``path`` (bound by the one it replaces)."""
         self._bound_unix_paths.append(path)
+        self._kept_unix_paths.add(path)
+
+    def abandon_listeners(self) -> None:
+        """A reload's new server that will not serve (refused, or failed to start): close its
+        sockets and remove the socket files it bound, not those the running one still serves."""
+        self._bound_unix_paths = [
+            path for path in self._bound_unix_paths if path not in self._kept_unix_paths
+        ]
+        self.close_listeners()
 
     def forget_unix_paths(self) -> None:
         """Leave the Unix socket files in place on exit (another process owns them)."""
@@ -605,10 +616,12 @@ class Server:
         with anyio.move_on_after(config.grace_period_seconds):
             await self.connections.wait_closed()
         if self.connections.open:
+            left = len(self.connections.open)
             log.warning(
-                "grace period of %gs over, closing %d connections",
+                "grace period of %gs over, closing %d connection%s",
                 config.grace_period_seconds,
-                len(self.connections.open),
+                left,
+                "" if left == 1 else "s",
             )
             for conn in list(self.connections.open):
                 if conn.transport is not None:
@@ -627,16 +640,6 @@ class Server:
     def _close_pools(self) -> None:
         for service in self.services:
             service.connector.close_all()
-
-
-def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The first of the errors (nested groups too) that decide what a failure is: lbx's own
-    (``StartupError``, ``ConfigError``) if any, else the first one."""
-    expected, _ = group.split((StartupError, ConfigError))
-    found: BaseException = expected if expected is not None else group
-    while isinstance(found, BaseExceptionGroup):
-        found = found.exceptions[0]
-    return found
 
 
 GC_GENERATION0_THRESHOLD = 20_000

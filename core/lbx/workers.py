@@ -244,11 +244,11 @@ class Supervisor:
         except StartupError as exc:
             log.error("reload failed, the running configuration stays: %s", exc)
             for child in [c for c in self.children.values() if c.generation == self.generation]:
-                self._end(child, signal.SIGKILL)
+                self._end(child, signal.SIGKILL, "of the configuration that failed")
             self.generation -= 1
             self.server = old
             self.previous_listeners = []
-            new.close_listeners()
+            new.abandon_listeners()
             if any(c.index < 0 for c in previous):
                 self._start(-1)
             notify.ready(main_pid=False)
@@ -273,7 +273,9 @@ class Supervisor:
         )
         notify.ready(main_pid=False)
 
-    def _end(self, child: Child, signum: int = signal.SIGTERM) -> None:
+    def _end(
+        self, child: Child, signum: int = signal.SIGTERM, of: str = "of the previous configuration"
+    ) -> None:
         """Stop one child now and reap it (SIGKILL if it takes more than a few seconds)."""
         with contextlib.suppress(ProcessLookupError):
             os.kill(child.pid, signum)
@@ -293,7 +295,7 @@ class Supervisor:
                 continue
             signal.sigtimedwait({signal.SIGCHLD}, min(left, 0.1))
         self.children.pop(child.pid, None)
-        log.info("%s (pid %d) of the previous configuration stopped", child.name, child.pid)
+        log.info("%s (pid %d) %s stopped", child.name, child.pid, of)
 
     def _overlap(self) -> int | None:
         """Keep the workers accepting a little longer while still replacing dead ones.

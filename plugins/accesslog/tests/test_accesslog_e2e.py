@@ -92,12 +92,17 @@ def test_lbx_t_finds_a_path_that_cannot_be_opened(tmp_path: Path) -> None:
             [sys.executable, "-m", "lbx", *command], capture_output=True, text=True, timeout=30
         )
 
-    missing = tmp_path / "missing" / "access.log"
-    refused = check(missing)
-    assert (refused.returncode, refused.stderr) == (
-        2,
-        f"lbx: error: accesslog.path: cannot open '{missing}': No such file or directory\n",
-    )
+    (tmp_path / "a_file").write_text("")
+    for path, reason in (
+        (tmp_path / "missing" / "access.log", "No such file or directory"),
+        (tmp_path / "a_file" / "access.log", "Not a directory"),
+        (tmp_path, "Is a directory"),
+    ):
+        refused = check(path)
+        assert (refused.returncode, refused.stderr) == (
+            2,
+            f"lbx: error: accesslog.path: cannot open '{path}': {reason}\n",
+        )
     valid = check(tmp_path / "access.log")
     assert valid.returncode == 0 and not (tmp_path / "access.log").exists(), valid.stderr
 

@@ -217,15 +217,20 @@ def test_missing_log_and_pid_directories_are_found_by_t_and_by_the_start(tmp_pat
     (it was a traceback's last line from the forked daemon, then a second line)."""
     conf = write_conf(tmp_path, "127.0.0.1:0", backend.address)
     good = conf.read_text()
+    (tmp_path / "a_file").write_text("")
     for key, name in (("error_log", "error.log"), ("pid_file", "lbx.pid")):
-        missing = tmp_path / "missing" / name
-        conf.write_text(good.replace(f"{key}: {tmp_path / name}", f"{key}: {missing}"))
-        expected = f"lbx: error: cannot write {key} {missing}: {missing.parent} does not exist\n"
-        tested = serve("-c", str(conf), "-d", "-t")
-        assert (tested.returncode, tested.stderr) == (1, expected)
-        if key == "error_log":
-            started = serve("-c", str(conf), "-d")
-            assert (started.returncode, started.stderr) == (1, expected)
+        for path, problem in (
+            (tmp_path / "missing" / name, f"{tmp_path / 'missing'} does not exist"),
+            (tmp_path / "a_file" / name, f"{tmp_path / 'a_file'} is not a directory"),
+            (tmp_path, "it is a directory"),
+        ):
+            conf.write_text(good.replace(f"{key}: {tmp_path / name}", f"{key}: {path}"))
+            expected = f"lbx: error: cannot write {key} {path}: {problem}\n"
+            tested = serve("-c", str(conf), "-d", "-t")
+            assert (tested.returncode, tested.stderr) == (1, expected)
+            if key == "error_log":
+                started = serve("-c", str(conf), "-d")
+                assert (started.returncode, started.stderr) == (1, expected)
     conf.write_text(good)
     assert serve("-c", str(conf), "-d", "-t").returncode == 0
 

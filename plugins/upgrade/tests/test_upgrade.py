@@ -107,6 +107,10 @@ def test_admin_endpoints_move_to_the_new_process(tmp_path, backends, threads):
     )
     old = LbxProcess("-c", str(conf)).start()
     new = None
+
+    def scrape() -> str:
+        return http_get(metrics, "/metrics").body.decode()
+
     try:
         assert Endpoint(f"unix:{status}").status()["pid"] == old.pid
         new = LbxProcess("-c", str(conf), "-u").start_async()
@@ -118,9 +122,10 @@ def test_admin_endpoints_move_to_the_new_process(tmp_path, backends, threads):
         assert old.wait(timeout=30) == 0
         assert Endpoint(f"unix:{status}").status()["pid"] == new.pid
         assert http_get(new.address).status == 200
-        scraped = http_get(metrics, "/metrics").body.decode()
-        served = re.search(r'lbx_requests_total\{[^}]*"2xx"[^}]*\} (\S+)', scraped)
-        assert served is not None and float(served.group(1)) == 1, scraped  # the new one's
+        deadline = time.monotonic() + 30  # a worker counts a request once it answered it
+        while not re.search(r'lbx_requests_total\{[^}]*"2xx"[^}]*\} 1\.0\n', scraped := scrape()):
+            assert time.monotonic() < deadline, scraped  # only the new process's one request
+            time.sleep(0.05)
         assert status.exists()  # the old process did not remove the new one's socket file
     finally:
         old.close()

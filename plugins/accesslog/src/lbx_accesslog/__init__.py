@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import errno
 import os
 from typing import Any
 
@@ -88,12 +89,20 @@ class AccessLog:
         """Whether ``open`` would work, without creating the file (``lbx serve -t``)."""
         if self.path is None:
             return
-        target = self.path if os.path.exists(self.path) else os.path.dirname(self.path) or "."
-        if not os.access(target, os.W_OK):
-            reason = (
-                "No such file or directory" if not os.path.exists(target) else "Permission denied"
-            )
-            raise ConfigError(f"accesslog.path: cannot open {self.path!r}: {reason}")
+        try:
+            if os.path.exists(self.path):
+                os.close(os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC))
+            else:
+                directory = os.path.dirname(os.path.abspath(self.path))
+                if not os.path.isdir(directory):
+                    missing = errno.ENOTDIR if os.path.exists(directory) else errno.ENOENT
+                    raise OSError(missing, os.strerror(missing))
+                if not os.access(directory, os.W_OK | os.X_OK):
+                    raise OSError(errno.EACCES, os.strerror(errno.EACCES))
+        except OSError as exc:
+            raise ConfigError(
+                f"accesslog.path: cannot open {self.path!r}: {exc.strerror or exc}"
+            ) from None
 
     def open(self) -> None:
         """Open (or create) the file now, so a wrong path is a start-up error."""

@@ -89,8 +89,8 @@ def escape(text: str) -> str:
 
 
 CLIENT_CLOSED = 499
-"""The combined status of a request that got no response: its client went away first (nginx's
-499; json says ``null``)."""
+"""The combined status of a request that got no response: its client went away first, or the
+connection was closed at the end of a stop's grace period (nginx's 499; json says ``null``)."""
 
 
 def request_line(method: str, uri: str, version: str) -> str:

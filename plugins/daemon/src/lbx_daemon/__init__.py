@@ -228,10 +228,14 @@ def _drop_privileges(config: Config) -> None:
 
 
 def _check_directory(key: str, path: str) -> str:
-    """The directory of a file lbx writes, which must exist: one line naming the key if not."""
+    """The directory of a file lbx writes, which must exist (and the path not be a directory
+    itself): one line naming the key if not."""
     directory = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise StartupError(f"cannot write {key} {path}: it is a directory")
     if not os.path.isdir(directory):
-        raise StartupError(f"cannot write {key} {path}: {directory} does not exist")
+        problem = "is not a directory" if os.path.exists(directory) else "does not exist"
+        raise StartupError(f"cannot write {key} {path}: {directory} {problem}")
     return directory
 
 
