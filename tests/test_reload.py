@@ -20,6 +20,12 @@ from lbx_status.commands import Endpoint
 TIMEOUT = 30.0
 
 
+def lbx_command(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "lbx", *args], capture_output=True, text=True, timeout=TIMEOUT
+    )
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -195,33 +201,21 @@ def test_lbx_reload_signals_the_pid_in_pid_file(lbx, backends, tmp_path):
     proc = lbx("-c", str(site.path))
     pid_file.write_text(f"{proc.pid}\n")  # what -d writes
     mark = len(proc.lines)
-    result = subprocess.run(
-        [sys.executable, "-m", "lbx", "reload", "-c", str(site.path)],
-        capture_output=True, text=True, timeout=TIMEOUT,
-    )  # fmt: skip
+    result = lbx_command("reload", "-c", str(site.path))
     assert result.returncode == 0 and f"pid {proc.pid}" in result.stdout, result.stderr
     proc.wait_for("configuration reloaded", TIMEOUT, start=mark)
     os.unlink(pid_file)
-    missing = subprocess.run(
-        [sys.executable, "-m", "lbx", "reload", "--pid-file", str(pid_file)],
-        capture_output=True, text=True, timeout=TIMEOUT,
-    )  # fmt: skip
+    missing = lbx_command("reload", "--pid-file", str(pid_file))
     assert missing.returncode == 1 and "cannot signal" in missing.stderr
     assert len(missing.stderr.strip().splitlines()) == 1
     for junk in ("junk", "0", "²", "99999999999999999999999"):  # 0: this command's own group
         pid_file.write_text(f"{junk}\n")
-        refused = subprocess.run(
-            [sys.executable, "-m", "lbx", "reload", "--pid-file", str(pid_file)],
-            capture_output=True, text=True, timeout=TIMEOUT,
-        )  # fmt: skip
+        refused = lbx_command("reload", "--pid-file", str(pid_file))
         assert (refused.returncode, refused.stderr) == (
             1,
             f"lbx: error: cannot signal the lbx of {pid_file}: it holds {junk!r}, not a pid\n",
         )
-    directory = subprocess.run(
-        [sys.executable, "-m", "lbx", "serve", "-c", str(tmp_path)],
-        capture_output=True, text=True, timeout=TIMEOUT,
-    )  # fmt: skip
+    directory = lbx_command("serve", "-c", str(tmp_path))
     assert (directory.returncode, directory.stderr) == (
         2,
         f"lbx: error: {tmp_path}: cannot read config: Is a directory\n",

@@ -125,6 +125,15 @@ def test_unknown_backend_and_bad_weight_are_refused(lbx, backends, tmp_path):
     ):
         result = lbx_cli("backend", *args, "--socket", str(sock))
         assert result.returncode != 0 and expected in result.stderr, (args, result.stderr)
+        if result.returncode == 1:  # the endpoint's refusal: one line, as any lbx failure
+            assert result.stderr.startswith("lbx: error: ") and result.stderr.count("\n") == 1
+    for command in (("status",), ("backend", "disable", one.address)):
+        gone = lbx_cli(*command, "--socket", str(tmp_path / "nothing.sock"))
+        assert (gone.returncode, gone.stderr) == (
+            1,
+            f"lbx: error: cannot reach the lbx admin endpoint at unix:{tmp_path}/nothing.sock: "
+            "[Errno 2] No such file or directory\n",
+        )
     assert stat.S_IMODE(os.stat(sock).st_mode) == 0o600
 
 

@@ -3,6 +3,7 @@ endpoint."""
 
 from __future__ import annotations
 
+import functools
 import http.client
 import json
 import os
@@ -96,7 +97,8 @@ def resolve(socket_path: str | None, conf: str | None, token: str | None = None)
             with open(conf) as file:
                 data = yaml.safe_load(file) or {}
         except (OSError, yaml.YAMLError) as exc:
-            raise click.ClickException(f"cannot read {conf}: {exc}") from None
+            reason = getattr(exc, "strerror", None) or exc
+            raise click.ClickException(f"cannot read {conf}: {reason}") from None
     section = data.get("status") or {}
     token = token or section.get("token")
     if socket_path:
@@ -223,9 +225,21 @@ _ENDPOINT_OPTIONS = [
 
 
 def _endpoint_options(function: Any) -> Any:
+    """The endpoint's options, and its errors as lbx prints any failure: one line."""
+
+    @functools.wraps(function)
+    def one_line_errors(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except click.UsageError:
+            raise  # a bad argument: click's usage hint, as for any command
+        except click.ClickException as exc:
+            click.echo(f"lbx: error: {exc.format_message()}", err=True)
+            sys.exit(exc.exit_code)
+
     for option in reversed(_ENDPOINT_OPTIONS):
-        function = option(function)
-    return function
+        one_line_errors = option(one_line_errors)
+    return one_line_errors
 
 
 @click.command()
