@@ -27,7 +27,8 @@ import struct
 import time
 from collections.abc import Callable
 
-from lbx.lb import Backend, Backends, Health, backends_count
+from lbx.errors import plural
+from lbx.lb import Backend, Backends, Health
 
 HEADER = struct.Struct("=QI4x")
 SLOT = struct.Struct("=BxxxId")  # state, weight, retired at (time.monotonic())
@@ -150,9 +151,9 @@ class BackendTable:
             return []
         free = self._usable()
         if len(free) < count:
+            wanted = plural(len(self._slots) + count, "backend")
             raise TableFull(
-                f"no room for {backends_count(len(self._slots) + count)} in {self.capacity} slots "
-                "(raise discovery.max_backends)"
+                f"no room for {wanted} in {self.capacity} slots (raise discovery.max_backends)"
             )
         return free[:count]
 

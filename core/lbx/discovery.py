@@ -25,8 +25,8 @@ import anyio.abc
 from lbx.backendtable import BackendTable
 from lbx.config import DEFAULT_MAX_BACKENDS, Config, Document, check_value, validate_mapping
 from lbx.config_keys import Field
-from lbx.errors import ConfigError, describe
-from lbx.lb import Backend, Change, Health, LoadBalancer, backends_count
+from lbx.errors import ConfigError, describe, plural
+from lbx.lb import Backend, Change, Health, LoadBalancer
 
 if TYPE_CHECKING:
     from lbx.config import ServiceConfig
@@ -192,7 +192,7 @@ class ServiceDiscovery:
                     "service %s: %s discovery failed, keeping the last %s: %s",
                     self.service,
                     self.source_name,
-                    backends_count(len(self.lb.backends.items)),
+                    plural(len(self.lb.backends.items), "backend"),
                     error,
                 )
             self.last_error = error
@@ -239,7 +239,7 @@ class ServiceDiscovery:
             log.error(
                 "service %s: %s left out (max_backends %d%s): %s",
                 self.service,
-                backends_count(len(dropped)),
+                plural(len(dropped), "backend"),
                 self.max_backends,
                 ", or removed ones still in quarantine" if self.table is not None else "",
                 ", ".join(sorted(dropped)),
@@ -271,7 +271,7 @@ class ServiceDiscovery:
                 self.service,
                 why or f" ({self.source_name})",
                 change.describe(),
-                backends_count(len(self.lb.backends.items)),
+                plural(len(self.lb.backends.items), "backend"),
             )
         return change
 

@@ -157,6 +157,11 @@ def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return found
 
 
+def plural(count: int, noun: str) -> str:
+    """``1 backend``, ``2 backends``: counts in log lines and messages."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 def describe(exc: BaseException) -> str:
     """An exception as one line: the message of lbx's own errors and the system's, the type
     and message of anything else (``KeyError: 'x'`` says more than ``'x'``)."""

@@ -26,11 +26,6 @@ MAX_WEIGHT: Final = 256
 rings, so a weight is memory (a weight of 10^8 took 800 MB)."""
 
 
-def backends_count(count: int) -> str:
-    """``1 backend``, ``2 backends``: for log lines."""
-    return f"{count} backend" if count == 1 else f"{count} backends"
-
-
 def check_weight(weight: object) -> int:
     """``weight`` if it is a whole number from 1 to ``MAX_WEIGHT``, else ``ValueError`` saying so
     (every source of backends checks with it: the config, discovery, the admin endpoint)."""

@@ -25,7 +25,7 @@ from lbx import background, discovery, notify, reload
 from lbx.acceptor import Acceptor
 from lbx.config import Config, ServiceConfig
 from lbx.connections import Connections, format_address
-from lbx.errors import ConfigError, StartupError, first_error
+from lbx.errors import ConfigError, StartupError, first_error, plural
 from lbx.lb import Backend, Backends, Change, Health, LoadBalancer, split_host_port
 from lbx.plugins import LbxPluginManager, installed_selection_plugins
 from lbx.proxy import ProxyService, RequestHooks, build_connector
@@ -606,22 +606,18 @@ class Server:
         await asyncio.sleep(0)
         await self.pm.ahook.server_stopping(server=self, graceful=True)
         self.connections.begin_shutdown()
-        open_count = len(self.connections.open)
         log.info(
-            "stopped accepting; waiting up to %gs for %d open connection%s",
+            "stopped accepting; waiting up to %gs for %s",
             config.grace_period_seconds,
-            open_count,
-            "" if open_count == 1 else "s",
+            plural(len(self.connections.open), "open connection"),
         )
         with anyio.move_on_after(config.grace_period_seconds):
             await self.connections.wait_closed()
         if self.connections.open:
-            left = len(self.connections.open)
             log.warning(
-                "grace period of %gs over, closing %d connection%s",
+                "grace period of %gs over, closing %s",
                 config.grace_period_seconds,
-                left,
-                "" if left == 1 else "s",
+                plural(len(self.connections.open), "connection"),
             )
             for conn in list(self.connections.open):
                 if conn.transport is not None:

@@ -247,13 +247,13 @@ class Supervisor:
                 self._end(child, signal.SIGKILL, "of the configuration that failed")
             self.generation -= 1
             self.server = old
-            self.previous_listeners = []
             new.abandon_listeners()
             if any(c.index < 0 for c in previous):
                 self._start(-1)
             notify.ready(main_pid=False)
             return
-        self.previous_listeners = []
+        finally:
+            self.previous_listeners = []  # (the background process respawned above closes all)
         for child in previous:
             if child.index >= 0:
                 with contextlib.suppress(ProcessLookupError):
