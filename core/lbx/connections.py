@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
@@ -14,6 +15,7 @@ if TYPE_CHECKING:
 DRAIN_LINGER_SECONDS: Final = 1.0
 """On shutdown, how long an idle client connection stays open before it is closed (HTTP/2:
 between the first GOAWAY, when any stream may still come, and the last one)."""
+monotonic: Final = time.monotonic  # compiled: a C static, not a module attribute per call
 LINGER_SECONDS: Final = 2.0
 """After an error answer (HTTP/1.1) or a connection error (HTTP/2), how long what the client
 still sends is read and dropped before the close, so that it reads the answer, not a reset."""
@@ -41,18 +43,22 @@ class Deadlines:
         on_expire: Callable[[], None],
     ) -> None:
         """Call ``on_expire`` once ``seconds`` passed, unless ``clear(key)`` came first."""
-        self._entries[key] = (loop.time() + seconds, on_expire)
+        # monotonic() rather than loop.time(): a C function call, not a method lookup (set and
+        # clear run twice per request).
+        self._entries[key] = (monotonic() + seconds, on_expire)
         if self._handle is None:
             self._loop = loop
             self._handle = loop.call_later(self.RESOLUTION, self._sweep)
 
     def clear(self, key: object) -> None:
-        self._entries.pop(key, None)
+        entries = self._entries
+        if key in entries:  # compiled to dict operations; pop(key, None) is a method call
+            del entries[key]
 
     def _sweep(self) -> None:
         loop = self._loop
         assert loop is not None
-        now = loop.time()
+        now = monotonic()
         expired = [key for key, (deadline, _) in self._entries.items() if deadline <= now]
         for key in expired:
             entry = self._entries.pop(key, None)

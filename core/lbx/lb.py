@@ -13,11 +13,11 @@ import mmap
 import socket
 import struct
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final
 
-from lbx.selector import SelectorFactory
+from lbx.selector import Selector, SelectorFactory
 
 monotonic: Final = time.monotonic  # compiled: a C static, not a module attribute per call
 
@@ -391,6 +391,17 @@ class Backends:
         return None
 
 
+def _first_and_fallback(
+    selector: Selector,
+) -> tuple[Callable[[bytes], Backend | None] | None, Callable[[bytes], Iterator[Backend]] | None]:
+    """The selector's ``first`` and ``fallback`` when it defines both (see ``Selector``)."""
+    first = getattr(selector, "first", None)
+    fallback = getattr(selector, "fallback", None)
+    if first is None or fallback is None:
+        return None, None
+    return first, fallback
+
+
 class LoadBalancer:
     """A service's backends plus the selector built over them (Pingora's ``LoadBalancer``)."""
 
@@ -408,6 +419,7 @@ class LoadBalancer:
         self.selector = selector_factory(backends.items, self._options)
         self.tracks = hasattr(self.selector, "on_start")
         """Whether the selector wants ``on_start``/``on_finish`` for every upstream attempt."""
+        self._first, self._fallback = _first_and_fallback(self.selector)
         self.on_exhausted: Callable[[], bool] | None = None
         """Called when no backend is ready, before giving up: True when it changed the set
         (a worker of ``threads: N`` taking a set just published: the old one may be all
@@ -432,6 +444,7 @@ class LoadBalancer:
         if inherit is not None:
             inherit(self.selector)
         self.selector = selector
+        self._first, self._fallback = _first_and_fallback(selector)
         self.backends.commit(items, health, change)
         return change
 
@@ -444,6 +457,7 @@ class LoadBalancer:
                 inherit(self.selector)
         self._factory, self._options, self.selector_name = factory, dict(options), name
         self.selector = selector
+        self._first, self._fallback = _first_and_fallback(selector)
         self.tracks = hasattr(selector, "on_start")
 
     def select(self, key: bytes = b"", max_iterations: int = 256) -> Backend | None:
@@ -476,7 +490,24 @@ class LoadBalancer:
         first: Backend | None = None
         seen: set[Backend] | None = None  # made only when the first candidate is not taken
         steps = 0
-        for backend in self.selector.iter(key):
+        fallback = self._fallback
+        if fallback is None:
+            candidates = self.selector.iter(key)
+        else:
+            # The common case needs no iterator: making a generator per request and dropping
+            # it unfinished (which throws GeneratorExit into it) costs more than the selection.
+            assert self._first is not None  # set together
+            first = self._first(key)
+            if first is not None and max_iterations > 0:
+                steps = 1
+                state = health.get(first)
+                ready = state is not None and state.ready
+                if accept(first, ready) if accept is not None else ready:
+                    return first
+                if accept is None and len(health) <= 1:
+                    return None
+            candidates = fallback(key)
+        for backend in candidates:
             if steps >= max_iterations:
                 return None
             steps += 1

@@ -13,7 +13,6 @@ import logging
 import socket
 import ssl
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Final, TypeVar, cast
 
@@ -83,6 +82,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.exchange: Exchange | None = None
         self.closed = False
+        self.reading_paused = False
+        """Reading was paused by ``pause_reading`` (only this connection's methods pause it)."""
         self.idle_since = 0.0
         self.requests_served = 0
         self._parser = httptools.HttpResponseParser(self)
@@ -332,10 +333,13 @@ class UpstreamConnection(asyncio.Protocol):
 
     def pause_reading(self) -> None:
         if self.transport is not None and not self.closed:
+            self.reading_paused = True
             self.transport.pause_reading()
 
     def resume_reading(self) -> None:
-        if self.transport is not None and not self.closed:
+        # Most responses never pause: a pooled connection's resume is then a flag test.
+        if self.reading_paused and self.transport is not None and not self.closed:
+            self.reading_paused = False
             self.transport.resume_reading()
 
     def close(self) -> None:
@@ -391,7 +395,9 @@ class ConnectionPool:
         self.size = size
         self.default_idle_timeout = default_idle_timeout
         self._idle: dict[str, list[UpstreamConnection]] = {}
-        self._lru: OrderedDict[UpstreamConnection, None] = OrderedDict()
+        self._lru: dict[UpstreamConnection, None] = {}
+        """Every idle connection, least recently used first (a dict keeps insertion order; its
+        operations compile to C calls, an OrderedDict's are method calls)."""
         self._sweep_handle: asyncio.TimerHandle | None = None
         self._open: dict[str, int] = {}
         """Open (or opening) connections per peer, for ``max_upstream_connections``."""
@@ -412,7 +418,9 @@ class ConnectionPool:
         timeout = peer.idle_timeout if peer.idle_timeout is not None else self.default_idle_timeout
         while stack:
             conn = stack.pop()
-            self._lru.pop(conn, None)
+            lru = self._lru
+            if conn in lru:
+                del lru[conn]
             if not conn.closed and now - conn.idle_since < timeout:
                 return conn
             conn.close()
@@ -498,10 +506,12 @@ class ConnectionPool:
         conn.resume_reading()  # an idle connection must notice when the upstream closes it
         conn.idle_since = monotonic()
         self._idle.setdefault(conn.peer.pool_key, []).append(conn)
-        self._lru[conn] = None
+        lru = self._lru
+        lru[conn] = None
         bound = self.bound
-        while len(self._lru) > bound:
-            oldest, _ = self._lru.popitem(last=False)
+        while len(lru) > bound:
+            oldest = next(iter(lru))
+            del lru[oldest]
             oldest.close()
         if self._sweep_handle is None:
             interval = max(0.5, min(self.default_idle_timeout, 30.0) / 2)
@@ -513,17 +523,21 @@ class ConnectionPool:
         if conn.counted:
             conn.counted = False
             self.release(conn.peer.pool_key)
-        if self._lru.pop(conn, None) is not None or conn in self._idle.get(conn.peer.pool_key, ()):
-            stack = self._idle.get(conn.peer.pool_key)
-            if stack and conn in stack:
-                stack.remove(conn)
+        lru = self._lru
+        if conn in lru:
+            del lru[conn]
+        stack = self._idle.get(conn.peer.pool_key)
+        if stack and conn in stack:
+            stack.remove(conn)
 
     def close_idle(self, key: str) -> int:
         """Close the idle connections pooled for ``key`` (a backend that left); returns how
         many."""
         stack = self._idle.pop(key, None) or []
+        lru = self._lru
         for conn in stack:
-            self._lru.pop(conn, None)
+            if conn in lru:
+                del lru[conn]
             conn.close()
         return len(stack)
 

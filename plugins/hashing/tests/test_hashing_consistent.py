@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from typing import Any
 
@@ -170,3 +171,14 @@ def test_weight_zero_and_options_are_refused() -> None:
         Consistent([Backend("10.0.0.1", 80, 0)], {})
     with pytest.raises(ValueError, match="consistent takes no selection_options"):
         Consistent([], {"points": 100})
+
+
+@pytest.mark.parametrize("weights", [(1, 2), (1,), ()])
+def test_iter_is_first_then_fallback(weights: tuple[int, ...]) -> None:
+    """``first`` and ``fallback`` (what ``LoadBalancer`` calls) give ``iter``'s walk."""
+    backends = [Backend("10.0.0.1", 80 + i, weight=w) for i, w in enumerate(weights)]
+    selector = Consistent(backends, {})
+    for key in (b"", b"a", b"user-42", b"\xff" * 9):
+        first = selector.first(key)
+        expected = [] if first is None else [first, *itertools.islice(selector.fallback(key), 700)]
+        assert list(itertools.islice(selector.iter(key), 701)) == expected

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from typing import Any
 
@@ -116,3 +117,15 @@ def test_selection_options_are_refused() -> None:
     """fnv takes no ``selection_options``."""
     with pytest.raises(ValueError, match="fnv takes no selection_options"):
         FnvHash((), {"seed": 1})
+
+
+@pytest.mark.parametrize("weights", [(1, 1, 1), (3, 1, 2), (0, 0), ()])
+def test_iter_is_first_then_fallback(weights: tuple[int, ...]) -> None:
+    """``first`` and ``fallback`` (what ``LoadBalancer`` calls) give ``iter``'s chain."""
+    selector = FnvHash([Backend("10.0.0.1", 80 + i, weight=w) for i, w in enumerate(weights)], {})
+    for key in (b"", b"a", b"user-42"):
+        first = selector.first(key)
+        expected = ([] if first is None else [first]) + list(
+            itertools.islice(selector.fallback(key), 8)
+        )
+        assert list(itertools.islice(selector.iter(key), len(expected))) == expected

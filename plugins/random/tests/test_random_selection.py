@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections import Counter
 from typing import Any
@@ -149,3 +150,16 @@ def test_forked_workers_draw_different_sequences():
     os.close(read_fd)
     parent = ",".join(next(selector.iter(b"")).addr for _ in range(30))
     assert child != parent
+
+
+@pytest.mark.parametrize("weights", [(1, 1, 1), (3, 1, 2), (0, 0), ()])
+def test_iter_is_first_then_fallback(weights: tuple[int, ...]) -> None:
+    """``first`` and ``fallback`` (what ``LoadBalancer`` calls) give ``iter``'s draws."""
+    backends = [Backend("10.0.0.1", 80 + i, weight=w) for i, w in enumerate(weights)]
+    whole = Random(backends, {}, random.Random(3))
+    parts = Random(backends, {}, random.Random(3))
+    for _ in range(7):
+        first = parts.first(b"")
+        expected = [] if first is None else [first]
+        expected += itertools.islice(parts.fallback(b""), 5)
+        assert list(itertools.islice(whole.iter(b""), len(expected))) == expected

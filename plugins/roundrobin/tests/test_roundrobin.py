@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -169,3 +170,14 @@ def test_update_keeps_health_of_remaining_backends() -> None:
     assert not lb.backends.ready(A)
     assert lb.backends.ready(C)
     assert set(picks(lb, 10)) == {C}
+
+
+@pytest.mark.parametrize("weights", [(1, 1, 1), (3, 1, 2), ()])
+def test_iter_is_first_then_fallback(weights: tuple[int, ...]) -> None:
+    """``first`` and ``fallback`` (what ``LoadBalancer`` calls) give ``iter``'s order."""
+    backends = [Backend("127.0.0.1", 8001 + i, weight=w) for i, w in enumerate(weights)]
+    whole, parts = RoundRobin(backends, {}), RoundRobin(backends, {})
+    for _ in range(7):
+        first = parts.first(b"")
+        expected = [] if first is None else [first, *itertools.islice(parts.fallback(b""), 5)]
+        assert list(itertools.islice(whole.iter(b""), 6)) == expected

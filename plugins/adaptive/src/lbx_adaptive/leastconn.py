@@ -55,15 +55,30 @@ class LeastConnections:
         index = self._index.get(backend)
         return 0 if index is None else self.outstanding[index]
 
-    def iter(self, key: bytes) -> Iterator[Backend]:
+    def _drop_stale_top(self) -> None:
         heap = self._heap
         version = self._version
         while heap and heap[0][3] != version[heap[0][2]]:
             heapq.heappop(heap)
+
+    def first(self, key: bytes) -> Backend | None:
+        self._drop_stale_top()
+        heap = self._heap
+        return self.backends[heap[0][2]] if heap else None
+
+    def iter(self, key: bytes) -> Iterator[Backend]:
+        first = self.first(key)
+        if first is not None:
+            yield first
+            yield from self.fallback(key)
+
+    def fallback(self, key: bytes) -> Iterator[Backend]:
+        """The backends after ``first``'s, in increasing load."""
+        heap = self._heap
         if not heap:
             return
+        version = self._version
         backends = self.backends
-        yield backends[heap[0][2]]
         # The rest in increasing load: a best-first walk of the heap's tree, skipping stale
         # entries. The generator runs between awaits, so the heap does not change under it.
         frontier: list[tuple[_Entry, int]] = []

@@ -74,19 +74,27 @@ class Consistent:
         position = bisect_left(self.hashes, zlib.crc32(key))
         return 0 if position == len(self.hashes) else position
 
-    def iter(self, key: bytes) -> Iterator[Backend]:
+    def first(self, key: bytes) -> Backend | None:
+        return self.owners[self.index(key)] if self.owners else None
+
+    def fallback(self, key: bytes) -> Iterator[Backend]:
+        """The points clockwise after the key's, round and round."""
         owners = self.owners
         count = len(owners)
         if not count:
             return
-        position = bisect_left(self.hashes, zlib.crc32(key))
-        if position == count:
-            position = 0
+        position = self.index(key)
         while True:
-            yield owners[position]
             position += 1
             if position == count:
                 position = 0
+            yield owners[position]
+
+    def iter(self, key: bytes) -> Iterator[Backend]:
+        first = self.first(key)
+        if first is not None:
+            yield first
+            yield from self.fallback(key)
 
     def shares(self) -> dict[Backend, float]:
         """The fraction of the 32-bit key space each backend owns (what it receives on average)."""

@@ -42,18 +42,27 @@ class FnvHash:
             index for index, backend in enumerate(self.backends) for _ in range(backend.weight)
         )
 
-    def iter(self, key: bytes) -> Iterator[Backend]:
+    def first(self, key: bytes) -> Backend | None:
+        weighted = self.weighted
+        if not weighted:  # all weights 0: no first choice, only the fallback (Pingora would panic)
+            return None
+        return self.backends[weighted[fnv1a_64(key) % len(weighted)]]
+
+    def fallback(self, key: bytes) -> Iterator[Backend]:
         backends = self.backends
         if not backends:
             return
         value = fnv1a_64(key)
-        weighted = self.weighted
-        if weighted:  # all weights 0: no first choice, only the fallback (Pingora would panic)
-            yield backends[weighted[value % len(weighted)]]
         count = len(backends)
         while True:
             value = fnv1a_64(value.to_bytes(8, "little"))
             yield backends[value % count]
+
+    def iter(self, key: bytes) -> Iterator[Backend]:
+        first = self.first(key)
+        if first is not None:
+            yield first
+        yield from self.fallback(key)
 
 
 @hookimpl

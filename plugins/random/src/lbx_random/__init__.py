@@ -38,17 +38,26 @@ class Random:
         # before the fork would make every worker draw the same sequence.
         self._bits = rng.getrandbits if rng is not None else random.getrandbits
 
-    def iter(self, key: bytes) -> Iterator[Backend]:
+    def first(self, key: bytes) -> Backend | None:
+        weighted = self.weighted
+        if not weighted:  # all weights 0: no first choice, only the fallback (Pingora would panic)
+            return None
+        return self.backends[weighted[self._bits(64) % len(weighted)]]
+
+    def fallback(self, key: bytes) -> Iterator[Backend]:
         backends = self.backends
         if not backends:
             return
         bits = self._bits
-        weighted = self.weighted
-        if weighted:  # all weights 0: no first choice, only the fallback (Pingora would panic)
-            yield backends[weighted[bits(64) % len(weighted)]]
         count = len(backends)
         while True:
             yield backends[bits(64) % count]
+
+    def iter(self, key: bytes) -> Iterator[Backend]:
+        first = self.first(key)
+        if first is not None:
+            yield first
+        yield from self.fallback(key)
 
 
 @hookimpl

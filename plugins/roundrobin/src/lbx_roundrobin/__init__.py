@@ -29,15 +29,25 @@ class RoundRobin:
         )
         self._counter = itertools.count()
 
-    def iter(self, key: bytes) -> Iterator[Backend]:
+    def first(self, key: bytes) -> Backend | None:
         weighted = self.weighted
         if not weighted:
+            return None
+        return self.backends[weighted[next(self._counter) % len(weighted)]]
+
+    def fallback(self, key: bytes) -> Iterator[Backend]:
+        if not self.weighted:
             return
         backends = self.backends
         counter = self._counter
-        yield backends[weighted[next(counter) % len(weighted)]]
         while True:
             yield backends[next(counter) % len(backends)]
+
+    def iter(self, key: bytes) -> Iterator[Backend]:
+        first = self.first(key)
+        if first is not None:
+            yield first
+            yield from self.fallback(key)
 
 
 @hookimpl
