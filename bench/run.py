@@ -902,7 +902,7 @@ def summarise(sc: Scenario, runs: list[Run], systems: list[str]) -> tuple[dict, 
 
 
 def verdicts(summaries: dict[str, dict[str, dict[str, float]]]) -> list[str]:
-    """Issue #7's targets, each with the measured value and whether it is met."""
+    """Issue #7's and issue #18's targets, each with the measured value and whether it is met."""
     out = []
 
     def check(name: str, sc: str, system: str, key: str, ok: Callable[[float], bool]) -> None:
@@ -935,6 +935,31 @@ def verdicts(summaries: dict[str, dict[str, dict[str, float]]]) -> list[str]:
         )
     else:
         check("(c) MB/s ≥ 10x proxy.py", "c", "lbx", "mbps_vs_proxypy", lambda v: v >= 10)
+
+    # Issue #18: the plain shape against the strongest fair nginx and the minimal proxy, and
+    # many clients against the plain shape.
+    check("(p) CPU/req ≤ 1.8x nginx", "p", "lbx", "cpu_vs_nginx", lambda v: v <= 1.8)
+    check("(p) req/s ≥ 0.55x nginx", "p", "lbx", "rps_vs_nginx", lambda v: v >= 0.55)
+    check("(p) p99 ≤ 2x nginx", "p", "lbx", "p99_vs_nginx", lambda v: v <= 2)
+    check("(p) RSS ≤ 40 MiB (MiB)", "p", "lbx", "rss_mib", lambda v: v <= 40)
+    check("(p) user µs/req ≤ 1.23x minimal's", "p", "lbx", "user_vs_minimal", lambda v: v <= 1.23)
+    plain = summaries.get("p", {}).get("lbx")
+
+    def against_plain(name: str, sc: str, limit: float) -> None:
+        # Medians of different scenarios' runs: not paired by round, so noisier than the rest.
+        other = summaries.get(sc, {}).get("lbx")
+        if plain is None or other is None:
+            out.append(f"- {name}: not measured")
+        else:
+            value = other["cpu_us_per_req"] / plain["cpu_us_per_req"]
+            out.append(f"- {name}: {value:.2f} — {'met' if value <= limit else 'NOT met'}")
+
+    against_plain("(a) CPU/req within 10% of (p) (a ÷ p)", "a", 1.10)
+    for sc in ("k", "k5"):
+        against_plain(f"({sc}) CPU/req ≤ 1.5x (p)'s ({sc} ÷ p)", sc, 1.5)
+        check(f"({sc}) p99 ≤ 3x nginx", sc, "lbx", "p99_vs_nginx", lambda v: v <= 3)
+        check(f"({sc}) req/s ≥ 0.5x nginx", sc, "lbx", "rps_vs_nginx", lambda v: v >= 0.5)
+        check(f"({sc}) client errors and timeouts = 0", sc, "lbx", "errors", lambda v: v == 0)
     return out
 
 
