@@ -84,16 +84,34 @@ def test_no_first_choice_takes_the_fallback_from_its_start() -> None:
 
 
 def test_every_backend_unready_stops_once_each_was_offered() -> None:
+    offered: list[Backend] = []
+
     class Endless(TwoParts):
         def fallback(self, key: bytes) -> Iterator[Backend]:
-            self.calls["fallback"] += 1
             while True:
-                yield from (A, B, C)
+                for backend in (A, B, C):
+                    offered.append(backend)
+                    yield backend
 
     lb, _ = balancer(Endless)
     for backend in (A, B, C):
         lb.backends.set_healthy(backend, False)
     assert lb.select(b"k") is None
+    assert offered == [A, B, C]  # A again (first's) counts, then B and C: all three offered
+
+
+def test_one_backend_unready_stops_at_the_first_choice() -> None:
+    lb = LoadBalancer(Backends((A,)), TwoParts)
+    lb.backends.set_healthy(A, False)
+    assert lb.select(b"k") is None
+    assert lb.selector.calls == {"first": 1, "fallback": 0, "iter": 0}
+
+
+def test_max_iterations_zero_asks_for_one_candidate_as_iter_did() -> None:
+    """``max_iterations=0`` selects nothing, after one draw (a round-robin step), as before."""
+    lb, selector = balancer()
+    assert lb.select(b"k", max_iterations=0) is None
+    assert selector.calls == {"first": 1, "fallback": 0, "iter": 0}
 
 
 def test_a_selector_with_only_one_part_is_walked_by_iter() -> None:
@@ -105,6 +123,33 @@ def test_a_selector_with_only_one_part_is_walked_by_iter() -> None:
     lb, selector = balancer(OnlyFirst)
     assert lb.select(b"k") is A
     assert selector.calls == {"first": 0, "fallback": 0, "iter": 1}
+
+
+def test_a_subclass_that_overrides_only_iter_is_walked_by_its_iter() -> None:
+    """A selector in two parts subclassed to change ``iter`` alone keeps its ``iter``; one
+    that overrides ``first`` and ``fallback`` (or all three) is taken in two parts."""
+
+    class OwnOrder(TwoParts):
+        def iter(self, key: bytes) -> Iterator[Backend]:
+            self.calls["iter"] += 1
+            yield C
+
+    lb, selector = balancer(OwnOrder)
+    assert lb.select(b"k") is C
+    assert selector.calls == {"first": 0, "fallback": 0, "iter": 1}
+
+    class OwnParts(OwnOrder):
+        def first(self, key: bytes) -> Backend | None:
+            self.calls["first"] += 1
+            return B
+
+        def fallback(self, key: bytes) -> Iterator[Backend]:
+            self.calls["fallback"] += 1
+            yield C
+
+    lb, selector = balancer(OwnParts)
+    assert lb.select(b"k") is B
+    assert selector.calls == {"first": 1, "fallback": 0, "iter": 0}
 
 
 def test_an_update_and_a_reconfigure_use_the_new_selectors_parts() -> None:

@@ -394,12 +394,28 @@ class Backends:
 def _first_and_fallback(
     selector: Selector,
 ) -> tuple[Callable[[bytes], Backend | None] | None, Callable[[bytes], Iterator[Backend]] | None]:
-    """The selector's ``first`` and ``fallback`` when it defines both (see ``Selector``)."""
+    """The selector's ``first`` and ``fallback`` when it defines both with its ``iter`` (see
+    ``Selector``): a subclass that overrides only ``iter`` of a selector in two parts is walked by
+    its own ``iter``."""
     first = getattr(selector, "first", None)
     fallback = getattr(selector, "fallback", None)
     if first is None or fallback is None:
         return None, None
+    cls = type(selector)
+    level = _defined_at(cls, "iter")
+    if _defined_at(cls, "first") > level or _defined_at(cls, "fallback") > level:
+        return None, None
     return first, fallback
+
+
+def _defined_at(cls: type, name: str) -> int:
+    """How far up ``cls``'s MRO ``name`` is defined (0: in ``cls``), or -1 when no class defines
+    it (the instance holds it). The instance's ``__dict__`` is not read: making it costs the
+    interpreter's fast attribute loads on that object (a selector's, on every request)."""
+    for level, base in enumerate(cls.__mro__):
+        if name in base.__dict__:
+            return level
+    return -1
 
 
 class LoadBalancer:
@@ -498,7 +514,9 @@ class LoadBalancer:
             # it unfinished (which throws GeneratorExit into it) costs more than the selection.
             assert self._first is not None  # set together
             first = self._first(key)
-            if first is not None and max_iterations > 0:
+            if first is not None:
+                if max_iterations <= 0:
+                    return None  # iter would have been asked for one candidate too
                 steps = 1
                 state = health.get(first)
                 ready = state is not None and state.ready

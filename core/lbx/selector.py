@@ -22,11 +22,13 @@ class Selector(Protocol):
     Selectors are rebuilt whenever the backend list changes, so they can precompute freely.
 
     A selector may also define ``iter`` in two parts, ``first(key)`` (the first choice, or None
-    when there is none) and ``fallback(key)`` (the candidates after it), so that ``iter(key)``
-    is ``first(key)`` then ``fallback(key)``. lbx then calls ``first`` for every selection and
-    ``fallback`` only when that candidate is not taken: most requests make no iterator (making
-    a generator per request and dropping it after one candidate costs more than a round-robin
-    step).
+    when there is none) and ``fallback(key)`` (the candidates after it, asked right after
+    ``first`` for the same request), so that ``iter(key)`` is ``first(key)`` then
+    ``fallback(key)``. lbx then calls ``first`` for every selection and ``fallback`` only when
+    that candidate is not taken: most requests make no iterator (making a generator per request
+    and dropping it after one candidate costs more than a round-robin step). Both parts are
+    needed, beside ``iter``; a subclass that overrides only ``iter`` is walked by it
+    (docs/plugins.md has the rules).
 
     A selector that needs feedback from traffic (least connections, latency) also defines
     ``on_start(backend)`` and ``on_finish(backend, seconds, ok)``: lbx calls them around every

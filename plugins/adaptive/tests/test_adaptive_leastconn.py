@@ -148,16 +148,3 @@ def test_empty_weight_zero_and_options() -> None:
         LeastConnections([Backend("10.0.0.1", 80, 0)], {})
     with pytest.raises(ValueError, match="leastconn takes no selection_options"):
         LeastConnections([A], {"x": 1})
-
-
-def test_iter_is_first_then_fallback() -> None:
-    """``first`` and ``fallback`` (what ``LoadBalancer`` calls) give ``iter``'s order."""
-    lb = balancer(A, B, C, Backend("10.0.0.4", 80, weight=3))
-    chosen = selector(lb)
-    for _ in range(20):
-        first = chosen.first(b"")
-        assert first is not None
-        assert list(chosen.iter(b"")) == [first, *chosen.fallback(b"")]
-        start(lb)
-    assert LeastConnections((), {}).first(b"") is None
-    assert list(LeastConnections((), {}).iter(b"")) == []

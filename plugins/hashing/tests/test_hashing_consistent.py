@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import itertools
+import zlib
+from bisect import bisect_left
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -173,12 +176,26 @@ def test_weight_zero_and_options_are_refused() -> None:
         Consistent([], {"points": 100})
 
 
+def clockwise(selector: Consistent, key: bytes) -> Iterator[Backend]:
+    """The ketama walk (the plugin's ``iter`` before it had two parts): the first point at or
+    after the key's CRC32, then clockwise round the ring."""
+    position = bisect_left(selector.hashes, zlib.crc32(key))
+    while selector.owners:
+        yield selector.owners[position % len(selector.owners)]
+        position += 1
+
+
 @pytest.mark.parametrize("weights", [(1, 2), (1,), ()])
-def test_iter_is_first_then_fallback(weights: tuple[int, ...]) -> None:
-    """``first`` and ``fallback`` (what ``LoadBalancer`` calls) give ``iter``'s walk."""
+def test_first_and_fallback_walk_the_ring_clockwise(weights: tuple[int, ...]) -> None:
+    """``first`` then ``fallback`` (what ``LoadBalancer`` calls) and ``iter`` walk the ring from
+    the key's point, round past its end."""
     backends = [Backend("10.0.0.1", 80 + i, weight=w) for i, w in enumerate(weights)]
     selector = Consistent(backends, {})
-    for key in (b"", b"a", b"user-42", b"\xff" * 9):
+    keys = [b"", b"a", b"user-42", b"\xff" * 9]
+    keys += [b"key-%d" % n for n in range(200)]  # some land past the last point: the wrap
+    for key in keys:
+        expected = list(itertools.islice(clockwise(selector, key), 700))
         first = selector.first(key)
-        expected = [] if first is None else [first, *itertools.islice(selector.fallback(key), 700)]
-        assert list(itertools.islice(selector.iter(key), 701)) == expected
+        got = [] if first is None else [first, *itertools.islice(selector.fallback(key), 699)]
+        assert got == expected
+        assert list(itertools.islice(selector.iter(key), 700)) == expected

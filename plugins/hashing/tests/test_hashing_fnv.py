@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -119,13 +120,32 @@ def test_selection_options_are_refused() -> None:
         FnvHash((), {"seed": 1})
 
 
-@pytest.mark.parametrize("weights", [(1, 1, 1), (3, 1, 2), (0, 0), ()])
-def test_iter_is_first_then_fallback(weights: tuple[int, ...]) -> None:
-    """``first`` and ``fallback`` (what ``LoadBalancer`` calls) give ``iter``'s chain."""
-    selector = FnvHash([Backend("10.0.0.1", 80 + i, weight=w) for i, w in enumerate(weights)], {})
-    for key in (b"", b"a", b"user-42"):
+def pingora_order(backends: list[Backend], key: bytes) -> Iterator[Backend]:
+    """Pingora's ``Weighted<FNVHash>`` walk (the plugin's ``iter`` before it had two parts): the
+    key's hash over the weighted list, then the hash chained over the plain list."""
+    weighted = [index for index, backend in enumerate(backends) for _ in range(backend.weight)]
+    value = fnv1a_64(key)
+    if weighted:
+        yield backends[weighted[value % len(weighted)]]
+    while backends:
+        value = fnv1a_64(value.to_bytes(8, "little"))
+        yield backends[value % len(backends)]
+
+
+@pytest.mark.parametrize("weights", [(1, 1, 1), (3, 1, 2), (0, 0)])
+def test_first_and_fallback_walk_pingoras_order(weights: tuple[int, ...]) -> None:
+    """``first`` then ``fallback`` (what ``LoadBalancer`` calls), ``iter``, and ``select`` with
+    the first choice unready all follow Pingora's chain."""
+    backends = [Backend("10.0.0.1", 80 + i, weight=w) for i, w in enumerate(weights)]
+    selector = FnvHash(backends, {})
+    lb = balancer(*backends)
+    lb.backends.set_healthy(backends[0], False)
+    for key in (b"", b"a", b"user-42", b"\xff" * 9):
+        expected = list(itertools.islice(pingora_order(backends, key), 9))
         first = selector.first(key)
-        expected = ([] if first is None else [first]) + list(
-            itertools.islice(selector.fallback(key), 8)
-        )
-        assert list(itertools.islice(selector.iter(key), len(expected))) == expected
+        got = [] if first is None else [first]
+        got += itertools.islice(selector.fallback(key), 9 - len(got))
+        assert got == expected
+        assert list(itertools.islice(selector.iter(key), 9)) == expected
+        ready = next(b for b in pingora_order(backends, key) if b != backends[0])
+        assert lb.select(key) == ready

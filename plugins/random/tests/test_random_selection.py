@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import random
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -152,14 +153,32 @@ def test_forked_workers_draw_different_sequences():
     assert child != parent
 
 
-@pytest.mark.parametrize("weights", [(1, 1, 1), (3, 1, 2), (0, 0), ()])
-def test_iter_is_first_then_fallback(weights: tuple[int, ...]) -> None:
-    """``first`` and ``fallback`` (what ``LoadBalancer`` calls) give ``iter``'s draws."""
+def pingora_order(backends: list[Backend], rng: random.Random) -> Iterator[Backend]:
+    """Pingora's ``Weighted<Random>`` walk (the plugin's ``iter`` before it had two parts): a
+    weighted draw, then uniform draws (no weighted draw when every weight is 0)."""
+    weighted = [index for index, backend in enumerate(backends) for _ in range(backend.weight)]
+    if weighted:
+        yield backends[weighted[rng.getrandbits(64) % len(weighted)]]
+    while backends:
+        yield backends[rng.getrandbits(64) % len(backends)]
+
+
+@pytest.mark.parametrize("weights", [(1, 1, 1), (3, 1, 2), (0, 0)])
+def test_first_and_fallback_walk_pingoras_order(weights: tuple[int, ...]) -> None:
+    """``first`` then ``fallback`` (what ``LoadBalancer`` calls), ``iter``, and ``select`` with
+    the first choice often unready all make Pingora's draws, in its order."""
     backends = [Backend("10.0.0.1", 80 + i, weight=w) for i, w in enumerate(weights)]
-    whole = Random(backends, {}, random.Random(3))
-    parts = Random(backends, {}, random.Random(3))
+    selector, reference = Random(backends, {}, random.Random(3)), random.Random(3)
     for _ in range(7):
-        first = parts.first(b"")
-        expected = [] if first is None else [first]
-        expected += itertools.islice(parts.fallback(b""), 5)
-        assert list(itertools.islice(whole.iter(b""), len(expected))) == expected
+        first = selector.first(b"")
+        got = [] if first is None else [first]
+        got += itertools.islice(selector.fallback(b""), 5)
+        assert got == list(itertools.islice(pingora_order(backends, reference), len(got)))
+        assert list(itertools.islice(selector.iter(b""), 6)) == list(
+            itertools.islice(pingora_order(backends, reference), 6)
+        )
+    lb, reference = balancer(*backends, seed=5), random.Random(5)
+    lb.backends.set_healthy(backends[0], False)
+    for _ in range(20):
+        ready = next(b for b in pingora_order(backends, reference) if b != backends[0])
+        assert lb.select(b"") == ready

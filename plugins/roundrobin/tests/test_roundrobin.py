@@ -172,12 +172,29 @@ def test_update_keeps_health_of_remaining_backends() -> None:
     assert set(picks(lb, 10)) == {C}
 
 
-@pytest.mark.parametrize("weights", [(1, 1, 1), (3, 1, 2), ()])
-def test_iter_is_first_then_fallback(weights: tuple[int, ...]) -> None:
-    """``first`` and ``fallback`` (what ``LoadBalancer`` calls) give ``iter``'s order."""
+def pingora_order(backends: Sequence[Backend], counter: Iterator[int]) -> Iterator[Backend]:
+    """Pingora's ``Weighted<RoundRobin>`` walk (the plugin's ``iter`` before it had two parts):
+    the weighted list at the shared counter, then the plain list at the same counter."""
+    weighted = [index for index, backend in enumerate(backends) for _ in range(backend.weight)]
+    yield backends[weighted[next(counter) % len(weighted)]]
+    while True:
+        yield backends[next(counter) % len(backends)]
+
+
+@pytest.mark.parametrize("weights", [(1, 1, 1), (3, 1, 2)])
+def test_first_and_fallback_walk_pingoras_order(weights: tuple[int, ...]) -> None:
+    """``first`` then ``fallback`` (what ``LoadBalancer`` calls), ``iter``, and ``select`` with
+    the first choice often unready all follow Pingora's order and counter."""
     backends = [Backend("127.0.0.1", 8001 + i, weight=w) for i, w in enumerate(weights)]
-    whole, parts = RoundRobin(backends, {}), RoundRobin(backends, {})
+    selector, counter = RoundRobin(backends, {}), itertools.count()
     for _ in range(7):
-        first = parts.first(b"")
-        expected = [] if first is None else [first, *itertools.islice(parts.fallback(b""), 5)]
-        assert list(itertools.islice(whole.iter(b""), 6)) == expected
+        expected = list(itertools.islice(pingora_order(backends, counter), 6))
+        assert [selector.first(b""), *itertools.islice(selector.fallback(b""), 5)] == expected
+        assert list(itertools.islice(selector.iter(b""), 6)) == list(
+            itertools.islice(pingora_order(backends, counter), 6)
+        )
+    lb, counter = balancer(*backends), itertools.count()
+    lb.backends.set_healthy(backends[0], False)
+    for _ in range(20):
+        ready = next(b for b in pingora_order(backends, counter) if b != backends[0])
+        assert lb.select(b"") == ready
