@@ -16,11 +16,12 @@ def burst(proxy: InProcessProxy) -> None:
     def hold(conn: MemoryUpstreamConnection, request: UpstreamRequest) -> None:
         held.append(conn)
 
-    proxy.upstream.handler = hold
+    answer, proxy.upstream.handler = proxy.upstream.handler, hold
     clients = [proxy.client() for _ in range(BURST)]
     for client in clients:
         client.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     assert len(held) == BURST
+    proxy.upstream.handler = answer
     for conn in held:
         conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
     proxy.settle()
@@ -55,4 +56,23 @@ def test_size_zero_keeps_nothing():
     proxy = InProcessProxy(server={"upstream_keepalive_pool_size": 0})
     burst(proxy)
     assert len(proxy.service.connector.pool) == 0
+    proxy.close()
+
+
+def test_once_the_load_drops_the_sweeps_close_what_it_no_longer_needs():
+    """A sweep keeps as many idle connections as were in use at once in its period (at least the
+    configured size), the most recently used ones."""
+    proxy = InProcessProxy(server={"upstream_keepalive_pool_size": 4})
+    burst(proxy)
+    pool = proxy.service.connector.pool
+    proxy.call(pool.sweep)  # the end of the burst's period: all of it was in use
+    assert len(pool) == BURST
+    response, _ = proxy.exchange(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert response.status == 200
+    proxy.call(pool.sweep)  # a period with one request at a time
+    assert len(pool) == 4
+    assert sum(not conn.closed for conn in proxy.upstream.conns) == 4
+    burst(proxy)  # the 4 kept are found again, the rest is opened anew
+    assert len(proxy.upstream.conns) == BURST + BURST - 4
+    assert proxy.errors == []
     proxy.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import errno
+import itertools
 import logging
 import socket
 import ssl
@@ -382,13 +383,14 @@ class ConnectionPool:
     """Idle upstream connections, LIFO per peer, bounded in total (Pingora's LRU pool), sized by
     the load.
 
-    The pool keeps as many idle connections as were open at once lately (the peak since the
-    last sweep), and at least ``upstream_keepalive_pool_size``: under 1,000 busy clients the
+    The pool keeps as many idle connections as were in use at once lately (the peak of the last
+    sweep period), and at least ``upstream_keepalive_pool_size``: under 1,000 busy clients the
     connections their requests needed are found again instead of being closed and opened anew
     (each one a connect, a TIME_WAIT socket and a slow start), as Envoy keeps the connections it
-    opened until they idle out. Past the bound, the least recently used one is closed.
-    Connections idle longer than the peer's ``idle_timeout`` are closed by a periodic sweep and
-    never handed out. Size 0 keeps none.
+    opened. A periodic sweep closes the connections idle longer than the peer's
+    ``idle_timeout`` (they are never handed out), then the least recently used ones past the
+    bound: once the load drops, what it no longer needs goes within two periods. Size 0 keeps
+    none.
     """
 
     def __init__(self, size: int, default_idle_timeout: float) -> None:
@@ -403,7 +405,7 @@ class ConnectionPool:
         """Open (or opening) connections per peer, for ``max_upstream_connections``."""
         self._open_total = 0
         self._peak = 0
-        """The most connections open at once since the last sweep."""
+        """The most connections in use at once (open and not idle) since the last sweep."""
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
 
     def __len__(self) -> int:
@@ -422,6 +424,9 @@ class ConnectionPool:
             if conn in lru:
                 del lru[conn]
             if not conn.closed and now - conn.idle_since < timeout:
+                in_use = self._open_total - len(lru)
+                if in_use > self._peak:
+                    self._peak = in_use
                 return conn
             conn.close()
         return None
@@ -432,14 +437,16 @@ class ConnectionPool:
 
     @property
     def bound(self) -> int:
-        """How many idle connections the pool keeps now: the recent peak, at least ``size``."""
+        """How many idle connections the next sweep keeps: the connections in use at once since
+        the last one, at least ``size``."""
         return max(self.size, self._peak)
 
     def reserve(self, key: str) -> None:
         self._open[key] = self._open.get(key, 0) + 1
         self._open_total += 1
-        if self._open_total > self._peak:
-            self._peak = self._open_total
+        in_use = self._open_total - len(self._lru)
+        if in_use > self._peak:
+            self._peak = in_use
 
     def release(self, key: str) -> None:
         self._open_total -= 1
@@ -506,19 +513,11 @@ class ConnectionPool:
         conn.resume_reading()  # an idle connection must notice when the upstream closes it
         conn.idle_since = monotonic()
         self._idle.setdefault(conn.peer.pool_key, []).append(conn)
-        lru = self._lru
-        lru[conn] = None
-        bound = self.bound
-        # The peak counts every open connection, idle ones included, so the bound holds by
-        # itself today; this keeps it whatever that accounting becomes.
-        while len(lru) > bound:
-            oldest = next(iter(lru))
-            del lru[oldest]
-            oldest.close()
+        self._lru[conn] = None
         if self._sweep_handle is None:
             interval = max(0.5, min(self.default_idle_timeout, 30.0) / 2)
             loop = asyncio.get_running_loop()
-            self._sweep_handle = loop.call_later(interval, self._sweep)
+            self._sweep_handle = loop.call_later(interval, self.sweep)
 
     def discard(self, conn: UpstreamConnection) -> None:
         """Forget ``conn`` (it closed or is being closed)."""
@@ -552,7 +551,10 @@ class ConnectionPool:
             self._sweep_handle.cancel()
             self._sweep_handle = None
 
-    def _sweep(self) -> None:
+    def sweep(self) -> None:
+        """Close the idle connections past their ``idle_timeout``, then the least recently used
+        past ``bound``, and start the next period (run every half ``idle_timeout``, at most
+        30 s, while any connection is idle)."""
         self._sweep_handle = None
         now = monotonic()
         for conn in list(self._lru):
@@ -563,10 +565,15 @@ class ConnectionPool:
             )
             if now - conn.idle_since >= timeout:
                 conn.close()
-        self._peak = self._open_total  # the next period's allowance follows the load it sees
+        surplus = len(self._lru) - self.bound
+        if surplus > 0:
+            for conn in list(itertools.islice(self._lru, surplus)):
+                conn.close()  # leaves _lru (discard)
+        # The next period's allowance follows the load it sees, from what is in use now.
+        self._peak = self._open_total - len(self._lru)
         if self._lru:
             interval = max(0.5, min(self.default_idle_timeout, 30.0) / 2)
-            self._sweep_handle = asyncio.get_running_loop().call_later(interval, self._sweep)
+            self._sweep_handle = asyncio.get_running_loop().call_later(interval, self.sweep)
 
 
 class Connector:
