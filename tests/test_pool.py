@@ -76,3 +76,31 @@ def test_once_the_load_drops_the_sweeps_close_what_it_no_longer_needs():
     assert len(proxy.upstream.conns) == BURST + BURST - 4
     assert proxy.errors == []
     proxy.close()
+
+
+def test_requests_still_in_use_do_not_hold_idle_connections_open():
+    """Long requests in use at every sweep (tunnels, slow responses) are not counted as idle
+    connections a returning load would need."""
+    proxy = InProcessProxy(server={"upstream_keepalive_pool_size": 4})
+    pool = proxy.service.connector.pool
+    held: list[MemoryUpstreamConnection] = []
+    answer, proxy.upstream.handler = proxy.upstream.handler, lambda conn, _: held.append(conn)
+    long_clients = [proxy.client() for _ in range(10)]
+    for client in long_clients:
+        client.send(b"GET /long HTTP/1.1\r\nHost: x\r\n\r\n")
+    proxy.settle()
+    proxy.upstream.handler = answer
+    burst(proxy)
+    assert len(pool) == BURST
+    for _ in range(3):
+        proxy.call(pool.sweep)
+        response, _ = proxy.exchange(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert response.status == 200
+    assert len(pool) == 4  # not 4 + the 10 in use
+    for conn in held:
+        conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    proxy.settle()
+    for client in long_clients:
+        assert client.read_response().status == 200
+    assert proxy.errors == []
+    proxy.close()

@@ -380,17 +380,19 @@ class UpstreamConnection(asyncio.Protocol):
 
 
 class ConnectionPool:
-    """Idle upstream connections, LIFO per peer, bounded in total (Pingora's LRU pool), sized by
-    the load.
+    """Idle upstream connections, LIFO per peer, trimmed in total (least recently used first),
+    sized by the load.
 
-    The pool keeps as many idle connections as were in use at once lately (the peak of the last
-    sweep period), and at least ``upstream_keepalive_pool_size``: under 1,000 busy clients the
+    The pool keeps as many idle connections as the most in use at once lately would need (the
+    peak of the last sweep period, less what is still in use), and at least
+    ``upstream_keepalive_pool_size``: under 1,000 busy clients the
     connections their requests needed are found again instead of being closed and opened anew
     (each one a connect, a TIME_WAIT socket and a slow start), as Envoy keeps the connections it
     opened. A periodic sweep closes the connections idle longer than the peer's
     ``idle_timeout`` (they are never handed out), then the least recently used ones past the
-    bound: once the load drops, what it no longer needs goes within two periods. Size 0 keeps
-    none.
+    bound: once the load drops, what it no longer needs goes within two periods (between sweeps
+    the pool may hold more). The peak is of all peers together: load that moves from one peer
+    to another within a period may lose the first one's connections. Size 0 keeps none.
     """
 
     def __init__(self, size: int, default_idle_timeout: float) -> None:
@@ -398,8 +400,7 @@ class ConnectionPool:
         self.default_idle_timeout = default_idle_timeout
         self._idle: dict[str, list[UpstreamConnection]] = {}
         self._lru: dict[UpstreamConnection, None] = {}
-        """Every idle connection, least recently used first (a dict keeps insertion order, and
-        costs less per request than an OrderedDict)."""
+        """Every idle connection, least recently used first (cheaper than an OrderedDict)."""
         self._sweep_handle: asyncio.TimerHandle | None = None
         self._open: dict[str, int] = {}
         """Open (or opening) connections per peer, for ``max_upstream_connections``."""
@@ -437,9 +438,10 @@ class ConnectionPool:
 
     @property
     def bound(self) -> int:
-        """How many idle connections the next sweep keeps: the connections in use at once since
-        the last one, at least ``size``."""
-        return max(self.size, self._peak)
+        """How many idle connections a sweep keeps now: what the most in use at once since the
+        last sweep would need besides those in use now (long requests, tunnels), at least
+        ``size``."""
+        return max(self.size, self._peak - (self._open_total - len(self._lru)))
 
     def reserve(self, key: str) -> None:
         self._open[key] = self._open.get(key, 0) + 1
@@ -553,8 +555,10 @@ class ConnectionPool:
 
     def sweep(self) -> None:
         """Close the idle connections past their ``idle_timeout``, then the least recently used
-        past ``bound``, and start the next period (run every half ``idle_timeout``, at most
-        30 s, while any connection is idle)."""
+        past ``bound``, and start the next period. It runs while any connection is idle, every
+        half of the server's ``idle_timeout`` (0.5 to 15 s); a call replaces the pending run."""
+        if self._sweep_handle is not None:
+            self._sweep_handle.cancel()
         self._sweep_handle = None
         now = monotonic()
         for conn in list(self._lru):
