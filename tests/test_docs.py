@@ -130,3 +130,23 @@ def test_every_public_session_name_is_documented() -> None:
     assert public <= documented, sorted(public - documented)
     words = {"status", "unix", "name", "config", "load_balancer", *hook_signatures()}
     assert documented - words <= public, sorted(documented - words - public)
+
+
+def test_the_round_robin_example_selects_as_the_plugin_does() -> None:
+    """plugins.md's ``RoundRobin`` is the plugin's: the same picks, first choices and
+    fallbacks, through the load balancer (which takes it in two parts)."""
+    from lbx_roundrobin import RoundRobin
+
+    block = next(b for b in PYTHON_BLOCK.findall(read("plugins.md")) if "class RoundRobin" in b)
+    namespace: dict[str, object] = {}
+    exec(compile(block, "plugins.md", "exec"), namespace)
+    backends = tuple(lbx.Backend("127.0.0.1", 8001 + i, weight=w) for i, w in enumerate((3, 1, 2)))
+    balancers = [
+        lbx.LoadBalancer(lbx.Backends(backends), factory)
+        for factory in (namespace["RoundRobin"], RoundRobin)
+    ]
+    for lb in balancers:
+        lb.backends.set_healthy(backends[0], False)
+    picks = [[lb.select(b"") for _ in range(30)] for lb in balancers]
+    assert picks[0] == picks[1]
+    assert set(picks[0]) == {backends[1], backends[2]}

@@ -1,10 +1,19 @@
 """The idle upstream pool follows the load (issue 18): connections that many clients needed at
-once are kept for the next burst instead of being closed and opened again, in this process over
-in-memory transports (``lbx.inprocess``)."""
+once are kept for the next burst instead of being closed and opened again, and closed by the
+sweeps once the load no longer needs them; in this process over in-memory transports
+(``lbx.inprocess``), and with a real lbx."""
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import yaml
+from tests.http_helpers import Request, Upstream, UpstreamConn, exchange, ok
+
 from lbx.inprocess import InProcessProxy, MemoryUpstreamConnection, UpstreamRequest
+from lbx.testing import LbxProcess
 
 BURST = 40
 
@@ -104,3 +113,57 @@ def test_requests_still_in_use_do_not_hold_idle_connections_open():
         assert client.read_response().status == 200
     assert proxy.errors == []
     proxy.close()
+
+
+def test_a_real_lbx_keeps_the_configured_size_once_a_burst_is_over(tmp_path: Path) -> None:
+    """lbx with ``upstream_keepalive_pool_size: 2``: a burst of 10 clients opens 10 upstream
+    connections; the sweeps then close all but the 2 most recently used (they are far from
+    their ``idle_timeout``), and those 2 serve the next requests."""
+    burst_size = 10
+    everyone_arrived = threading.Barrier(burst_size, timeout=30)
+    in_burst = threading.Event()
+    in_burst.set()
+
+    def answer_together(conn: UpstreamConn, request: Request) -> None:
+        if in_burst.is_set():
+            everyone_arrived.wait()  # the burst: every request holds a connection at once
+        ok(conn, request)
+
+    upstream = Upstream(answer_together)
+    conf = tmp_path / "lbx.yaml"
+    upstreams = {"upstreams": [upstream.address]}
+    conf.write_text(
+        yaml.safe_dump(
+            {
+                "version": 1,
+                "upstream_keepalive_pool_size": 2,
+                "plugins": ["roundrobin"],
+                "services": [
+                    {"name": "web", "listen": ["127.0.0.1:0"], "idle_timeout": 60, **upstreams},
+                    # Its idle_timeout only makes the pool's sweep period short (0.5 s).
+                    {"name": "tick", "listen": [f"unix:{tmp_path}/tick.sock"], "idle_timeout": 1}
+                    | upstreams,
+                ],
+            }
+        )
+    )
+    request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+
+    def open_conns() -> int:
+        return sum(not conn.closed_by_peer.is_set() for conn in upstream.conns)
+
+    try:
+        with LbxProcess("-c", str(conf)) as lbx:
+            with ThreadPoolExecutor(burst_size) as pool:
+                answers = list(pool.map(lambda _: exchange(lbx.address, request), range(10)))
+            assert [response.status for response, _ in answers] == [200] * burst_size
+            assert len(upstream.conns) == burst_size
+            assert upstream.wait(lambda: open_conns() == 2, timeout=30), open_conns()
+            in_burst.clear()  # one at a time from now on
+            for _ in range(3):
+                response, _ = exchange(lbx.address, request)
+                assert response.status == 200
+            assert len(upstream.conns) == burst_size  # served by the 2 kept
+            assert open_conns() == 2
+    finally:
+        upstream.close()

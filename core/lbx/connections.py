@@ -12,10 +12,11 @@ from typing import TYPE_CHECKING, Any, Final
 if TYPE_CHECKING:
     from lbx.downstream import ClientConnection
 
+monotonic: Final = time.monotonic  # compiled: a C static, not a module attribute per call
+
 DRAIN_LINGER_SECONDS: Final = 1.0
 """On shutdown, how long an idle client connection stays open before it is closed (HTTP/2:
 between the first GOAWAY, when any stream may still come, and the last one)."""
-monotonic: Final = time.monotonic  # compiled: a C static, not a module attribute per call
 LINGER_SECONDS: Final = 2.0
 """After an error answer (HTTP/1.1) or a connection error (HTTP/2), how long what the client
 still sends is read and dropped before the close, so that it reads the answer, not a reset."""

@@ -391,20 +391,21 @@ class Backends:
         return None
 
 
-def _first_and_fallback(
-    selector: Selector,
-) -> tuple[Callable[[bytes], Backend | None] | None, Callable[[bytes], Iterator[Backend]] | None]:
-    """The selector's ``first`` and ``fallback`` when it defines both with its ``iter`` (see
-    ``Selector``): a subclass that overrides only ``iter`` of a selector in two parts is walked by
-    its own ``iter``."""
+_TwoParts = tuple[Callable[[bytes], Backend | None], Callable[[bytes], Iterator[Backend]]]
+"""A selector's ``first`` and ``fallback`` (see ``Selector``)."""
+
+
+def _two_parts(selector: Selector) -> _TwoParts | None:
+    """The selector's ``first`` and ``fallback`` when it defines both with its ``iter``: a
+    subclass that overrides only ``iter`` of a selector in two parts is walked by its ``iter``."""
     first = getattr(selector, "first", None)
     fallback = getattr(selector, "fallback", None)
     if first is None or fallback is None:
-        return None, None
+        return None
     cls = type(selector)
     level = _defined_at(cls, "iter")
     if _defined_at(cls, "first") > level or _defined_at(cls, "fallback") > level:
-        return None, None
+        return None
     return first, fallback
 
 
@@ -432,10 +433,7 @@ class LoadBalancer:
         self.selector_name = selector_name
         self._factory = selector_factory
         self._options = dict(selector_options or {})
-        self.selector = selector_factory(backends.items, self._options)
-        self.tracks = hasattr(self.selector, "on_start")
-        """Whether the selector wants ``on_start``/``on_finish`` for every upstream attempt."""
-        self._first, self._fallback = _first_and_fallback(self.selector)
+        self._use(selector_factory(backends.items, self._options))
         self.on_exhausted: Callable[[], bool] | None = None
         """Called when no backend is ready, before giving up: True when it changed the set
         (a worker of ``threads: N`` taking a set just published: the old one may be all
@@ -459,8 +457,7 @@ class LoadBalancer:
         inherit = getattr(selector, "inherit", None)
         if inherit is not None:
             inherit(self.selector)
-        self.selector = selector
-        self._first, self._fallback = _first_and_fallback(selector)
+        self._use(selector)
         self.backends.commit(items, health, change)
         return change
 
@@ -472,9 +469,14 @@ class LoadBalancer:
             if inherit is not None:
                 inherit(self.selector)
         self._factory, self._options, self.selector_name = factory, dict(options), name
+        self._use(selector)
+
+    def _use(self, selector: Selector) -> None:
+        """Make ``selector`` the one requests walk, with what is learnt from it once."""
         self.selector = selector
-        self._first, self._fallback = _first_and_fallback(selector)
         self.tracks = hasattr(selector, "on_start")
+        """Whether the selector wants ``on_start``/``on_finish`` for every upstream attempt."""
+        self._parts = _two_parts(selector)
 
     def select(self, key: bytes = b"", max_iterations: int = 256) -> Backend | None:
         """The first ready backend the selector offers for ``key``, within ``max_iterations``."""
@@ -506,14 +508,14 @@ class LoadBalancer:
         first: Backend | None = None
         seen: set[Backend] | None = None  # made only when the first candidate is not taken
         steps = 0
-        fallback = self._fallback
-        if fallback is None:
+        parts = self._parts
+        if parts is None:
             candidates = self.selector.iter(key)
         else:
             # The common case needs no iterator: making a generator per request and dropping
             # it unfinished (which throws GeneratorExit into it) costs more than the selection.
-            assert self._first is not None  # set together
-            first = self._first(key)
+            pick_first, fallback = parts
+            first = pick_first(key)
             if first is not None:
                 if max_iterations <= 0:
                     return None  # iter would have been asked for one candidate too

@@ -380,24 +380,21 @@ class UpstreamConnection(asyncio.Protocol):
 
 
 class ConnectionPool:
-    """Idle upstream connections, LIFO per peer, trimmed in total (least recently used first),
-    sized by the load.
+    """Idle upstream connections, LIFO per peer, sized by the load (Envoy keeps what it opened).
 
-    The pool keeps as many idle connections as the most in use at once lately would need (the
-    peak of the last sweep period, less what is still in use), and at least
-    ``upstream_keepalive_pool_size``: under 1,000 busy clients the
-    connections their requests needed are found again instead of being closed and opened anew
-    (each one a connect, a TIME_WAIT socket and a slow start), as Envoy keeps the connections it
-    opened. A periodic sweep closes the connections idle longer than the peer's
-    ``idle_timeout`` (they are never handed out), then the least recently used ones past the
-    bound: once the load drops, what it no longer needs goes within two periods (between sweeps
-    the pool may hold more). The peak is of all peers together: load that moves from one peer
-    to another within a period may lose the first one's connections. Size 0 keeps none.
+    Under 1,000 busy clients the connections their requests needed are found again instead of
+    opened anew (a connect, a TIME_WAIT socket, a slow start each). ``sweep`` closes those idle
+    past their peer's ``idle_timeout`` (never handed out), then the least recently used past
+    ``bound``: what the most in use at once in the period would need besides those still in use,
+    at least ``upstream_keepalive_pool_size``. After a burst the surplus goes within two periods.
+    The peak is of all peers together (load moving between peers may lose some). Size 0 keeps
+    none.
     """
 
     def __init__(self, size: int, default_idle_timeout: float) -> None:
         self.size = size
         self.default_idle_timeout = default_idle_timeout
+        self._sweep_interval = max(0.5, min(default_idle_timeout, 30.0) / 2)
         self._idle: dict[str, list[UpstreamConnection]] = {}
         self._lru: dict[UpstreamConnection, None] = {}
         """Every idle connection, least recently used first (cheaper than an OrderedDict)."""
@@ -419,15 +416,13 @@ class ConnectionPool:
             return None
         now = monotonic()
         timeout = peer.idle_timeout if peer.idle_timeout is not None else self.default_idle_timeout
+        lru = self._lru
         while stack:
             conn = stack.pop()
-            lru = self._lru
             if conn in lru:
                 del lru[conn]
             if not conn.closed and now - conn.idle_since < timeout:
-                in_use = self._open_total - len(lru)
-                if in_use > self._peak:
-                    self._peak = in_use
+                self._note_in_use()
                 return conn
             conn.close()
         return None
@@ -437,18 +432,26 @@ class ConnectionPool:
         return self._open.get(peer.pool_key, 0)
 
     @property
+    def in_use(self) -> int:
+        """Connections open (or opening) and not idle."""
+        return self._open_total - len(self._lru)
+
+    @property
     def bound(self) -> int:
         """How many idle connections a sweep keeps now: what the most in use at once since the
         last sweep would need besides those in use now (long requests, tunnels), at least
         ``size``."""
-        return max(self.size, self._peak - (self._open_total - len(self._lru)))
+        return max(self.size, self._peak - self.in_use)
+
+    def _note_in_use(self) -> None:
+        in_use = self.in_use
+        if in_use > self._peak:
+            self._peak = in_use
 
     def reserve(self, key: str) -> None:
         self._open[key] = self._open.get(key, 0) + 1
         self._open_total += 1
-        in_use = self._open_total - len(self._lru)
-        if in_use > self._peak:
-            self._peak = in_use
+        self._note_in_use()
 
     def release(self, key: str) -> None:
         self._open_total -= 1
@@ -517,9 +520,8 @@ class ConnectionPool:
         self._idle.setdefault(conn.peer.pool_key, []).append(conn)
         self._lru[conn] = None
         if self._sweep_handle is None:
-            interval = max(0.5, min(self.default_idle_timeout, 30.0) / 2)
             loop = asyncio.get_running_loop()
-            self._sweep_handle = loop.call_later(interval, self.sweep)
+            self._sweep_handle = loop.call_later(self._sweep_interval, self.sweep)
 
     def discard(self, conn: UpstreamConnection) -> None:
         """Forget ``conn`` (it closed or is being closed)."""
@@ -554,9 +556,8 @@ class ConnectionPool:
             self._sweep_handle = None
 
     def sweep(self) -> None:
-        """Close the idle connections past their ``idle_timeout``, then the least recently used
-        past ``bound``, and start the next period. It runs while any connection is idle, every
-        half of the server's ``idle_timeout`` (0.5 to 15 s); a call replaces the pending run."""
+        """Close what is idle past ``idle_timeout``, then past ``bound``; start the next period.
+        Runs every half server ``idle_timeout`` (0.5-15 s) while any is idle; a call replaces it."""
         if self._sweep_handle is not None:
             self._sweep_handle.cancel()
         self._sweep_handle = None
@@ -573,11 +574,10 @@ class ConnectionPool:
         if surplus > 0:
             for conn in list(itertools.islice(self._lru, surplus)):
                 conn.close()  # leaves _lru (discard)
-        # The next period's allowance follows the load it sees, from what is in use now.
-        self._peak = self._open_total - len(self._lru)
+        self._peak = self.in_use  # the next period's allowance follows the load it sees
         if self._lru:
-            interval = max(0.5, min(self.default_idle_timeout, 30.0) / 2)
-            self._sweep_handle = asyncio.get_running_loop().call_later(interval, self.sweep)
+            loop = asyncio.get_running_loop()
+            self._sweep_handle = loop.call_later(self._sweep_interval, self.sweep)
 
 
 class Connector:

@@ -70,7 +70,7 @@ class LeastConnections:
         first = self.first(key)
         if first is not None:
             yield first
-            yield from self.fallback(key)
+        yield from self.fallback(key)
 
     def fallback(self, key: bytes) -> Iterator[Backend]:
         """The backends after ``first``'s, in increasing load."""

@@ -94,7 +94,7 @@ class Consistent:
         first = self.first(key)
         if first is not None:
             yield first
-            yield from self.fallback(key)
+        yield from self.fallback(key)
 
     def shares(self) -> dict[Backend, float]:
         """The fraction of the 32-bit key space each backend owns (what it receives on average)."""

@@ -47,7 +47,7 @@ class RoundRobin:
         first = self.first(key)
         if first is not None:
             yield first
-            yield from self.fallback(key)
+        yield from self.fallback(key)
 
 
 @hookimpl
