@@ -287,7 +287,7 @@ SCENARIOS = {
         Scenario(
             "k",
             "p with 1,000 active clients",
-            ALL[:3],
+            (*ALL[:3], "minimal"),
             connections=1000,
             plain=True,
             wrk_threads=2,
@@ -295,7 +295,7 @@ SCENARIOS = {
         Scenario(
             "k5",
             "p with 5,000 active clients",
-            ALL[:3],
+            (*ALL[:3], "minimal"),
             connections=5000,
             plain=True,
             wrk_threads=2,
@@ -960,6 +960,16 @@ def verdicts(summaries: dict[str, dict[str, dict[str, float]]]) -> list[str]:
         check(f"({sc}) p99 ≤ 3x nginx", sc, "lbx", "p99_vs_nginx", lambda v: v <= 3)
         check(f"({sc}) req/s ≥ 0.5x nginx", sc, "lbx", "rps_vs_nginx", lambda v: v >= 0.5)
         check(f"({sc}) client errors and timeouts = 0", sc, "lbx", "errors", lambda v: v == 0)
+        # Not targets: how the same growth looks for the others, the minimal proxy on lbx's
+        # stack above all (what many clients cost a Python proxy that does nothing else).
+        growth = [
+            f"{system} {other[system]['cpu_us_per_req'] / base['cpu_us_per_req']:.2f}"
+            for system in ("nginx", "haproxy", "minimal")
+            if (base := summaries.get("p", {}).get(system))
+            and system in (other := summaries.get(sc, {}))
+        ]
+        if growth:
+            out.append(f"  ({sc} ÷ p) CPU/req of the others: " + ", ".join(growth))
     return out
 
 

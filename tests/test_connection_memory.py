@@ -112,8 +112,72 @@ def test_an_idle_connection_keeps_nothing_of_its_requests():
     gc.collect()
     assert (count(Exchange), count(Session)) == (0, 0)
     assert all(not client.protocol._headers for client in clients)
+    pooled = list(proxy.service.connector.pool._lru)
+    assert pooled and all(not upstream._headers for upstream in pooled)  # nor do pooled ones
     for client in clients:
         client.close()
+    proxy.close()
+
+
+class PeerTransport:
+    """What ``ProxyService.client_origin`` reads of a new connection's transport."""
+
+    def __init__(self, client_ip: str, listener: tuple[str, int] = ("127.0.0.1", 80)) -> None:
+        self.extra = {"peername": (client_ip, 40000), "sockname": listener, "socket": self}
+        self.family = socket.AF_INET
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return self.extra.get(name, default)
+
+    def setsockopt(self, *args: object) -> None:
+        pass
+
+
+def test_connections_from_one_client_share_what_they_have_in_common():
+    """The connections from one client IP to one listener share its names, its trust and its
+    forwarding fields (one ``ClientOrigin``): about 300 bytes less per connection when a
+    client, or a proxy in front of lbx, opens many (issue 18)."""
+    from lbx.inprocess import InProcessProxy
+
+    proxy = InProcessProxy()
+    clients = [proxy.client() for _ in range(3)]
+    first = clients[0].protocol
+    for client in clients:
+        assert client.protocol._forwarding is first._forwarding
+        assert client.protocol.client_ip is first.client_ip
+        assert client.protocol.server_addr is first.server_addr
+        client.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert client.read_response().status == 200
+        client.close()
+    requests = proxy.upstream.requests
+    assert [request.get_all("X-Forwarded-For") for request in requests] == [[b"127.0.0.1"]] * 3
+    proxy.close()
+
+
+def test_client_origins_are_per_ip_and_listener_and_bounded():
+    from lbx.inprocess import InProcessProxy
+    from lbx.proxy import ORIGINS_KEPT
+
+    proxy = InProcessProxy(trusted_proxies=["10.0.0.0/8"])
+    service = proxy.service
+    addr, inside = service.client_origin(PeerTransport("10.0.0.1"))
+    assert (addr, inside.client_ip, inside.server_addr, inside.trusted) == (
+        "10.0.0.1:40000",
+        "10.0.0.1",
+        "127.0.0.1:80",
+        True,
+    )
+    assert service.client_origin(PeerTransport("10.0.0.1"))[1] is inside
+    outside = service.client_origin(PeerTransport("192.0.2.1"))[1]
+    assert not outside.trusted
+    assert dict((lower, value) for lower, _, value in outside.forwarding)[b"x-forwarded-for"] == (
+        b"192.0.2.1"
+    )
+    other_listener = service.client_origin(PeerTransport("10.0.0.1", ("127.0.0.1", 81)))[1]
+    assert other_listener is not inside and other_listener.server_addr == "127.0.0.1:81"
+    for n in range(ORIGINS_KEPT + 10):  # many distinct clients: the cache starts over
+        service.client_origin(PeerTransport(f"10.1.{n >> 8}.{n & 255}"))
+        assert len(service._origins) <= ORIGINS_KEPT
     proxy.close()
 
 

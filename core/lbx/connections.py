@@ -9,6 +9,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
+from lbx.request_rules import Forwarding
+
 if TYPE_CHECKING:
     from lbx.downstream import ClientConnection
 
@@ -100,6 +102,22 @@ class Connections:
     def abort_all(self) -> None:
         for conn in list(self.open):
             conn.abort()
+
+
+class ClientOrigin:
+    """What the client connections from one IP to one listener have in common, kept once for
+    all of them: the names lbx logs them by, whether the client is trusted
+    (``trusted_proxies``) and the forwarding fields its requests get. A connection's own is
+    only its ``client_addr`` (the port): a client, or a proxy in front of lbx, that opens many
+    connections costs about 300 bytes less per connection, and no address parse for each."""
+
+    def __init__(
+        self, client_ip: str, server_addr: str, trusted: bool, forwarding: Forwarding
+    ) -> None:
+        self.client_ip = client_ip
+        self.server_addr = server_addr
+        self.trusted = trusted
+        self.forwarding = forwarding
 
 
 def format_address(addr: Any) -> str:

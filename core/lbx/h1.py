@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Final, cast
 
 import httptools
 
-from lbx.connections import DRAIN_LINGER_SECONDS, LINGER_SECONDS, accepted
+from lbx.connections import DRAIN_LINGER_SECONDS, LINGER_SECONDS
 from lbx.errors import ProxyError
 from lbx.exchange import Exchange, RequestBody
 from lbx.http import (
@@ -30,10 +30,10 @@ from lbx.request_rules import (
     HTTP_FIRST_LINE,
     NOT_HTTP,
     PLAIN_REQUEST_LINE,
+    Forwarding,
     RequestRefused,
     add_forwarding,
     check_head,
-    forwarding_values,
     parse_error_status,
     refused_head,
     request_line_is_http,
@@ -80,7 +80,7 @@ class H1Downstream(asyncio.Protocol):
         self._max_url = service.max_request_line
         self._trailers = -1
         """Trailer fields of the chunked request being read (-1: reading a head, not trailers)."""
-        self._forwarding: list[tuple[bytes, bytes, bytes]] = []
+        self._forwarding: Forwarding = ()
         """The forwarding fields this connection's requests get: (name, title, value)."""
         self._head_bytes = 0
         self._fed = 0
@@ -128,11 +128,11 @@ class H1Downstream(asyncio.Protocol):
         # Kept: on Python 3.11 every get_running_loop() costs a getpid() syscall.
         self.loop = asyncio.get_running_loop()
         service = self.service
-        self.client_addr, self.server_addr, self.client_ip = accepted(transport)
-        scheme = b"https" if transport.get_extra_info("sslcontext") is not None else b"http"
-        self._trusted = service.is_trusted(self.client_ip)
-        if service.rules.forwarding:
-            self._forwarding = forwarding_values(service.rules, self.client_ip, scheme)
+        self.client_addr, origin = service.client_origin(transport)
+        self.client_ip = origin.client_ip
+        self.server_addr = origin.server_addr
+        self._trusted = origin.trusted
+        self._forwarding = origin.forwarding
         if not service.admit(self):
             self.transport.write(error_response(503, close=True))
             transport.close()

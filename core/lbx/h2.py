@@ -32,7 +32,7 @@ from h2.exceptions import ProtocolError
 from h2.settings import SettingCodes, Settings
 from hyperframe.frame import GoAwayFrame
 
-from lbx.connections import DRAIN_LINGER_SECONDS, LINGER_SECONDS, accepted
+from lbx.connections import DRAIN_LINGER_SECONDS, LINGER_SECONDS
 from lbx.errors import ErrorSource, ErrorType, ProxyError
 from lbx.exchange import Exchange, RequestBody
 from lbx.h1 import H1Downstream
@@ -40,11 +40,11 @@ from lbx.h2frames import MAX_FRAME_SIZE, PREFACE, FrameGuard, send_within_window
 from lbx.h2stream import H2Stream
 from lbx.http import HOP_BY_HOP, HeaderList, Headers, RequestHeader
 from lbx.request_rules import (
+    Forwarding,
     RequestRefused,
     add_forwarding,
     check_h2_request_line,
     check_head,
-    forwarding_values,
     refused_head,
     scan_fields,
 )
@@ -81,7 +81,7 @@ class H2Downstream(asyncio.Protocol):
         config = service.config
         self._max_streams: int = config.h2_max_concurrent_streams
         self._guard: FrameGuard | None = None
-        self._forwarding: list[tuple[bytes, bytes, bytes]] = []
+        self._forwarding: Forwarding = ()
         self._trusted = True
         self._in_events = False
         self._write_soon = False
@@ -96,11 +96,11 @@ class H2Downstream(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         self.loop = asyncio.get_running_loop()
         service = self.service
-        self.client_addr, self.server_addr, self.client_ip = accepted(transport)
-        scheme = b"https" if transport.get_extra_info("sslcontext") is not None else b"http"
-        self._trusted = service.is_trusted(self.client_ip)
-        if service.rules.forwarding:
-            self._forwarding = forwarding_values(service.rules, self.client_ip, scheme)
+        self.client_addr, origin = service.client_origin(transport)
+        self.client_ip = origin.client_ip
+        self.server_addr = origin.server_addr
+        self._trusted = origin.trusted
+        self._forwarding = origin.forwarding
         config = service.config
         self._guard = FrameGuard(
             config.h2_max_control_frames_per_second,

@@ -19,7 +19,7 @@ import pluggy
 from lbx import _hookcall, hashkey
 from lbx._hookcall import suspends
 from lbx.builtin import default_peer as builtin_default_peer
-from lbx.connections import Connections
+from lbx.connections import ClientOrigin, Connections, accepted
 from lbx.errors import ErrorSource, ErrorType, ProxyError
 from lbx.exchange import Exchange
 from lbx.h1 import H1Downstream
@@ -28,7 +28,7 @@ from lbx.h2pool import H2Pool
 from lbx.h2upstream import H2UpstreamStream
 from lbx.http import Headers, RequestHeader, serialize_request
 from lbx.peer import HTTP_VERSION_ALPN, Peer
-from lbx.request_rules import HeadRules
+from lbx.request_rules import HeadRules, forwarding_values
 from lbx.session import Session
 from lbx.upstream import ConnectionPool, Connector, UpstreamConnection
 
@@ -62,6 +62,8 @@ PER_REQUEST_HOOKS: Final = (
 MAX_SELECTION_ITERATIONS: Final = 256
 """How many candidates a selector may offer before the request fails (Pingora's examples)."""
 
+ORIGINS_KEPT: Final = 4096
+"""Client origins (``ClientOrigin``) a service keeps before it starts over."""
 _IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 _HTTP_VERSIONS: Final = {"1": 1, "2": 2, "auto": HTTP_VERSION_ALPN}
 """``upstream_http_version`` as ``Peer.http_version``."""
@@ -153,6 +155,8 @@ class ProxyService:
             if config.trusted_proxies is None
             else [ipaddress.ip_network(n, strict=False) for n in config.trusted_proxies]
         )
+        self._origins: dict[tuple[str, str, bool], ClientOrigin] = {}
+        """Client origins by (client IP, listener address, TLS), at most ``ORIGINS_KEPT``."""
         self.upstream_host = config.host.encode("latin-1") if config.host else None
         self._peers: dict[Any, Peer] = {}
         self._hash_key = None if config.hash_key is None else hashkey.key_function(config.hash_key)
@@ -228,6 +232,24 @@ class ProxyService:
         """A client connection admitted by ``admit`` is closed."""
         self.open_connections -= 1
         self.connections.remove(conn)
+
+    def client_origin(self, transport: asyncio.BaseTransport) -> tuple[str, ClientOrigin]:
+        """A new client connection's ``client_addr``, and what it shares with the other
+        connections from its IP to its listener (made for the first of them)."""
+        client_addr, server_addr, client_ip = accepted(transport)
+        tls = transport.get_extra_info("sslcontext") is not None
+        key = (client_ip, server_addr, tls)
+        origins = self._origins
+        origin = origins.get(key)
+        if origin is None:
+            if len(origins) >= ORIGINS_KEPT:
+                origins.clear()  # bounded: many distinct clients start the cache over
+            scheme = b"https" if tls else b"http"
+            rules = self.rules
+            forwarding = forwarding_values(rules, client_ip, scheme) if rules.forwarding else ()
+            origin = ClientOrigin(client_ip, server_addr, self.is_trusted(client_ip), forwarding)
+            origins[key] = origin
+        return client_addr, origin
 
     def is_trusted(self, client_ip: str) -> bool:
         """Whether forwarding fields from this client are kept (``trusted_proxies``)."""

@@ -434,9 +434,11 @@ def upgrade_request(
     return upgrade_offer(upgrade, rules.upgrades)
 
 
-def forwarding_values(
-    rules: HeadRules, client_ip: str, scheme: bytes
-) -> list[tuple[bytes, bytes, bytes]]:
+Forwarding = tuple[tuple[bytes, bytes, bytes], ...]
+"""The forwarding fields a client's requests get: ``(lower-case name, name, value)`` each."""
+
+
+def forwarding_values(rules: HeadRules, client_ip: str, scheme: bytes) -> Forwarding:
     """What a client connection adds to each forwarding field lbx writes: ``(lower-case name,
     name, value)``; a ``Forwarded`` value is its ``for=...;proto=...`` (the request adds its
     ``host``)."""
@@ -452,13 +454,13 @@ def forwarding_values(
         b"x-forwarded-proto": scheme,
         b"forwarded": b"for=" + node + b";proto=" + scheme,
     }
-    return [(lower, name, values[lower]) for lower, name in rules.forwarding]
+    return tuple([(lower, name, values[lower]) for lower, name in rules.forwarding])
 
 
 def add_forwarding(
     rules: HeadRules,
     headers: HeaderList,
-    forwarding: list[tuple[bytes, bytes, bytes]],
+    forwarding: Forwarding,
     received: dict[bytes, list[bytes]] | None,
     host: bytes,
     trusted: bool,
