@@ -204,3 +204,16 @@ def test_an_unreachable_upstream_is_a_502_on_the_stream(lbx, tmp_path):
     with H2Client(proc.address) as client:
         assert client.get("/").status == 502
         assert client.get("/").status == 502
+
+
+def test_an_idle_http2_connection_gets_goaway_and_is_closed(lbx, tmp_path):
+    """``keepalive_timeout`` with no stream open: GOAWAY NO_ERROR, then lbx ends its side (the
+    idle deadline, then the linger's)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        unused = f"127.0.0.1:{probe.getsockname()[1]}"
+    proc = lbx("-c", write_conf(tmp_path, [unused], h2c=True, keepalive_timeout=1))
+    with raw_connection(proc.address) as sock:
+        assert goaway_code(frames_until_close(sock)) == ErrorCodes.NO_ERROR
+        while sock.recv(65536):  # until lbx's end of the stream
+            pass

@@ -8,6 +8,7 @@ the peak after a small warm-up.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import http.client
@@ -456,3 +457,44 @@ def test_upload_to_stalled_upstream_is_not_buffered(
     assert echo == {"body_size": SIZE, "body_sha256": expected_sha256(SIZE)}
     hwm = process.rss_kib("VmHWM")
     assert hwm - warm < RSS_BUDGET_KIB, f"{message}; VmHWM at the end {hwm} KiB"
+
+
+def nodelay(transport: asyncio.BaseTransport) -> int:
+    sock = transport.get_extra_info("socket")
+    return int(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+
+async def nagle_settings() -> tuple[int, int]:
+    """TCP_NODELAY of an in-process lbx's client connection and of its upstream connection."""
+    from tests import inprocess
+
+    from lbx.testing import DemoBackend
+
+    backend = DemoBackend("a")
+    await backend.start()
+    service, listener, port = await inprocess.serve(backend.address)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    await reader.readuntil(b"\r\n\r\n")
+    await reader.readuntil(b"\n")  # the demo body ends with its only newline
+    (client,) = service.connections.open
+    (upstream,) = service.connector.pool._lru
+    settings = (nodelay(client.transport), nodelay(upstream.transport))
+    writer.close()
+    await writer.wait_closed()
+    await service.connections.wait_closed()
+    listener.close()
+    await listener.wait_closed()
+    service.connector.pool.close_all()
+    await backend.stop()
+    return settings
+
+
+def test_no_byte_waits_for_nagle_on_either_side():
+    """A response head must not wait for its body, nor a request head for an ACK: every TCP
+    connection lbx accepts or opens has Nagle's algorithm off (uvloop sets it; lbx no longer
+    makes a system call of its own for it on each connection)."""
+    import uvloop
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        assert runner.run(nagle_settings()) == (1, 1)

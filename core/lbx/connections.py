@@ -6,8 +6,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from lbx.request_rules import Forwarding
 
@@ -24,36 +23,40 @@ LINGER_SECONDS: Final = 2.0
 still sends is read and dropped before the close, so that it reads the answer, not a reset."""
 
 
+class Expiring(Protocol):
+    """What a deadline is set for (``Deadlines``)."""
+
+    def deadline_passed(self) -> None:
+        """The deadline set for this object passed (it is no longer set)."""
+
+
 class Deadlines:
     """Coarse timeouts for many objects: one periodic sweep instead of a timer per request.
 
     A loop timer costs about 1.5 µs to arm and cancel, and every request needed two (response
-    head, keep-alive idle); a deadline here is a dict entry, checked every ``RESOLUTION``.
+    head, keep-alive idle); a deadline here is a dict entry, the object and its time, checked
+    every ``RESOLUTION``. One deadline per object: the object tells by its state what passed
+    (no callback object made per deadline, nor kept by an idle connection).
     """
 
     RESOLUTION = 0.25
 
     def __init__(self) -> None:
-        self._entries: dict[object, tuple[float, Callable[[], None]]] = {}
+        self._entries: dict[Expiring, float] = {}
         self._handle: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def set(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        key: object,
-        seconds: float,
-        on_expire: Callable[[], None],
-    ) -> None:
-        """Call ``on_expire`` once ``seconds`` passed, unless ``clear(key)`` came first."""
+    def set(self, loop: asyncio.AbstractEventLoop, key: Expiring, seconds: float) -> None:
+        """Call ``key.deadline_passed()`` once ``seconds`` passed, unless ``clear(key)`` or
+        another ``set(key, ...)`` came first."""
         # monotonic() rather than loop.time(): a C function call, not a method lookup (set and
         # clear run twice per request).
-        self._entries[key] = (monotonic() + seconds, on_expire)
+        self._entries[key] = monotonic() + seconds
         if self._handle is None:
             self._loop = loop
             self._handle = loop.call_later(self.RESOLUTION, self._sweep)
 
-    def clear(self, key: object) -> None:
+    def clear(self, key: Expiring) -> None:
         entries = self._entries
         if key in entries:  # compiled to dict operations; pop(key, None) is a method call
             del entries[key]
@@ -62,12 +65,13 @@ class Deadlines:
         loop = self._loop
         assert loop is not None
         now = monotonic()
-        expired = [key for key, (deadline, _) in self._entries.items() if deadline <= now]
-        for key in expired:
-            entry = self._entries.pop(key, None)
-            if entry is not None:
-                entry[1]()
-        self._handle = loop.call_later(self.RESOLUTION, self._sweep) if self._entries else None
+        entries = self._entries
+        for key in [key for key, deadline in entries.items() if deadline <= now]:
+            deadline = entries.get(key)
+            if deadline is not None and deadline <= now:  # not cleared or set again meanwhile
+                del entries[key]
+                key.deadline_passed()
+        self._handle = loop.call_later(self.RESOLUTION, self._sweep) if entries else None
 
 
 class Connections:
@@ -130,11 +134,10 @@ def format_address(addr: Any) -> str:
 
 def accepted(transport: asyncio.BaseTransport) -> tuple[str, str, str]:
     """A new client connection's ``(client_addr, server_addr, client_ip)`` as lbx logs them
-    (``unix`` for a Unix socket's client); on TCP, Nagle's algorithm goes off (a response head
-    must not wait for its body)."""
+    (``unix`` for a Unix socket's client). (uvloop, like asyncio, turns Nagle's algorithm off
+    on every TCP connection: a response head does not wait for its body.)"""
     sock = transport.get_extra_info("socket")
     if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         peer = transport.get_extra_info("peername")
         local = transport.get_extra_info("sockname")
         return format_address(peer), format_address(local), str(peer[0])

@@ -4,10 +4,9 @@ The plumbing behind a ``Session`` (the request as hooks see it, ``lbx.session``)
 streaming the request body, choosing the response's framing, back-pressure both ways, the
 tunnel after a ``101``, and the futures the request's task awaits. The client side is a
 ``lbx.downstream.Downstream``: an HTTP/1.1 connection writes the response as bytes, an HTTP/2
-stream as HEADERS, DATA and trailers. Bytes move through plain
-method calls from the protocols (``request_body``, ``upstream_body``...), never through an await
-per chunk; the task awaits only two futures: the response head and the end of the response
-body.
+stream as HEADERS, DATA and trailers. Bytes move through plain method calls from the protocols
+(``request_body``, ``upstream_body``...), never through an await per chunk; the task awaits
+only two futures: the response head and the end of the response body.
 """
 
 from __future__ import annotations
@@ -76,6 +75,7 @@ class Exchange:
         "_done_future",
         "_failure",
         "_head_future",
+        "_read_mark",
         "_resp_body_kind",
         "_resp_mode",
         "_resp_pending",
@@ -145,6 +145,7 @@ class Exchange:
         self._upstream_paused = False
         self._head_future: asyncio.Future[None] | None = None
         self._done_future: asyncio.Future[None] | None = None
+        self._read_mark = 0  # what _activity() was when the body's read deadline was set
         self._failure: ProxyError | None = None
         self.response_started = False
         self.response_complete = False
@@ -248,9 +249,7 @@ class Exchange:
         upstream = self.upstream
         if upstream is None:
             return
-        hooks = self.service.hooks
-        if hooks.request_body_filter is not None:
-            data = hooks.request_body_filter.chain(self.session, data, end, self.session.ctx)
+        data = self._to_upstream(data, end)
         if data:
             self._body_sent_any = True
         upstream.send_body(data, end, self._body_kind == RequestBody.CHUNKED)
@@ -347,8 +346,38 @@ class Exchange:
         # Between the head and the wait for the body's end: the request task picks it up.
         self._failure = error
 
-    def head_timed_out(self) -> None:
-        """No response head within the peer's ``read_timeout`` (armed by the request task)."""
+    def upstream_write_paused(self, paused: bool) -> None:
+        self._upstream_paused = paused
+        conn = self.conn
+        upstream = self.upstream
+        deadlines = self.service.connections.deadlines
+        if paused:
+            conn.pause_reading_for(self)
+            timeout = self.service.write_timeout
+            if timeout and upstream is not None:
+                deadlines.set(conn.loop, upstream, timeout)  # then write_timed_out
+        else:
+            conn.resume_reading_for(self)
+            if upstream is not None:
+                deadlines.clear(upstream)
+
+    def write_timed_out(self) -> None:
+        """The upstream took no request byte for ``write_timeout`` (its deadline passed)."""
+        if self.upstream is None or not self._upstream_paused:
+            return
+        self._abandon_upstream(
+            ProxyError(
+                ErrorType.WRITE_TIMEDOUT,
+                ErrorSource.UPSTREAM,
+                f"upstream read nothing for {self.service.write_timeout}s",
+            )
+        )
+
+    def deadline_passed(self) -> None:
+        """The response head's ``read_timeout`` (set by the phases), or the body's."""
+        if self._done_future is not None:
+            self._read_timed_out()
+            return
         future = self._head_future
         peer = self.session.peer
         if future is None or future.done() or peer is None:
@@ -362,49 +391,19 @@ class Exchange:
             )
         )
 
-    def upstream_write_paused(self, paused: bool) -> None:
-        self._upstream_paused = paused
-        conn = self.conn
-        upstream = self.upstream
-        deadlines = self.service.connections.deadlines
-        if paused:
-            conn.pause_reading_for(self)
-            timeout = self.service.write_timeout
-            if timeout and upstream is not None:
-                deadlines.set(conn.loop, upstream, timeout, self._write_timed_out)
-        else:
-            conn.resume_reading_for(self)
-            if upstream is not None:
-                deadlines.clear(upstream)
-
-    def _write_timed_out(self) -> None:
-        upstream = self.upstream
-        if upstream is None or not self._upstream_paused:
-            return
-        upstream.close()
-        self.upstream_failed(
-            ProxyError(
-                ErrorType.WRITE_TIMEDOUT,
-                ErrorSource.UPSTREAM,
-                f"upstream read nothing for {self.service.write_timeout}s",
-            )
-        )
-
-    def _read_timed_out(self, mark: int) -> None:
+    def _read_timed_out(self) -> None:
         """The response-body inactivity check (armed by ``wait_response_end``)."""
         if self.response_complete or self._done_future is None or self._done_future.done():
             return
-        upstream = self.upstream
-        if upstream is None:
+        if self.upstream is None:
             return
-        if self._activity() != mark or self._upstream_read_paused:
+        if self._activity() != self._read_mark or self._upstream_read_paused:
             self._arm_read_timeout()
             return
         if self._tunnel:  # an idle tunnel just ends, as nginx's proxy_read_timeout ends it
             self.tunnel_closed()
             return
-        upstream.close()
-        self.upstream_failed(
+        self._abandon_upstream(
             ProxyError(
                 ErrorType.READ_TIMEDOUT,
                 ErrorSource.UPSTREAM,
@@ -422,10 +421,8 @@ class Exchange:
     def _arm_read_timeout(self) -> None:
         timeout = self.service.read_timeout
         if timeout:
-            mark = self._activity()
-            self.service.connections.deadlines.set(
-                self.conn.loop, self, timeout, lambda: self._read_timed_out(mark)
-            )
+            self._read_mark = self._activity()
+            self.service.connections.deadlines.set(self.conn.loop, self, timeout)
 
     def refuse(self, error: ProxyError) -> None:
         """lbx answered this request itself while reading its body (a limit, a malformed chunk):
@@ -434,19 +431,20 @@ class Exchange:
         self.refusal = error
         self.session.response_status = error.status
         self.response_started = self.response_complete = True
+        self._abandon_upstream(error)
+
+    def downstream_lost(self) -> None:
+        """The client went away: stop the upstream exchange and wake the request task."""
+        self._abandon_upstream(
+            ProxyError(ErrorType.CONNECTION_CLOSED, ErrorSource.DOWNSTREAM, "client closed")
+        )
+
+    def _abandon_upstream(self, error: ProxyError) -> None:
+        """End the upstream exchange with ``error``: its connection is closed, never pooled."""
         upstream = self.upstream
         if upstream is not None:
             upstream.close()
         self.upstream_failed(error)
-
-    def downstream_lost(self) -> None:
-        """The client went away: stop the upstream exchange and wake the request task."""
-        upstream = self.upstream
-        if upstream is not None:
-            upstream.close()
-        self.upstream_failed(
-            ProxyError(ErrorType.CONNECTION_CLOSED, ErrorSource.DOWNSTREAM, "client closed")
-        )
 
     def downstream_writable(self, writable: bool) -> None:
         """Back-pressure from the client: pause or resume reading the upstream response."""

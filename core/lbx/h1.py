@@ -650,7 +650,7 @@ class H1Downstream(asyncio.Protocol):
                 timeout, state = PARK_SECONDS, _PARK
         if timeout:
             self._timer = state
-            self.service.connections.deadlines.set(self.loop, self, timeout, self._on_timer)
+            self.service.connections.deadlines.set(self.loop, self, timeout)
         elif self._timer:
             self._cancel_timer()
 
@@ -658,7 +658,7 @@ class H1Downstream(asyncio.Protocol):
         self._timer = _NO_TIMER
         self.service.connections.deadlines.clear(self)
 
-    def _on_timer(self) -> None:
+    def deadline_passed(self) -> None:
         state, self._timer = self._timer, _NO_TIMER
         transport = self.transport
         if transport is None:

@@ -60,6 +60,11 @@ CONNECTION_WINDOW: Final = 1 << 20
 """Request body bytes a client may send on all its streams before lbx took them."""
 MAX_STREAM_ID: Final = (1 << 31) - 1
 
+# What the connection's deadline (one at a time) does when it passes.
+_IDLE: Final = 0
+_LAST_GOAWAY: Final = 1
+_LINGER: Final = 2
+
 
 class H2Downstream(asyncio.Protocol):
     """One HTTP/2 client connection: streams run concurrently, each through the phases."""
@@ -68,6 +73,7 @@ class H2Downstream(asyncio.Protocol):
         self.service = service
         self.transport: asyncio.Transport | None = None
         self.loop: asyncio.AbstractEventLoop
+        self._deadline_action = _IDLE
         self.client_addr = ""
         self.client_ip = ""
         self.server_addr = ""
@@ -475,7 +481,7 @@ class H2Downstream(asyncio.Protocol):
             transport.close()
             return
         transport.write_eof()
-        self.service.connections.deadlines.set(self.loop, self, LINGER_SECONDS, transport.close)
+        self._set_deadline(_LINGER, LINGER_SECONDS)
 
     def close_when_idle(self) -> None:
         """Graceful shutdown: GOAWAY (any stream may still come), then, a moment later, GOAWAY
@@ -485,9 +491,7 @@ class H2Downstream(asyncio.Protocol):
             return
         self._closing = True
         self._send_goaway(MAX_STREAM_ID)
-        self.service.connections.deadlines.set(
-            self.loop, self, DRAIN_LINGER_SECONDS, self._last_goaway
-        )
+        self._set_deadline(_LAST_GOAWAY, DRAIN_LINGER_SECONDS)
 
     def _last_goaway(self) -> None:
         if self.lost:
@@ -522,11 +526,21 @@ class H2Downstream(asyncio.Protocol):
     def _arm_idle(self) -> None:
         timeout = self.service.keepalive_timeout
         if timeout:
-            self.service.connections.deadlines.set(self.loop, self, timeout, self._idle)
+            self._set_deadline(_IDLE, timeout)
 
-    def _idle(self) -> None:
-        if self.active == 0 and not self.lost:
-            self.goaway(ErrorCodes.NO_ERROR, "idle")
+    def _set_deadline(self, action: int, seconds: float) -> None:
+        self._deadline_action = action
+        self.service.connections.deadlines.set(self.loop, self, seconds)
+
+    def deadline_passed(self) -> None:
+        action = self._deadline_action
+        if action == _IDLE:
+            if self.active == 0 and not self.lost:
+                self.goaway(ErrorCodes.NO_ERROR, "idle")
+        elif action == _LAST_GOAWAY:
+            self._last_goaway()
+        elif self.transport is not None:  # _LINGER: what the client sent after the error is read
+            self.transport.close()
 
 
 _CONFIG: Final = H2Configuration(client_side=False, header_encoding=None)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import socket
 from typing import TYPE_CHECKING, Any, Final, cast
 
 from h2.config import H2Configuration
@@ -141,9 +140,6 @@ class H2UpstreamConnection(asyncio.Protocol):
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         ssl_object = transport.get_extra_info("ssl_object")
         alpn = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
         if ssl_object is not None and alpn != "h2" and (alpn is not None or not self.peer_forced):
@@ -502,6 +498,10 @@ class H2UpstreamStream:
         unacked, self._unacked = self._unacked, 0
         if unacked and self.stream_id and not self.closed:
             self.conn.acknowledge(self.stream_id, unacked)
+
+    def deadline_passed(self) -> None:
+        if self.exchange is not None:  # the request's write_timeout (upstream_write_paused)
+            self.exchange.write_timed_out()
 
     def close(self) -> None:
         """The exchange is done with this stream: reset it if it is not over (the client went

@@ -561,7 +561,7 @@ class ProxyService:
         read_timeout = peer.read_timeout or self.read_timeout
         deadlines = self.connections.deadlines
         if read_timeout:
-            deadlines.set(client.loop, exchange, read_timeout, exchange.head_timed_out)
+            deadlines.set(client.loop, exchange, read_timeout)  # its deadline_passed
         try:
             await head_future
         finally:

@@ -11,7 +11,6 @@ import enum
 import errno
 import itertools
 import logging
-import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -108,11 +107,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports implement asyncio.Transport without subclassing it.
-        self.transport = cast(asyncio.Transport, transport)
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's: not a subclass of it
 
     def data_received(self, data: bytes) -> None:
         exchange = self.exchange
@@ -343,6 +338,10 @@ class UpstreamConnection(asyncio.Protocol):
             self.reading_paused = False
             self.transport.resume_reading()
 
+    def deadline_passed(self) -> None:
+        if self.exchange is not None:  # the request's write_timeout (upstream_write_paused)
+            self.exchange.write_timed_out()
+
     def close(self) -> None:
         """Close without reporting to the exchange (the caller already knows)."""
         self.exchange = None
@@ -353,9 +352,7 @@ class UpstreamConnection(asyncio.Protocol):
                 self.transport.close()
 
     def _finish(self) -> None:
-        # The response's fields are passed on (copied): an idle pooled connection keeps none
-        # (about 400 bytes each).
-        self._headers.clear()
+        self._headers.clear()  # passed on as copies: an idle pooled connection keeps none
         exchange = self.exchange
         self.exchange = None
         self.requests_served += 1
