@@ -961,7 +961,9 @@ def verdicts(summaries: dict[str, dict[str, dict[str, float]]]) -> list[str]:
         check(f"({sc}) req/s ≥ 0.5x nginx", sc, "lbx", "rps_vs_nginx", lambda v: v >= 0.5)
         check(f"({sc}) client errors and timeouts = 0", sc, "lbx", "errors", lambda v: v == 0)
         # Not targets: how the same growth looks for the others, the minimal proxy on lbx's
-        # stack above all (what many clients cost a Python proxy that does nothing else).
+        # stack above all (what many clients cost a Python proxy that does nothing else; it
+        # accepts with uvloop's create_server, one connection per loop turn, so wrk's 1,000
+        # new connections wait for it at the start of a run: see its p99).
         growth = [
             f"{system} {other[system]['cpu_us_per_req'] / base['cpu_us_per_req']:.2f}"
             for system in ("nginx", "haproxy", "minimal")

@@ -49,6 +49,32 @@ def test_minimal_and_empty_documents() -> None:
         assert config.path == FILE
 
 
+def test_an_unquoted_off_is_the_word_off() -> None:
+    """YAML reads ``off`` and ``no`` unquoted as false: a key that takes the word gets it (as
+    nginx is written); a key that does not still says what it expected."""
+    config = load(
+        """
+        services:
+          - listen: ["127.0.0.1:0"]
+            upstreams: ["127.0.0.1:1"]
+            x_forwarded_for: off
+            x_forwarded_proto: no
+        """
+    )
+    service = config.services[0]
+    assert (service.x_forwarded_for, service.x_forwarded_proto) == ("off", "off")
+    error = error_of(
+        """
+        services:
+          - listen: ["127.0.0.1:0"]
+            upstreams: ["127.0.0.1:1"]
+            x_forwarded_for: on
+        """
+    )
+    assert "x_forwarded_for: expected a string, got True (YAML reads" in str(error), str(error)
+    assert "pid_file: expected a string, got False (YAML" in str(error_of("pid_file: off\n"))
+
+
 def test_full_service_is_read() -> None:
     """A service with every kernel key is read into a ``ServiceConfig``."""
     config = load(

@@ -12,6 +12,7 @@ import functools
 import hashlib
 import json
 import re
+import select
 import shutil
 import signal
 import ssl
@@ -25,7 +26,8 @@ import httpx
 import pytest
 import trustme
 import yaml
-from tests.h2_helpers import H2Client
+from hyperframe.frame import DataFrame, GoAwayFrame, RstStreamFrame
+from tests.h2_helpers import H2Client, read_frames
 
 from lbx.testing import _PATTERN, BackendThread, DemoBackend, LbxProcess
 
@@ -274,6 +276,40 @@ def test_graceful_shutdown_sends_goaway_and_finishes_open_streams(
     assert "slept" in out
     assert re.search(r"recv GOAWAY frame .*\n.*error_code=NO_ERROR", out), out
     assert process.wait(TIMEOUT) == 0
+
+
+def test_a_stream_opened_while_draining_is_answered_and_named_by_the_last_goaway(
+    backends: BackendThread, lbx: Callable[..., LbxProcess], tmp_path: Path
+) -> None:
+    """SIGTERM: the first GOAWAY names no stream (any may still come, RFC 9113 6.8). A stream
+    the client opens in that moment is answered, and the last GOAWAY, a moment later, names it;
+    then the connection closes and lbx exits. (A new stream used to cancel the last GOAWAY:
+    the connection stayed open until the shutdown grace period aborted it.)"""
+    backend = backends.start("a")
+    conf = tmp_path / "lbx.yaml"
+    service = {"listen": ["127.0.0.1:0"], "h2c": True, "upstreams": [backend.address]}
+    conf.write_text(yaml.safe_dump({"plugins": ["roundrobin"], "services": [service]}))
+    for _ in range(3):  # a machine that stalls lbx past the 1 s window: the stream came late
+        process = lbx("-c", str(conf))
+        with H2Client(process.address) as client:
+            assert client.get("/").status == 200
+            process.send_signal(signal.SIGTERM)
+            # The first GOAWAY is on its way: not given to h2, which would then refuse to
+            # open another stream.
+            assert select.select([client.sock], [], [], TIMEOUT)[0]
+            stream = client.request("/")
+            frames = list(read_frames(client.sock))  # until lbx closes the connection
+        assert process.wait(TIMEOUT) == 0
+        if any(isinstance(f, RstStreamFrame) and f.stream_id == stream for f in frames):
+            continue  # refused: it arrived after the last GOAWAY
+        goaways = [f.last_stream_id for f in frames if isinstance(f, GoAwayFrame)]
+        assert goaways == [2**31 - 1, stream], frames
+        assert any(
+            isinstance(f, DataFrame) and f.stream_id == stream and "END_STREAM" in f.flags
+            for f in frames
+        ), frames
+        return
+    pytest.fail("the stream never came within the drain window")
 
 
 def test_streams_are_counted_as_requests(

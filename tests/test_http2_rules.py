@@ -7,6 +7,7 @@ request it receives; a raw HTTP/2 client (``tests/h2_helpers.py``).
 from __future__ import annotations
 
 import socket
+import time
 
 import pytest
 from h2.config import H2Configuration
@@ -207,13 +208,20 @@ def test_an_unreachable_upstream_is_a_502_on_the_stream(lbx, tmp_path):
 
 
 def test_an_idle_http2_connection_gets_goaway_and_is_closed(lbx, tmp_path):
-    """``keepalive_timeout`` with no stream open: GOAWAY NO_ERROR, then lbx ends its side (the
-    idle deadline, then the linger's)."""
+    """``keepalive_timeout`` with no stream open: GOAWAY NO_ERROR "idle", the end of lbx's
+    stream, then, once the linger is over, the close (what the client sends then is reset)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         unused = f"127.0.0.1:{probe.getsockname()[1]}"
     proc = lbx("-c", write_conf(tmp_path, [unused], h2c=True, keepalive_timeout=1))
     with raw_connection(proc.address) as sock:
-        assert goaway_code(frames_until_close(sock)) == ErrorCodes.NO_ERROR
+        frames = frames_until_close(sock)
+        assert goaway_code(frames) == ErrorCodes.NO_ERROR
+        assert frames[-1].additional_data == b"idle"
         while sock.recv(65536):  # until lbx's end of the stream
             pass
+        deadline = time.monotonic() + 30
+        with pytest.raises((ConnectionResetError, BrokenPipeError)):
+            while time.monotonic() < deadline:  # lbx reads and drops this until it closes
+                sock.sendall(b"\x00")
+                time.sleep(0.05)

@@ -224,6 +224,40 @@ def test_client_disconnect_cancels_the_upstream_request(proxy, upstream):
     assert conn.closed_by_peer.wait(3), "lbx kept the upstream request after the client left"
 
 
+def test_a_response_body_that_stalls_is_cut_after_read_timeout(proxy, upstream):
+    """The upstream sends the head and part of the body, then nothing: after ``read_timeout``
+    without a byte lbx cuts the response (the client connection closes, as nginx does) and
+    closes the upstream connection, never pooled."""
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc"
+    upstream.handler = lambda conn, request: conn.send(head)
+    with Client(proxy.address) as client:
+        client.send(GET)
+        response = client.read_response()
+    assert (response.status, response.body, response.complete) == (200, b"abc", False)
+    conn = next(c for c in upstream.conns if c.requests)
+    assert conn.closed_by_peer.wait(10), "lbx kept the stalled upstream connection"
+
+
+def test_a_response_body_that_trickles_is_not_cut(proxy, upstream):
+    """``read_timeout`` is the longest wait between two bytes, not for the whole body: a body
+    that takes longer than it in all, a byte at a time, arrives whole."""
+
+    def trickle(conn, request):
+        conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n")
+        for byte in b"slow":
+            time.sleep(0.3)  # 1.2 s in all against a read_timeout of 1 s
+            conn.send(bytes([byte]))
+
+    upstream.handler = trickle
+    response, closed = exchange(proxy.address, GET)
+    assert (response.status, response.body, response.complete, closed) == (
+        200,
+        b"slow",
+        True,
+        False,
+    )
+
+
 def test_write_timeout_is_504(proxy, upstream):
     """An upstream that stops reading the request body: 504 after write_timeout, client closed."""
     release = threading.Event()

@@ -220,3 +220,35 @@ def test_lbx_reload_signals_the_pid_in_pid_file(lbx, backends, tmp_path):
         2,
         f"lbx: error: {tmp_path}: cannot read config: Is a directory\n",
     )
+
+
+def test_a_reload_changes_what_a_known_clients_next_connection_forwards(lbx, tmp_path):
+    """What lbx keeps per client IP (its trust, its forwarding fields) starts over with the new
+    configuration: a client already seen gets the reloaded forwarding settings on its next
+    connection."""
+    from tests.http_helpers import Upstream, exchange
+
+    upstream = Upstream()
+    conf = tmp_path / "lbx.yaml"
+    port = free_port()
+
+    def write(forwarding: str) -> None:
+        conf.write_text(
+            f"plugins: [roundrobin]\nservices:\n  - name: web\n    listen: ['127.0.0.1:{port}']\n"
+            f"    upstreams: ['{upstream.address}']\n    x_forwarded_for: {forwarding}\n"
+        )
+
+    try:
+        write("append")
+        proc = lbx("-c", str(conf))
+        assert exchange(proc.address, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")[0].status == 200
+        write("off")
+        mark = len(proc.lines)
+        proc.send_signal(signal.SIGHUP)
+        done = proc.wait_for(r"configuration reloaded|reload refused", TIMEOUT, start=mark)
+        assert "reload refused" not in done.string, done.string
+        assert exchange(proc.address, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")[0].status == 200
+        first, second = upstream.wait_requests(2)
+        assert (first.get("X-Forwarded-For"), second.get("X-Forwarded-For")) == (b"127.0.0.1", None)
+    finally:
+        upstream.close()

@@ -465,26 +465,28 @@ def nodelay(transport: asyncio.BaseTransport) -> int:
 
 
 async def nagle_settings() -> tuple[int, int]:
-    """TCP_NODELAY of an in-process lbx's client connection and of its upstream connection."""
-    from tests import inprocess
-
-    from lbx.testing import DemoBackend
+    """TCP_NODELAY of an in-process lbx's client connection (taken by lbx's ``Acceptor``, as
+    ``lbx serve`` takes them) and of its upstream connection."""
+    from lbx.acceptor import Acceptor
+    from lbx.testing import DemoBackend, prepared_server
 
     backend = DemoBackend("a")
     await backend.start()
-    service, listener, port = await inprocess.serve(backend.address)
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-    await reader.readuntil(b"\r\n\r\n")
-    await reader.readuntil(b"\n")  # the demo body ends with its only newline
-    (client,) = service.connections.open
-    (upstream,) = service.connector.pool._lru
-    settings = (nodelay(client.transport), nodelay(upstream.transport))
-    writer.close()
-    await writer.wait_closed()
-    await service.connections.wait_closed()
-    listener.close()
-    await listener.wait_closed()
+    service = prepared_server(["roundrobin"], [backend.address]).services[0]
+    with socket.create_server(("127.0.0.1", 0)) as listening:
+        acceptor = Acceptor(listening, service.protocol_factory, "test")
+        acceptor.start(asyncio.get_running_loop())
+        reader, writer = await asyncio.open_connection(*listening.getsockname())
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        await reader.readuntil(b"\r\n\r\n")
+        await reader.readuntil(b"\n")  # the demo body ends with its only newline
+        (client,) = service.connections.open
+        (upstream,) = service.connector.pool._lru
+        settings = (nodelay(client.transport), nodelay(upstream.transport))
+        writer.close()
+        await writer.wait_closed()
+        await service.connections.wait_closed()
+        acceptor.close()
     service.connector.pool.close_all()
     await backend.stop()
     return settings

@@ -295,6 +295,18 @@ def check_value(doc: Document, path: Path, spec: Field, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise doc.error(path, f"expected a number, got {value!r}")
     elif kind == "str":
+        if isinstance(value, bool) and spec.check is not None:
+            # YAML 1.1 reads an unquoted off or no (on, yes) as false (true): for a key that
+            # takes the word, that is what was written (nginx's spelling).
+            word = "on" if value else "off"
+            if spec.check(word) is None:
+                value = word
+        if isinstance(value, bool):
+            raise doc.error(
+                path,
+                f"expected a string, got {value!r} (YAML reads an unquoted "
+                "on, off, yes or no as true or false: quote the word)",
+            )
         if not isinstance(value, str):
             raise doc.error(path, f"expected a string, got {value!r}")
     elif kind == "str_list":

@@ -1,9 +1,10 @@
-"""Bookkeeping of client connections: every open one (for graceful shutdown), and coarse deadlines
-for many objects in one periodic sweep."""
+"""Bookkeeping of client connections: every open one (for graceful shutdown), coarse deadlines
+for many objects in one periodic sweep, and what the connections from one client share."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import time
 from typing import TYPE_CHECKING, Any, Final, Protocol
@@ -13,6 +14,7 @@ from lbx.request_rules import Forwarding
 if TYPE_CHECKING:
     from lbx.downstream import ClientConnection
 
+log: Final = logging.getLogger("lbx.connections")
 monotonic: Final = time.monotonic  # compiled: a C static, not a module attribute per call
 
 DRAIN_LINGER_SECONDS: Final = 1.0
@@ -70,7 +72,10 @@ class Deadlines:
             deadline = entries.get(key)
             if deadline is not None and deadline <= now:  # not cleared or set again meanwhile
                 del entries[key]
-                key.deadline_passed()
+                try:
+                    key.deadline_passed()
+                except Exception:  # (a body filter hook, ending a tunnel): the others still run
+                    log.exception("a deadline of %r failed", key)
         self._handle = loop.call_later(self.RESOLUTION, self._sweep) if entries else None
 
 

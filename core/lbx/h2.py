@@ -246,7 +246,9 @@ class H2Downstream(asyncio.Protocol):
             self._refuse(stream, exc.status, exc.reason, event.headers or [])
             return
         self.active += 1
-        if self.active == 1:
+        if self.active == 1 and self._deadline_action == _IDLE:
+            # Busy: not idle any more. (Draining, the last GOAWAY stays due: the stream that
+            # came in the drain window is one it names.)
             service.connections.deadlines.clear(self)
         stream.exchange = exchange
         stream.task = self.loop.create_task(self._serve(stream, exchange))

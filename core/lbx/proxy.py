@@ -156,7 +156,8 @@ class ProxyService:
             else [ipaddress.ip_network(n, strict=False) for n in config.trusted_proxies]
         )
         self._origins: dict[tuple[str, str, bool], ClientOrigin] = {}
-        """Client origins by (client IP, listener address, TLS), at most ``ORIGINS_KEPT``."""
+        """Client origins by (client IP, listener address, TLS), at most ``ORIGINS_KEPT``. Not
+        runtime state (``lbx.reload.RUNTIME_STATE``): a reload starts it over, new rules."""
         self.upstream_host = config.host.encode("latin-1") if config.host else None
         self._peers: dict[Any, Peer] = {}
         self._hash_key = None if config.hash_key is None else hashkey.key_function(config.hash_key)
