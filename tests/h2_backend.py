@@ -1,7 +1,8 @@
 """An HTTP/2 backend for tests: python-hyper's ``h2`` on an asyncio server (h2c prior knowledge,
 or TLS with ALPN ``h2``), run on a ``BackendThread``'s loop. It answers the paths
 ``lbx.testing.DemoBackend`` answers (``/``, ``/echo``, ``/bytes/<n>``, ``/sleep/<s>``,
-``/status/<n>``) plus ``/trailers``, ``/reset``, ``/refuse-once/<key>`` and ``/garbage``, sends
+``/status/<n>``) plus ``/trailers``, ``/reset``, ``/refuse-once/<key>``, ``/garbage`` and
+``/no-window`` (a request body whose flow-control window is never opened again), sends
 within lbx's flow-control windows, and counts what tests look at: connections, streams at once,
 PINGs, resets, a stream waiting for a window."""
 
@@ -96,6 +97,8 @@ class _Protocol(asyncio.Protocol):
                 if stream is not None:
                     stream.size += len(event.data)
                     stream.digest.update(event.data)
+                    if (b":path", b"/no-window") in stream.headers:
+                        continue  # takes a body's first window, then never opens another
                 self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
             elif isinstance(event, StreamEnded):
                 stream = self.streams.get(event.stream_id)

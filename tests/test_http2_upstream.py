@@ -16,6 +16,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -304,6 +305,53 @@ def test_dead_h2_backend_is_502_and_lbx_goes_on(tmp_path: Path) -> None:
             stop_h2_backend(thread, again)
     finally:
         thread.close()
+
+
+def test_a_backend_that_takes_no_more_body_is_504_after_write_timeout(tmp_path: Path) -> None:
+    """An HTTP/2 backend that never opens its window again for a request body: 504 after
+    ``write_timeout`` (the upstream stream's write deadline), as over HTTP/1.1."""
+    thread = BackendThread()
+    backend = start_h2_backend(thread, "stuck")
+    try:
+        conf = tmp_path / "lbx.yaml"
+        service = {
+            "listen": ["127.0.0.1:0"],
+            "upstream_http_version": 2,
+            "upstreams": [backend.address],
+            "write_timeout": 1,
+        }
+        conf.write_text(yaml.safe_dump({"plugins": ["roundrobin"], "services": [service]}))
+        with LbxProcess("-c", str(conf)) as process:
+            host, port = process.address.rsplit(":", 1)
+            with socket.create_connection((host, int(port)), timeout=TIMEOUT) as sock:
+                size = 8 * 1024 * 1024
+                sock.sendall(
+                    b"POST /no-window HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % size
+                )
+                sender = threading.Thread(target=send_quietly, args=(sock, size), daemon=True)
+                sender.start()
+                answer = b""
+                while b"\r\n\r\n" not in answer:
+                    data = sock.recv(65536)
+                    assert data, answer
+                    answer += data
+            assert answer.startswith(b"HTTP/1.1 504 "), answer
+            # The write deadline's 504, not the response head's (read_timeout, 60 s).
+            process.wait_for(r"WriteTimedout context: upstream read nothing for 1\.0s", TIMEOUT)
+            assert http_get(process.address, "/").status == 200  # and lbx goes on
+    finally:
+        stop_h2_backend(thread, backend)
+        thread.close()
+
+
+def send_quietly(sock: socket.socket, size: int) -> None:
+    """Send ``size`` bytes until lbx stops taking them (it answered and closed)."""
+    piece = b"x" * 65536
+    try:
+        for _ in range(size // len(piece)):
+            sock.sendall(piece)
+    except OSError:
+        pass
 
 
 # -- TLS, ALPN and fallbacks ---------------------------------------------------------------------
