@@ -282,19 +282,21 @@ def test_a_backend_breaking_hpack_is_502_and_lbx_goes_on(setup: Setup) -> None:
     assert setup.counted(setup.h2, "connections_total") == before + 1
 
 
+def h2_upstream_conf(tmp_path: Path, backend: H2Backend, **service: object) -> str:
+    """A config file: one service on 127.0.0.1:0 speaking HTTP/2 to ``backend``, plus
+    ``service`` keys."""
+    conf = tmp_path / "lbx.yaml"
+    keys = {"listen": ["127.0.0.1:0"], "upstream_http_version": 2, "upstreams": [backend.address]}
+    conf.write_text(yaml.safe_dump({"plugins": ["roundrobin"], "services": [{**keys, **service}]}))
+    return str(conf)
+
+
 def test_dead_h2_backend_is_502_and_lbx_goes_on(tmp_path: Path) -> None:
     """A backend that is gone: 502 on the stream; once back, the next request works."""
     thread = BackendThread()
     backend = start_h2_backend(thread, "gone")
     try:
-        conf = tmp_path / "lbx.yaml"
-        service = {
-            "listen": ["127.0.0.1:0"],
-            "upstream_http_version": 2,
-            "upstreams": [backend.address],
-        }
-        conf.write_text(yaml.safe_dump({"plugins": ["roundrobin"], "services": [service]}))
-        with LbxProcess("-c", str(conf)) as process:
+        with LbxProcess("-c", h2_upstream_conf(tmp_path, backend)) as process:
             assert http_get(process.address, "/").status == 200
             stop_h2_backend(thread, backend)
             assert http_get(process.address, "/").status == 502
@@ -313,15 +315,7 @@ def test_a_backend_that_takes_no_more_body_is_504_after_write_timeout(tmp_path: 
     thread = BackendThread()
     backend = start_h2_backend(thread, "stuck")
     try:
-        conf = tmp_path / "lbx.yaml"
-        service = {
-            "listen": ["127.0.0.1:0"],
-            "upstream_http_version": 2,
-            "upstreams": [backend.address],
-            "write_timeout": 1,
-        }
-        conf.write_text(yaml.safe_dump({"plugins": ["roundrobin"], "services": [service]}))
-        with LbxProcess("-c", str(conf)) as process:
+        with LbxProcess("-c", h2_upstream_conf(tmp_path, backend, write_timeout=1)) as process:
             host, port = process.address.rsplit(":", 1)
             with socket.create_connection((host, int(port)), timeout=TIMEOUT) as sock:
                 size = 8 * 1024 * 1024

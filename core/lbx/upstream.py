@@ -528,9 +528,7 @@ class ConnectionPool:
         if conn.counted:
             conn.counted = False
             self.release(conn.peer.pool_key)
-        lru = self._lru
-        if conn in lru:
-            del lru[conn]
+        self._lru.pop(conn, None)
         stack = self._idle.get(conn.peer.pool_key)
         if stack and conn in stack:
             stack.remove(conn)
@@ -539,10 +537,8 @@ class ConnectionPool:
         """Close the idle connections pooled for ``key`` (a backend that left); returns how
         many."""
         stack = self._idle.pop(key, None) or []
-        lru = self._lru
         for conn in stack:
-            if conn in lru:
-                del lru[conn]
+            self._lru.pop(conn, None)
             conn.close()
         return len(stack)
 
