@@ -237,3 +237,29 @@ def test_sigint_during_the_overlap_stops_a_supervisor_at_once(tmp_path, backends
         if new is not None:
             assert new.stop() == 0
             new.close()
+
+
+def test_sigint_while_waiting_for_the_new_process_stops_at_once(tmp_path, backends):
+    """After SIGQUIT, the old process waits up to ``receive_timeout_seconds`` for the new one to
+    say it serves; a SIGINT in that wait stops it at once, not when the wait ends."""
+    backend = backends.start("a")
+    conf = write_conf(tmp_path, backend.address)
+    with conf.open("a") as extra:
+        extra.write("upgrade: {receive_timeout_seconds: 60}\n")
+    old = LbxProcess("-c", str(conf)).start()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as new:  # takes them, never serves
+        new.bind(str(tmp_path / "upgrade.sock"))
+        new.listen(1)
+        new.settimeout(30)
+        try:
+            old.send_signal(signal.SIGQUIT)
+            conn, _ = new.accept()
+            with conn:
+                _, fds, _, _ = socket.recv_fds(conn, 4096, 64)
+                for fd in fds:
+                    os.close(fd)
+                old.send_signal(signal.SIGINT)
+                assert old.wait(timeout=10) == 0, old.output
+            assert "SIGINT received, exiting" in old.output
+        finally:
+            old.close()

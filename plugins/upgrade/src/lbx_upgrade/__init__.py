@@ -20,7 +20,7 @@ import socket
 import sys
 import time
 
-import anyio.to_thread
+import anyio
 
 from lbx import (
     Config,
@@ -101,10 +101,7 @@ class Takeover:
             raise StartupError("-u/--upgrade needs passing file descriptors, which only Linux has")
         path = server.config.upgrade_sock
         timeout = server.config.sections["upgrade"]["receive_timeout_seconds"]
-        log.info(
-            "-u: waiting up to %gs for the running lbx to send its listeners on %s", timeout, path
-        )
-        listeners, self.handover = await anyio.to_thread.run_sync(receive_listeners, path, timeout)
+        listeners, self.handover = await receive_listeners(path, timeout)
         return listeners
 
     @hookimpl
@@ -124,8 +121,7 @@ async def send_listeners(server: Server) -> bool | None:
         return None
     section = server.config.sections["upgrade"]
     try:
-        await anyio.to_thread.run_sync(
-            send_listeners_to,
+        await send_listeners_to(
             server.config.upgrade_sock,
             dict(server.listeners),
             section["send_timeout_seconds"],
@@ -137,40 +133,75 @@ async def send_listeners(server: Server) -> bool | None:
     return True
 
 
-def receive_listeners(path: str, timeout: float) -> tuple[dict[str, socket.socket], socket.socket]:
+async def receive_listeners(
+    path: str, timeout: float
+) -> tuple[dict[str, socket.socket], socket.socket]:
     """Serve ``path`` once: accept the old process and take its sockets.
 
     Returns them with the connection, which stays open until this process serves (then it
-    answers ``ready`` there).
+    answers ``ready`` there). The waits are the event loop's, not a thread's, so that SIGINT
+    ends them at once (a thread blocked in ``accept`` would hold the exit for ``timeout``).
     """
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.setblocking(False)
     try:
         server.bind(path)
         os.chmod(path, 0o600)
         server.listen(1)
-        server.settimeout(timeout)
-        try:
-            conn, _ = server.accept()
-        except TimeoutError:
-            raise StartupError(
-                f"-u: no running lbx sent its listeners on {path} within {timeout:g}s "
-                "(send it SIGQUIT; does it use the same upgrade_sock?)"
-            ) from None
-        conn.settimeout(timeout)
-        try:
-            payload, fds, _, _ = socket.recv_fds(conn, PAYLOAD_SIZE, MAX_FDS)
-        except BaseException:
-            conn.close()
-            raise
+        log.info(
+            "-u: waiting up to %gs for the running lbx to send its listeners on %s", timeout, path
+        )
+        with anyio.move_on_after(timeout):
+            conn = await _accept(server)
+            try:
+                payload, fds = await _receive_fds(conn)
+            except BaseException:
+                conn.close()
+                raise
+            return _listeners(payload, fds, conn)
+        raise StartupError(
+            f"-u: no running lbx sent its listeners on {path} within {timeout:g}s "
+            "(send it SIGQUIT; does it use the same upgrade_sock?)"
+        )
     except OSError as exc:
         raise StartupError(f"-u: cannot receive listeners on {path}: {exc}") from None
     finally:
         server.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
+
+
+async def _accept(server: socket.socket) -> socket.socket:
+    while True:
+        await anyio.wait_readable(server)
+        try:
+            conn, _ = server.accept()
+        except BlockingIOError:  # another process connected and left, or a spurious wake-up
+            continue
+        conn.setblocking(False)
+        return conn
+
+
+async def _receive_fds(conn: socket.socket) -> tuple[bytes, list[int]]:
+    while True:
+        await anyio.wait_readable(conn)
+        try:
+            payload, fds, _, _ = socket.recv_fds(conn, PAYLOAD_SIZE, MAX_FDS)
+        except BlockingIOError:
+            continue
+        return payload, fds
+
+
+def _listeners(
+    payload: bytes, fds: list[int], conn: socket.socket
+) -> tuple[dict[str, socket.socket], socket.socket]:
+    """The sockets received, by listen address (checked against the payload)."""
     addresses = payload.decode().split()
+    if not payload and not fds:
+        conn.close()
+        raise StartupError("-u: the running lbx closed the connection without sending listeners")
     if len(addresses) != len(fds):
         conn.close()
         for fd in fds:
@@ -184,14 +215,15 @@ def receive_listeners(path: str, timeout: float) -> tuple[dict[str, socket.socke
     return listeners, conn
 
 
-def send_listeners_to(
+async def send_listeners_to(
     path: str,
     listeners: dict[str, socket.socket],
     timeout: float = SEND_TIMEOUT_SECONDS,
     ready_timeout: float = RECEIVE_TIMEOUT_SECONDS,
 ) -> None:
     """Connect to the new process (retrying while it starts), send the sockets, and wait until
-    it answers ``ready``; raises ``UpgradeFailed`` or ``OSError`` when it does not."""
+    it answers ``ready``; raises ``UpgradeFailed`` or ``OSError`` when it does not. The waits
+    are the event loop's, so SIGINT cuts them short."""
     addresses = list(listeners)
     payload = " ".join(addresses).encode()
     if len(payload) > PAYLOAD_SIZE or len(addresses) > MAX_FDS:
@@ -200,23 +232,23 @@ def send_listeners_to(
     while True:
         client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            client.connect(path)
+            client.connect(path)  # a Unix socket connects at once, or is refused
         except (FileNotFoundError, ConnectionRefusedError):
             client.close()
             if time.monotonic() >= deadline:
                 raise
-            time.sleep(SEND_RETRY_INTERVAL)
+            await anyio.sleep(SEND_RETRY_INTERVAL)
             continue
         with client:
             socket.send_fds(client, [payload], [listeners[a].fileno() for a in addresses])
-            client.settimeout(ready_timeout)
-            try:
-                answer = client.recv(len(READY))
-            except TimeoutError:
+            client.setblocking(False)
+            with anyio.move_on_after(ready_timeout) as waiting:
+                await anyio.wait_readable(client)
+            if waiting.cancelled_caught:
                 raise UpgradeFailed(
                     f"the new process took the listeners but did not serve within "
                     f"{ready_timeout:g}s"
-                ) from None
-            if answer != READY:
+                )
+            if client.recv(len(READY)) != READY:
                 raise UpgradeFailed("the new process took the listeners but exited before serving")
         return
