@@ -23,6 +23,8 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import anyio
+
 from lbx import discovery, notify, reload
 from lbx.errors import StartupError, describe
 
@@ -35,6 +37,8 @@ PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 UPGRADE_OVERLAP_SECONDS = 5.0
 """After handing the listeners over, keep accepting this long (Pingora's CLOSE_TIMEOUT)."""
+SIGINT_POLL_SECONDS = 0.1
+"""While handing the listeners over, how often the supervisor looks for a pending SIGINT."""
 
 SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD, signal.SIGHUP}
 READY_TIMEOUT_SECONDS = 60.0
@@ -184,7 +188,11 @@ class Supervisor:
                 continue
             if signum == signal.SIGQUIT:
                 log.info("SIGQUIT received, handing the listeners over")
-                handed_over = self.server.run_loop(self.server.hand_over)
+                handed_over, interrupted = self.server.run_loop(self._hand_over)
+                if interrupted:
+                    log.info("SIGINT received while upgrading, stopping workers at once")
+                    self._stop(signal.SIGINT)
+                    continue
                 if handed_over is False:
                     continue  # the new process did not take over: keep serving
                 if handed_over and self._overlap() == signal.SIGINT:
@@ -296,6 +304,27 @@ class Supervisor:
             signal.sigtimedwait({signal.SIGCHLD}, min(left, 0.1))
         self.children.pop(child.pid, None)
         log.info("%s (pid %d) %s stopped", child.name, child.pid, of)
+
+    async def _hand_over(self) -> tuple[bool | None, bool]:
+        """``Server.hand_over``, unless SIGINT comes first: returns its result and whether
+        SIGINT cut it short (waiting for the new process can take a while: its start, then its
+        ``ready``). The supervisor's signals stay blocked, so none is lost when the handover
+        ends: a pending SIGINT is looked for ten times a second, the others wait their turn."""
+        result: bool | None = None
+        interrupted = False
+        async with anyio.create_task_group() as tasks:
+
+            async def hand_over() -> None:
+                nonlocal result
+                result = await self.server.hand_over()
+                tasks.cancel_scope.cancel()
+
+            tasks.start_soon(hand_over)
+            while signal.sigtimedwait({signal.SIGINT}, 0) is None:
+                await anyio.sleep(SIGINT_POLL_SECONDS)
+            interrupted = True
+            tasks.cancel_scope.cancel()
+        return result, interrupted
 
     def _overlap(self) -> int | None:
         """Keep the workers accepting a little longer while still replacing dead ones.

@@ -239,11 +239,14 @@ def test_sigint_during_the_overlap_stops_a_supervisor_at_once(tmp_path, backends
             new.close()
 
 
-def test_sigint_while_waiting_for_the_new_process_stops_at_once(tmp_path, backends):
+@pytest.mark.parametrize("threads", [1, 2])
+def test_sigint_while_waiting_for_the_new_process_stops_at_once(tmp_path, backends, threads):
     """After SIGQUIT, the old process waits up to ``receive_timeout_seconds`` for the new one to
-    say it serves; a SIGINT in that wait stops it at once, not when the wait ends."""
+    say it serves; a SIGINT in that wait stops it at once, not when the wait ends (a supervisor
+    too, although it blocks its signals while it runs no event loop)."""
     backend = backends.start("a")
     conf = write_conf(tmp_path, backend.address)
+    conf.write_text(f"threads: {threads}\n" + conf.read_text())
     with conf.open("a") as extra:
         extra.write("upgrade: {receive_timeout_seconds: 60}\n")
     old = LbxProcess("-c", str(conf)).start()
@@ -260,6 +263,7 @@ def test_sigint_while_waiting_for_the_new_process_stops_at_once(tmp_path, backen
                     os.close(fd)
                 old.send_signal(signal.SIGINT)
                 assert old.wait(timeout=10) == 0, old.output
-            assert "SIGINT received, exiting" in old.output
+            expected = "exiting" if threads == 1 else "while upgrading, stopping workers at once"
+            assert f"SIGINT received{',' if threads == 1 else ''} {expected}" in old.output
         finally:
             old.close()
