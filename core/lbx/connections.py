@@ -1,5 +1,6 @@
 """Bookkeeping of client connections: every open one (for graceful shutdown), coarse deadlines
-for many objects in one periodic sweep, and what the connections from one client share."""
+for many objects in one periodic sweep, what the connections from one client share, and the
+request parsers they borrow."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import socket
 import time
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
+from lbx.h1parse import ParserPool
 from lbx.request_rules import Forwarding
 
 if TYPE_CHECKING:
@@ -85,6 +87,8 @@ class Connections:
     def __init__(self) -> None:
         self.open: set[ClientConnection] = set()
         self.deadlines = Deadlines()
+        self.parsers = ParserPool()
+        """HTTP/1.1 request parsers, lent to the connections while they read (``lbx.h1parse``)."""
         self.shutting_down = False
         self._all_closed: asyncio.Event | None = None
 

@@ -18,6 +18,7 @@ import httptools
 from lbx.connections import DRAIN_LINGER_SECONDS, LINGER_SECONDS
 from lbx.errors import ProxyError
 from lbx.exchange import Exchange, RequestBody
+from lbx.h1parse import ParserPool, Relay, head_read
 from lbx.http import (
     HeaderList,
     Headers,
@@ -35,7 +36,6 @@ from lbx.request_rules import (
     add_forwarding,
     check_head,
     parse_error_status,
-    refused_head,
     request_line_is_http,
     scan_fields,
     upgrade_request,
@@ -57,7 +57,7 @@ _BODY: Final = 3
 _LINGER: Final = 4
 _PARK: Final = 5
 PARK_SECONDS: Final = 2.0
-"""After this long idle, a keep-alive connection drops its task and parser (2 KiB) until a byte."""
+"""After this long idle, a keep-alive connection ends its task (about 0.7 KiB) until a byte."""
 
 
 class H1Downstream(asyncio.Protocol):
@@ -73,7 +73,9 @@ class H1Downstream(asyncio.Protocol):
         self.lost = False
         self.writable = True
         self._parser: httptools.HttpRequestParser | None = None
-        """Made on the first byte: a connection that never sends holds none (about 900 bytes)."""
+        """Borrowed while a request is read (``lbx.h1parse``): an idle connection holds none."""
+        self._relay: Relay | None = None
+        self._parser_reusable = False  # llhttp keeps the connection after the last message
         self._url = b""
         self._headers: HeaderList = []
         self._max_headers = service.max_headers
@@ -102,12 +104,10 @@ class H1Downstream(asyncio.Protocol):
         self._current: Exchange | None = None
         self._parsing: Exchange | None = None
         self._queue: list[Exchange] = []
-        """Pipelined requests waiting their turn: a list, since an empty deque takes 760 bytes
-        per connection and a pipeline is short (reading pauses while requests wait)."""
+        """Pipelined requests waiting their turn (a list: an empty deque takes 760 bytes)."""
         self._task: asyncio.Task[None] | None = None
         """Runs the connection's requests (``_serve``); the loop keeps only a weak reference."""
-        self._waiting: asyncio.Future[None] | None = None
-        """What the task awaits between requests."""
+        self._waiting: asyncio.Future[None] | None = None  # what the task awaits between requests
         self._pause_reasons: set[object] | None = None
         """Why reading is paused (made on the first pause: an empty set takes 216 bytes)."""
         self._drain_waiter: asyncio.Future[None] | None = None
@@ -118,8 +118,7 @@ class H1Downstream(asyncio.Protocol):
         """The most recent request parsed (an Upgrade request ends the HTTP input)."""
         self._early = b""
         """Bytes that followed an Upgrade request, held until the upstream answers it."""
-        self._tunnel: Exchange | None = None
-        """The request whose 101 turned this connection into a byte stream."""
+        self._tunnel: Exchange | None = None  # the request whose 101 made this a byte stream
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -161,13 +160,14 @@ class H1Downstream(asyncio.Protocol):
             self._head_raw.append(data)
         parser = self._parser
         if parser is None:
-            parser = self._parser = httptools.HttpRequestParser(self)
+            relay = self._relay = self.service.connections.parsers.take(self)
+            parser = self._parser = cast(httptools.HttpRequestParser, relay.parser)
         try:
             parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             self._chunk = b""
             offset = exc.args[0] if exc.args and isinstance(exc.args[0], int) else len(data)
-            self._parser = None  # made again for the next request
+            self._drop_parser()  # past an upgrade: not for the pool
             last = self._last
             if last is not None and last.upgrade_names is not None:
                 # Passed on: what follows belongs to the new protocol if the upstream agrees
@@ -189,7 +189,11 @@ class H1Downstream(asyncio.Protocol):
                 self._bad_request(parse_error_status(exc), f"malformed request: {exc}")
             return
         self._chunk = b""  # a read is not kept: an idle connection holds no buffer
-        if self._in_head:
+        if not self._in_head and self._parsing is None:
+            if self._parser_reusable and not self._discard:  # between requests: to the pool
+                self.service.connections.parsers.give_back(cast(Relay, self._relay))
+                self._parser = self._relay = None
+        elif self._in_head:
             # A head arriving in pieces: its deadline runs, and its size is bounded here too
             # (httptools buffers a header line until it is complete).
             if self._timer != _HEAD:
@@ -206,9 +210,9 @@ class H1Downstream(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         self._cancel_timer()
-        # The parser holds this protocol's callbacks, and the last request holds the protocol:
-        # without these cycles reference counting frees the connection now, not the collector.
-        self._parser = None
+        # The relay holds this protocol, and the last request holds the protocol: without these
+        # cycles reference counting frees the connection now, not the collector.
+        self._drop_parser()
         self._last = None
         self._refusal = None
         self._head_raw = None
@@ -287,7 +291,8 @@ class H1Downstream(asyncio.Protocol):
             and PLAIN_REQUEST_LINE.match(self._chunk) is not None
         )
         version: str = "1.1" if plain_line else parser.get_http_version()
-        keep_alive = bool(parser.should_keep_alive()) and not self._close_when_idle
+        reusable = self._parser_reusable = bool(parser.should_keep_alive())
+        keep_alive = reusable and not self._close_when_idle
         self._requests += 1
         if self._requests == service.keepalive_requests:
             keep_alive = False
@@ -350,6 +355,7 @@ class H1Downstream(asyncio.Protocol):
             self._cancel_timer()
         self._parsing = exchange
         fields.clear()  # what goes on is in the exchange; an idle connection keeps no head
+        self._url = b""
         if self._current is None:
             self._start(exchange)
         else:
@@ -539,21 +545,16 @@ class H1Downstream(asyncio.Protocol):
         if service.hooks.logging is None:
             return
         if exchange is None:
-            head = self._head_read(error.context != NOT_HTTP)
+            http = error.context != NOT_HTTP
+            head = head_read(self._parser, self._url, self._headers, self._in_head, http)
             exchange = Exchange(self, service, head, RequestBody.NONE, [], False)
         exchange.log_refused(status, error)
 
-    def _head_read(self, http: bool) -> RequestHeader:
-        """What was read of a refused head, as far as the parser got (the version only of a
-        complete ``http`` request line)."""
-        url = self._url
-        parser = self._parser
-        method = version = ""
-        if url and parser is not None:  # the method precedes the target
-            method = parser.get_method().decode("latin-1")
-            if http and (self._headers or not self._in_head):
-                version = parser.get_http_version()
-        return refused_head(method, url, self._headers, version)
+    def _drop_parser(self) -> None:
+        relay = self._relay
+        if relay is not None:
+            ParserPool.discard(relay)
+            self._parser = self._relay = None
 
     def _linger(self) -> None:
         """Stop writing, drain what the client still sends for a moment, then close."""
@@ -691,8 +692,8 @@ class H1Downstream(asyncio.Protocol):
             self.lost = True
 
     def _park(self) -> None:
-        """Idle for ``PARK_SECONDS``: the task ends, the parser goes, the keep-alive runs on."""
-        self._parser = None
+        """Idle for ``PARK_SECONDS``: the task ends, the keep-alive runs on."""
+        self._drop_parser()  # given back already, unless the last request closes
         waiter, self._waiting = self._waiting, None
         if waiter is not None:
             waiter.set_result(None)
