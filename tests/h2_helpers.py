@@ -122,9 +122,14 @@ class H2Client:
             if window <= 0:
                 self.read_events()
                 continue
-            self.conn.send_data(stream_id, bytes(view[:window]))
+            last = end and window >= len(view)
+            # The last frame ends the stream, as curl's does: an END_STREAM of its own could
+            # arrive after the response, and the request's end (its body filter) after logging.
+            self.conn.send_data(stream_id, bytes(view[:window]), end_stream=last)
             view = view[window:]
             self.flush()
+            if last:
+                return
         if end:
             self.conn.end_stream(stream_id)
             self.flush()
