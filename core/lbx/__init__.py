@@ -20,6 +20,7 @@ from lbx.lb import MAX_WEIGHT, Backend, Backends, Change, Health, LoadBalancer, 
 from lbx.peer import Peer, upstream_tls_context
 from lbx.plugins import LbxPluginManager as PluginManager
 from lbx.plugins import get_plugin_manager
+from lbx.rotation import Rotation
 from lbx.selector import Selector, SelectorFactory
 from lbx.session import Session
 from lbx.views import Server, Service
@@ -49,6 +50,7 @@ __all__ = [
     "ProxyError",
     "RequestHeader",
     "ResponseHeader",
+    "Rotation",
     "Selector",
     "SelectorFactory",
     "Server",
