@@ -76,6 +76,9 @@ NOT_AT_A_START = {
     "HTTP/1.0 without keep-alive": b"GET / HTTP/1.0\r\nHost: x\r\n\r\n",
     "upgrade": b"GET / HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
     "half a head, then the client goes": b"GET / HTTP/1.1\r\nHost:",
+    "Connection: close in trailers": b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+    + b"\r\n1\r\na\r\n0\r\nConnection: close\r\n\r\n",
+    "a request, then bytes that are none": GET + b"\x00\r\n\r\n",
 }
 
 

@@ -87,12 +87,10 @@ class H1Downstream(asyncio.Protocol):
         self._head_bytes = 0
         self._fed = 0
         self._in_head = False
-        self._chunk = b""
-        """The read being parsed (empty between reads)."""
+        self._chunk = b""  # the read being parsed (empty between reads)
         self._feed_idle = False
         """The read being parsed started between requests: its first line is a request line."""
-        self._line_first = False
-        """The head being parsed started its read (after CR/LF at most)."""
+        self._line_first = False  # the head being parsed started its read (after CR/LF at most)
         self._head_raw: list[bytes] | None = None
         """The reads of a head that spans several (bounded by the head limits)."""
         self._refusal: tuple[int, ProxyError, Exchange | None] | None = None
@@ -382,6 +380,8 @@ class H1Downstream(asyncio.Protocol):
                 self._refuse_body(413, "request body over the limit")
 
     def on_message_complete(self) -> None:
+        if self._trailers > 0:  # llhttp reads Connection in trailers too: its parser stays here
+            self._parser_reusable = False
         exchange = self._parsing
         self._parsing = None
         if exchange is None:

@@ -376,6 +376,10 @@ class Server:
                         continue
                     if signum == signal.SIGINT:
                         log.info("SIGINT received, exiting")
+                        if self._busy_with == "upgrading":
+                            # The new process may hold the listeners already: its socket files
+                            # stay (a stale one is replaced when bound again).
+                            self.forget_unix_paths()
                         if handover:
                             self.announce_stopping()
                         stopping.cancel_scope.cancel()

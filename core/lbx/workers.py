@@ -191,6 +191,7 @@ class Supervisor:
                 handed_over, interrupted = self.server.run_loop(self._hand_over)
                 if interrupted:
                     log.info("SIGINT received while upgrading, stopping workers at once")
+                    self.server.forget_unix_paths()  # the new process may serve them already
                     self._stop(signal.SIGINT)
                     continue
                 if handed_over is False:

@@ -245,10 +245,13 @@ def test_sigint_while_waiting_for_the_new_process_stops_at_once(tmp_path, backen
     say it serves; a SIGINT in that wait stops it at once, not when the wait ends (a supervisor
     too, although it blocks its signals while it runs no event loop)."""
     backend = backends.start("a")
-    conf = write_conf(tmp_path, backend.address)
-    conf.write_text(f"threads: {threads}\n" + conf.read_text())
-    with conf.open("a") as extra:
-        extra.write("upgrade: {receive_timeout_seconds: 60}\n")
+    served = tmp_path / "lbx.sock"
+    conf = tmp_path / "conf.yaml"
+    conf.write_text(
+        f"threads: {threads}\nupgrade_sock: {tmp_path / 'upgrade.sock'}\n"
+        "upgrade: {receive_timeout_seconds: 60}\nplugins: [roundrobin]\nservices:\n"
+        f"  - listen: ['127.0.0.1:0', 'unix:{served}']\n    upstreams: ['{backend.address}']\n"
+    )
     old = LbxProcess("-c", str(conf)).start()
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as new:  # takes them, never serves
         new.bind(str(tmp_path / "upgrade.sock"))
@@ -265,5 +268,27 @@ def test_sigint_while_waiting_for_the_new_process_stops_at_once(tmp_path, backen
                 assert old.wait(timeout=10) == 0, old.output
             expected = "exiting" if threads == 1 else "while upgrading, stopping workers at once"
             assert f"SIGINT received{',' if threads == 1 else ''} {expected}" in old.output
+            # The new process may serve the Unix socket already: its file stays.
+            assert served.exists()
         finally:
             old.close()
+
+
+def test_a_handover_without_listeners_fails_clearly(tmp_path):
+    """Something connects to ``upgrade_sock`` and closes without sending: ``-u`` exits 1 with
+    one line saying so, at once."""
+    conf = tmp_path / "conf.yaml"
+    conf.write_text(
+        f"upgrade_sock: {tmp_path / 'upgrade.sock'}\nupgrade: {{receive_timeout_seconds: 60}}\n"
+        "plugins: [roundrobin]\nservices: [{listen: '127.0.0.1:0', upstreams: '127.0.0.1:9'}]\n"
+    )
+    new = LbxProcess("-c", str(conf), "-u").start_async()
+    try:
+        new.wait_for("-u: waiting up to 60s")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as old:
+            old.connect(str(tmp_path / "upgrade.sock"))
+        assert new.wait(timeout=30) == 1
+    finally:
+        new.close()
+    assert "closed the connection without sending listeners" in new.output
+    assert "Traceback" not in new.output

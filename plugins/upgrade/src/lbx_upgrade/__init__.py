@@ -198,7 +198,7 @@ def _listeners(
     payload: bytes, fds: list[int], conn: socket.socket
 ) -> tuple[dict[str, socket.socket], socket.socket]:
     """The sockets received, by listen address (checked against the payload)."""
-    addresses = payload.decode().split()
+    addresses = payload.decode("latin-1").split()  # any bytes: a wrong count fails below
     if not payload and not fds:
         conn.close()
         raise StartupError("-u: the running lbx closed the connection without sending listeners")
@@ -231,9 +231,10 @@ async def send_listeners_to(
     deadline = time.monotonic() + timeout
     while True:
         client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        client.setblocking(False)  # a full backlog makes a blocking connect wait, on the loop
         try:
-            client.connect(path)  # a Unix socket connects at once, or is refused
-        except (FileNotFoundError, ConnectionRefusedError):
+            client.connect(path)
+        except (FileNotFoundError, ConnectionRefusedError, BlockingIOError):
             client.close()
             if time.monotonic() >= deadline:
                 raise
@@ -241,7 +242,6 @@ async def send_listeners_to(
             continue
         with client:
             socket.send_fds(client, [payload], [listeners[a].fileno() for a in addresses])
-            client.setblocking(False)
             with anyio.move_on_after(ready_timeout) as waiting:
                 await anyio.wait_readable(client)
             if waiting.cancelled_caught:
