@@ -4,9 +4,11 @@ it parses from scratch. In this process, over in-memory transports (``lbx.inproc
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 
-from lbx.h1parse import PARSERS_KEPT
+from lbx.h1parse import PARSERS_KEPT, Relay
 from lbx.inprocess import InProcessProxy
 
 GET = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -113,3 +115,24 @@ def test_the_pool_keeps_a_bounded_number(proxy):
     assert idle_parsers(proxy) == PARSERS_KEPT
     for client in clients:
         client.close()
+
+
+def test_an_http_1_0_keep_alive_request_gives_its_parser_back(proxy):
+    with proxy.client() as client:
+        client.send(b"GET / HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\n\r\n")
+        assert client.read_response().status == 200
+        assert not client.closed()
+        assert idle_parsers(proxy) == 1
+
+
+def test_no_relay_keeps_a_closed_connection(proxy):
+    """A parser given back, or discarded with its connection, leaves no reference to the
+    connection in its relay (reference counting frees the connection, not the collector)."""
+    for data in (GET, b"GET / HTTP/1.1\r\nHost: x\r\n"):  # answered; half a head
+        client = proxy.client()
+        client.send(data)
+        proxy.settle()
+        client.close()
+        relays = [r for r in gc.get_referrers(client.protocol) if isinstance(r, Relay)]
+        assert relays == []
+    assert idle_parsers(proxy) == 0  # the second took the first's parser; its close dropped it
