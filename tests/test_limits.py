@@ -13,7 +13,7 @@ import threading
 import time
 
 import pytest
-from tests.http_helpers import Client, Upstream, lbx_in_front
+from tests.http_helpers import Client, Upstream, lbx_in_front, ok
 
 LIMITS = {
     "max_request_line": 100,
@@ -79,6 +79,36 @@ def test_idle_keepalive_timeout_closes(proxy, upstream):
         client.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         assert client.read_response().status == 200
         started = time.monotonic()
+        assert client.closed(5)
+        assert 1.2 < time.monotonic() - started < 2.5
+
+
+def test_a_request_in_flight_when_the_idle_deadline_passes_is_answered(proxy, upstream):
+    """The keep-alive deadline armed after a response stays when the next request comes (it
+    passes over a busy connection): that request is answered, and the connection then stays
+    open for keepalive_timeout after the answer (a third request would get keepalive_requests'
+    close)."""
+    answer = threading.Event()
+
+    def when_told(conn, request):
+        answer.wait(30)
+        ok(conn, request)
+
+    get = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+    with Client(proxy.address) as client:
+        client.send(get)
+        assert client.read_response().status == 200
+        upstream.handler = when_told
+        try:
+            client.send(get)
+            time.sleep(LIMITS["keepalive_timeout"] + 1)  # the idle deadline passes meanwhile
+        finally:
+            answer.set()
+            upstream.handler = ok
+        response = client.read_response()
+        started = time.monotonic()
+        assert response.status == 200
+        assert response.get("Connection") != b"close"
         assert client.closed(5)
         assert 1.2 < time.monotonic() - started < 2.5
 

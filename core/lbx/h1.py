@@ -349,7 +349,7 @@ class H1Downstream(asyncio.Protocol):
                 exchange.expect_continue = 1
             self._body_mark = -1
             self._arm_timer(service.body_timeout, _BODY)
-        elif self._timer:
+        elif self._timer == _HEAD:  # an idle deadline may stay: it passes over a busy connection
             self._cancel_timer()
         self._parsing = exchange
         fields.clear()  # what goes on is in the exchange; an idle connection keeps no head
