@@ -5,6 +5,7 @@ it parses from scratch. In this process, over in-memory transports (``lbx.inproc
 from __future__ import annotations
 
 import gc
+import socket
 
 import pytest
 
@@ -136,3 +137,31 @@ def test_no_relay_keeps_a_closed_connection(proxy):
         relays = [r for r in gc.get_referrers(client.protocol) if isinstance(r, Relay)]
         assert relays == []
     assert idle_parsers(proxy) == 0  # the second took the first's parser; its close dropped it
+
+
+def test_no_client_can_close_the_parsers_of_a_real_lbx(lbx, backends):
+    """A real lbx: more clients than the pool keeps each end a chunked upload with a
+    ``Connection: close`` trailer (llhttp closes its parser then), and each spelling of it;
+    another client's request after them is still answered."""
+    proc = lbx(
+        "--plugin",
+        "roundrobin",
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        backends.start("a").address,
+    )
+    host, port = proc.address.rsplit(":", 1)
+    trailers = [b"Connection: close", b"connection: CLOSE", b"Proxy-Connection: close"]
+    for index in range(PARSERS_KEPT + 6):
+        upload = (
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\n"
+            + trailers[index % len(trailers)]
+            + b"\r\n\r\n"
+        )
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(upload)
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(GET)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")

@@ -18,7 +18,7 @@ import httptools
 from lbx.connections import DRAIN_LINGER_SECONDS, LINGER_SECONDS
 from lbx.errors import ProxyError
 from lbx.exchange import Exchange, RequestBody
-from lbx.h1parse import ParserPool, Relay, head_read
+from lbx.h1parse import Relay, head_read
 from lbx.http import (
     HeaderList,
     Headers,
@@ -553,7 +553,7 @@ class H1Downstream(asyncio.Protocol):
     def _drop_parser(self) -> None:
         relay = self._relay
         if relay is not None:
-            ParserPool.discard(relay)
+            relay.discard()
             self._parser = self._relay = None
 
     def _linger(self) -> None:

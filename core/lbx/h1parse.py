@@ -43,6 +43,12 @@ class Relay:
         """None once discarded: the parser holds this relay's bound methods, and reference
         counting frees the two at once only without the reference back."""
 
+    def discard(self) -> None:
+        """The parser is not in its start state (an error, an upgrade, a ``Connection: close``
+        message, a connection gone mid-request), or the pool is full: both go."""
+        self.conn = None
+        self.parser = None
+
     def on_message_begin(self) -> None:
         conn = self.conn
         if conn is not None:
@@ -109,14 +115,7 @@ class ParserPool:
         elif len(self._idle) < PARSERS_KEPT - 1:  # with the spare
             self._idle.append(relay)
         else:
-            relay.parser = None
-
-    @staticmethod
-    def discard(relay: Relay) -> None:
-        """The relay's parser is not in its start state (an error, an upgrade, a ``Connection:
-        close`` message, a connection gone mid-request): both go."""
-        relay.conn = None
-        relay.parser = None
+            relay.discard()
 
 
 def head_read(

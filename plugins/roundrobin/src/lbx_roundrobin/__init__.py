@@ -24,8 +24,6 @@ class RoundRobin:
         if options:
             raise ValueError(f"roundrobin takes no selection_options, got {sorted(options)}")
         rotation = Rotation(backends)
-        self.backends = rotation.backends
-        self.weighted = rotation.weighted
         # The two parts lbx calls on every request: compiled, so no Python runs there.
         self.first: Callable[[bytes], Backend | None] = rotation.first
         self.fallback: Callable[[bytes], Iterator[Backend]] = rotation.fallback

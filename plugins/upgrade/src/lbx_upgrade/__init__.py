@@ -19,6 +19,8 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 import anyio
 
@@ -48,6 +50,8 @@ PAYLOAD_SIZE = 4096
 READY = b"ready\n"
 
 log = logging.getLogger("lbx.upgrade")
+
+T = TypeVar("T")
 
 
 class UpgradeFailed(Exception):
@@ -154,9 +158,12 @@ async def receive_listeners(
             "-u: waiting up to %gs for the running lbx to send its listeners on %s", timeout, path
         )
         with anyio.move_on_after(timeout):
-            conn = await _accept(server)
+            conn, _ = await _when_readable(server, server.accept)
+            conn.setblocking(False)
             try:
-                payload, fds = await _receive_fds(conn)
+                payload, fds, _, _ = await _when_readable(
+                    conn, lambda: socket.recv_fds(conn, PAYLOAD_SIZE, MAX_FDS)
+                )
             except BaseException:
                 conn.close()
                 raise
@@ -173,25 +180,15 @@ async def receive_listeners(
             os.unlink(path)
 
 
-async def _accept(server: socket.socket) -> socket.socket:
+async def _when_readable(sock: socket.socket, operation: Callable[[], T]) -> T:
+    """``operation()`` on the non-blocking ``sock`` once it is readable (again, after a spurious
+    wake-up or a client that connected and left)."""
     while True:
-        await anyio.wait_readable(server)
+        await anyio.wait_readable(sock)
         try:
-            conn, _ = server.accept()
-        except BlockingIOError:  # another process connected and left, or a spurious wake-up
-            continue
-        conn.setblocking(False)
-        return conn
-
-
-async def _receive_fds(conn: socket.socket) -> tuple[bytes, list[int]]:
-    while True:
-        await anyio.wait_readable(conn)
-        try:
-            payload, fds, _, _ = socket.recv_fds(conn, PAYLOAD_SIZE, MAX_FDS)
+            return operation()
         except BlockingIOError:
             continue
-        return payload, fds
 
 
 def _listeners(
