@@ -28,8 +28,9 @@ from typing import Any
 
 import uvloop
 
+from lbx.collector import tune_gc
 from lbx.h1 import H1Downstream
-from lbx.server import Server, tune_gc
+from lbx.server import Server
 from lbx.testing import prepared_server
 from lbx.upstream import UpstreamConnection
 

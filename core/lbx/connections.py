@@ -10,6 +10,7 @@ import socket
 import time
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
+from lbx.collector import YoungGeneration
 from lbx.h1parse import ParserPool
 from lbx.request_rules import Forwarding
 
@@ -90,13 +91,21 @@ class Connections:
         self.parsers = ParserPool()
         """HTTP/1.1 request parsers, lent to the connections while they read (``lbx.h1parse``)."""
         self.shutting_down = False
+        self.young: YoungGeneration | None = None
+        """Set in a serving process (``Server.run``): the collector follows ``open``."""
         self._all_closed: asyncio.Event | None = None
 
     def add(self, conn: ClientConnection) -> None:
         self.open.add(conn)
+        young = self.young
+        if young is not None and len(self.open) > young.grow_above:
+            young.resize(len(self.open))
 
     def remove(self, conn: ClientConnection) -> None:
         self.open.discard(conn)
+        young = self.young
+        if young is not None and len(self.open) < young.shrink_below:
+            young.resize(len(self.open))
         if not self.open and self._all_closed is not None:
             self._all_closed.set()
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import gc
 import logging
 import os
 import signal
@@ -23,6 +22,7 @@ import anyio.abc
 
 from lbx import background, discovery, notify, reload
 from lbx.acceptor import Acceptor
+from lbx.collector import YoungGeneration, tune_gc
 from lbx.config import Config, ServiceConfig
 from lbx.connections import Connections, format_address
 from lbx.errors import ConfigError, StartupError, first_error, plural
@@ -230,6 +230,7 @@ class Server:
         if self.config.daemon and not self.pm.hook.daemonize(config=self.config):
             raise StartupError("no plugin could daemonize the process")
         tune_gc()
+        self.connections.young = YoungGeneration()
         if self.config.threads > 1:
             return Supervisor(self).run()
         self.run_loop(self._serve)
@@ -640,25 +641,6 @@ class Server:
     def _close_pools(self) -> None:
         for service in self.services:
             service.connector.close_all()
-
-
-GC_GENERATION0_THRESHOLD = 20_000
-"""Allocations between collections of the youngest generation (CPython's default: 700)."""
-
-
-def tune_gc() -> None:
-    """Collect less often on the request path.
-
-    Requests allocate many short-lived objects that reference counting frees at once; the cyclic
-    collector mostly rescans the long-lived start-up objects. Freezing those (they then live in
-    a permanent generation, also shared copy-on-write with forked workers) and collecting the
-    youngest generation less often targets the ~3% of request CPU the profile showed in the
-    collector (docs/performance.md).
-    """
-    gc.collect()
-    gc.freeze()
-    _, generation1, generation2 = gc.get_threshold()
-    gc.set_threshold(GC_GENERATION0_THRESHOLD, generation1, generation2)
 
 
 TLS_PREFIX = "tls:"
