@@ -211,9 +211,10 @@ class HookCaller:
             result = function(*args) if positions is None else function(*_pick(args, positions))
             if result is None:
                 continue
-            if _is_awaitable(result):
+            coroutine = type(result) is _COROUTINE  # an ``async def`` impl's: the usual awaitable
+            if coroutine or _is_awaitable(result):
                 if index == last:
-                    return result if type(result) is _COROUTINE else Pending(result)
+                    return result if coroutine else Pending(result)
                 return Pending(self._finish(index, result, args))
             if self._ends_chain(result):
                 return result

@@ -75,22 +75,29 @@ class Headers:
 
     def get(self, name: str | bytes, default: str | None = None) -> str | None:
         """The first value of ``name``, or ``default``."""
-        key = _b(name).lower()
+        key = lower_name(_b(name))
+        size = len(key)
         for field, value in self.raw:
-            if field.lower() == key:
+            if len(field) == size and lower_name(field) == key:  # most names differ in length
                 return value.decode("latin-1")
         return default
 
     def get_all(self, name: str | bytes) -> list[str]:
         """Every value of ``name``, in order."""
-        key = _b(name).lower()
-        return [value.decode("latin-1") for field, value in self.raw if field.lower() == key]
+        key = lower_name(_b(name))
+        size = len(key)
+        return [
+            value.decode("latin-1")
+            for field, value in self.raw
+            if len(field) == size and lower_name(field) == key
+        ]
 
     def __contains__(self, name: object) -> bool:
         if not isinstance(name, (str, bytes)):
             return False
-        key = _b(name).lower()
-        return any(field.lower() == key for field, _ in self.raw)
+        key = lower_name(_b(name))
+        size = len(key)
+        return any(len(field) == size and lower_name(field) == key for field, _ in self.raw)
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
         for field, value in self.raw:
@@ -110,18 +117,20 @@ class Headers:
         """
         field = (_b(name), _b(value))
         key = lower_name(field[0])
+        size = len(key)
         raw = self.raw
         found = 0
         at = 0
         for index in range(len(raw)):  # one pass, no list built: hooks call this per request
-            if lower_name(raw[index][0]) == key:
+            existing = raw[index][0]
+            if len(existing) == size and lower_name(existing) == key:
                 found += 1
                 at = index
         if found == 1:
             raw[at] = field
             return
         if found:
-            raw[:] = [item for item in raw if lower_name(item[0]) != key]
+            raw[:] = [item for item in raw if len(item[0]) != size or lower_name(item[0]) != key]
         raw.append(field)
 
     def append(self, name: str | bytes, value: str | bytes) -> None:
