@@ -56,7 +56,7 @@ _HEAD: Final = 2
 _BODY: Final = 3
 _LINGER: Final = 4
 _PARK: Final = 5
-PARK_SECONDS: Final = 2.0
+PARK_SECONDS: Final = 0.5
 """After this long idle, a keep-alive connection ends its task (about 0.7 KiB) until a byte."""
 
 
