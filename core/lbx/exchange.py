@@ -166,8 +166,7 @@ class Exchange:
         self.session._exchange = None
 
     def log_refused(self, status: int, error: ProxyError) -> None:
-        """The ``logging`` hook for a request lbx refused before its phases ran (nginx logs
-        them), then ``finish``."""
+        """``logging`` for a request refused before its phases ran (as nginx), then ``finish``."""
         session = self.session
         session.response_status = status
         self.response_started = self.response_complete = True
@@ -311,8 +310,11 @@ class Exchange:
         self.session.upstream_response = ResponseHeader(status, Headers(headers))
         self._resp_body_kind = body_kind
         future = self._head_future
-        if future is not None and not future.done():
-            future.set_result(None)
+        if future is not None:
+            try:
+                future.set_result(None)
+            except asyncio.InvalidStateError:  # cancelled: asking done() first costs a call
+                return
 
     def upstream_body(self, data: bytes) -> None:
         if self._streaming_response:

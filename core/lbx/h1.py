@@ -575,10 +575,7 @@ class H1Downstream(asyncio.Protocol):
     ) -> None:
         """The head in HTTP/1.1 form and the (framed) body bytes that came with it, in one
         write: a syscall per request less."""
-        data = serialize_response(head, framing)
-        if body:
-            body.insert(0, data)
-            data = b"".join(body)
+        data = serialize_response(head, framing, body)
         transport = self.transport
         if transport is not None and not self.lost:
             transport.write(data)
@@ -588,7 +585,9 @@ class H1Downstream(asyncio.Protocol):
 
     def send_informational(self, status: int, headers: HeaderList) -> None:
         if self.transport is not None and not self.lost:
-            self.transport.write(serialize_response(ResponseHeader(status, Headers(headers)), []))
+            self.transport.write(
+                serialize_response(ResponseHeader(status, Headers(headers)), [], [])
+            )
 
     def send_error(self, status: int, close: bool) -> None:
         if self.transport is not None and not self.lost:

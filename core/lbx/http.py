@@ -272,13 +272,19 @@ def serialize_request(head: RequestHeader, framing: HeaderList) -> bytes:
     )
 
 
-def serialize_response(head: ResponseHeader, framing: HeaderList) -> bytes:
-    """The response head sent downstream; ``framing`` carries the kernel's framing fields."""
+def serialize_response(head: ResponseHeader, framing: HeaderList, body: list[bytes]) -> bytes:
+    """The response head sent downstream, then ``body`` (bytes already framed), in one join;
+    ``framing`` carries the kernel's framing fields."""
     if head.reason is None:
         start = status_line(head.status)
     else:
         start = b"HTTP/1.1 %d %s\r\n" % (head.status, head.reason.encode("latin-1"))
-    return start + _fields(head.headers.raw, framing)
+    parts = [start]
+    _add_lines(parts, head.headers.raw)
+    _add_lines(parts, framing)
+    parts.append(b"\r\n")
+    parts.extend(body)
+    return b"".join(parts)
 
 
 def error_response(status: int, *, close: bool) -> bytes:
@@ -300,6 +306,8 @@ def connection_tokens(value: bytes) -> set[bytes]:
 def fields_to_drop(value: bytes) -> frozenset[bytes] | set[bytes]:
     """The fields a ``Connection`` value asks to drop beyond the hop-by-hop ones (which are
     always dropped): empty for the usual ``keep-alive`` or ``close``, without parsing."""
+    if value == b"keep-alive" or value == b"close":  # as most send it: no lower() call
+        return _NOTHING
     lowered = value.lower()
     if lowered == b"keep-alive" or lowered == b"close":
         return _NOTHING
