@@ -178,16 +178,27 @@ class MemoryUpstreamConnection(MemoryTransport):
         self._current: UpstreamRequest | None = None
         self._url = b""
         self._upgraded = False
+        self._held = b""
+        """What lbx sent after an Upgrade request: the new protocol's bytes after a ``101``,
+        else the next request."""
 
     def write(self, data: Any) -> None:
         data = bytes(data)
         self.raw += data
-        if self._upgraded or self.error is not None:
+        if self.error is not None:
             return
+        if self._upgraded:
+            self._held += data
+            return
+        self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
+        except httptools.HttpParserUpgrade as exc:
+            offset = exc.args[0] if exc.args and isinstance(exc.args[0], int) else len(data)
             self._upgraded = True
+            self._held = data[offset:]
         except httptools.HttpParserError as exc:
             self.error = repr(exc)
 
@@ -198,8 +209,17 @@ class MemoryUpstreamConnection(MemoryTransport):
     def send(self, data: bytes) -> None:
         """Answer lbx: the bytes arrive as one read (on the loop's next iteration, before a
         close that follows them, as on a socket)."""
-        if not self.closed:
-            self.loop.call_soon(self._deliver, data)
+        if self.closed:
+            return
+        self.loop.call_soon(self._deliver, data)
+        if self._upgraded and not data.startswith((b"HTTP/1.1 101", b"HTTP/1.0 101")):
+            # The Upgrade answered without a switch: HTTP/1.1 goes on, with a new parser
+            # (llhttp stops for good at an upgrade), from what lbx sent after the request.
+            self._upgraded = False
+            self._parser = httptools.HttpRequestParser(self)
+            held, self._held = self._held, b""
+            if held:
+                self._feed(held)
 
     def _deliver(self, data: bytes) -> None:
         protocol = self.protocol
