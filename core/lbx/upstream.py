@@ -48,13 +48,12 @@ MAX_RESPONSE_HEADERS: Final = 256
 
 # No body follows these statuses whatever the headers say (RFC 9112 6.3).
 _NO_BODY_STATUSES: Final = frozenset({204, 304})
-_FRAMING_NAME_LENGTHS: Final = sum(
-    1 << n for n in {len(name) for name in HOP_BY_HOP | {b"content-length"}}
-)
+_FRAMING_NAMES: Final = HOP_BY_HOP | {b"content-length"}
+_FRAMING_NAME_LENGTHS: Final = sum(1 << n for n in {len(name) for name in _FRAMING_NAMES})
 """Bit ``n`` set: some hop-by-hop or framing name is ``n`` bytes long. A response field of
 another length is passed on without being lower-cased (most are: Server, Date, Content-Type...);
 a shift and a mask cost less than a set lookup of a boxed length per field."""
-_LONGEST_FRAMING_NAME: Final = max(len(name) for name in HOP_BY_HOP | {b"content-length"})
+_LONGEST_FRAMING_NAME: Final = max(len(name) for name in _FRAMING_NAMES)
 
 
 class BodyKind(enum.IntEnum):
