@@ -9,6 +9,7 @@ the protocol objects left with the collector disabled.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import socket
 import time
@@ -18,6 +19,7 @@ import pytest
 import uvloop
 from tests import inprocess
 
+from lbx.connections import Deadlines
 from lbx.h1 import H1Downstream
 from lbx.session import Session
 from lbx.testing import DemoBackend, http_get
@@ -181,9 +183,10 @@ def test_client_origins_are_per_ip_and_listener_and_bounded():
     proxy.close()
 
 
-async def park_and_reuse() -> tuple[bool, bool, int]:
+async def park_and_reuse(keepalive_timeout: float | None = None) -> tuple[bool, bool, int]:
     """One request on a keep-alive connection, the connection left idle until it parks, then a
-    second request on it: (parked without a task, parked without a parser, second status)."""
+    second request on it: (parked without a task, parked without a parser, second status).
+    ``keepalive_timeout``: the service's, changed after the first request as a reload does."""
     backend = DemoBackend("a")
     await backend.start()
     service, listener, port = await inprocess.serve(backend.address)
@@ -195,30 +198,46 @@ async def park_and_reuse() -> tuple[bool, bool, int]:
         await reader.readuntil(b"\n")  # the demo body ends with its only newline
         return int(head.split()[1])
 
-    assert await get() == 200
-    (protocol,) = service.connections.open
-    assert isinstance(protocol, H1Downstream)
-    for _ in range(400):  # parks within PARK_SECONDS plus the deadline sweep's resolution
-        if protocol._task is None and protocol._parser is None:
-            break
-        await asyncio.sleep(0.025)
-    parked = (protocol._task is None, protocol._parser is None)
-    status = await get()
-    writer.close()
-    await writer.wait_closed()
-    await service.connections.wait_closed()
-    listener.close()
-    await listener.wait_closed()
-    await backend.stop()
+    try:
+        assert await get() == 200
+        (protocol,) = service.connections.open
+        assert isinstance(protocol, H1Downstream)
+        if keepalive_timeout is not None:
+            service.keepalive_timeout = keepalive_timeout
+        for _ in range(400):  # parks within PARK_SECONDS plus the deadline sweep's resolution
+            if protocol._task is None and protocol._parser is None:
+                break
+            await asyncio.sleep(0.025)
+        parked = (protocol._task is None, protocol._parser is None)
+        if keepalive_timeout is not None:
+            for _ in range(3):  # three more sweeps of the deadlines
+                await asyncio.sleep(Deadlines().RESOLUTION)
+            assert not protocol.lost, "lbx closed the parked connection"
+        status = await get()
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+        await service.connections.wait_closed()
+        listener.close()
+        await listener.wait_closed()
+        await backend.stop()
     return (*parked, status)
 
 
 def test_an_idle_connection_parks_and_serves_its_next_request():
     """After ``PARK_SECONDS`` idle a keep-alive connection holds no task and no parser (about
     2 KiB less per idle client, issue 18), and its next request is served as before. (The
-    compiled modules keep their constants in C: the test waits the real 2 s.)"""
+    compiled modules keep their constants in C: the test waits the real half second.)"""
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         assert runner.run(park_and_reuse()) == (True, True, 200)
+
+
+def test_a_parked_connection_stays_when_a_reload_turns_the_idle_timeout_off():
+    """``keepalive_timeout: 0`` (no idle limit) set by a reload while a connection waits to park:
+    the rest of its deadline was ``0 - PARK_SECONDS``, a negative one that closed it at once."""
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        assert runner.run(park_and_reuse(keepalive_timeout=0)) == (True, True, 200)
 
 
 async def h2_streams_left(requests: int) -> tuple[int, int]:

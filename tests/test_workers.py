@@ -234,3 +234,22 @@ def test_worker_started_in_a_single_process(lbx, backends, tmp_path):
     ]
     assert started_pids(proc.lines, "worker_started") == [str(proc.pid)]
     assert proc.stop() == 0
+
+
+def test_every_serving_process_sizes_its_collector_to_its_connections(lbx, backends, tmp_path):
+    """The workers a reload forks too (they come from the supervisor's new ``Server``): with a
+    fixed threshold, thousands of requests in flight keep the collector scanning them."""
+    a = backends.start("a")
+    plugin = repr(str(PLUGINS / "report_collector.py"))
+    proc = lbx("-c", str(write_conf(tmp_path, a.address, threads=2, plugins=plugin)))
+    following = r"pid (\d+): the collector follows the connections: (\w+)"
+    wait_for_each(proc, following, 2, 0)
+    mark = len(proc.lines)
+    proc.send_signal(signal.SIGHUP)
+    proc.wait_for(r"configuration reloaded from", start=mark)
+    wait_for_each(proc, following, 2, mark)
+    reports = [re.search(following, line) for line in proc.lines]
+    answers = [(match.group(1), match.group(2)) for match in reports if match is not None]
+    assert len({pid for pid, _ in answers}) == 4  # two workers, then two of the reload
+    assert {answer for _, answer in answers} == {"True"}
+    assert proc.stop() == 0

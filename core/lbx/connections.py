@@ -92,7 +92,8 @@ class Connections:
         """HTTP/1.1 request parsers, lent to the connections while they read (``lbx.h1parse``)."""
         self.shutting_down = False
         self.young: YoungGeneration | None = None
-        """Set in a serving process (``Server.run``): the collector follows ``open``."""
+        """Set where requests are served (``Server._serve``, ``serve_worker``): the collector
+        follows ``open``."""
         self._all_closed: asyncio.Event | None = None
 
     def add(self, conn: ClientConnection) -> None:

@@ -178,14 +178,15 @@ class MemoryUpstreamConnection(MemoryTransport):
         self._current: UpstreamRequest | None = None
         self._url = b""
         self._upgraded = False
+        self._switched = False  # answered 101: raw bytes both ways from now on
         self._held = b""
-        """What lbx sent after an Upgrade request: the new protocol's bytes after a ``101``,
-        else the next request."""
+        """What lbx sent after an Upgrade request, until the answer: the new protocol's bytes
+        after a ``101``, else the next request."""
 
     def write(self, data: Any) -> None:
         data = bytes(data)
         self.raw += data
-        if self.error is not None:
+        if self.error is not None or self._switched:
             return
         if self._upgraded:
             self._held += data
@@ -212,7 +213,12 @@ class MemoryUpstreamConnection(MemoryTransport):
         if self.closed:
             return
         self.loop.call_soon(self._deliver, data)
-        if self._upgraded and not data.startswith((b"HTTP/1.1 101", b"HTTP/1.0 101")):
+        if not self._upgraded or self._switched:
+            return
+        if data[9:12] == b"101":
+            self._switched = True
+            self._held = b""
+        elif data[9:10] != b"1":  # (a 100 or 103 comes before the answer)
             # The Upgrade answered without a switch: HTTP/1.1 goes on, with a new parser
             # (llhttp stops for good at an upgrade), from what lbx sent after the request.
             self._upgraded = False

@@ -230,7 +230,6 @@ class Server:
         if self.config.daemon and not self.pm.hook.daemonize(config=self.config):
             raise StartupError("no plugin could daemonize the process")
         tune_gc()
-        self.connections.young = YoungGeneration()
         if self.config.threads > 1:
             return Supervisor(self).run()
         self.run_loop(self._serve)
@@ -249,6 +248,7 @@ class Server:
 
     async def _serve(self) -> None:
         """Everything in one process: background services, listeners, signals."""
+        self.connections.young = YoungGeneration()
         async with anyio.create_task_group() as tasks:
             self._tasks = tasks
             self.background_group = background.BackgroundGroup(self._background)
@@ -270,7 +270,10 @@ class Server:
     async def serve_worker(
         self, sockets: dict[str, socket.socket], ready: Callable[[], None]
     ) -> None:
-        """A worker process: serve requests on the supervisor's sockets until told to stop."""
+        """A worker process: serve requests on the supervisor's sockets until told to stop.
+
+        Also after a reload: the supervisor's new ``Server`` forks the next workers."""
+        self.connections.young = YoungGeneration()
         async with anyio.create_task_group() as tasks:
             discovery.take_shared(self)
             shared = [d for d in self.discovery.values() if d.table is not None]

@@ -1,0 +1,61 @@
+"""``lbx.inprocess``'s in-memory upstream around an Upgrade request: after a ``101`` it carries
+raw bytes both ways; answered otherwise, it goes on reading HTTP/1.1 requests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from lbx.inprocess import InProcessProxy, MemoryUpstreamConnection, UpstreamRequest
+
+UPGRADE = b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+SWITCH = b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+
+
+@pytest.fixture
+def proxy() -> Iterator[InProcessProxy]:
+    proxy = InProcessProxy()
+    yield proxy
+    assert proxy.errors == []
+    proxy.close()
+
+
+def test_after_a_101_the_upstream_carries_raw_bytes_both_ways(proxy: InProcessProxy) -> None:
+    upstreams: list[MemoryUpstreamConnection] = []
+
+    def switch(conn: MemoryUpstreamConnection, request: UpstreamRequest) -> None:
+        upstreams.append(conn)
+        conn.send(SWITCH)
+
+    proxy.upstream.handler = switch
+    with proxy.client() as client:
+        client.send(UPGRADE)
+        assert client.received.startswith(b"HTTP/1.1 101 ")
+        upstream = upstreams[0]
+        upstream.send(b"from the server")  # not a status line: still the tunnel
+        proxy.settle()
+        client.send(b"GET /inside-the-tunnel HTTP/1.1\r\nHost: x\r\n\r\n\x00\x01")
+        proxy.settle()
+        assert client.received.endswith(b"from the server")
+    assert [request.target for request in upstream.requests] == [b"/ws"]
+    assert upstream.error is None
+    assert bytes(upstream.raw).endswith(
+        b"GET /inside-the-tunnel HTTP/1.1\r\nHost: x\r\n\r\n\x00\x01"
+    )
+
+
+def test_an_upgrade_answered_without_a_switch_leaves_http_going_on(proxy: InProcessProxy) -> None:
+
+    def early_hints_then_ok(conn: MemoryUpstreamConnection, request: UpstreamRequest) -> None:
+        if request.target == b"/ws":
+            conn.send(b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\n")
+        conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    proxy.upstream.handler = early_hints_then_ok
+    with proxy.client() as client:
+        client.send(UPGRADE)
+        assert client.read_response().status == 200
+        client.send(b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert client.read_response().status == 200
+    assert [request.target for request in proxy.upstream.requests] == [b"/ws", b"/next"]
