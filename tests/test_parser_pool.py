@@ -141,14 +141,8 @@ def test_no_client_can_close_the_parsers_of_a_real_lbx(lbx, backends):
     """A real lbx: more clients than the pool keeps each end a chunked upload with a
     ``Connection: close`` trailer (llhttp closes its parser then), and each spelling of it;
     another client's request after them is still answered."""
-    proc = lbx(
-        "--plugin",
-        "roundrobin",
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
-        backends.start("a").address,
-    )
+    upstream = backends.start("a").address
+    proc = lbx("--plugin", "roundrobin", "--listen", "127.0.0.1:0", "--upstream", upstream)
     host, port = proc.address.rsplit(":", 1)
     trailers = [b"Connection: close", b"connection: CLOSE", b"Proxy-Connection: close"]
     for index in range(PARSERS_KEPT + 6):

@@ -55,18 +55,17 @@ class YoungGeneration:
     collection (about 36 per open connection, a few KiB each).
     """
 
-    def __init__(self, floor: int = GC_GENERATION0_THRESHOLD) -> None:
-        self.floor = floor
+    def __init__(self) -> None:
         self.grow_above = 0
         self.shrink_below = 0
-        self.threshold = floor
-        set_young_threshold(floor)
+        self.threshold = GC_GENERATION0_THRESHOLD
+        set_young_threshold(GC_GENERATION0_THRESHOLD)
 
     def resize(self, connections: int) -> None:
         sized_for = connections + connections // 2
         self.grow_above = sized_for
         self.shrink_below = sized_for // 3
-        threshold = max(self.floor, YOUNG_OBJECTS_PER_CONNECTION * sized_for)
+        threshold = max(GC_GENERATION0_THRESHOLD, YOUNG_OBJECTS_PER_CONNECTION * sized_for)
         if threshold != self.threshold:
             self.threshold = threshold
             set_young_threshold(threshold)

@@ -313,7 +313,7 @@ class Exchange:
         if future is not None:
             try:
                 future.set_result(None)
-            except asyncio.InvalidStateError:  # cancelled: asking done() first costs a call
+            except asyncio.InvalidStateError:  # done (cancelled, timed out): done() costs a call
                 return
 
     def upstream_body(self, data: bytes) -> None:

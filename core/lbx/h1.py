@@ -696,5 +696,5 @@ class H1Downstream(asyncio.Protocol):
         waiter, self._waiting = self._waiting, None
         if waiter is not None:
             waiter.set_result(None)
-        rest = self.service.keepalive_timeout - PARK_SECONDS  # a reload may have lowered it
-        self._arm_timer(max(rest, 0.001) if self.service.keepalive_timeout else 0)
+        rest = self.service.keepalive_timeout - PARK_SECONDS  # a reload may have lowered it:
+        self._arm_timer(max(rest, 0.001) if self.service.keepalive_timeout else 0)  # passed: soon

@@ -49,6 +49,12 @@ def lower_name(name: bytes) -> bytes:
     return lowered
 
 
+def _same_name(field: bytes, key: bytes) -> bool:
+    """Whether the field name ``field`` is ``key`` (lower-cased), whatever its case: the lengths
+    first, since most names differ in length."""
+    return len(field) == len(key) and lower_name(field) == key
+
+
 _ENCODED: Final[dict[str, bytes]] = {}
 
 
@@ -76,28 +82,21 @@ class Headers:
     def get(self, name: str | bytes, default: str | None = None) -> str | None:
         """The first value of ``name``, or ``default``."""
         key = lower_name(_b(name))
-        size = len(key)
         for field, value in self.raw:
-            if len(field) == size and lower_name(field) == key:  # most names differ in length
+            if _same_name(field, key):
                 return value.decode("latin-1")
         return default
 
     def get_all(self, name: str | bytes) -> list[str]:
         """Every value of ``name``, in order."""
         key = lower_name(_b(name))
-        size = len(key)
-        return [
-            value.decode("latin-1")
-            for field, value in self.raw
-            if len(field) == size and lower_name(field) == key
-        ]
+        return [value.decode("latin-1") for field, value in self.raw if _same_name(field, key)]
 
     def __contains__(self, name: object) -> bool:
         if not isinstance(name, (str, bytes)):
             return False
         key = lower_name(_b(name))
-        size = len(key)
-        return any(len(field) == size and lower_name(field) == key for field, _ in self.raw)
+        return any(_same_name(field, key) for field, _ in self.raw)
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
         for field, value in self.raw:
@@ -117,20 +116,18 @@ class Headers:
         """
         field = (_b(name), _b(value))
         key = lower_name(field[0])
-        size = len(key)
         raw = self.raw
         found = 0
         at = 0
         for index in range(len(raw)):  # one pass, no list built: hooks call this per request
-            existing = raw[index][0]
-            if len(existing) == size and lower_name(existing) == key:
+            if _same_name(raw[index][0], key):
                 found += 1
                 at = index
         if found == 1:
             raw[at] = field
             return
         if found:
-            raw[:] = [item for item in raw if len(item[0]) != size or lower_name(item[0]) != key]
+            raw[:] = [item for item in raw if not _same_name(item[0], key)]
         raw.append(field)
 
     def append(self, name: str | bytes, value: str | bytes) -> None:
@@ -140,13 +137,11 @@ class Headers:
     def remove(self, name: str | bytes) -> None:
         """Remove every value of ``name``."""
         key = lower_name(_b(name))
-        size = len(key)
         raw = self.raw
         index = len(raw)
         while index:  # backwards: deleting does not move the fields still to check
             index -= 1
-            field = raw[index][0]
-            if len(field) == size and lower_name(field) == key:  # most names differ in length
+            if _same_name(raw[index][0], key):
                 del raw[index]
 
 
@@ -245,14 +240,14 @@ def status_line(status: int) -> bytes:
     return line
 
 
-def _fields(fields: HeaderList, framing: HeaderList) -> bytes:
-    """``name: value`` lines, CRLF-terminated, and the empty line that ends a head."""
-    # One join of the pieces: no bytes object per field (the heads are built on every request).
-    parts: list[bytes] = []
+def _head(start: bytes, fields: HeaderList, framing: HeaderList) -> list[bytes]:
+    """The pieces of a head: ``start`` (its first line), ``name: value`` lines and the empty line
+    that ends it, to join once (no bytes object per field: heads are built on every request)."""
+    parts = [start]
     _add_lines(parts, fields)
     _add_lines(parts, framing)
     parts.append(b"\r\n")
-    return b"".join(parts)
+    return parts
 
 
 def _add_lines(parts: list[bytes], fields: HeaderList) -> None:
@@ -265,11 +260,8 @@ def _add_lines(parts: list[bytes], fields: HeaderList) -> None:
 
 def serialize_request(head: RequestHeader, framing: HeaderList) -> bytes:
     """The canonical request head sent upstream: one framing header, CRLF line endings."""
-    return b"%s %s HTTP/1.1\r\n%s" % (
-        head.method.encode("latin-1"),
-        head.uri.encode("latin-1"),
-        _fields(head.headers.raw, framing),
-    )
+    line = b"%s %s HTTP/1.1\r\n" % (head.method.encode("latin-1"), head.uri.encode("latin-1"))
+    return b"".join(_head(line, head.headers.raw, framing))
 
 
 def serialize_response(head: ResponseHeader, framing: HeaderList, body: list[bytes]) -> bytes:
@@ -279,10 +271,7 @@ def serialize_response(head: ResponseHeader, framing: HeaderList, body: list[byt
         start = status_line(head.status)
     else:
         start = b"HTTP/1.1 %d %s\r\n" % (head.status, head.reason.encode("latin-1"))
-    parts = [start]
-    _add_lines(parts, head.headers.raw)
-    _add_lines(parts, framing)
-    parts.append(b"\r\n")
+    parts = _head(start, head.headers.raw, framing)
     parts.extend(body)
     return b"".join(parts)
 
@@ -306,12 +295,13 @@ def connection_tokens(value: bytes) -> set[bytes]:
 def fields_to_drop(value: bytes) -> frozenset[bytes] | set[bytes]:
     """The fields a ``Connection`` value asks to drop beyond the hop-by-hop ones (which are
     always dropped): empty for the usual ``keep-alive`` or ``close``, without parsing."""
-    if value == b"keep-alive" or value == b"close":  # as most send it: no lower() call
-        return _NOTHING
-    lowered = value.lower()
-    if lowered == b"keep-alive" or lowered == b"close":
+    if _usual_connection(value) or _usual_connection(value.lower()):  # (no lower() as most send it)
         return _NOTHING
     return connection_tokens(value) - HOP_BY_HOP
+
+
+def _usual_connection(value: bytes) -> bool:
+    return value == b"keep-alive" or value == b"close"
 
 
 _NOTHING: Final[frozenset[bytes]] = frozenset()

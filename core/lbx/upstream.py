@@ -53,7 +53,6 @@ _FRAMING_NAME_LENGTHS: Final = sum(1 << n for n in {len(name) for name in _FRAMI
 """Bit ``n`` set: some hop-by-hop or framing name is ``n`` bytes long. A response field of
 another length is passed on without being lower-cased (most are: Server, Date, Content-Type...);
 a shift and a mask cost less than a set lookup of a boxed length per field."""
-_LONGEST_FRAMING_NAME: Final = max(len(name) for name in _FRAMING_NAMES)
 
 
 class BodyKind(enum.IntEnum):
@@ -224,8 +223,7 @@ class UpstreamConnection(asyncio.Protocol):
         body_kind = BodyKind.CLOSE_DELIMITED
         drop: frozenset[bytes] | set[bytes] | None = None
         for name, value in raw:
-            size = len(name)
-            if size <= _LONGEST_FRAMING_NAME and (_FRAMING_NAME_LENGTHS >> size) & 1:
+            if (_FRAMING_NAME_LENGTHS >> len(name)) & 1:  # (0 past the longest)
                 lower = lower_name(name)
                 if lower in HOP_BY_HOP:
                     if lower == b"transfer-encoding":
