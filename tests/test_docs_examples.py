@@ -35,6 +35,7 @@ changed example), and when a page of docs/ has no entry in ``PAGES``.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import pty
@@ -1361,6 +1362,19 @@ def setup_plugins(page: Page) -> None:
     local_backends(page, 8001, 8002)
 
 
+def rotation_selector(page: Page, block: Block) -> None:
+    """The selector built on ``Rotation``: its first choices follow the weights, in order, and
+    its ``iter`` is the protocol's (first, then the fallback over the plain list)."""
+    namespace: dict[str, object] = {}
+    exec(compile(block.text, block.where, "exec"), namespace)
+    one, two = lbx.Backend("127.0.0.1", 8001, weight=1), lbx.Backend("127.0.0.1", 8002, weight=2)
+    selector = namespace["RoundRobin"]([one, two], {})  # type: ignore[operator]
+    assert isinstance(selector, lbx.Selector)
+    assert [selector.first(b"") for _ in range(6)] == [one, two, two, one, two, two]
+    fresh = namespace["RoundRobin"]([one, two], {})  # type: ignore[operator]
+    assert list(itertools.islice(fresh.iter(b""), 4)) == [one, two, one, two]
+
+
 def state_object(page: Page, block: Block) -> None:
     """The plugin registers its state object from ``configure``; the object's hook counts."""
     load_as_plugin(block, page.workdir)
@@ -1380,6 +1394,7 @@ PLUGINS_STEPS = [
     sh("lbx serve --plugin roundrobin --plugin ./tag.py", after=tagged),
     custom("toml", "[build-system]", same_toml("plugins/roundrobin/pyproject.toml")),
     plugin("import itertools"),
+    custom("python", "from lbx import Rotation", rotation_selector),
     plugin("import asyncio"),
     custom("python", "from lbx import Config, PluginManager", state_object),
     custom("python", "import http.client", installed_command),

@@ -194,7 +194,9 @@ class ProxyService:
             )
         if backend is None:
             raise ProxyError.http_status(
-                503, f"no ready backend in service {self.name!r} (all unhealthy or disabled)"
+                503,
+                f"no ready backend in service {self.name!r} (all unhealthy or disabled,"
+                " or the selector offered none of the ready ones)",
             )
         if self._debug:
             log.debug("upstream peer is: %r", backend)
