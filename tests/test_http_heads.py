@@ -26,6 +26,22 @@ def test_lower_name_cache_stays_bounded_whatever_names_arrive() -> None:
     assert long_name not in http._LOWERED
 
 
+def test_lower_name_is_right_whatever_the_recent_names_held() -> None:
+    """The slot of recent names in front of the cache: names that share a slot, in turn, in
+    every case and past the cache's bound, each come back lower-cased; none of them is kept
+    for a name it is not, and no long name stays in a slot."""
+    for index in range(3 * http._LOWERED_MAX_ENTRIES):  # the dict is full from here on
+        http.lower_name(b"X-Fill-%d" % index)
+    names = [b"Host", b"HOST", b"host", b"hOsT", b"Content-Length", b"CONTENT-LENGTH", b""]
+    names += [bytes([65 + (n % 26)]) * (1 + n % 9) for n in range(200)]  # many share slots
+    for _ in range(3):
+        for name in names:
+            assert http.lower_name(name) == name.lower()
+    long_name = b"X-" + b"B" * 100
+    assert http.lower_name(long_name) == long_name.lower()
+    assert all(len(name) <= http._LOWERED_MAX_NAME for name, _ in http._RECENT)
+
+
 def test_encoded_strings_cache_stays_bounded() -> None:
     """Names and values hooks pass as str are encoded through a cache that many distinct (or
     long) strings never grow past its bound."""
