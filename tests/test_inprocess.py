@@ -4,6 +4,7 @@ raw bytes both ways; answered otherwise, it goes on reading HTTP/1.1 requests.""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -59,3 +60,29 @@ def test_an_upgrade_answered_without_a_switch_leaves_http_going_on(proxy: InProc
         client.send(b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n")
         assert client.read_response().status == 200
     assert [request.target for request in proxy.upstream.requests] == [b"/ws", b"/next"]
+
+
+def test_a_head_that_comes_as_its_read_timeout_fires_is_not_the_sessions_response(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The response head's read timeout and the head itself in the same loop iteration: the
+    client gets the 504, and the phases after it (logging, a selector's feedback) do not see
+    the 200 that lbx never relayed as the session's upstream response."""
+    plugin = Path(__file__).parent / "plugins" / "see_upstream_response.py"
+    proxy = InProcessProxy(plugins=("roundrobin", str(plugin)), read_timeout=5)
+    held: list[MemoryUpstreamConnection] = []
+    proxy.upstream.handler = lambda conn, request: held.append(conn)
+    with proxy.client() as client:
+        client.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        upstream = held[0]
+        exchange = upstream.protocol.exchange  # type: ignore[attr-defined]
+
+        def head_and_timeout() -> None:
+            upstream.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")  # read first ...
+            exchange.deadline_passed()  # ... then the task wakes to the timeout
+
+        proxy.call(head_and_timeout)
+        assert client.read_response().status == 504
+    assert "logging sees upstream response None, error upstream ReadTimedout" in caplog.text
+    assert proxy.errors == []
+    proxy.close()

@@ -307,14 +307,14 @@ class Exchange:
             self.conn.send_informational(status, kept)
 
     def upstream_head(self, status: int, headers: HeaderList, body_kind: BodyKind) -> None:
-        self.session.upstream_response = ResponseHeader(status, Headers(headers))
-        self._resp_body_kind = body_kind
         future = self._head_future
         if future is not None:
             try:
                 future.set_result(None)
             except asyncio.InvalidStateError:  # done (cancelled, timed out): done() costs a call
-                return
+                return  # the attempt failed: this head is not the session's response
+        self.session.upstream_response = ResponseHeader(status, Headers(headers))
+        self._resp_body_kind = body_kind
 
     def upstream_body(self, data: bytes) -> None:
         if self._streaming_response:
