@@ -11,9 +11,12 @@ import gc
 from collections.abc import Iterator
 
 import pytest
+from hpack import Encoder
+from hyperframe.frame import HeadersFrame, SettingsFrame
 
 from lbx.collector import GC_GENERATION0_THRESHOLD, YOUNG_OBJECTS_PER_CONNECTION, YoungGeneration
 from lbx.connections import Connections
+from lbx.inprocess import InProcessProxy, MemoryUpstreamConnection
 
 
 class FakeConnection:
@@ -69,3 +72,44 @@ def test_connections_leave_the_collector_alone_unless_serving(restored_threshold
     for conn in [FakeConnection() for _ in range(3000)]:
         connections.add(conn)  # type: ignore[arg-type]
     assert gc.get_threshold() == before
+
+
+def test_http2_streams_count_like_connections(restored_threshold: None) -> None:
+    """One HTTP/2 connection with a thousand requests running sizes the collector as a
+    thousand connections would; it comes back to the floor when they end, and when the
+    connection goes with its requests still running (their count is given back)."""
+    streams = 1000
+    proxy = InProcessProxy(h2c=True, h2_max_concurrent_streams=streams)
+    connections = proxy.service.connections
+    young = connections.young = YoungGeneration()
+    held: list[MemoryUpstreamConnection] = []
+    proxy.upstream.handler = lambda conn, request: held.append(conn)
+    try:
+        for ending in ("answered", "connection lost"):
+            held.clear()
+            client = proxy.client()
+            encoder = Encoder()
+            fields = [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/")]
+            fields.append((b":authority", b"x"))
+            frames = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + SettingsFrame(0).serialize()
+            flags = ["END_HEADERS", "END_STREAM"]
+            for stream_id in range(1, 2 * streams, 2):
+                frames += HeadersFrame(stream_id, encoder.encode(fields), flags=flags).serialize()
+            client.send(frames)
+            assert len(held) == streams, ending
+            assert connections.streams == streams
+            assert young_threshold() >= YOUNG_OBJECTS_PER_CONNECTION * (streams + 1)
+            if ending == "answered":
+                for conn in held:
+                    conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                proxy.settle()
+                assert connections.streams == 0
+                assert young_threshold() == GC_GENERATION0_THRESHOLD
+                assert client.received.count(b"ok") >= streams  # every DATA frame's "ok"
+            client.close()
+            assert connections.streams == 0, ending
+            assert young_threshold() == GC_GENERATION0_THRESHOLD, ending
+            assert young.threshold == GC_GENERATION0_THRESHOLD
+        assert proxy.errors == []
+    finally:
+        proxy.close()

@@ -11,8 +11,8 @@ objects (its exchange, session, heads, coroutines, futures).
 
 With a fixed threshold of 20,000, 5,000 clients with a request each made 166 collections in
 eight seconds, each visiting up to 20,000 live objects; they took 9% of the process's CPU
-(docs/performance.md). So the threshold follows the open client connections
-(``YoungGeneration``), and stays at its floor for up to about 550 of them.
+(docs/performance.md). So the threshold follows the open client connections and the requests
+running on HTTP/2 ones (``YoungGeneration``), and stays at its floor for up to about 550 of them.
 """
 
 from __future__ import annotations
@@ -46,7 +46,8 @@ def set_young_threshold(threshold: int) -> None:
 
 
 class YoungGeneration:
-    """Sizes the youngest generation's threshold to the open client connections.
+    """Sizes the youngest generation's threshold to the open client connections, each HTTP/2
+    request counted as one more.
 
     ``Connections`` calls ``resize`` when the count leaves ``[shrink_below, grow_above]``. The
     threshold is sized for half as many connections again as are open, so a count that grows by

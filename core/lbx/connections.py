@@ -91,24 +91,36 @@ class Connections:
         self.parsers = ParserPool()
         """HTTP/1.1 request parsers, lent to the connections while they read (``lbx.h1parse``)."""
         self.shutting_down = False
+        self.streams = 0
+        """Requests running on HTTP/2 connections (``streams_changed``): a few connections
+        may carry thousands of them."""
         self.young: YoungGeneration | None = None
         """Set where requests are served (``Server._serve``, ``serve_worker``): the collector
-        follows ``open``."""
+        follows the open connections and their HTTP/2 streams."""
         self._all_closed: asyncio.Event | None = None
 
     def add(self, conn: ClientConnection) -> None:
         self.open.add(conn)
         young = self.young
-        if young is not None and len(self.open) > young.grow_above:
-            young.resize(len(self.open))
+        if young is not None and len(self.open) + self.streams > young.grow_above:
+            young.resize(len(self.open) + self.streams)
 
     def remove(self, conn: ClientConnection) -> None:
         self.open.discard(conn)
         young = self.young
-        if young is not None and len(self.open) < young.shrink_below:
-            young.resize(len(self.open))
+        if young is not None and len(self.open) + self.streams < young.shrink_below:
+            young.resize(len(self.open) + self.streams)
         if not self.open and self._all_closed is not None:
             self._all_closed.set()
+
+    def streams_changed(self, change: int) -> None:
+        """An HTTP/2 connection's running requests changed by ``change``."""
+        self.streams += change
+        young = self.young
+        if young is not None:
+            load = len(self.open) + self.streams
+            if load > young.grow_above or load < young.shrink_below:
+                young.resize(load)
 
     def begin_shutdown(self) -> None:
         """Close idle keep-alive connections; busy ones close after their current response."""

@@ -83,6 +83,9 @@ class H2Downstream(asyncio.Protocol):
         """Streams with a request running or a response still being sent."""
         self.active = 0
         """Requests whose phases run (a stream reset by the client counts until they end)."""
+        self._counted = 0
+        """The ``active`` requests ``Connections.streams`` counts (none once the connection is
+        lost: a task cancelled before its first step never reports its end)."""
         self.h2 = H2Connection(config=_CONFIG)
         config = service.config
         self._max_streams: int = config.h2_max_concurrent_streams
@@ -212,6 +215,7 @@ class H2Downstream(asyncio.Protocol):
             return
         self.lost = True
         self.service.connections.deadlines.clear(self)
+        self._count_streams()
         self.service.release(self)
         for stream in list(self.streams.values()):
             stream.gone()
@@ -246,6 +250,7 @@ class H2Downstream(asyncio.Protocol):
             self._refuse(stream, exc.status, exc.reason, event.headers or [])
             return
         self.active += 1
+        self._count_streams()
         if self.active == 1 and self._deadline_action == _IDLE:
             # Busy: not idle any more. (Draining, the last GOAWAY stays due: the stream that
             # came in the drain window is one it names.)
@@ -371,11 +376,19 @@ class H2Downstream(asyncio.Protocol):
         """A request's phases are over."""
         if stream.exchange is not None:
             self.active -= 1
+            self._count_streams()
         if self.active == 0 and not self.lost:
             if self._closing:
                 self._close_if_idle()
             else:
                 self._arm_idle()
+
+    def _count_streams(self) -> None:
+        """Keep ``Connections.streams`` (the collector's sizing) up to date with ``active``."""
+        counted = 0 if self.lost else self.active
+        if counted != self._counted:
+            self.service.connections.streams_changed(counted - self._counted)
+            self._counted = counted
 
     def forget(self, stream: H2Stream) -> None:
         """A stream is over (phases finished, response sent or reset)."""
