@@ -346,7 +346,7 @@ def test_check_prints_plan_without_binding(tmp_path: Path, busy_port: int) -> No
     conf.write_text(
         "version: 1\nplugins: [roundrobin]\nservices:\n"
         f"  - name: web\n    listen: 127.0.0.1:{busy_port}\n"
-        "    upstreams: [127.0.0.2:9, 127.0.0.1:9]\n"
+        '    upstreams: [127.0.0.2:9, 127.0.0.1:9, {address: "127.0.0.3:9", weight: 3}]\n'
     )
     result = run("serve", "-t", "-c", str(conf))
     assert result.returncode == 0, result.stderr
@@ -354,8 +354,8 @@ def test_check_prints_plan_without_binding(tmp_path: Path, busy_port: int) -> No
     assert f"configuration {conf} is valid" in result.stdout
     assert "plugin roundrobin" in result.stdout
     assert (
-        f"service web: listen 127.0.0.1:{busy_port} -> 127.0.0.1:9, 127.0.0.2:9 by roundrobin"
-        in (result.stdout)
+        f"service web: listen 127.0.0.1:{busy_port} -> 127.0.0.1:9, 127.0.0.2:9, "
+        "127.0.0.3:9 weight=3 by roundrobin" in (result.stdout)
     )
 
 

@@ -14,6 +14,7 @@ from lbx import signals
 from lbx.errors import ConfigError, StartupError, describe
 
 if TYPE_CHECKING:
+    from lbx.lb import Backend
     from lbx.plugins import LbxPluginManager
 
 LOG_LEVELS = {
@@ -183,7 +184,7 @@ def _print_plan(server: Any) -> None:
         click.echo(f"  plugin {name}: {info.source}")
     for service in server.services:
         lb = service.load_balancer
-        upstreams = ", ".join(b.addr for b in lb.backends.items) if lb else "(chosen by plugins)"
+        upstreams = ", ".join(map(_planned, lb.backends.items)) if lb else "(chosen by plugins)"
         found = server.discovery.get(service.name)
         if found is not None and found.dynamic:  # its backends come once lbx runs
             upstreams = f"(from {found.source_name} discovery)"
@@ -194,6 +195,11 @@ def _print_plan(server: Any) -> None:
         )
     if config.threads > 1:
         click.echo(f"  {config.threads} worker processes")
+
+
+def _planned(backend: Backend) -> str:
+    """A backend in ``-t``'s plan: its address, and its weight as nginx writes it unless 1."""
+    return backend.addr if backend.weight == 1 else f"{backend.addr} weight={backend.weight}"
 
 
 def _fail(message: str, code: int) -> NoReturn:
