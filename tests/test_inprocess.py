@@ -22,12 +22,18 @@ def proxy() -> Iterator[InProcessProxy]:
     proxy.close()
 
 
-def test_after_a_101_the_upstream_carries_raw_bytes_both_ways(proxy: InProcessProxy) -> None:
+@pytest.mark.parametrize("cut", [len(SWITCH), 5, 10, 11, 30])
+def test_after_a_101_the_upstream_carries_raw_bytes_both_ways(
+    proxy: InProcessProxy, cut: int
+) -> None:
+    """Also when the 101 comes in two pieces (cut in its status line or after it)."""
     upstreams: list[MemoryUpstreamConnection] = []
 
     def switch(conn: MemoryUpstreamConnection, request: UpstreamRequest) -> None:
         upstreams.append(conn)
-        conn.send(SWITCH)
+        conn.send(SWITCH[:cut])
+        if cut < len(SWITCH):
+            conn.send(SWITCH[cut:])
 
     proxy.upstream.handler = switch
     with proxy.client() as client:
@@ -49,8 +55,10 @@ def test_after_a_101_the_upstream_carries_raw_bytes_both_ways(proxy: InProcessPr
 def test_an_upgrade_answered_without_a_switch_leaves_http_going_on(proxy: InProcessProxy) -> None:
 
     def early_hints_then_ok(conn: MemoryUpstreamConnection, request: UpstreamRequest) -> None:
-        if request.target == b"/ws":
-            conn.send(b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\n")
+        if request.target == b"/ws":  # an interim answer, then the final one cut after "1"
+            conn.send(b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\nHTTP/1.1 2")
+            conn.send(b"00 OK\r\nContent-Length: 2\r\n\r\nok")
+            return
         conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
 
     proxy.upstream.handler = early_hints_then_ok

@@ -182,6 +182,8 @@ class MemoryUpstreamConnection(MemoryTransport):
         self._held = b""
         """What lbx sent after an Upgrade request, until the answer: the new protocol's bytes
         after a ``101``, else the next request."""
+        self._answer = b""
+        """What the upstream sent after an Upgrade request, until its final status is known."""
 
     def write(self, data: Any) -> None:
         data = bytes(data)
@@ -213,19 +215,33 @@ class MemoryUpstreamConnection(MemoryTransport):
         if self.closed:
             return
         self.loop.call_soon(self._deliver, data)
-        if not self._upgraded or self._switched:
-            return
-        if data[9:12] == b"101":
-            self._switched = True
-            self._held = b""
-        elif data[9:10] != b"1":  # (a 100 or 103 comes before the answer)
-            # The Upgrade answered without a switch: HTTP/1.1 goes on, with a new parser
-            # (llhttp stops for good at an upgrade), from what lbx sent after the request.
-            self._upgraded = False
-            self._parser = httptools.HttpRequestParser(self)
-            held, self._held = self._held, b""
-            if held:
-                self._feed(held)
+        if self._upgraded and not self._switched:
+            self._answer += data
+            self._judge_answer()
+
+    def _judge_answer(self) -> None:
+        """Whether the answer to an Upgrade request switched, once its status line is whole
+        (the answer may come in pieces, after a ``100`` or ``103``)."""
+        while len(self._answer) >= len(b"HTTP/1.1 200"):
+            status = self._answer[9:12]
+            if status == b"101":
+                self._switched = True
+                self._held = self._answer = b""
+                return
+            if status[:1] != b"1":
+                # The Upgrade answered without a switch: HTTP/1.1 goes on, with a new parser
+                # (llhttp stops for good at an upgrade), from what lbx sent after the request.
+                self._upgraded = False
+                self._answer = b""
+                self._parser = httptools.HttpRequestParser(self)
+                held, self._held = self._held, b""
+                if held:
+                    self._feed(held)
+                return
+            end = self._answer.find(b"\r\n\r\n")  # an interim answer: the next one decides
+            if end < 0:
+                return
+            self._answer = self._answer[end + 4 :]
 
     def _deliver(self, data: bytes) -> None:
         protocol = self.protocol
