@@ -383,6 +383,26 @@ def test_check_with_plugin_section_file(tmp_path: Path) -> None:
     assert "did you mean 'greeting'?" in line
 
 
+def test_reload_validates_with_the_plugins_the_command_line_named(tmp_path: Path) -> None:
+    """``lbx reload -c`` validates the file before signalling: a plugin's section is known when
+    the plugin is named with ``--plugin``, as the running lbx's command line enabled it."""
+    conf = tmp_path / "lbx.yaml"
+    pid_file = tmp_path / "lbx.pid"  # missing: a file that validates gets as far as signalling
+    conf.write_text(
+        f"pid_file: {pid_file}\nplugins: [roundrobin]\nsection_plugin:\n  greeting: hi\n"
+        "services:\n  - listen: 127.0.0.1:0\n    upstreams: [127.0.0.1:9]\n"
+    )
+    unknown = run("reload", "-c", str(conf))
+    assert unknown.returncode == 2
+    assert one_error_line(unknown).startswith(f"lbx: error: {conf}:3: section_plugin: unknown")
+    assert unknown.stderr.endswith("; not reloaded\n")
+    named = run("reload", "-c", str(conf), "--plugin", str(PLUGINS / "section_plugin.py"))
+    assert named.returncode == 1
+    assert one_error_line(named) == f"lbx: error: cannot signal the lbx of {pid_file}: " + (
+        "No such file or directory"
+    )
+
+
 # -- run time -------------------------------------------------------------------------------------
 
 

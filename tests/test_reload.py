@@ -204,6 +204,20 @@ def test_lbx_reload_signals_the_pid_in_pid_file(lbx, backends, tmp_path):
     result = lbx_command("reload", "-c", str(site.path))
     assert result.returncode == 0 and f"pid {proc.pid}" in result.stdout, result.stderr
     proc.wait_for("configuration reloaded", TIMEOUT, start=mark)
+    # A file the running lbx would refuse: not sent, the error says where (as serve -t does).
+    good = site.path.read_text()
+    site.path.write_text(good.replace("services:", "read_timout: 5\nservices:", 1))
+    mark = len(proc.lines)
+    typo = lbx_command("reload", "-c", str(site.path))
+    line = good.split("services:")[0].count("\n") + 1
+    assert typo.returncode == 2, typo
+    assert typo.stderr.startswith(f"lbx: error: {site.path}:{line}: read_timout: unknown key")
+    assert typo.stderr.endswith("; not reloaded\n") and typo.stderr.count("\n") == 1
+    site.path.write_text(good)
+    assert lbx_command("reload", "-c", str(site.path)).returncode == 0
+    proc.wait_for("configuration reloaded", TIMEOUT, start=mark)
+    assert not [text for text in proc.lines[mark:] if "refused" in text]
+    assert sum("configuration reloaded" in text for text in proc.lines[mark:]) == 1
     os.unlink(pid_file)
     missing = lbx_command("reload", "--pid-file", str(pid_file))
     assert missing.returncode == 1 and "cannot signal" in missing.stderr

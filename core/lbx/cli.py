@@ -221,20 +221,34 @@ def _fail_unexpected(exc: BaseException, pm: LbxPluginManager | None) -> NoRetur
 @cli.command()
 @click.option("-c", "--conf", metavar="FILE", help="The running lbx's config file.")
 @click.option("--pid-file", metavar="PATH", help="Where the running lbx wrote its pid (pid_file).")
-def reload(conf: str | None, pid_file: str | None) -> None:
-    """Reload a running lbx: SIGHUP to the pid in its pid_file; it re-reads its config file."""
+@click.option(
+    "--plugin",
+    "plugins",
+    multiple=True,
+    metavar="NAME",
+    help="A plugin the running lbx's command line enabled (to validate FILE as it will).",
+)
+def reload(conf: str | None, pid_file: str | None, plugins: tuple[str, ...]) -> None:
+    """Reload a running lbx: SIGHUP to the pid in its pid_file; it re-reads its config file.
+    With -c, the file is validated first (as serve -t does): one that would be refused is not
+    sent."""
     import signal
 
-    if pid_file is None:
-        pid_file = "/tmp/lbx.pid"
-        if conf:
-            try:
-                from lbx.config import read_document
+    if conf:
+        setup_logging()
+        from lbx.build import build_from_file
 
-                document = read_document(conf)
-            except ConfigError as exc:
-                _fail(str(exc), 2)
-            pid_file = str(document.data.get("pid_file") or pid_file)
+        loaded: list[LbxPluginManager] = []
+        try:
+            server = build_from_file(conf, plugins, loaded, test=True)
+        except ConfigError as exc:
+            _fail(f"{exc}; not reloaded", 2)
+        except StartupError as exc:
+            _fail(f"{exc}; not reloaded", 1)
+        except Exception as exc:  # a plugin's start-up hook failed on this file
+            _fail_unexpected(exc, loaded[0] if loaded else None)
+        pid_file = pid_file or server.config.pid_file
+    pid_file = pid_file or "/tmp/lbx.pid"
     try:
         with open(pid_file) as file:
             text = file.read().strip()
