@@ -333,8 +333,27 @@ def test_bogus_log_level() -> None:
         env={"LBX_LOG": "bogus"},
     )
     assert result.returncode == 2
-    assert "LBX_LOG" in result.stderr
-    assert "Traceback" not in result.stderr
+    assert "LBX_LOG" in one_error_line(result)
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (("reload", "--bogus"), "No such option '--bogus' (see "),
+        (("bogus",), "No such command 'bogus' (see "),
+        (("serve", "--listen"), "Option '--listen' requires an argument"),
+        (("plugins", "extra"), "Got unexpected extra argument (extra)"),
+        (("backend", "weight", "web", "127.0.0.1:1", "0"), "weight: expected a whole number"),
+    ],
+)
+def test_a_bad_option_or_argument_of_any_command_is_one_line(
+    args: tuple[str, ...], said: str
+) -> None:
+    """Usage errors of every command, the plugins' too: one line saying what, exit 2."""
+    result = run(*args)
+    assert result.returncode == 2
+    line = one_error_line(result)
+    assert said in line and line.endswith(" -h)")  # where to read the command's usage
 
 
 # -- lbx serve -t ---------------------------------------------------------------------------------

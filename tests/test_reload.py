@@ -104,6 +104,10 @@ class Site:
         assert last.startswith("{") == (kind == 4), last
 
 
+def port_of(address: str) -> int:
+    return int(address.rpartition(":")[2])
+
+
 def reload_and_wait(proc: LbxProcess, site: Site) -> None:
     mark = len(proc.lines)
     proc.send_signal(signal.SIGHUP)
@@ -126,8 +130,13 @@ def test_twenty_reloads_under_load_fail_no_request(lbx, backends, tmp_path, thre
     with ClientLoad(proc.address, clients=4, seconds=300) as load:
         for kind in kinds[:20]:
             site.write(kind)
+            mark = len(proc.lines)
             reload_and_wait(proc, site)
             site.check(kind)
+            if kind == 1:  # what the reload changed in the backends, said once
+                gone = ", ".join(f"-{a}" for a in sorted((site.a, site.b), key=port_of))
+                said = f"backends changed (reload): +{site.c}, {gone} (1 backend)"
+                assert sum(said in line for line in proc.lines[mark:]) == 1, proc.lines[mark:]
     print(f"threads: {threads}: 20 reloads, {load.ok} requests ok, {len(load.errors)} failed")
     assert load.errors == [] and load.ok > 0, "\n".join([*load.errors, proc.output[-6000:]])
     assert proc.output.count("configuration reloaded") == 20

@@ -297,7 +297,15 @@ def main() -> None:
     signals.restore()  # a background job may have started lbx with SIGINT and SIGQUIT ignored
     if sys.argv[1:2] != ["serve"]:  # serve never needs them: keep its start-up lean
         _add_plugin_commands()
-    cli()
+    try:
+        cli(standalone_mode=False)
+    except click.UsageError as exc:  # a bad option or argument, of any command: one line
+        command = exc.ctx.command_path if exc.ctx is not None else "lbx"
+        _fail(f"{exc.format_message().rstrip('.')} (see {command} -h)", exc.exit_code)
+    except click.ClickException as exc:
+        _fail(exc.format_message(), exc.exit_code)
+    except click.Abort:  # Ctrl-C at a prompt
+        _fail("aborted", 1)
 
 
 def _add_plugin_commands() -> None:

@@ -188,17 +188,18 @@ class ServiceDiscovery:
         except Exception as exc:
             error = describe(exc)
             if error != self.last_error:  # said once, not on every poll while it lasts
+                count = len(self.lb.backends.items)
                 log.warning(
-                    "service %s: %s discovery failed, keeping the last %s: %s",
+                    "service %s: %s discovery failed, %s: %s",
                     self.service,
                     self.source_name,
-                    plural(len(self.lb.backends.items), "backend"),
+                    f"keeping the last {plural(count, 'backend')}" if count else "no backends yet",
                     error,
                 )
             self.last_error = error
             return Change()
         if self.last_error:
-            log.warning("service %s: %s discovery works again", self.service, self.source_name)
+            log.info("service %s: %s discovery works again", self.service, self.source_name)
         self.last_error = ""
         self.updates += 1
         self.last_update = time.monotonic()

@@ -29,7 +29,7 @@ import anyio.abc
 
 from lbx import notify
 from lbx.background import BackgroundGroup
-from lbx.errors import ConfigError, StartupError, describe, first_error
+from lbx.errors import ConfigError, StartupError, describe, first_error, plural
 
 if TYPE_CHECKING:
     from lbx.server import Server
@@ -63,6 +63,13 @@ def carry_over(old: Server, new: Server) -> None:
         if found.dynamic and previous.dynamic:
             # Start from the set the source last found: its first update is then a change.
             found.seed(previous.found)
+        if not found.dynamic:  # (a source's first update after the reload logs its change)
+            change = previous.lb.backends.plan(found.lb.backends.items)[2]
+            if change:
+                count = plural(len(found.lb.backends.items), "backend")
+                log.info(
+                    "service %s: backends changed (reload): %s (%s)", name, change.describe(), count
+                )
         before = {
             backend.addr: previous.lb.backends.health[backend]
             for backend in previous.lb.backends.items
@@ -156,11 +163,11 @@ async def reload_in_process(server: Server, tasks: anyio.abc.TaskGroup) -> bool:
             service.connector.pool.close_all()
     await server.pm.ahook.worker_started(server=server)
     log.info(
-        "configuration reloaded from %s (pid %d): %d services, %d open connections kept",
+        "configuration reloaded from %s (pid %d): %s, %s kept",
         path,
         os.getpid(),
-        len(server.services),
-        moved,
+        plural(len(server.services), "service"),
+        plural(moved, "open connection"),
     )
     notify.ready(main_pid=False)
     return True

@@ -11,7 +11,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from lbx.testing import BackendThread, ClientLoad, LbxProcess, churn, churn_steps
+from lbx.testing import BackendThread, ClientLoad, LbxProcess, churn, churn_steps, http_get
 from lbx_file import BadFile, FileDiscovery, read_backends
 
 UPDATE = 0.2  # seconds: the file is polled this often
@@ -119,6 +119,17 @@ def test_a_missing_file_is_reported_once_until_it_is_back(lbx, backends, tmp_pat
     write_atomically(path, f"- {one.address}\n")
     proc.wait_for(r"service service0: file discovery works again", start=mark)
     assert sum(1 for line in proc.lines[mark:] if "discovery failed" in line) == 1
+
+
+def test_a_file_missing_at_start_says_there_are_no_backends_yet(lbx, backends, tmp_path):
+    """lbx starts without the file (nothing to keep: it says so), and serves once it comes."""
+    one = backends.start("one")
+    proc = start(lbx, tmp_path, 1)
+    proc.wait_for(r"file discovery failed, no backends yet: .*backends\.yaml")
+    write_atomically(tmp_path / "backends.yaml", f"- {one.address}\n")
+    proc.wait_for(r"service service0: file discovery works again")
+    proc.wait_for(rf"backends changed \(file\): \+{one.address} \(1 backend\)")
+    assert http_get(proc.address).backend == "one"
 
 
 def test_parse_errors_name_the_line(tmp_path):
