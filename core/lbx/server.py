@@ -180,6 +180,8 @@ class Server:
         """One place logs health changes and tells plugins (Pingora's log lines)."""
         if health.ready:
             log.info("service %s: %s becomes healthy", service, backend.addr)
+        elif not health.enabled:  # a drain, not a fault
+            log.info("service %s: %s %s: no new requests", service, backend.addr, health.reason)
         else:
             log.warning(
                 "service %s: %s becomes unhealthy, %s", service, backend.addr, health.reason

@@ -86,9 +86,12 @@ def test_status_json_and_drain(
     # Round robin runs in each worker, so the split depends on which worker took each request.
     assert {b["addr"]: b["ready"] for b in service["backends"]} == {one: True, two: True}
     assert sum(b["requests"] for b in service["backends"]) == 4
+    mark = len(proc.lines)
     result = lbx_cli("backend", "disable", one, "--socket", sock)
     assert result.returncode == 0, result.stderr
     assert {backend_of(proc.address) for _ in range(6)} == {"two"}
+    proc.wait_for(rf"INFO .*: {one} disabled by an operator: no new requests", start=mark)
+    assert not [line for line in proc.lines[mark:] if "unhealthy" in line]  # a drain, no fault
     state = json.loads(lbx_cli("status", "--socket", sock, "--json").stdout)
     assert {b["addr"]: b["enabled"] for b in state["services"][0]["backends"]} == {
         one: False,
