@@ -16,7 +16,16 @@ from lbx.errors import (
 )
 from lbx.hookspecs import hookimpl
 from lbx.http import HeaderList, Headers, RequestHeader, ResponseHeader
-from lbx.lb import MAX_WEIGHT, Backend, Backends, Change, Health, LoadBalancer, check_weight
+from lbx.lb import (
+    MAX_WEIGHT,
+    Backend,
+    Backends,
+    Change,
+    Health,
+    LoadBalancer,
+    backend_entry,
+    check_weight,
+)
 from lbx.peer import Peer, upstream_tls_context
 from lbx.plugins import LbxPluginManager as PluginManager
 from lbx.plugins import get_plugin_manager
@@ -59,6 +68,7 @@ __all__ = [
     "ServiceDiscovery",
     "Session",
     "StartupError",
+    "backend_entry",
     "check_weight",
     "get_plugin_manager",
     "hookimpl",

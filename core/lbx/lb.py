@@ -7,6 +7,7 @@ candidates and returns the first one that is ready (healthy, not ejected, enable
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import math
 import mmap
@@ -32,6 +33,33 @@ def check_weight(weight: object) -> int:
     if isinstance(weight, bool) or not isinstance(weight, int) or not 1 <= weight <= MAX_WEIGHT:
         raise ValueError(f"weight: expected a whole number from 1 to {MAX_WEIGHT}, got {weight!r}")
     return weight
+
+
+BACKEND_ENTRY_KEYS: Final = ("address", "weight", "enabled")
+
+
+def backend_entry(value: object) -> tuple[str, int, bool]:
+    """A backend as discovery sources list it: ``"ip:port"``, or a mapping of ``address``,
+    ``weight`` (1) and ``enabled`` (true). Returns ``(address, weight, enabled)``, the address
+    still to ``Backend.parse``; else ``ValueError`` with the reason (a misspelt key gets a
+    did-you-mean)."""
+    if isinstance(value, str):
+        return value, 1, True
+    if not isinstance(value, dict):
+        raise ValueError(f"expected 'ip:port' or {{{', '.join(BACKEND_ENTRY_KEYS)}}}")
+    for key in value:
+        if key not in BACKEND_ENTRY_KEYS:
+            close = difflib.get_close_matches(str(key), BACKEND_ENTRY_KEYS, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"unknown key {key!r}{hint}")
+    address = value.get("address")
+    if not isinstance(address, str):
+        raise ValueError(f"address: expected 'ip:port', got {address!r}")
+    weight = check_weight(value.get("weight", 1))
+    enabled = value.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise ValueError(f"enabled: expected true or false, got {enabled!r}")
+    return address, weight, enabled
 
 
 @dataclass(frozen=True, slots=True)

@@ -180,7 +180,9 @@ def test_a_bad_value_keeps_the_last_set(etcd):
 
     assert anyio.run(discover, EtcdDiscovery([etcd.url], PREFIX, 5)) == ["127.0.0.1:1"]
     etcd.ctl("put", PREFIX + "bad", '{"address": "127.0.0.1:2", "wieght": 2}')
-    with pytest.raises(EtcdError, match=r"/lbx/web/bad: unknown key 'wieght'"):
+    with pytest.raises(
+        EtcdError, match=r"/lbx/web/bad: unknown key 'wieght'; did you mean 'weight'\?"
+    ):
         anyio.run(discover, EtcdDiscovery([etcd.url], PREFIX, 5))
     unreachable = EtcdDiscovery([f"http://127.0.0.1:{free_port()}"], PREFIX, 1)
     with pytest.raises(EtcdError, match=r"127\.0\.0\.1"):

@@ -141,6 +141,9 @@ def test_parse_errors_name_the_line(tmp_path):
         "backends:\n  - 127.0.0.1:99999\n": ":2: '127.0.0.1:99999': port must be",
         "servers: []\n": ":1: unknown key 'servers'",
         "42\n": ":1: expected a list of backends",
+        "- {adress: 127.0.0.1:2}\n": ":1: unknown key 'adress'; did you mean 'address'\\?",
+        "- {address: 127.0.0.1:2, enabled: 1}\n": ":1: enabled: expected true or false, got 1",
+        "- [127.0.0.1:2]\n": ":1: expected 'ip:port' or {address, weight, enabled}",
     }
     for text, expected in cases.items():
         path.write_text(text)

@@ -30,7 +30,7 @@ from lbx import (
     DiscoveryError,
     Field,
     ServiceConfig,
-    check_weight,
+    backend_entry,
     hookimpl,
 )
 
@@ -216,16 +216,7 @@ def parse_value(value: str) -> tuple[str, int, bool]:
         data = json.loads(text)
     except ValueError as exc:
         raise ValueError(f"invalid JSON: {exc}") from None
-    unknown = set(data) - {"address", "weight", "enabled"}
-    if unknown:
-        raise ValueError(f"unknown key {sorted(unknown)[0]!r}")
-    address, weight, on = data.get("address"), data.get("weight", 1), data.get("enabled", True)
-    if not isinstance(address, str):
-        raise ValueError(f"address: expected 'ip:port', got {address!r}")
-    check_weight(weight)
-    if not isinstance(on, bool):
-        raise ValueError(f"enabled: expected true or false, got {on!r}")
-    return address, weight, on
+    return backend_entry(data)
 
 
 def build(options: dict[str, Any], service: ServiceConfig, config: Config) -> EtcdDiscovery:

@@ -29,7 +29,7 @@ from lbx import (
     DiscoveryError,
     Field,
     ServiceConfig,
-    check_weight,
+    backend_entry,
     hookimpl,
 )
 
@@ -120,8 +120,8 @@ def read_backends(path: str) -> Discovered:
     for item in node.value:
         where = f"{path}:{item.start_mark.line + 1}"
         value = loader.construct_object(item, deep=True)
-        address, weight, on = _entry(where, value)
         try:
+            address, weight, on = backend_entry(value)
             parsed = Backend.parse(address, weight)
         except ValueError as exc:
             raise BadFile(f"{where}: {exc}") from None
@@ -129,28 +129,6 @@ def read_backends(path: str) -> Discovered:
             backends.append(backend)
             enabled[backend.addr] = on
     return Discovered(tuple(backends), enabled)
-
-
-def _entry(where: str, value: Any) -> tuple[str, int, bool]:
-    if isinstance(value, str):
-        return value, 1, True
-    if not isinstance(value, dict):
-        raise BadFile(f"{where}: expected 'ip:port' or {{address, weight, enabled}}")
-    unknown = set(value) - {"address", "weight", "enabled"}
-    if unknown:
-        raise BadFile(f"{where}: unknown key {sorted(unknown)[0]!r}")
-    address = value.get("address")
-    weight = value.get("weight", 1)
-    on = value.get("enabled", True)
-    if not isinstance(address, str):
-        raise BadFile(f"{where}: address: expected 'ip:port', got {address!r}")
-    try:
-        check_weight(weight)
-    except ValueError as exc:
-        raise BadFile(f"{where}: {exc}") from None
-    if not isinstance(on, bool):
-        raise BadFile(f"{where}: enabled: expected true or false, got {on!r}")
-    return address, weight, on
 
 
 def build(options: dict[str, Any], service: ServiceConfig, config: Config) -> FileDiscovery:
