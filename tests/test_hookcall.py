@@ -387,6 +387,69 @@ def test_impls_receive_only_the_arguments_they_declare() -> None:
     assert seen == [("s", 1, "e"), ("ctx", 1)]
 
 
+def test_run_gives_each_impl_the_arguments_it_declares_for_two_to_four() -> None:
+    """On the request path too (``run``, ``call_first``): specs of two, three and four
+    arguments; impls that take all of them, fewer, or another order; before and after an
+    ``async def`` impl (the rest of the chain then runs from the awaitable)."""
+    seen: list[tuple[Any, ...]] = []
+
+    class Fewer:
+        @hookimpl
+        async def early_request_filter(self, ctx: dict[str, Any]) -> None:
+            seen.append(("early", ctx["n"]))
+
+        @hookimpl
+        def logging(self, error: Any, session: Any) -> None:
+            seen.append(("logging", error, session))
+
+        @hookimpl
+        def connected_to_upstream(self, peer: Any, reused: bool) -> None:
+            seen.append(("connected", peer, reused))
+
+        @hookimpl
+        def selection_key(self, ctx: dict[str, Any]) -> bytes:
+            return b"key-%d" % ctx["n"]
+
+    class All:
+        @hookimpl
+        def early_request_filter(self, session: Any, ctx: dict[str, Any]) -> None:
+            seen.append(("early all", session, ctx["n"]))
+
+        @hookimpl
+        async def logging(self, session: Any, ctx: dict[str, Any], error: Any) -> None:
+            seen.append(("logging all", session, ctx["n"], error))
+
+        @hookimpl
+        def connected_to_upstream(
+            self, session: Any, reused: bool, peer: Any, ctx: dict[str, Any]
+        ) -> None:
+            seen.append(("connected all", session, reused, peer, ctx["n"]))
+
+    pm = LbxPluginManager()
+    register_all(pm, Fewer(), All())  # All registered last: its impls run first
+    ctx = {"n": 7}
+
+    def run(hook: str, *args: Any) -> Any:
+        caller = resolve(pm, hook)
+        assert caller is not None
+        result = caller.run(*args)
+        return asyncio.run(awaited(result)) if suspends(result) else result
+
+    run("early_request_filter", "s", ctx)
+    run("logging", "s", ctx, "e")
+    run("connected_to_upstream", "s", True, "p", ctx)
+    key_caller = resolve(pm, "selection_key")
+    assert key_caller is not None and key_caller.call_first("s", ctx) == b"key-7"
+    assert seen == [
+        ("early all", "s", 7),
+        ("early", 7),
+        ("logging all", "s", 7, "e"),
+        ("logging", "e", "s"),
+        ("connected all", "s", True, "p", 7),
+        ("connected", "p", True),
+    ]
+
+
 def test_ahook_refuses_a_sync_hook() -> None:
     """``pm.ahook.<sync hook>`` is an AttributeError pointing to ``pm.hook``."""
     pm = LbxPluginManager()

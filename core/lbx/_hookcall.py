@@ -25,6 +25,8 @@ from lbx.errors import PluginValidationError
 log: Final = logging.getLogger("lbx.hooks")
 
 _NO_HALT: Final = object()
+_NO_ARG: Final = object()
+"""A spec argument ``HookCaller.run`` was not given: the spec has fewer (two to four)."""
 
 
 _AWAITABLE_TYPES: Final[dict[type, bool]] = {}
@@ -191,11 +193,12 @@ class HookCaller:
             )
         return [kwargs[name] for name in self.argnames]
 
-    def run(self, *args: Any) -> Any:
+    def run(self, a: Any, b: Any, c: Any = _NO_ARG, d: Any = _NO_ARG) -> Any:
         """Run an awaitable hook on the request path, without a coroutine of its own.
 
-        ``args`` are the spec's arguments in order: on the request path a keyword dict per
-        call, and picking each impl's arguments out of it, cost more than a no-op impl.
+        ``a`` to ``d`` are the spec's arguments in order (every per-request awaitable hook has
+        two to four): on the request path a keyword dict per call, and picking each impl's
+        arguments out of it, cost more than a no-op impl, and so would a tuple of them.
 
         Returns what decides the request: the first non-None result of a firstresult hook; for
         a halting hook its halting value when an impl returned it (compare with ``is``); the
@@ -208,14 +211,14 @@ class HookCaller:
         impls = self._impls
         last = len(impls) - 1
         for index, (function, positions) in enumerate(impls):
-            result = function(*args) if positions is None else function(*_pick(args, positions))
+            result = _call(function, positions, a, b, c, d)
             if result is None:
                 continue
             coroutine = type(result) is _COROUTINE  # an ``async def`` impl's: the usual awaitable
             if coroutine or _is_awaitable(result):
                 if index == last:
                     return result if coroutine else Pending(result)
-                return Pending(self._finish(index, result, args))
+                return Pending(self._finish(index, result, _given(a, b, c, d)))
             if self._ends_chain(result):
                 return result
         return None
@@ -249,10 +252,11 @@ class HookCaller:
             for function, positions in self._impls
         ]
 
-    def call_first(self, *args: Any) -> Any:
-        """Run a sync firstresult per-request hook: the first non-None result, or None."""
+    def call_first(self, a: Any, b: Any) -> Any:
+        """Run a sync firstresult per-request hook of two arguments (``selection_key``): the
+        first non-None result, or None."""
         for function, positions in self._impls:
-            result = function(*args) if positions is None else function(*_pick(args, positions))
+            result = _call(function, positions, a, b, _NO_ARG, _NO_ARG)
             if result is not None:
                 return result
         return None
@@ -263,11 +267,32 @@ class HookCaller:
         The body filter specs take ``(session, body, end_of_stream, ctx)``.
         """
         for function, positions in self._impls:
-            args = (session, body, end_of_stream, ctx)
-            result = function(*args) if positions is None else function(*_pick(args, positions))
+            result = _call(function, positions, session, body, end_of_stream, ctx)
             if result is not None:
                 body = result
         return body
+
+
+def _call(
+    function: Callable[..., Any], positions: tuple[int, ...] | None, a: Any, b: Any, c: Any, d: Any
+) -> Any:
+    """``function`` with the spec's arguments ``a`` to ``d`` (the last ones ``_NO_ARG`` when the
+    spec has fewer), or the ones it names (``positions``): called with them as they are, no
+    tuple is built (compiled, the call is a vectorcall of two to four arguments)."""
+    if positions is not None:
+        return function(*_pick(_given(a, b, c, d), positions))
+    if c is _NO_ARG:
+        return function(a, b)
+    if d is _NO_ARG:
+        return function(a, b, c)
+    return function(a, b, c, d)
+
+
+def _given(a: Any, b: Any, c: Any, d: Any) -> tuple[Any, ...]:
+    """The spec's arguments of a ``run`` call as a tuple (for the less usual paths)."""
+    if c is _NO_ARG:
+        return (a, b)
+    return (a, b, c) if d is _NO_ARG else (a, b, c, d)
 
 
 def _pick(args: tuple[Any, ...] | list[Any], positions: tuple[int, ...]) -> list[Any]:
@@ -287,9 +312,9 @@ class TracingHookCaller(HookCaller):
 
     __slots__ = ()
 
-    def run(self, *args: Any) -> Any:
+    def run(self, a: Any, b: Any, c: Any = _NO_ARG, d: Any = _NO_ARG) -> Any:
         log.debug("hook %s(%s)", self.name, ", ".join(self.argnames))
-        result = super().run(*args)
+        result = super().run(a, b, c, d)
         if suspends(result):
             return Pending(self._traced(result))
         log.debug("hook %s -> %r", self.name, result)
