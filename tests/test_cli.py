@@ -183,6 +183,12 @@ def test_bad_upstream_shortcut() -> None:
     result = run("serve", "--plugin", "roundrobin", "--upstream", "nonsense")
     assert result.returncode == 2
     assert "--upstream 'nonsense'" in one_error_line(result)
+    twice = ("--upstream", "127.0.0.1:9")
+    result = run("serve", "-t", "--plugin", "roundrobin", *twice, *twice)
+    assert result.returncode == 2
+    assert one_error_line(result) == "lbx: error: --upstream 127.0.0.1:9 is given twice: " + (
+        "list a backend once"
+    )
 
 
 def test_bad_listen_shortcut() -> None:

@@ -142,6 +142,18 @@ def test_hostname_upstream_is_resolved() -> None:
     assert all(b.port == 8000 and b.host in ("127.0.0.1", "::1") for b in backends)
 
 
+def test_two_names_for_one_address_make_one_backend() -> None:
+    """A name that resolves to an address listed too gives one backend (the first listed), as
+    Pingora's set of backends and a discovered set do; the same text twice is an error."""
+    config = load(
+        "services:\n  - listen: 127.0.0.1:1\n"
+        '    upstreams: ["127.0.0.1:8000", "localhost:8000", {address: "[::1]:8000", weight: 2}]\n'
+    )
+    backends = config.services[0].upstreams
+    assert (backends[0].addr, backends[0].weight) == ("127.0.0.1:8000", 1)
+    assert len({b.addr for b in backends}) == len(backends)
+
+
 def test_quick_start_server_keys() -> None:
     """The Pingora quick start's server keys load unchanged."""
     config = load(
@@ -388,6 +400,8 @@ def test_missing_listen_address() -> None:
         ("{weight: 2}", "missing address"),
         ('{address: "127.0.0.1:1", weight: 0}', "must be at least 1"),
         ('{address: "127.0.0.1:1", weight: "2"}', "expected a whole number"),
+        ('{address: "127.0.0.1:2", weight: 3}', "127.0.0.1:2 is upstreams[0] too: list a backend"),
+        ('"127.0.0.1:2"', "127.0.0.1:2 is upstreams[0] too: list a backend once, with a weight"),
     ],
 )
 def test_bad_upstream_entry(entry: str, reason: str) -> None:

@@ -529,6 +529,7 @@ def parse_upstreams(doc: Document, path: Path, value: Any) -> list[Backend]:
     if not isinstance(value, list):
         raise doc.error(path, "expected a list of addresses")
     backends: list[Backend] = []
+    listed: dict[str, int] = {}  # an address as written -> its index
     for index, item in enumerate(value):
         item_path = (*path, index)
         if isinstance(item, str):
@@ -545,11 +546,26 @@ def parse_upstreams(doc: Document, path: Path, value: Any) -> list[Backend]:
             address, weight = entry["address"], entry["weight"]
         else:
             raise doc.error(item_path, f"expected 'ip:port' or {{address, weight}}, got {item!r}")
+        first = listed.setdefault(address, index)
+        if first != index:
+            where = path[-1]
+            raise doc.error(
+                item_path, f"{address} is {where}[{first}] too: list a backend once, with a weight"
+            )
         try:
             backends.extend(Backend.parse(address, weight))
         except ValueError as exc:
             raise doc.error(item_path, str(exc)) from None
-    return backends
+    return _once(backends)
+
+
+def _once(backends: list[Backend]) -> list[Backend]:
+    """Each address once, the first listed (two names may resolve to one address), as a
+    discovered set is (``Backends.plan``) and Pingora's set of backends is."""
+    first: dict[str, Backend] = {}
+    for backend in backends:
+        first.setdefault(backend.addr, backend)
+    return list(first.values())
 
 
 def apply_shortcuts(
@@ -584,12 +600,14 @@ def apply_shortcuts(
         service.listen = list(listen)
     if upstreams:
         backends: list[Backend] = []
-        for address in upstreams:
+        for index, address in enumerate(upstreams):
+            if address in upstreams[:index]:
+                raise ConfigError(f"--upstream {address} is given twice: list a backend once")
             try:
                 backends.extend(Backend.parse(address))
             except ValueError as exc:
                 raise ConfigError(f"--upstream {exc}") from None
-        service.upstreams = backends
+        service.upstreams = _once(backends)
     if upstream_tls:
         service.tls = True
     if sni is not None:
