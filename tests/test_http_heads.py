@@ -42,6 +42,23 @@ def test_lower_name_is_right_whatever_the_recent_names_held() -> None:
     assert all(len(name) <= http._LOWERED_MAX_NAME for name, _ in http._RECENT)
 
 
+def test_a_bytes_subclass_from_a_hook_is_compared_as_plain_bytes() -> None:
+    """A hook may pass a bytes subclass whose ``==`` says yes to anything: lbx compares (and
+    caches) names as plain bytes, so it cannot take the place of another name."""
+
+    class Agreeable(bytes):
+        def __eq__(self, other: object) -> bool:
+            return True
+
+        __hash__ = bytes.__hash__
+
+    head = RequestHeader("GET", "/", Headers([(b"Host", b"a"), (b"Accept", b"*/*")]))
+    head.insert_header(Agreeable(b"Heat"), b"1")
+    assert head.headers.raw == [(b"Host", b"a"), (b"Accept", b"*/*"), (b"Heat", b"1")]
+    assert [type(name) for name, _ in head.headers.raw] == [bytes, bytes, bytes]
+    assert http.lower_name(b"Heat") == b"heat"
+
+
 def test_encoded_strings_cache_stays_bounded() -> None:
     """Names and values hooks pass as str are encoded through a cache that many distinct (or
     long) strings never grow past its bound."""

@@ -77,7 +77,8 @@ def _b(text: str | bytes) -> bytes:
     """``text`` as latin-1 bytes; the names and values hooks pass are mostly the same few
     strings on every request, so short ones are encoded once (a bounded cache)."""
     if isinstance(text, bytes):
-        return text
+        # A subclass is made plain bytes: its own == or hash would reach the name caches.
+        return text if type(text) is bytes else bytes(text)
     encoded = _ENCODED.get(text)
     if encoded is None:
         encoded = text.encode("latin-1")
