@@ -98,6 +98,9 @@ class _BackendProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
+        if self.backend.stopped:  # accepted just before the server closed: stop() missed it
+            self.transport.abort()
+            return
         self.backend.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -270,6 +273,7 @@ class DemoBackend:
             % (name.encode(), len(f"Hello from backend {name}\n"), name.encode())
         )
         self._server: asyncio.AbstractServer | None = None
+        self.stopped = False
 
     @property
     def address(self) -> str:
@@ -277,6 +281,7 @@ class DemoBackend:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        self.stopped = False
         self._server = await loop.create_server(
             lambda: _BackendProtocol(self),
             self.host,
@@ -287,6 +292,7 @@ class DemoBackend:
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
+        self.stopped = True
         if self._server is not None:
             self._server.close()
             for conn in list(self.connections):
