@@ -189,6 +189,20 @@ def test_unknown_top_level_section_hints_at_plugins() -> None:
     assert "plugin sections need their plugin enabled" in str(error)
 
 
+def test_unknown_service_key_hints_at_plugins() -> None:
+    """A service key no enabled plugin declares, with no close match, says a plugin's service
+    keys need their plugin (as ``health_check`` without the healthcheck plugin)."""
+    error = error_of(
+        "services:\n  - listen: 127.0.0.1:1\n    upstreams: [127.0.0.1:2]\n"
+        "    health_check: {type: tcp}\n"
+    )
+    assert error.line == 4
+    assert str(error).endswith(
+        "services[0].health_check: unknown key; a plugin's service keys need their plugin "
+        "enabled in 'plugins:'"
+    )
+
+
 def test_unknown_service_key_with_did_you_mean() -> None:
     """A typo inside a service points at its own line."""
     error = error_of(

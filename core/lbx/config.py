@@ -13,13 +13,13 @@ import logging
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import yaml
 
 from lbx.config_keys import PINGORA_ONLY_KEYS, SERVER_KEYS, SERVICE_KEYS, Field, check_listen
 from lbx.errors import ConfigError
-from lbx.lb import Backend
+from lbx.lb import Backend, each_address_once
 
 __all__ = [
     "PINGORA_ONLY_KEYS",
@@ -325,11 +325,15 @@ def check_value(doc: Document, path: Path, spec: Field, value: Any) -> Any:
     return value
 
 
+_PLUGIN_KEY_HINT: Final = "a plugin's service keys need their plugin enabled in 'plugins:'"
+
+
 def validate_mapping(
-    doc: Document, path: Path, data: Any, fields: Mapping[str, Field]
+    doc: Document, path: Path, data: Any, fields: Mapping[str, Field], hint: str = ""
 ) -> dict[str, Any]:
     """Validate a mapping with exactly the keys in ``fields``; defaults fill the rest. Of
-    several bad keys, the first in the file is reported."""
+    several bad keys, the first in the file is reported (with ``hint`` when no known key is
+    close)."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -339,7 +343,7 @@ def validate_mapping(
     for key, value in data.items():  # in file order
         with problems.check():
             if key not in fields:
-                raise _unknown_key(doc, path, key, list(fields))
+                raise _unknown_key(doc, path, key, list(fields), hint)
             given[key] = check_value(doc, (*path, key), fields[key], value)
     problems.raise_first()
     return {key: given.get(key, spec.default) for key, spec in fields.items()}
@@ -461,7 +465,7 @@ def _check_services_together(doc: Document, services: list[ServiceConfig]) -> No
 
 def _build_service(doc: Document, index: int, data: Any, schema: ConfigSchema) -> ServiceConfig:
     path: Path = ("services", index)
-    values = validate_mapping(doc, path, data, schema.service_keys)
+    values = validate_mapping(doc, path, data, schema.service_keys, _PLUGIN_KEY_HINT)
     if not values["listen"] and not values["tls_listen"]:
         raise doc.error((*path, "listen"), "a service needs at least one listen address")
     upstreams = parse_upstreams(doc, (*path, "upstreams"), values["upstreams"])
@@ -556,16 +560,7 @@ def parse_upstreams(doc: Document, path: Path, value: Any) -> list[Backend]:
             backends.extend(Backend.parse(address, weight))
         except ValueError as exc:
             raise doc.error(item_path, str(exc)) from None
-    return _once(backends)
-
-
-def _once(backends: list[Backend]) -> list[Backend]:
-    """Each address once, the first listed (two names may resolve to one address), as a
-    discovered set is (``Backends.plan``) and Pingora's set of backends is."""
-    first: dict[str, Backend] = {}
-    for backend in backends:
-        first.setdefault(backend.addr, backend)
-    return list(first.values())
+    return each_address_once(backends)
 
 
 def apply_shortcuts(
@@ -607,7 +602,7 @@ def apply_shortcuts(
                 backends.extend(Backend.parse(address))
             except ValueError as exc:
                 raise ConfigError(f"--upstream {exc}") from None
-        service.upstreams = _once(backends)
+        service.upstreams = each_address_once(backends)
     if upstream_tls:
         service.tls = True
     if sni is not None:

@@ -101,21 +101,21 @@ class Connections:
 
     def add(self, conn: ClientConnection) -> None:
         self.open.add(conn)
-        young = self.young
-        if young is not None and len(self.open) + self.streams > young.grow_above:
-            young.resize(len(self.open) + self.streams)
+        self._size_collector()
 
     def remove(self, conn: ClientConnection) -> None:
         self.open.discard(conn)
-        young = self.young
-        if young is not None and len(self.open) + self.streams < young.shrink_below:
-            young.resize(len(self.open) + self.streams)
+        self._size_collector()
         if not self.open and self._all_closed is not None:
             self._all_closed.set()
 
     def streams_changed(self, change: int) -> None:
         """An HTTP/2 connection's running requests changed by ``change``."""
         self.streams += change
+        self._size_collector()
+
+    def _size_collector(self) -> None:
+        """Resize the youngest generation when the load left the range it was sized for."""
         young = self.young
         if young is not None:
             load = len(self.open) + self.streams

@@ -277,6 +277,15 @@ class Change:
 SetListener = Callable[[Change], None]
 
 
+def each_address_once(backends: Iterable[Backend]) -> list[Backend]:
+    """``backends`` in their order, each address once: the first listed (two names may resolve
+    to one address; Pingora keeps a set)."""
+    unique: dict[str, Backend] = {}
+    for backend in backends:
+        unique.setdefault(backend.addr, backend)
+    return list(unique.values())
+
+
 @dataclass
 class Backends:
     """The backend set of one service plus each backend's health and enabled state."""
@@ -293,7 +302,7 @@ class Backends:
     """Incremented by every update that changed the set."""
 
     def __post_init__(self) -> None:
-        self.items = tuple(sorted(self.items, key=Backend.sort_key))
+        self.items = tuple(sorted(each_address_once(self.items), key=Backend.sort_key))
         for backend in self.items:
             self.health.setdefault(backend, Health())
 
@@ -376,10 +385,7 @@ class Backends:
         make_health: Callable[[Backend], Health] | None = None,
     ) -> tuple[tuple[Backend, ...], dict[Backend, Health], Change]:
         """What ``replace`` would install, without installing it."""
-        unique: dict[str, Backend] = {}
-        for backend in backends:
-            unique.setdefault(backend.addr, backend)
-        new_items = tuple(sorted(unique.values(), key=Backend.sort_key))
+        new_items = tuple(sorted(each_address_once(backends), key=Backend.sort_key))
         if new_items == self.items:
             return self.items, self.health, Change()
         old = {backend.addr: backend for backend in self.items}
