@@ -102,6 +102,24 @@ def test_plugins_lists_roundrobin_with_version() -> None:
     assert "default_peer" not in result.stdout
 
 
+def test_a_plugins_option_without_the_plugin_names_it() -> None:
+    """``--health-check`` without ``--plugin healthcheck``: the error says which plugin to add."""
+    result = run("serve", "--plugin", "roundrobin", "--upstream", "127.0.0.1:9", "--health-check")
+    assert result.returncode == 2
+    assert one_error_line(result) == (
+        "lbx: error: --health-check is an option of plugin healthcheck, which is not enabled: "
+        "add --plugin healthcheck"
+    )
+
+
+def test_plugins_piped_keeps_each_plugin_on_one_line() -> None:
+    """Into a pipe without ``COLUMNS`` (``lbx plugins | grep``) no row wraps at 80 columns."""
+    result = run("plugins", env={"COLUMNS": ""})
+    assert result.returncode == 0, result.stderr
+    line = next(line for line in result.stdout.splitlines() if "healthcheck" in line)
+    assert "add_cli_options" in line and "register_background_services" in line, result.stdout
+
+
 def test_plugins_json() -> None:
     """``lbx plugins --json`` is JSON with name, distribution, version and hooks."""
     result = run("plugins", "--json")
@@ -347,7 +365,8 @@ def test_bogus_log_level() -> None:
     [
         (("reload", "--bogus"), "No such option '--bogus' (see "),
         (("bogus",), "No such command 'bogus' (see "),
-        (("serve", "--listen"), "Option '--listen' requires an argument"),
+        (("serve", "--listen"), "Option '--listen' requires an argument (see lbx serve -h)"),
+        (("serve", "--bogus"), "No such option '--bogus' (see lbx serve -h)"),
         (("plugins", "extra"), "Got unexpected extra argument (extra)"),
         (("backend", "weight", "web", "127.0.0.1:1", "0"), "weight: expected a whole number"),
     ],

@@ -137,6 +137,9 @@ def test_twenty_reloads_under_load_fail_no_request(lbx, backends, tmp_path, thre
                 gone = ", ".join(f"-{a}" for a in sorted((site.a, site.b), key=port_of))
                 said = f"backends changed (reload): +{site.c}, {gone} (1 backend)"
                 assert sum(said in line for line in proc.lines[mark:]) == 1, proc.lines[mark:]
+            checks_on = "service web: tcp health checks every 0.5s: 2 of 3 backends healthy"
+            said_checks = sum(checks_on in line for line in proc.lines[mark:])
+            assert said_checks == (kind == 2), proc.lines[mark:]  # a reload that turns them on
     print(f"threads: {threads}: 20 reloads, {load.ok} requests ok, {len(load.errors)} failed")
     assert load.errors == [] and load.ok > 0, "\n".join([*load.errors, proc.output[-6000:]])
     assert proc.output.count("configuration reloaded") == 20

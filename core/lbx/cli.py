@@ -169,9 +169,36 @@ def _plugin_options(ctx: click.Context, pm: Any) -> dict[str, Any]:
     try:
         with command.make_context("lbx serve", list(ctx.args)) as sub:
             return dict(sub.params)
+    except click.NoSuchOption as exc:
+        owner = _plugin_offering(exc.option_name)
+        if owner is None:
+            raise ConfigError(_usage_line(exc.format_message(), "lbx serve")) from None
+        raise ConfigError(  # the usual slip: the option of a plugin left out
+            f"{exc.option_name} is an option of plugin {owner}, which is not enabled: "
+            f"add --plugin {owner}"
+        ) from None
     except click.UsageError as exc:
-        raise ConfigError(exc.format_message()) from None
+        raise ConfigError(_usage_line(exc.format_message(), "lbx serve")) from None
 
+
+def _plugin_offering(option: str) -> str | None:
+    """The installed plugin that adds ``option`` to ``lbx serve``, when one does."""
+    from lbx.plugins import LbxPluginManager, _load_entry_point, installed_entry_points
+
+    for name, entry_point in installed_entry_points().items():
+        pm = LbxPluginManager()
+        try:
+            _load_entry_point(pm, entry_point)
+            batches = pm.hook.add_cli_options()
+        except Exception:  # a broken plugin offers nothing here; enabling it says what is wrong
+            continue
+        if any(option in added.opts for batch in batches for added in batch):
+            return name
+    return None
+
+
+PIPED_WIDTH = 1000
+"""Columns of a table printed into a pipe or file (without ``COLUMNS``): one line per row."""
 
 MAX_PID = 2**22
 """Linux's largest ``pid_max``: a bigger number in a pid file is not a pid."""
@@ -290,7 +317,9 @@ def plugins(show_all: bool, as_json: bool) -> None:
         if "error" in row:
             hooks = f"[red]{row['error']}[/red]"
         table.add_row(str(row["name"]), str(row["version"]), enabled, hooks)
-    Console().print(table)
+    # Piped (grep, awk), each plugin stays one line instead of wrapping at 80 columns.
+    piped = not sys.stdout.isatty() and not os.environ.get("COLUMNS")
+    Console(width=PIPED_WIDTH if piped else None).print(table)
 
 
 def main() -> None:
@@ -300,12 +329,25 @@ def main() -> None:
     try:
         cli(standalone_mode=False)
     except click.UsageError as exc:  # a bad option or argument, of any command: one line
-        command = exc.ctx.command_path if exc.ctx is not None else "lbx"
-        _fail(f"{exc.format_message().rstrip('.')} (see {command} -h)", exc.exit_code)
+        command = exc.ctx.command_path if exc.ctx is not None else _command_in(sys.argv[1:])
+        _fail(_usage_line(exc.format_message(), command), exc.exit_code)
     except click.ClickException as exc:
         _fail(exc.format_message(), exc.exit_code)
     except click.Abort:  # Ctrl-C at a prompt
         _fail("aborted", 1)
+
+
+def _usage_line(message: str, command: str) -> str:
+    """A usage error as one line that says where to read the command's usage."""
+    return f"{message.rstrip('.')} (see {command} -h)"
+
+
+def _command_in(args: list[str]) -> str:
+    """The command a usage error click raised without its context is about (a missing option
+    argument, for one): ``lbx NAME`` when the first argument names a command."""
+    if args and args[0] in cli.commands:
+        return f"lbx {args[0]}"
+    return "lbx"
 
 
 def _add_plugin_commands() -> None:

@@ -24,13 +24,17 @@ TIMEOUT = 30.0
 NAMES = [f"b{i}" for i in range(1, 7)]
 
 
-def lbx_cli(*args: str, columns: int = 200) -> subprocess.CompletedProcess[str]:
+def lbx_cli(*args: str, columns: int | None = 200) -> subprocess.CompletedProcess[str]:
+    """``lbx ARGS`` with its output piped; ``columns=None``: no ``COLUMNS`` either."""
+    env = {name: value for name, value in os.environ.items() if name != "COLUMNS"}
+    if columns is not None:
+        env["COLUMNS"] = str(columns)
     return subprocess.run(
         [sys.executable, "-m", "lbx", *args],
         capture_output=True,
         text=True,
         timeout=TIMEOUT,
-        env={**os.environ, "COLUMNS": str(columns)},
+        env=env,
     )
 
 
@@ -287,6 +291,9 @@ def test_a_backend_that_fails_its_check_before_joining_says_why(lbx, backends, t
     document = json.loads(lbx_cli("status", "--socket", str(sock), "--json").stdout)
     shown = {b["addr"]: (b["healthy"], b["reason"]) for b in document["services"][0]["backends"]}
     assert shown == {one.address: (True, ""), closed: (False, reason)}
+    # Piped (grep, awk), the table keeps each backend on one line, its reason whole.
+    table = lbx_cli("status", "--socket", str(sock), columns=None).stdout
+    assert next(line for line in table.splitlines() if closed in line).endswith(reason), table
 
 
 def test_a_tcp_endpoint_beyond_loopback_needs_a_token(lbx, backends, tmp_path):

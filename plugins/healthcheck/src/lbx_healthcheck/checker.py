@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Collection, Sequence
+from logging import getLogger
 from typing import Protocol
 
 import anyio
@@ -25,6 +26,8 @@ import anyio.abc
 
 from lbx import Backend, Change
 from lbx_healthcheck.state import ServiceHealth
+
+log = getLogger("lbx.healthcheck")
 
 
 class Check(Protocol):
@@ -132,6 +135,22 @@ class ServiceChecker:
                 await self.check_one(backend, initial)
         self.rounds += 1
 
+    def log_first_round(self) -> None:
+        """The line that tells an operator the checks run (at start, and after a reload that
+        turned them on or changed them), with what their first round found."""
+        settings = self.settings
+        backends = self.health.backends
+        healthy = sum(1 for backend in backends.items if backends.health[backend].healthy)
+        kind = f"http {settings.method} {settings.path}" if settings.type == "http" else "tcp"
+        log.info(
+            "service %s: %s health checks every %gs: %d of %d backends healthy",
+            self.health.service,
+            kind,
+            settings.frequency,
+            healthy,
+            len(backends.items),
+        )
+
     async def run_forever(self, first_round_started: float) -> None:
         """Check every backend every ``frequency`` seconds until cancelled."""
         if self.settings.parallel:
@@ -221,6 +240,8 @@ async def run_checks(
         async with anyio.create_task_group() as first:
             for checker in checkers:
                 first.start_soon(checker.run_round, True)
+        for checker in checkers:
+            checker.log_first_round()
         task_status.started()
         async with anyio.create_task_group() as tasks:
             for checker in checkers:

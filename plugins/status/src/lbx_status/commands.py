@@ -242,6 +242,20 @@ def _endpoint_options(function: Any) -> Any:
     return one_line_errors
 
 
+PIPED_WIDTH = 1000
+"""Columns of ``lbx status`` into a pipe or file (without ``COLUMNS``): wide enough that each
+backend stays one line for grep and awk, where a terminal's width would wrap its reason."""
+
+
+def _console() -> Any:
+    """A rich console for the table: the terminal's width, or ``PIPED_WIDTH`` when piped."""
+    from rich.console import Console
+
+    if sys.stdout.isatty() or os.environ.get("COLUMNS"):
+        return Console()
+    return Console(width=PIPED_WIDTH)
+
+
 @click.command()
 @_endpoint_options
 @click.option("--watch", is_flag=True, help="Refresh until Ctrl-C.")
@@ -266,9 +280,7 @@ def status(
     if as_json:
         click.echo(json.dumps(endpoint.status(), indent=2))
         return
-    from rich.console import Console
-
-    console = Console()
+    console = _console()
     if not watch:
         console.print(render(endpoint.status(), endpoint.address))
         return
