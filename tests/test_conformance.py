@@ -146,10 +146,17 @@ def test_bare_lf_line_endings_are_400(proxy, upstream):
         b"Host: a@b\r\n",
         b"Host: [::1\r\n",
         b"Host: a:b\r\n",
+        # A name as nginx requires one: not empty, not only a port, no empty label.
+        b"Host: \r\n",
+        b"Host: :80\r\n",
+        b"Host: .\r\n",
+        b"Host: ..\r\n",
+        b"Host: ...\r\n",
+        b"Host: a..b\r\n",
     ],
 )
 def test_bad_host_is_400(proxy, upstream, hosts):
-    """HTTP/1.1 needs exactly one valid Host (RFC 9112 3.2)."""
+    """HTTP/1.1 needs exactly one valid Host (RFC 9112 3.2), with a name nginx would take."""
     rejected(proxy, upstream, b"GET / HTTP/1.1\r\n" + hosts + b"\r\n", 400)
 
 
@@ -187,10 +194,32 @@ def test_absolute_form_becomes_origin_form_with_its_host(proxy, upstream):
         b"GET /a b HTTP/1.1",
         b"GET /\xff HTTP/1.1",
         b"get / HTTP/1.1",
+        # Dot segments above the root, as nginx reads them (%2e a dot, %2f a slash): 400.
+        b"GET /../admin HTTP/1.1",
+        b"GET /a/../../admin HTTP/1.1",
+        b"GET /%2e%2e/admin HTTP/1.1",
+        b"GET /%2E%2e/admin?x=1 HTTP/1.1",
+        b"GET /a%2f..%2f..%2fadmin HTTP/1.1",
+        b"GET //../admin HTTP/1.1",
+        b"GET http://a/%2e%2e/b HTTP/1.1",
     ],
 )
 def test_bad_request_target_is_400(proxy, upstream, line):
     rejected(proxy, upstream, line + b"\r\nHost: x\r\n\r\n", 400)
+
+
+def test_dot_segments_below_the_root_go_upstream_as_sent(proxy, upstream):
+    """``/a/../b`` stays below ``/``: forwarded unchanged, as nginx's ``proxy_pass`` without a
+    URI does (a hook deciding on the path reads ``normalized_path``)."""
+    with proxy.client() as client:
+        for target in (b"/a/../b", b"/.well-known/x", b"/a/%2e%2e/b"):
+            client.send(b"GET " + target + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert client.read_response().status == 200
+    assert [r.target for r in upstream.wait_requests(3)] == [
+        b"/a/../b",
+        b"/.well-known/x",
+        b"/a/%2e%2e/b",
+    ]
 
 
 def test_options_asterisk_is_forwarded(proxy, upstream):

@@ -147,6 +147,59 @@ def test_a_request_line_that_would_bend_http11_is_refused_on_its_stream(
     assert request.target == b"/next"
 
 
+H2_REQUEST = [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"x"), (b":path", b"/")]
+
+
+def _with(replaced: dict[bytes, bytes], *extra: tuple[bytes, bytes]) -> list[tuple[bytes, bytes]]:
+    return [(name, replaced.get(name, value)) for name, value in H2_REQUEST] + list(extra)
+
+
+@pytest.mark.parametrize(
+    ("head", "end_stream"),
+    [
+        # Names HTTP/1.1 cannot carry: a lenient backend may cut them to Content-Length or Host.
+        (
+            _with({b":method": b"POST"}, (b"content-length;x", b"50"), (b"content-length", b"5")),
+            False,
+        ),
+        (_with({}, (b"transfer-encoding,x", b"chunked")), True),
+        (_with({}, (b"host/x", b"evil")), True),
+        (_with({}, (b"x@y", b"1")), True),
+        # Control bytes in a value, which llhttp refuses from an HTTP/1.1 client.
+        (_with({}, (b"x", b"a\x0bb\x01c\x7fd")), True),
+        # An authority, or a path, nginx refuses.
+        (_with({b":authority": b".."}), True),
+        (_with({b":authority": b":80"}), True),
+        (_with({b":path": b"/%2e%2e/admin"}), True),
+        # RFC 9113 8.1.1: content-length 5, and the stream ends with its HEADERS.
+        (_with({b":method": b"POST"}, (b"content-length", b"5")), True),
+    ],
+)
+def test_a_head_http11_cannot_carry_is_refused_on_its_stream(proxy, upstream, head, end_stream):
+    """What the HTTP/1.1 side refuses from a client, refused on an HTTP/2 stream too (400):
+    nothing goes upstream, and the connection serves the next stream."""
+    conn, sock = unchecked_client(proxy.address)
+    conn.send_headers(1, head, end_stream=end_stream)
+    if not end_stream:
+        conn.send_data(1, b"hello", end_stream=True)
+    conn.send_headers(3, _with({b":path": b"/next"}), end_stream=True)
+    sock.sendall(conn.data_to_send())
+    statuses: dict[int, bytes] = {}
+    try:
+        while len(statuses) < 2:
+            chunk = sock.recv(65536)
+            assert chunk, statuses
+            for event in conn.receive_data(chunk):
+                if type(event).__name__ == "ResponseReceived":
+                    statuses[event.stream_id] = dict(event.headers)[b":status"]
+            sock.sendall(conn.data_to_send())
+    finally:
+        sock.close()
+    assert statuses == {1: b"400", 3: b"200"}
+    (request,) = upstream.wait_requests(1)
+    assert request.target == b"/next"
+
+
 def test_connect_is_refused(proxy, upstream):
     conn, sock = unchecked_client(proxy.address)
     conn.send_headers(1, [(b":method", b"CONNECT"), (b":authority", b"x:443")], end_stream=True)

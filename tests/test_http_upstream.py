@@ -16,6 +16,7 @@ from lbx.upstream import MAX_RESPONSE_HEAD_BYTES, MAX_RESPONSE_HEADERS
 TIMEOUTS = {"connect_timeout": 0.5, "read_timeout": 1, "write_timeout": 1}
 GET = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
 POST = b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi"
+OK_FIRST = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst"
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +81,23 @@ def test_read_timeout_is_504_and_not_retried(proxy, upstream):
         (b"HTTP/1.1 200 OK\r\nContent-Le", "close"),
         (b"HTTP/1.1 200 OK\r\nX-Endless: " + b"a" * (MAX_RESPONSE_HEAD_BYTES + 1), None),
         (b"HTTP/1.1 200 OK\r\n" + b"X-F: v\r\n" * (MAX_RESPONSE_HEADERS + 1) + b"\r\n", None),
+        # A status line lbx would relay as "HTTP/1.1 0", and framing llhttp reads to the close
+        # where lbx would announce chunks: a lone "chunked" is the only Transfer-Encoding.
+        *(
+            (b"HTTP/1.1 %s Odd\r\nContent-Length: 2\r\n\r\nok" % status, None)
+            for status in (b"000", b"001", b"099")
+        ),
+        *(
+            (b"HTTP/1.1 200 OK\r\n%s\r\n\r\n5\r\nhello\r\n0\r\n\r\n" % te, None)
+            for te in (
+                b"Transfer-Encoding: chunked, gzip",
+                b"Transfer-Encoding: gzip, chunked",
+                b"Transfer-Encoding: identity",
+                b"Transfer-Encoding: xchunked",
+                b"Transfer-Encoding: chunked,",
+                b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked",
+            )
+        ),
     ],
 )
 def test_failure_before_the_head_is_502(proxy, upstream, answer, then):
@@ -147,6 +165,100 @@ def test_truncation_after_the_head_aborts_the_client(proxy, upstream, answer):
     assert response.status == 200
     assert len([c for c in upstream.conns if c.requests]) == 1
     assert upstream.conns[-1].requests  # a new connection
+
+
+@pytest.mark.parametrize(
+    ("method", "answer"),
+    [
+        (b"GET", OK_FIRST + b"HTTP/1.1 200 OK\r\nX-Half: 1\r\n"),
+        (b"GET", OK_FIRST + b"HTTP/1.1 200 OK\r\nContent-Length: 64\r\n\r\n"),
+        (b"GET", OK_FIRST + b"H"),
+        (b"GET", OK_FIRST + b"\r\n\r\nHTTP/1.1 200 OK\r\n"),
+        (
+            b"GET",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n0\r\n\r\n"
+            b"HTTP/1.1 200 OK\r\n",
+        ),
+        (
+            b"GET",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n0\r\n"
+            b"X-Trailer: 1\r\n\r\nHTTP/1.1 200 OK\r\n",
+        ),
+        (b"HEAD", b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst"),
+    ],
+)
+def test_bytes_after_a_complete_response_are_not_handed_to_the_next_request(
+    proxy, upstream, method, answer
+):
+    """What an upstream sends beyond a complete response (past its length, after its last
+    chunk, after a HEAD's head) closes that connection, as nginx does ("upstream sent more
+    data than specified"): pooled, it would be read as the next request's response. The
+    response itself is relayed whole; the next request gets a new connection."""
+    mark = len(proxy.lines)
+    upstream.reset()
+    upstream.handler = respond_with(answer)
+    with Client(proxy.address) as client:
+        client.send(method + b" /first HTTP/1.1\r\nHost: x\r\n\r\n")
+        response = client.read_response(method)
+        assert response.status == 200 and response.complete
+        assert response.body == (b"first" if method == b"GET" else b"")
+        upstream.handler = respond_with(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnext")
+        client.send(GET)
+        response = client.read_response()
+        assert (response.status, response.body) == (200, b"next")
+    used = [len(conn.requests) for conn in upstream.conns if conn.requests]
+    assert used == [1, 1]  # the first connection was not pooled
+    proxy.wait_for("more bytes after the complete response; connection closed", start=mark)
+
+
+def test_connection_cannot_take_a_responses_content_length_away(proxy, upstream):
+    """``Connection: Content-Length`` drops the field as a hop-by-hop one would be, but the
+    response would reach the client without any framing: it keeps its Content-Length."""
+    upstream.handler = respond_with(
+        b"HTTP/1.1 200 OK\r\nConnection: Content-Length, X-Gone\r\nX-Gone: 1\r\n"
+        b"Content-Length: 5\r\n\r\nhello"
+    )
+    with Client(proxy.address) as client:
+        for _ in range(2):
+            client.send(GET)
+            response = client.read_response()
+            assert (response.status, response.body) == (200, b"hello")
+            assert response.get("Content-Length") == b"5" and response.get("X-Gone") is None
+
+
+def _trailers_then(trailers: list[bytes]):
+    """A handler: a chunked body, then its trailers sent piece by piece (lbx may cut it)."""
+
+    def handler(conn, request):
+        conn.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n")
+        try:
+            for piece in trailers:
+                conn.send(piece)
+        except OSError:
+            pass  # lbx closed the connection: what the test expects
+
+    return handler
+
+
+@pytest.mark.parametrize(
+    ("trailers", "said"),
+    [
+        ([b"X-T: v\r\n"] * (MAX_RESPONSE_HEADERS * 2), "trailer fields"),
+        ([b"X-T: " + b"v" * 1000 + b"\r\n"] * 80, "trailers longer than"),
+        ([b"X-Endless: "] + [b"v" * 16384] * 64, "trailers longer than"),
+    ],
+)
+def test_response_trailers_are_bounded_as_a_head_is(proxy, upstream, trailers, said):
+    """Trailers after a chunked body, endless or too many, cut the response (and its upstream
+    connection) at the head's limits instead of growing lbx's memory until the backend stops."""
+    mark = len(proxy.lines)
+    upstream.handler = _trailers_then(trailers)
+    with Client(proxy.address) as client:
+        client.send(GET)
+        response = client.read_response()
+        assert response.status == 200 and not response.complete
+        assert client.closed()
+    proxy.wait_for(said, start=mark)
 
 
 def test_informational_responses_are_relayed(proxy, upstream):

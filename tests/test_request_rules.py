@@ -17,13 +17,17 @@ from lbx.http import normalize_path, remove_dot_segments
 from lbx.request_rules import (
     LOOKALIKE_FIELD,
     PLAIN_FIELD,
+    PLAIN_REQUEST_LINE,
     UNDERSCORED_FIELD,
     HeadRules,
     RequestRefused,
+    check_h2_field,
     check_h2_request_line,
     check_head,
     field_kind,
+    host_is_valid,
     is_lookalike,
+    path_climbs_above_root,
     path_escapes_ok,
     request_line_is_http,
     scan_fields,
@@ -427,3 +431,97 @@ def test_h2_request_line_refuses_what_would_bend_the_http11_line(method, path):
 )
 def test_h2_request_line_passes_sound_lines(method, path):
     check_h2_request_line(method, path)
+
+
+# -- Host, dot segments and HTTP/2 fields, as nginx judges them ---------------------------------
+
+
+@pytest.mark.parametrize(
+    "host",
+    [b"", b":80", b":", b".", b"..", b"...", b"..:80", b"a..b", b"a..", b"..a", b"a b", b"a/b"],
+)
+def test_host_without_a_name_or_with_an_empty_label_is_invalid(host):
+    """nginx's ``ngx_http_validate_host`` refuses these (400); a backend choosing a directory
+    by Host must never get ``..``."""
+    assert not host_is_valid(host)
+
+
+@pytest.mark.parametrize(
+    "host", [b"x", b"x:80", b"x:", b"example.com.", b".a", b"a.b.c:8080", b"[::1]", b"[::1]:80"]
+)
+def test_hosts_nginx_takes_are_valid(host):
+    assert host_is_valid(host)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        b"/..",
+        b"/../admin",
+        b"/a/../../admin",
+        b"/%2e%2e/admin",
+        b"/%2E%2e/admin",
+        b"/.%2e/admin",
+        b"/a%2f..%2f..%2fadmin",
+        b"/a/%2E%2E%2F%2e%2e/admin",
+        b"//../admin",
+        b"/./../admin",
+    ],
+)
+def test_dot_segments_above_root_are_seen_through_escapes(path):
+    assert path_climbs_above_root(path)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [b"/", b"/a/../b", b"/a/./b", b"/.well-known/x", b"/a/..b", b"/...", b"/%252e%252e", b"/a/.."],
+)
+def test_paths_that_stay_below_root(path):
+    assert not path_climbs_above_root(path)
+
+
+@pytest.mark.parametrize(
+    ("line", "plain"),
+    [
+        (b"GET / HTTP/1.1\r\n", True),
+        (b"GET /a/b.css?x=1 HTTP/1.1\r\n", True),
+        (b"GET /../admin HTTP/1.1\r\n", False),
+        (b"GET /a/./b HTTP/1.1\r\n", False),
+        (b"GET /.well-known/x HTTP/1.1\r\n", False),
+        (b"GET /%2e HTTP/1.1\r\n", False),
+    ],
+)
+def test_a_dot_segment_takes_the_request_line_off_the_plain_path(line, plain):
+    """The plainest line skips ``check_head``; one with a segment starting with a dot does
+    not, so ``..`` is always judged."""
+    assert (PLAIN_REQUEST_LINE.match(line + b"Host: x\r\n\r\n") is not None) is plain
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        (b"content-length;x", b"50"),
+        (b"transfer-encoding,x", b"chunked"),
+        (b"host/x", b"evil"),
+        (b'x"y', b"1"),
+        (b"x@y", b"1"),
+        (b"x{y", b"1"),
+        (b"x\x80", b"1"),
+        (b"x", b"a\x0bb"),
+        (b"x", b"a\x01"),
+        (b"x", b"a\x7f"),
+        (b"x", b"\x1b[31m"),
+    ],
+)
+def test_h2_fields_http11_cannot_carry_are_refused(name, value):
+    with pytest.raises(RequestRefused) as refused:
+        check_h2_field(name, value)
+    assert refused.value.status == 400
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [(b"x-a", b"1"), (b"accept", b"*/*"), (b"x", b"a\tb"), (b"x", b"caf\xc3\xa9"), (b"x", b"")],
+)
+def test_h2_fields_http11_carries_pass(name, value):
+    check_h2_field(name, value)

@@ -68,7 +68,7 @@ def get(proxy, target: bytes, version: str = "1.1"):
         b"/./admin",
         b"/x/../admin",
         b"/x/y/../../admin/keys",
-        b"/%2E%2E/admin",
+        b"/x/y/%2E%2E/%2e%2e/admin",
         b"/x/%2e%2e/admin/",
         b"/admin%2Fkeys",
         b"/x%2F..%2Fadmin",
@@ -99,6 +99,14 @@ def test_other_paths_pass_with_the_raw_target(proxy, upstream, target, version):
     assert response.status == 200, (target, response)
     (request,) = upstream.wait_requests(1)
     assert request.target == target
+
+
+@pytest.mark.parametrize("target", [b"/../admin", b"/%2E%2E/admin", b"/x/..%2f..%2fadmin"])
+def test_a_path_above_the_root_is_refused_before_any_hook(proxy, upstream, target, version):
+    """Dot segments that climb above ``/`` (``%2e`` a dot, ``%2f`` a slash, as nginx reads
+    them): lbx itself answers 400, as nginx does, whatever the hooks decide."""
+    assert get(proxy, target, version).status == 400
+    assert upstream.requests == []
 
 
 @pytest.mark.parametrize("target", [b"/admin%00", b"/a%00/b", b"/%00"])

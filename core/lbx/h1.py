@@ -111,7 +111,7 @@ class H1Downstream(asyncio.Protocol):
         self._drain_waiter: asyncio.Future[None] | None = None
         self._close_when_idle = False
         self._trusted = True
-        self._good_host = b""
+        self._good_host: bytes | None = None
         self._last: Exchange | None = None
         """The most recent request parsed (an Upgrade request ends the HTTP input)."""
         self._early = b""

@@ -43,6 +43,7 @@ from lbx.request_rules import (
     Forwarding,
     RequestRefused,
     add_forwarding,
+    check_h2_field,
     check_h2_request_line,
     check_head,
     refused_head,
@@ -275,12 +276,14 @@ class H2Downstream(asyncio.Protocol):
                     path = value
                 elif name == b":authority":
                     authority = value
-            elif name == b"cookie":
-                cookies.append(value)
-            elif name == b"host":
-                hosts.append(value)
             else:
-                fields.append((name, value))
+                check_h2_field(name, value)
+                if name == b"cookie":
+                    cookies.append(value)
+                elif name == b"host":
+                    hosts.append(value)
+                else:
+                    fields.append((name, value))
         if cookies:  # RFC 9113 8.2.3: one field again for HTTP/1.1
             fields.append((b"cookie", b"; ".join(cookies)))
         if authority:
@@ -296,10 +299,12 @@ class H2Downstream(asyncio.Protocol):
         method_text = method.decode("latin-1")
         scan = scan_fields(rules, fields)
         headers, url, host, length = check_head(
-            rules, method_text, "1.1", path, fields, scan, True, b""
+            rules, method_text, "1.1", path, fields, scan, True, None
         )
         content_length, expect = scan[4], scan[5]
         if stream.remote_ended:
+            if length:  # RFC 9113 8.1.1: a content-length the stream's DATA does not match
+                raise RequestRefused(400, f"content-length {length} but the stream ended")
             body_kind = RequestBody.NONE
             framing: HeaderList = [(b"Content-Length", b"0")] if content_length is not None else []
         elif content_length is not None:

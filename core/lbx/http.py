@@ -315,11 +315,12 @@ def connection_tokens(value: bytes) -> set[bytes]:
 
 
 def fields_to_drop(value: bytes) -> frozenset[bytes] | set[bytes]:
-    """The fields a ``Connection`` value asks to drop beyond the hop-by-hop ones (which are
-    always dropped): empty for the usual ``keep-alive`` or ``close``, without parsing."""
+    """The fields a response's ``Connection`` value asks to drop beyond the hop-by-hop ones
+    (which are always dropped): empty for the usual ``keep-alive`` or ``close``, without
+    parsing. Never ``Content-Length``: the response's framing stays with its body."""
     if _usual_connection(value) or _usual_connection(value.lower()):  # (no lower() as most send it)
         return _NOTHING
-    return connection_tokens(value) - HOP_BY_HOP
+    return connection_tokens(value) - _NEVER_DROPPED
 
 
 def _usual_connection(value: bytes) -> bool:
@@ -327,6 +328,7 @@ def _usual_connection(value: bytes) -> bool:
 
 
 _NOTHING: Final[frozenset[bytes]] = frozenset()
+_NEVER_DROPPED: Final = HOP_BY_HOP | {b"content-length"}
 
 
 def encode_chunk(data: bytes) -> bytes:

@@ -28,9 +28,10 @@ from lbx.h2pool import H2Pool
 from lbx.h2upstream import H2UpstreamStream
 from lbx.http import Headers, RequestHeader, serialize_request
 from lbx.peer import HTTP_VERSION_ALPN, Peer
+from lbx.pool import ConnectionPool
 from lbx.request_rules import HeadRules, forwarding_values
 from lbx.session import Session
-from lbx.upstream import ConnectionPool, Connector, UpstreamConnection
+from lbx.upstream import Connector, UpstreamConnection
 
 if TYPE_CHECKING:
     from lbx.config import ServiceConfig

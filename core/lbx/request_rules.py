@@ -180,8 +180,11 @@ def request_line_is_http(region: bytes, target: bytes) -> bool:
 
 NOT_HTTP: Final = "the request line names a protocol other than HTTP"
 
-PLAIN_REQUEST_LINE: Final = re.compile(rb"[^ \r\n]+ /[^%# \r\n]* HTTP/1\.1\r\n")
-"""The plainest request line: an origin-form target without ``%`` or ``#``, HTTP/1.1."""
+PLAIN_REQUEST_LINE: Final = re.compile(rb"[^ \r\n]+ (?![^ ]*/\.)/[^%# \r\n]* HTTP/1\.1\r\n")
+"""The plainest request line: an origin-form target without ``%``, ``#`` or a segment that
+starts with a dot (``/../``: ``check_head`` reads those), HTTP/1.1. (The look-ahead costs
+less than a search for ``/.`` after the match.)"""
+
 
 HTTP_FIRST_LINE: Final = re.compile(rb"[^\n]* HTTP/[0-9]\.[0-9]\r\n")
 """A read's first line is a request line naming HTTP (greedy: the protocol is found from the
@@ -189,6 +192,59 @@ line's end, whatever the target's length)."""
 
 _HOST: Final = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?\Z")
 """RFC 9110 4.2.3 / RFC 3986 3.2.2: IP-literal or reg-name, optional port."""
+
+
+def host_is_valid(host: bytes) -> bool:
+    """A Host (or an absolute target's authority) lbx passes on: RFC 9110's grammar (``_HOST``),
+    and a name as nginx requires one (``ngx_http_validate_host``): not empty, not only a port
+    (``:80``), no empty label (``..``, ``a..b``) and not only the root's dot. A backend that
+    picks a site or a directory by Host must not get ``..``."""
+    if _HOST.match(host) is None:
+        return False
+    if host[:1] == b"[":
+        return True
+    name = host.partition(b":")[0]
+    if name.find(b"..") >= 0:
+        return False
+    return name != b"" and name != b"."
+
+
+def path_climbs_above_root(path: bytes) -> bool:
+    """Whether a request path's dot segments take it above ``/`` as nginx reads them (``%2e``
+    is a dot and ``%2f`` a slash, runs of slashes are one): nginx refuses such a path (400), and
+    a backend that resolves it on a file system would serve what lies outside its root."""
+    if path.find(b"%") < 0:
+        if path.find(b"/.") < 0:  # (a dot segment follows a slash)
+            return False
+    else:
+        for escape, plain in _DOT_AND_SLASH_ESCAPES:
+            path = path.replace(escape, plain)
+    depth = 0
+    for segment in path.split(b"/"):
+        if segment == b"..":
+            if depth == 0:
+                return True
+            depth -= 1
+        elif segment and segment != b".":
+            depth += 1
+    return False
+
+
+_DOT_AND_SLASH_ESCAPES: Final = ((b"%2e", b"."), (b"%2E", b"."), (b"%2f", b"/"), (b"%2F", b"/"))
+_H2_FIELD_VALUE_CONTROL: Final = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def check_h2_field(name: bytes, value: bytes) -> None:
+    """``RequestRefused`` (400) unless an HTTP/2 field can be written in an HTTP/1.1 head as
+    llhttp accepts one from a client: a token name and a value without control bytes (HTAB
+    aside). RFC 9113 8.2.1 leaves the rest of that check to whoever forwards to HTTP/1.1: a
+    name like ``content-length;x`` or ``host/x`` would reach the backend unchecked, where a
+    lenient parser may cut it to a second Content-Length or Host."""
+    if _TOKEN.match(name) is None:
+        raise RequestRefused(400, "invalid header field name")
+    if _H2_FIELD_VALUE_CONTROL.search(value) is not None:
+        raise RequestRefused(400, "a control character in a header field value")
+
 
 PROTECTED_FIELDS: Final = frozenset({b"host", b"content-length", b"transfer-encoding"})
 """Fields a client may not ask a proxy to drop through ``Connection`` (RFC 9110 7.6.1)."""
@@ -332,7 +388,7 @@ def check_head(
     fields: HeaderList,
     scan: FieldScan,
     line_is_http: bool,
-    known_host: bytes,
+    known_host: bytes | None,
 ) -> tuple[HeaderList, bytes, bytes, int]:
     """Every rule, for a head that is not the plainest GET: ``(fields to send, origin-form
     target, host, body length)``, or ``RequestRefused``.
@@ -355,7 +411,7 @@ def check_head(
         raise RequestRefused(501, f"transfer coding {te.decode('latin-1')!r} is not supported")
     if hosts > 1 or (hosts == 0 and version == "1.1"):
         raise RequestRefused(400, "an HTTP/1.1 request needs exactly one Host field")
-    if host != known_host and _HOST.match(host) is None:
+    if host != known_host and hosts and not host_is_valid(host):
         raise RequestRefused(400, "invalid Host")
     if drop and drop & PROTECTED_FIELDS:
         raise RequestRefused(400, "Connection names a field that cannot be dropped")
@@ -363,8 +419,11 @@ def check_head(
         raise RequestRefused(400, "a header field name with '_' (underscores_in_headers: reject)")
     if url[:1] != b"/" or url.find(b"#") >= 0:  # find: "in" would try b"#" as an int first
         url, host = other_target(method, url, host)
-    if url.find(b"%") >= 0 and not path_escapes_ok(url.split(b"?", 1)[0]):
+    path = url.split(b"?", 1)[0]
+    if path.find(b"%") >= 0 and not path_escapes_ok(path):
         raise RequestRefused(400, "a broken %-escape or %00 in the request path")
+    if path_climbs_above_root(path):
+        raise RequestRefused(400, "the request path climbs above /")
     if len(fields) > rules.max_headers:
         raise RequestRefused(431, f"more than {rules.max_headers} header fields")
     if sum(len(n) + len(v) for n, v in fields) > rules.max_header_size:
@@ -409,7 +468,7 @@ def other_target(method: str, url: bytes, host: bytes) -> tuple[bytes, bytes]:
     authority = parts.host if parts.host.find(b":") < 0 else b"[" + parts.host + b"]"
     if parts.port is not None:
         authority += b":%d" % parts.port
-    if _HOST.match(authority) is None:
+    if not host_is_valid(authority):
         raise RequestRefused(400, "invalid authority in the request target")
     target = parts.path or b"/"
     if parts.query is not None:

@@ -1,4 +1,4 @@
-"""Upstream connections: an asyncio Protocol per connection, TLS contexts, and the idle pool.
+"""Upstream connections: an asyncio Protocol per connection, TLS contexts, and the connector.
 
 The data path does not await per chunk: the upstream protocol parses with httptools and hands
 each event to the request's ``Session`` through plain method calls.
@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import errno
-import itertools
 import logging
 import ssl
 import time
@@ -28,6 +27,7 @@ if TYPE_CHECKING:
     # calls. Typed as the class itself, not a Protocol, so compiled code calls it directly.
     from lbx.exchange import Exchange
     from lbx.h2pool import H2Pool
+    from lbx.pool import ConnectionPool
 
 monotonic: Final = time.monotonic  # compiled: a C static, not a module attribute per call
 
@@ -101,7 +101,13 @@ class UpstreamConnection(asyncio.Protocol):
         self._head_fields = 0
         """Fields in the final response head (those after it are trailers)."""
         self._head_bytes = 0
-        """Bytes of the response head(s) received so far in this exchange (bounded)."""
+        """Bytes of the response head(s) received so far in this exchange, then of its
+        trailers (each bounded by ``MAX_RESPONSE_HEAD_BYTES``)."""
+        self._after_chunk_size = False
+        """A chunk's size line was read and none of its data yet: the chunk may be the last,
+        whose trailers follow (``data_received`` counts a read of nothing else)."""
+        self._bodies = 0
+        """``on_body`` calls so far: whether a read carried body bytes."""
         self.received = 0
         """Response bytes received in the current exchange."""
         self.counted = False
@@ -122,7 +128,10 @@ class UpstreamConnection(asyncio.Protocol):
             exchange.tunnel_data(data)
             return
         try:
-            self._parser.feed_data(data)
+            if self._after_chunk_size:
+                self._feed_after_chunk_size(data)
+            else:
+                self._parser.feed_data(data)
             if not self._got_head:
                 # httptools keeps an unfinished head (even one endless line): bound what it holds.
                 self._head_bytes += len(data)
@@ -137,13 +146,22 @@ class UpstreamConnection(asyncio.Protocol):
                 exchange.tunnel_data(data[offset:])
         except (httptools.HttpParserError, _InvalidResponse) as exc:
             cause = exc.__context__ if isinstance(exc, httptools.HttpParserCallbackError) else exc
-            self._fail(
-                ProxyError(
-                    ErrorType.INVALID_HTTP_HEADER if not self._got_head else ErrorType.H1_ERROR,
-                    ErrorSource.UPSTREAM,
-                    f"invalid response from {self.peer.addr}: {cause or exc}",
-                )
-            )
+            message = f"invalid response from {self.peer.addr}: {cause or exc}"
+            if self.exchange is None:  # after its response was relayed: only the log can tell
+                log.warning("%s; connection closed", message)
+            error_type = ErrorType.INVALID_HTTP_HEADER if not self._got_head else ErrorType.H1_ERROR
+            self._fail(ProxyError(error_type, ErrorSource.UPSTREAM, message))
+
+    def _feed_after_chunk_size(self, data: bytes) -> None:
+        """Feed a read that follows a chunk's size line: chunk data, or the last chunk's
+        trailers, which httptools holds (even one endless line) until they end. A read that
+        carried no body bytes and left them unfinished was trailers: bounded as a head is."""
+        bodies = self._bodies
+        self._parser.feed_data(data)
+        if self._after_chunk_size and self._bodies == bodies:
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_RESPONSE_HEAD_BYTES:
+                raise _InvalidResponse(f"trailers longer than {MAX_RESPONSE_HEAD_BYTES} bytes")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -187,10 +205,25 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- httptools callbacks ---------------------------------------------------------------
     def on_message_begin(self) -> None:
+        if self.exchange is None:
+            # More after a complete response (beyond its Content-Length, after its last chunk
+            # or a HEAD's head): pooled, the connection would hand it to the next request.
+            raise _InvalidResponse("more bytes after the complete response")
         self._headers = []
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value))
+        headers = self._headers
+        headers.append((name, value))
+        if self._got_head:  # a trailer field: bounded as the head's are
+            self._head_bytes += len(name) + len(value)
+            if len(headers) - self._head_fields > MAX_RESPONSE_HEADERS:
+                raise _InvalidResponse(f"more than {MAX_RESPONSE_HEADERS} trailer fields")
+
+    def on_chunk_header(self) -> None:
+        self._after_chunk_size = True
+
+    def on_chunk_complete(self) -> None:
+        self._after_chunk_size = False
 
     def on_headers_complete(self) -> None:
         parser = self._parser
@@ -201,6 +234,8 @@ class UpstreamConnection(asyncio.Protocol):
         raw = self._headers
         if len(raw) > MAX_RESPONSE_HEADERS:  # counted once per head; its bytes are bounded
             raise _InvalidResponse(f"more than {MAX_RESPONSE_HEADERS} response header fields")
+        if status < 100:  # llhttp reads any three digits; the client would get "HTTP/1.1 0"
+            raise _InvalidResponse(f"status {status:03d} is not a status code")
         if 100 <= status < 200:
             if status == 101:
                 if self._upgrade is None:
@@ -227,6 +262,12 @@ class UpstreamConnection(asyncio.Protocol):
                 lower = lower_name(name)
                 if lower in HOP_BY_HOP:
                     if lower == b"transfer-encoding":
+                        # llhttp reads a body whose last coding is not chunked to the close, and
+                        # lbx would frame it as chunked: only a lone "chunked" is relayed.
+                        if body_kind is BodyKind.CHUNKED or value.strip().lower() != b"chunked":
+                            raise _InvalidResponse(
+                                f"Transfer-Encoding {value.decode('latin-1')!r} is not chunked"
+                            )
                         body_kind = BodyKind.CHUNKED
                     elif lower == b"connection":
                         tokens = fields_to_drop(value)
@@ -253,8 +294,12 @@ class UpstreamConnection(asyncio.Protocol):
             self._finish()
 
     def on_body(self, body: bytes) -> None:
-        if self.exchange is not None:
-            self.exchange.upstream_body(body)
+        exchange = self.exchange
+        if exchange is None:  # body bytes after a HEAD's head
+            raise _InvalidResponse("more bytes after the complete response")
+        self._bodies += 1
+        self._after_chunk_size = False
+        exchange.upstream_body(body)
 
     def on_message_complete(self) -> None:
         # After a 101 the "message" is over but the tunnel goes on until a side closes.
@@ -304,6 +349,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._upgrade = upgrade
         self._got_head = False
         self._head_bytes = 0
+        self._after_chunk_size = False
         self.received = 0
         assert self.transport is not None
         self.transport.write(head)
@@ -379,203 +425,6 @@ class UpstreamConnection(asyncio.Protocol):
         self.close()
         if exchange is not None:
             exchange.upstream_failed(error)
-
-
-class ConnectionPool:
-    """Idle upstream connections, LIFO per peer, sized by the load (Envoy keeps what it opened).
-
-    Under 1,000 busy clients the connections their requests needed are found again instead of
-    opened anew (a connect, a TIME_WAIT socket, a slow start each). ``sweep`` closes those idle
-    past their peer's ``idle_timeout`` (never handed out), then the least recently used past
-    ``bound``: what the most in use at once in the period would need besides those still in use,
-    at least ``upstream_keepalive_pool_size``. After a burst the surplus goes within two periods.
-    The peak is of all peers together (load moving between peers may lose some). Size 0 keeps
-    none.
-    """
-
-    def __init__(self, size: int, default_idle_timeout: float) -> None:
-        self.size = size
-        self.default_idle_timeout = default_idle_timeout
-        self._sweep_interval = max(0.5, min(default_idle_timeout, 30.0) / 2)
-        self._idle: dict[str, list[UpstreamConnection]] = {}
-        self._lru: dict[UpstreamConnection, None] = {}
-        """Every idle connection, least recently used first (cheaper than an OrderedDict)."""
-        self._sweep_handle: asyncio.TimerHandle | None = None
-        self._open: dict[str, int] = {}
-        """Open (or opening) connections per peer, for ``max_upstream_connections``."""
-        self._open_total = 0
-        self._peak = 0
-        """The most connections in use at once (open and not idle) since the last sweep."""
-        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
-
-    def __len__(self) -> int:
-        return len(self._lru)
-
-    def take(self, peer: Peer) -> UpstreamConnection | None:
-        """An idle connection to ``peer`` that is still fresh, or None."""
-        stack = self._idle.get(peer.pool_key)
-        if not stack:
-            return None
-        now = monotonic()
-        timeout = peer.idle_timeout if peer.idle_timeout is not None else self.default_idle_timeout
-        lru = self._lru
-        while stack:
-            conn = stack.pop()
-            if conn in lru:
-                del lru[conn]
-            if not conn.closed and now - conn.idle_since < timeout:
-                self._note_in_use()
-                return conn
-            conn.close()
-        return None
-
-    def open_count(self, peer: Peer) -> int:
-        """Connections to ``peer`` that are open or being opened."""
-        return self._open.get(peer.pool_key, 0)
-
-    @property
-    def in_use(self) -> int:
-        """Connections open (or opening) and not idle."""
-        return self._open_total - len(self._lru)
-
-    @property
-    def bound(self) -> int:
-        """How many idle connections a sweep keeps now: what the most in use at once since the
-        last sweep would need besides those in use now (long requests, tunnels), at least
-        ``size``."""
-        return max(self.size, self._peak - self.in_use)
-
-    def _note_in_use(self) -> None:
-        in_use = self.in_use
-        if in_use > self._peak:
-            self._peak = in_use
-
-    def reserve(self, key: str) -> None:
-        self._open[key] = self._open.get(key, 0) + 1
-        self._open_total += 1
-        self._note_in_use()
-
-    def release(self, key: str) -> None:
-        self._open_total -= 1
-        count = self._open.get(key, 0) - 1
-        if count > 0:
-            self._open[key] = count
-        else:
-            self._open.pop(key, None)
-        self._wake(key)
-
-    def _wake(self, key: str) -> None:
-        waiters = self._waiters.get(key)
-        while waiters:
-            future = waiters.pop(0)
-            if not future.done():
-                future.set_result(None)
-                return
-
-    async def wait_for_slot(
-        self, peer: Peer, limit: int, timeout: float
-    ) -> UpstreamConnection | None:
-        """Wait until ``peer`` has an idle connection (returned) or a free slot (None).
-
-        Raises a 503 ``ProxyError`` when neither comes within ``timeout`` seconds.
-        """
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        key = peer.pool_key
-        while True:
-            conn = self.take(peer)
-            if conn is not None:
-                return conn
-            if self._open.get(key, 0) < limit:
-                return None
-            remaining = deadline - loop.time()
-            future: asyncio.Future[None] = loop.create_future()
-            waiters = self._waiters.setdefault(key, [])
-            waiters.append(future)
-            try:
-                if remaining <= 0:
-                    raise TimeoutError
-                async with asyncio.timeout(remaining):
-                    await future
-            except TimeoutError:
-                raise ProxyError(
-                    ErrorType.CONNECT_ERROR,
-                    ErrorSource.UPSTREAM,
-                    f"all {limit} connections to {peer.addr} busy for {timeout}s",
-                    status=503,
-                ) from None
-            finally:
-                if future in waiters:
-                    waiters.remove(future)
-                if not waiters:
-                    self._waiters.pop(key, None)
-
-    def put(self, conn: UpstreamConnection) -> None:
-        """Keep ``conn`` for reuse, or close it when pooling is off (or its backend left)."""
-        if self.size <= 0 or conn.closed or conn.peer.retired:
-            conn.close()
-            return
-        if self._waiters and conn.peer.pool_key in self._waiters:
-            self._wake(conn.peer.pool_key)
-        conn.resume_reading()  # an idle connection must notice when the upstream closes it
-        conn.idle_since = monotonic()
-        self._idle.setdefault(conn.peer.pool_key, []).append(conn)
-        self._lru[conn] = None
-        if self._sweep_handle is None:
-            loop = asyncio.get_running_loop()
-            self._sweep_handle = loop.call_later(self._sweep_interval, self.sweep)
-
-    def discard(self, conn: UpstreamConnection) -> None:
-        """Forget ``conn`` (it closed or is being closed)."""
-        if conn.counted:
-            conn.counted = False
-            self.release(conn.peer.pool_key)
-        self._lru.pop(conn, None)
-        stack = self._idle.get(conn.peer.pool_key)
-        if stack and conn in stack:
-            stack.remove(conn)
-
-    def close_idle(self, key: str) -> int:
-        """Close the idle connections pooled for ``key`` (a backend that left); returns how
-        many."""
-        stack = self._idle.pop(key, None) or []
-        for conn in stack:
-            self._lru.pop(conn, None)
-            conn.close()
-        return len(stack)
-
-    def close_all(self) -> None:
-        for conn in list(self._lru):
-            conn.close()
-        self._idle.clear()
-        self._lru.clear()
-        if self._sweep_handle is not None:
-            self._sweep_handle.cancel()
-            self._sweep_handle = None
-
-    def sweep(self) -> None:
-        """Close what is idle past ``idle_timeout``, then past ``bound``; start the next period.
-        Runs every half server ``idle_timeout`` (0.5-15 s) while any is idle; a call replaces it."""
-        if self._sweep_handle is not None:
-            self._sweep_handle.cancel()
-        self._sweep_handle = None
-        now = monotonic()
-        for conn in list(self._lru):
-            timeout = (
-                conn.peer.idle_timeout
-                if conn.peer.idle_timeout is not None
-                else self.default_idle_timeout
-            )
-            if now - conn.idle_since >= timeout:
-                conn.close()
-        surplus = len(self._lru) - self.bound
-        if surplus > 0:
-            for conn in list(itertools.islice(self._lru, surplus)):
-                conn.close()  # leaves _lru (discard)
-        self._peak = self.in_use  # the next period's allowance follows the load it sees
-        if self._lru:
-            loop = asyncio.get_running_loop()
-            self._sweep_handle = loop.call_later(self._sweep_interval, self.sweep)
 
 
 class Connector:

@@ -32,9 +32,10 @@ from lbx.h1 import H1Downstream
 from lbx.http import HOP_BY_HOP
 from lbx.inprocess import MemoryTransport
 from lbx.peer import Peer
+from lbx.pool import ConnectionPool
 from lbx.proxy import ProxyService, RequestHooks
 from lbx.request_rules import is_lookalike
-from lbx.upstream import ConnectionPool, Connector, UpstreamConnection
+from lbx.upstream import Connector, UpstreamConnection
 
 _OTHER_PROTOCOL_LINE = re.compile(rb"(?:\r\n)*[A-Z]+ [^ \r\n]+ +(?:RTSP|ICE)/[0-9]\.[0-9]\r\n")
 _SWITCHED_TO_WEBSOCKET = re.compile(rb"\r\nupgrade:[ \t]*websocket[ \t]*\r\n", re.IGNORECASE)
