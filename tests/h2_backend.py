@@ -32,6 +32,12 @@ from lbx.testing import _PATTERN, BackendThread
 CHUNK = 16 * 1024
 
 
+_ODD_FIELDS = {
+    "/odd-name": (b"content-length;x", b"50"),
+    "/odd-value": (b"x-odd", b"a\x0bb\x01c"),
+}
+
+
 class _Stream:
     def __init__(self, headers: list[tuple[bytes, bytes]]) -> None:
         self.headers = headers
@@ -177,6 +183,8 @@ class _Protocol(asyncio.Protocol):
             assert self.transport is not None
             frame = b"\x00\x00\x04\x01\x05" + stream_id.to_bytes(4, "big") + b"\xff" * 4
             self.transport.write(frame)
+        elif path in _ODD_FIELDS:  # what HTTP/2 carries and an HTTP/1.1 head cannot
+            self.respond(stream_id, 200, [*fields, _ODD_FIELDS[path]], b"odd\n")
         elif path == "/reset":
             self.h2.send_headers(stream_id, [(b":status", b"200"), *fields])
             self.h2.send_data(stream_id, b"partial")

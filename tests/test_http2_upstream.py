@@ -282,6 +282,16 @@ def test_a_backend_breaking_hpack_is_502_and_lbx_goes_on(setup: Setup) -> None:
     assert setup.counted(setup.h2, "connections_total") == before + 1
 
 
+@pytest.mark.parametrize("path", ["/odd-name", "/odd-value"])
+def test_a_response_field_http11_cannot_carry_is_502(setup: Setup, path: str) -> None:
+    """A backend's field name that is not a token (``content-length;x``), or a control byte in
+    a value, never reaches an HTTP/1.1 client, where a lenient parser might take it for
+    framing: 502, as for an HTTP/1.1 backend sending it; the next request works."""
+    assert http_get(setup.addresses["h2c"], path).status == 502
+    reply = http_get(setup.addresses["h2c"], "/")
+    assert (reply.status, reply.body) == (200, b"Hello from backend h2\n")
+
+
 def h2_upstream_conf(tmp_path: Path, backend: H2Backend, **service: object) -> str:
     """A config file: one service on 127.0.0.1:0 speaking HTTP/2 to ``backend``, plus
     ``service`` keys."""

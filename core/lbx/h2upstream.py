@@ -41,6 +41,7 @@ from h2.settings import SettingCodes
 from lbx.errors import ErrorSource, ErrorType, ProxyError
 from lbx.h2frames import send_within_windows
 from lbx.http import HOP_BY_HOP, HeaderList, RequestHeader
+from lbx.request_rules import h2_field_problem
 from lbx.upstream import MAX_RESPONSE_HEADERS, BodyKind, UpstreamConnection
 
 if TYPE_CHECKING:
@@ -94,13 +95,17 @@ def request_fields(request: RequestHeader, framing: HeaderList, scheme: bytes) -
 
 
 def response_fields(raw: Any) -> tuple[int, HeaderList]:
-    """The status and fields of a response head from ``h2`` (which checked the RFC's rules)."""
+    """The status and fields of a response head from ``h2`` (which checked the RFC's rules),
+    each field one an HTTP/1.1 client can be given (``h2_field_problem``)."""
     status = 0
     fields: HeaderList = []
     for name, value in raw:
         if name == b":status":
             status = int(value)
         elif name[:1] != b":" and name not in HOP_BY_HOP:
+            problem = h2_field_problem(name, value)
+            if problem is not None:
+                raise ValueError(f"invalid response head: {problem} ({name!r})")
             fields.append((name, value))
     if not 100 <= status < 600 or len(fields) > MAX_RESPONSE_HEADERS:
         raise ValueError(f"invalid response head (status {status}, {len(fields)} fields)")

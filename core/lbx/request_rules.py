@@ -234,16 +234,24 @@ _DOT_AND_SLASH_ESCAPES: Final = ((b"%2e", b"."), (b"%2E", b"."), (b"%2f", b"/"),
 _H2_FIELD_VALUE_CONTROL: Final = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
 
-def check_h2_field(name: bytes, value: bytes) -> None:
-    """``RequestRefused`` (400) unless an HTTP/2 field can be written in an HTTP/1.1 head as
-    llhttp accepts one from a client: a token name and a value without control bytes (HTAB
-    aside). RFC 9113 8.2.1 leaves the rest of that check to whoever forwards to HTTP/1.1: a
-    name like ``content-length;x`` or ``host/x`` would reach the backend unchecked, where a
-    lenient parser may cut it to a second Content-Length or Host."""
+def h2_field_problem(name: bytes, value: bytes) -> str | None:
+    """Why an HTTP/2 field cannot be written in an HTTP/1.1 head as llhttp reads one, or None:
+    its name must be a token and its value free of control bytes (HTAB aside). RFC 9113 8.2.1
+    leaves that check to whoever forwards to HTTP/1.1: a name like ``content-length;x`` or
+    ``host/x`` would reach the other side unchecked, where a lenient parser may cut it to a
+    second Content-Length or Host."""
     if _TOKEN.match(name) is None:
-        raise RequestRefused(400, "invalid header field name")
+        return "invalid header field name"
     if _H2_FIELD_VALUE_CONTROL.search(value) is not None:
-        raise RequestRefused(400, "a control character in a header field value")
+        return "a control character in a header field value"
+    return None
+
+
+def check_h2_field(name: bytes, value: bytes) -> None:
+    """``RequestRefused`` (400) for a request field ``h2_field_problem`` finds fault with."""
+    problem = h2_field_problem(name, value)
+    if problem is not None:
+        raise RequestRefused(400, problem)
 
 
 PROTECTED_FIELDS: Final = frozenset({b"host", b"content-length", b"transfer-encoding"})
