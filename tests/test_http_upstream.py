@@ -85,7 +85,7 @@ def test_read_timeout_is_504_and_not_retried(proxy, upstream):
         # where lbx would announce chunks: a lone "chunked" is the only Transfer-Encoding.
         *(
             (b"HTTP/1.1 %s Odd\r\nContent-Length: 2\r\n\r\nok" % status, None)
-            for status in (b"000", b"001", b"099")
+            for status in (b"000", b"001", b"099", b"600", b"999")
         ),
         *(
             (b"HTTP/1.1 200 OK\r\n%s\r\n\r\n5\r\nhello\r\n0\r\n\r\n" % te, None)
@@ -185,6 +185,7 @@ def test_truncation_after_the_head_aborts_the_client(proxy, upstream, answer):
             b"X-Trailer: 1\r\n\r\nHTTP/1.1 200 OK\r\n",
         ),
         (b"HEAD", b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst"),
+        (b"HEAD", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
     ],
 )
 def test_bytes_after_a_complete_response_are_not_handed_to_the_next_request(
@@ -259,6 +260,31 @@ def test_response_trailers_are_bounded_as_a_head_is(proxy, upstream, trailers, s
         assert response.status == 200 and not response.complete
         assert client.closed()
     proxy.wait_for(said, start=mark)
+
+
+def test_trailers_under_the_limits_pass_after_a_large_head(proxy, upstream):
+    """The trailers' limits are their own (not what is left of the head's), and a long
+    trailer line that arrives in pieces is counted once: a response just under both limits
+    is relayed whole."""
+    head_fields = b"".join(b"X-H%d: %s\r\n" % (i, b"h" * 200) for i in range(150))
+    long_trailer = b"X-Long: " + b"t" * 40_000 + b"\r\n"
+    pieces = [long_trailer[i : i + 4096] for i in range(0, len(long_trailer), 4096)]
+
+    def handler(conn, request):
+        conn.send(b"HTTP/1.1 200 OK\r\n" + head_fields + b"Transfer-Encoding: chunked\r\n\r\n")
+        conn.send(b"5\r\nhello\r\n0\r\n")
+        for piece in pieces:
+            conn.send(piece)
+            time.sleep(0.001)  # (separate reads are likelier; the test holds either way)
+        conn.send(b"X-Short: 1\r\n\r\n")
+
+    upstream.handler = handler
+    with Client(proxy.address) as client:
+        client.send(GET)
+        response = client.read_response()
+        assert (response.status, response.body, response.complete) == (200, b"hello", True)
+        client.send(GET)  # the connection goes on
+        assert client.read_response().status == 200
 
 
 def test_informational_responses_are_relayed(proxy, upstream):

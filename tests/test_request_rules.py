@@ -438,7 +438,10 @@ def test_h2_request_line_passes_sound_lines(method, path):
 
 @pytest.mark.parametrize(
     "host",
-    [b"", b":80", b":", b".", b"..", b"...", b"..:80", b"a..b", b"a..", b"..a", b"a b", b"a/b"],
+    [
+        *(b"", b":80", b":", b".", b"..", b"...", b"..:80", b"a..b", b"a..", b"..a", b"a b"),
+        *(b"a/b", b"[..]", b"[.]", b"[1.2]", b"[::1::2]"),
+    ],
 )
 def test_host_without_a_name_or_with_an_empty_label_is_invalid(host):
     """nginx's ``ngx_http_validate_host`` refuses these (400); a backend choosing a directory
@@ -447,7 +450,11 @@ def test_host_without_a_name_or_with_an_empty_label_is_invalid(host):
 
 
 @pytest.mark.parametrize(
-    "host", [b"x", b"x:80", b"x:", b"example.com.", b".a", b"a.b.c:8080", b"[::1]", b"[::1]:80"]
+    "host",
+    [
+        *(b"x", b"x:80", b"x:", b"example.com.", b".a", b"a.b.c:8080", b"[::1]", b"[::1]:80"),
+        *(b"[::ffff:1.2.3.4]", b"[2001:db8::1]:443"),
+    ],
 )
 def test_hosts_nginx_takes_are_valid(host):
     assert host_is_valid(host)

@@ -8,6 +8,7 @@ the rules and why.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import TYPE_CHECKING, Any, Final
 
@@ -198,10 +199,15 @@ def host_is_valid(host: bytes) -> bool:
     """A Host (or an absolute target's authority) lbx passes on: RFC 9110's grammar (``_HOST``),
     and a name as nginx requires one (``ngx_http_validate_host``): not empty, not only a port
     (``:80``), no empty label (``..``, ``a..b``) and not only the root's dot. A backend that
-    picks a site or a directory by Host must not get ``..``."""
+    picks a site or a directory by Host must not get ``..`` (``%2e%2e`` passes, as in nginx).
+    An IP literal must be an IPv6 address."""
     if _HOST.match(host) is None:
         return False
-    if host[:1] == b"[":
+    if host[:1] == b"[":  # an IPv6 literal that is one ("[..]" is not)
+        try:
+            ipaddress.IPv6Address(host[1 : host.find(b"]")].decode("ascii"))
+        except ValueError:
+            return False
         return True
     name = host.partition(b":")[0]
     if name.find(b"..") >= 0:

@@ -101,13 +101,16 @@ class UpstreamConnection(asyncio.Protocol):
         self._head_fields = 0
         """Fields in the final response head (those after it are trailers)."""
         self._head_bytes = 0
-        """Bytes of the response head(s) received so far in this exchange, then of its
-        trailers (each bounded by ``MAX_RESPONSE_HEAD_BYTES``)."""
+        """Bytes of the response head(s) received so far in this exchange; after a chunked
+        head, of its trailer fields (each bounded by ``MAX_RESPONSE_HEAD_BYTES``)."""
         self._after_chunk_size = False
         """A chunk's size line was read and none of its data yet: the chunk may be the last,
-        whose trailers follow (``data_received`` counts a read of nothing else)."""
+        whose trailers follow."""
         self._bodies = 0
         """``on_body`` calls so far: whether a read carried body bytes."""
+        self._trailer_tail = 0
+        """Bytes of the reads that held nothing but an unfinished trailer line, which httptools
+        keeps until the line ends (``_feed_after_chunk_size``)."""
         self.received = 0
         """Response bytes received in the current exchange."""
         self.counted = False
@@ -148,19 +151,24 @@ class UpstreamConnection(asyncio.Protocol):
             cause = exc.__context__ if isinstance(exc, httptools.HttpParserCallbackError) else exc
             message = f"invalid response from {self.peer.addr}: {cause or exc}"
             if self.exchange is None:  # after its response was relayed: only the log can tell
-                log.warning("%s; connection closed", message)
+                if isinstance(cause, (httptools.HttpParserError, _InvalidResponse)):
+                    log.warning("%s; connection closed", message)
+                else:  # a hook run as the response ended (a body filter) raised: not the backend
+                    log.error("after the response from %s: %r", self.peer.addr, cause)
             error_type = ErrorType.INVALID_HTTP_HEADER if not self._got_head else ErrorType.H1_ERROR
             self._fail(ProxyError(error_type, ErrorSource.UPSTREAM, message))
 
     def _feed_after_chunk_size(self, data: bytes) -> None:
         """Feed a read that follows a chunk's size line: chunk data, or the last chunk's
-        trailers, which httptools holds (even one endless line) until they end. A read that
-        carried no body bytes and left them unfinished was trailers: bounded as a head is."""
+        trailers. ``on_header`` counts each whole trailer field; a read that brought no body
+        byte and no whole field was part of one unfinished line (even an endless one), which
+        httptools holds: it counts until the line ends."""
         bodies = self._bodies
+        fields = len(self._headers)
         self._parser.feed_data(data)
-        if self._after_chunk_size and self._bodies == bodies:
-            self._head_bytes += len(data)
-            if self._head_bytes > MAX_RESPONSE_HEAD_BYTES:
+        if self._after_chunk_size and self._bodies == bodies and len(self._headers) == fields:
+            self._trailer_tail += len(data)
+            if self._head_bytes + self._trailer_tail > MAX_RESPONSE_HEAD_BYTES:
                 raise _InvalidResponse(f"trailers longer than {MAX_RESPONSE_HEAD_BYTES} bytes")
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -204,22 +212,33 @@ class UpstreamConnection(asyncio.Protocol):
             self.exchange.upstream_write_paused(False)
 
     # -- httptools callbacks ---------------------------------------------------------------
+    def _after_the_response(self) -> None:
+        """A message, chunk or body byte with no exchange: more after a complete response
+        (beyond its Content-Length, after its last chunk, after a HEAD's head). Pooled, the
+        connection would hand it to the next request as its response. (Closed by lbx, its
+        exchange aborted, the rest of the read is of no concern.)"""
+        if not self.closed:
+            raise _InvalidResponse("more bytes after the complete response")
+
     def on_message_begin(self) -> None:
         if self.exchange is None:
-            # More after a complete response (beyond its Content-Length, after its last chunk
-            # or a HEAD's head): pooled, the connection would hand it to the next request.
-            raise _InvalidResponse("more bytes after the complete response")
+            self._after_the_response()
         self._headers = []
 
     def on_header(self, name: bytes, value: bytes) -> None:
         headers = self._headers
         headers.append((name, value))
         if self._got_head:  # a trailer field: bounded as the head's are
+            self._trailer_tail = 0  # (the unfinished line it was is whole now)
             self._head_bytes += len(name) + len(value)
             if len(headers) - self._head_fields > MAX_RESPONSE_HEADERS:
                 raise _InvalidResponse(f"more than {MAX_RESPONSE_HEADERS} trailer fields")
+            if self._head_bytes > MAX_RESPONSE_HEAD_BYTES:
+                raise _InvalidResponse(f"trailers longer than {MAX_RESPONSE_HEAD_BYTES} bytes")
 
     def on_chunk_header(self) -> None:
+        if self.exchange is None:  # a chunked body after a HEAD's head
+            self._after_the_response()
         self._after_chunk_size = True
 
     def on_chunk_complete(self) -> None:
@@ -234,7 +253,7 @@ class UpstreamConnection(asyncio.Protocol):
         raw = self._headers
         if len(raw) > MAX_RESPONSE_HEADERS:  # counted once per head; its bytes are bounded
             raise _InvalidResponse(f"more than {MAX_RESPONSE_HEADERS} response header fields")
-        if status < 100:  # llhttp reads any three digits; the client would get "HTTP/1.1 0"
+        if not 100 <= status < 600:  # llhttp reads any three digits (RFC 9110 15: 100-599)
             raise _InvalidResponse(f"status {status:03d} is not a status code")
         if 100 <= status < 200:
             if status == 101:
@@ -286,6 +305,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._got_head = True
         if body_kind is BodyKind.CHUNKED:
             self._head_fields = len(raw)  # the fields after these are trailers
+            self._head_bytes = 0  # (which get the head's limits)
         exchange.upstream_head(status, headers, body_kind)
         if self._head_only:
             # httptools cannot be told a HEAD response has no body: finish it here and start a
@@ -296,7 +316,8 @@ class UpstreamConnection(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         exchange = self.exchange
         if exchange is None:  # body bytes after a HEAD's head
-            raise _InvalidResponse("more bytes after the complete response")
+            self._after_the_response()
+            return
         self._bodies += 1
         self._after_chunk_size = False
         exchange.upstream_body(body)
@@ -350,6 +371,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._got_head = False
         self._head_bytes = 0
         self._after_chunk_size = False
+        self._trailer_tail = 0
         self.received = 0
         assert self.transport is not None
         self.transport.write(head)
