@@ -200,6 +200,45 @@ def test_a_head_http11_cannot_carry_is_refused_on_its_stream(proxy, upstream, he
     assert request.target == b"/next"
 
 
+@pytest.mark.parametrize("data", [b"", b"abc", b"abcdef"])
+def test_a_body_that_trailers_end_short_of_its_content_length_is_refused(proxy, upstream, data):
+    """h2 checks ``content-length`` against DATA that ends a stream, not against trailers that
+    do: a POST of ``content-length: 5`` ended by trailers after 0 or 3 bytes is a 400, and its
+    upstream connection (owed the rest) is closed, never handed to the next request; the
+    next request, on another client connection too, goes upstream whole."""
+    conn, sock = unchecked_client(proxy.address)
+    head = _with({b":method": b"POST", b":path": b"/short"}, (b"content-length", b"5"))
+    conn.send_headers(1, head)
+    if data:
+        conn.send_data(1, data)
+    conn.send_headers(1, [(b"x-t", b"1")], end_stream=True)
+    sock.sendall(conn.data_to_send())
+    status = None
+    try:
+        while status is None:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            for event in conn.receive_data(chunk):
+                if type(event).__name__ == "ResponseReceived":
+                    status = dict(event.headers)[b":status"]
+                if type(event).__name__ == "ConnectionTerminated":
+                    status = b"GOAWAY"
+            sock.sendall(conn.data_to_send())
+    finally:
+        sock.close()
+    assert status in (b"400", b"GOAWAY")  # (h2 itself refuses DATA past the length)
+    with H2Client(proxy.address) as client:
+        reply = client.get("/second")
+        assert reply.status == 200
+    targets = [(r.target, r.complete) for r in upstream.wait_requests(1 if len(data) > 5 else 2)]
+    assert targets[-1] == (b"/second", True)
+    for conn in list(upstream.conns):
+        if any(r.target == b"/short" for r in conn.requests):  # its head went upstream at once
+            assert len(conn.requests) == 1 and not conn.requests[0].complete
+            assert conn.closed_by_peer.wait(5)  # closed by lbx, never pooled
+
+
 def test_connect_is_refused(proxy, upstream):
     conn, sock = unchecked_client(proxy.address)
     conn.send_headers(1, [(b":method", b"CONNECT"), (b":authority", b"x:443")], end_stream=True)

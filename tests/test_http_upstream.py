@@ -95,6 +95,7 @@ def test_read_timeout_is_504_and_not_retried(proxy, upstream):
                 b"Transfer-Encoding: identity",
                 b"Transfer-Encoding: xchunked",
                 b"Transfer-Encoding: chunked,",
+                b"Transfer-Encoding: chunked\t",
                 b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked",
             )
         ),

@@ -187,7 +187,14 @@ class H2Downstream(asyncio.Protocol):
                 stream.remote_ended = True
                 exchange = stream.exchange
                 if exchange is not None and not stream.finished:
-                    exchange.request_body_end()
+                    length = stream.content_length
+                    if length >= 0 and exchange.session.body_bytes_read != length:
+                        # Ended by trailers short of its content-length (h2 checks DATA that
+                        # ends a stream, not trailers): malformed (RFC 9113 8.1.1), and the
+                        # upstream would wait for the rest, or read the next request as it.
+                        self._refuse_short_body(stream, exchange)
+                    else:
+                        exchange.request_body_end()
         elif isinstance(event, WindowUpdated):
             if event.stream_id:
                 stream = self.streams.get(event.stream_id)
@@ -310,6 +317,7 @@ class H2Downstream(asyncio.Protocol):
         elif content_length is not None:
             body_kind = RequestBody.LENGTH
             framing = [(b"Content-Length", b"%d" % length)]
+            stream.content_length = length
         else:
             body_kind = RequestBody.CHUNKED
             framing = [(b"Transfer-Encoding", b"chunked")]
@@ -358,6 +366,22 @@ class H2Downstream(asyncio.Protocol):
             stream.reset(ErrorCodes.CANCEL)
             return
         stream.send_error(413, True)
+        exchange.refuse(error)
+
+    def _refuse_short_body(self, stream: H2Stream, exchange: Exchange) -> None:
+        """A body that ended short of its content-length: 400 if no response started (else a
+        reset); the upstream exchange is abandoned, its connection closed."""
+        error = ProxyError(
+            ErrorType.HTTP_STATUS,
+            ErrorSource.DOWNSTREAM,
+            f"request body of {exchange.session.body_bytes_read} bytes, content-length "
+            f"{stream.content_length}",
+            status=400,
+        )
+        if exchange.response_started:
+            stream.reset(ErrorCodes.PROTOCOL_ERROR)  # (the exchange sees a client gone)
+            return
+        stream.send_error(400, True)
         exchange.refuse(error)
 
     def _refuse(self, stream: H2Stream, status: int, reason: str, raw: Any) -> None:

@@ -62,6 +62,8 @@ class H2Stream:
         self.finished = False
         """The request's phases are over (``request_finished``)."""
         self.remote_ended = False
+        self.content_length = -1
+        """The request's ``content-length`` (-1: none), which its DATA must add up to."""
         self.ended = False
         """END_STREAM was sent (or is queued behind ``_outbox``)."""
         self._outbox: list[bytes] = []

@@ -282,8 +282,10 @@ class UpstreamConnection(asyncio.Protocol):
                 if lower in HOP_BY_HOP:
                     if lower == b"transfer-encoding":
                         # llhttp reads a body whose last coding is not chunked to the close, and
-                        # lbx would frame it as chunked: only a lone "chunked" is relayed.
-                        if body_kind is BodyKind.CHUNKED or value.strip().lower() != b"chunked":
+                        # lbx would frame it as chunked: only a lone "chunked" is relayed. (Only
+                        # spaces around it: llhttp does not take "chunked<TAB>" for chunked.)
+                        chunked = value.strip(b" ").lower() == b"chunked"
+                        if body_kind is BodyKind.CHUNKED or not chunked:
                             raise _InvalidResponse(
                                 f"Transfer-Encoding {value.decode('latin-1')!r} is not chunked"
                             )
