@@ -31,7 +31,7 @@ from lbx.peer import HTTP_VERSION_ALPN, Peer
 from lbx.pool import ConnectionPool
 from lbx.request_rules import HeadRules, forwarding_values
 from lbx.session import Session
-from lbx.upstream import Connector, UpstreamConnection
+from lbx.upstream import Connector, UpstreamConnection, declared_length
 
 if TYPE_CHECKING:
     from lbx.config import ServiceConfig
@@ -555,11 +555,13 @@ class ProxyService:
                 not exchange.has_request_body,
             )
         else:
+            framing = exchange.upstream_framing
             conn.start(
                 exchange,
-                serialize_request(request, exchange.upstream_framing),
+                serialize_request(request, framing),
                 request.method == "HEAD",
                 exchange.upgrade_names,
+                declared_length(framing),
             )
         exchange.start_request_body()
         read_timeout = peer.read_timeout or self.read_timeout

@@ -55,6 +55,14 @@ another length is passed on without being lower-cased (most are: Server, Date, C
 a shift and a mask cost less than a set lookup of a boxed length per field."""
 
 
+def declared_length(framing: HeaderList) -> int:
+    """The Content-Length among a request's framing fields, or -1 (chunked, or no body)."""
+    for name, value in framing:
+        if name == b"Content-Length":
+            return int(value)
+    return -1
+
+
 class BodyKind(enum.IntEnum):
     """How a response body is delimited on the upstream connection."""
 
@@ -108,6 +116,8 @@ class UpstreamConnection(asyncio.Protocol):
         whose trailers follow."""
         self._bodies = 0
         """``on_body`` calls so far: whether a read carried body bytes."""
+        self._body_left = -1
+        """Request body bytes its Content-Length still announces (-1: chunked, or none)."""
         self._trailer_tail = 0
         """Bytes of the reads that held nothing but an unfinished trailer line, which httptools
         keeps until the line ends (``_feed_after_chunk_size``)."""
@@ -361,13 +371,15 @@ class UpstreamConnection(asyncio.Protocol):
         head: bytes,
         head_only: bool,
         upgrade: frozenset[bytes] | None = None,
+        body_length: int = -1,
     ) -> None:
         """Send a request head; the response is reported to ``exchange``.
 
         ``upgrade``: the protocols the request offers to switch to; a 101 naming only those
-        opens a tunnel.
+        opens a tunnel. ``body_length``: the head's Content-Length (-1: chunked, or no body).
         """
         self.exchange = exchange
+        self._body_left = body_length
         self._head_only = head_only
         self._upgrade = upgrade
         self._got_head = False
@@ -389,6 +401,20 @@ class UpstreamConnection(asyncio.Protocol):
         transport = self.transport
         if transport is None or self.closed:
             return
+        if not chunked and self._body_left >= 0:
+            self._body_left -= len(data)
+            if self._body_left < 0 or (end and self._body_left):
+                # A request_body_filter that changed the length: bytes past Content-Length
+                # would be the upstream's next request, and a short body leaves it waiting.
+                self._fail(
+                    ProxyError(
+                        ErrorType.INTERNAL_ERROR,
+                        ErrorSource.INTERNAL,
+                        "a request_body_filter changed the length of a Content-Length body",
+                        status=500,
+                    )
+                )
+                return
         if data:
             transport.write(encode_chunk(data) if chunked else data)
         if end and chunked:
