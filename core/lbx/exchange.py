@@ -41,11 +41,11 @@ if TYPE_CHECKING:
     # on this union is a direct call to the one the object is (a Protocol would make every
     # call a generic method lookup, on the HTTP/1.1 path too).
     Downstream: TypeAlias = "H1Downstream | H2Stream"
-    # The upstream side: an HTTP/1.1 connection, or one stream of an HTTP/2 connection
-    # (``lbx.h2upstream``), called the same way.
+    # The upstream side: an HTTP/1.1 connection or an HTTP/2 stream, called the same way.
     Upstream: TypeAlias = "UpstreamConnection | H2UpstreamStream"
 
 log: Final = logging.getLogger("lbx.exchange")
+Fields: TypeAlias = dict[str, str] | list[tuple[str, str]]  # a response's fields, from a hook
 
 # Request body bytes buffered before the upstream connection is ready; past it, reading pauses.
 REQUEST_BUFFER_HIGH_WATER: Final = 64 * 1024
@@ -181,12 +181,7 @@ class Exchange:
         self.finish()
 
     # -- answers written by lbx or by hooks (through the Session) ------------------------------
-    async def respond(
-        self,
-        status: int,
-        body: bytes = b"",
-        headers: dict[str, str] | list[tuple[str, str]] | None = None,
-    ) -> None:
+    async def respond(self, status: int, body: bytes = b"", headers: Fields | None = None) -> None:
         """A complete response written by a hook (``Session.respond``)."""
         if self.response_started:
             raise RuntimeError("a response was already sent for this request")
@@ -335,7 +330,12 @@ class Exchange:
     def upstream_done(self) -> None:
         self.response_complete = True
         if self._streaming_response and not self._tunnel:  # a tunnel ends its streams itself
-            self._send_response_body(b"", True)
+            try:
+                self._send_response_body(b"", True)
+            except Exception as exc:  # a body filter's last call: the request ends with it
+                error = ProxyError(ErrorType.INTERNAL_ERROR, ErrorSource.INTERNAL, repr(exc))
+                self.upstream_failed(error.caused_by(exc))
+                return
         future = self._done_future
         if future is not None and not future.done():
             future.set_result(None)
