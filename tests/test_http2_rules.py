@@ -65,6 +65,24 @@ def unchecked_client(address: str) -> tuple[H2Connection, object]:
     return conn, sock
 
 
+def statuses_of_two_streams(conn: H2Connection, sock: socket.socket) -> dict[int, bytes]:
+    """Send what ``conn`` queued, then read until two streams have their response status;
+    the socket is closed after."""
+    sock.sendall(conn.data_to_send())
+    statuses: dict[int, bytes] = {}
+    try:
+        while len(statuses) < 2:
+            chunk = sock.recv(65536)
+            assert chunk, statuses
+            for event in conn.receive_data(chunk):
+                if type(event).__name__ == "ResponseReceived":
+                    statuses[event.stream_id] = dict(event.headers)[b":status"]
+            sock.sendall(conn.data_to_send())
+    finally:
+        sock.close()
+    return statuses
+
+
 @pytest.mark.parametrize(
     "field",
     [
@@ -130,19 +148,7 @@ def test_a_request_line_that_would_bend_http11_is_refused_on_its_stream(
     conn.send_headers(1, head, end_stream=True)
     sound = [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"x")]
     conn.send_headers(3, [*sound, (b":path", b"/next")], end_stream=True)
-    sock.sendall(conn.data_to_send())
-    statuses: dict[int, bytes] = {}
-    try:
-        while len(statuses) < 2:
-            chunk = sock.recv(65536)
-            assert chunk, statuses
-            for event in conn.receive_data(chunk):
-                if type(event).__name__ == "ResponseReceived":
-                    statuses[event.stream_id] = dict(event.headers)[b":status"]
-            sock.sendall(conn.data_to_send())
-    finally:
-        sock.close()
-    assert statuses == {1: b"400", 3: b"200"}
+    assert statuses_of_two_streams(conn, sock) == {1: b"400", 3: b"200"}
     (request,) = upstream.wait_requests(1)
     assert request.target == b"/next"
 
@@ -183,19 +189,7 @@ def test_a_head_http11_cannot_carry_is_refused_on_its_stream(proxy, upstream, he
     if not end_stream:
         conn.send_data(1, b"hello", end_stream=True)
     conn.send_headers(3, _with({b":path": b"/next"}), end_stream=True)
-    sock.sendall(conn.data_to_send())
-    statuses: dict[int, bytes] = {}
-    try:
-        while len(statuses) < 2:
-            chunk = sock.recv(65536)
-            assert chunk, statuses
-            for event in conn.receive_data(chunk):
-                if type(event).__name__ == "ResponseReceived":
-                    statuses[event.stream_id] = dict(event.headers)[b":status"]
-            sock.sendall(conn.data_to_send())
-    finally:
-        sock.close()
-    assert statuses == {1: b"400", 3: b"200"}
+    assert statuses_of_two_streams(conn, sock) == {1: b"400", 3: b"200"}
     (request,) = upstream.wait_requests(1)
     assert request.target == b"/next"
 
