@@ -47,3 +47,26 @@ def test_a_filter_raising_on_the_last_chunk_ends_the_request(proxy, upstream):
         upstream.handler = lambda conn, request: conn.send(b"HTTP/1.1 204 No Content\r\n\r\n")
         client.send(GET)
         assert client.read_response().status == 204
+
+
+@pytest.mark.parametrize(
+    ("method", "answer"),
+    [
+        (b"GET", b"HTTP/1.1 204 No Content\r\n\r\n"),
+        (b"GET", b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n"),
+        (b"HEAD", b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"),
+        (b"GET", b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"),
+    ],
+)
+def test_a_filter_raising_on_a_response_that_came_whole_is_a_500(proxy, upstream, method, answer):
+    """The response (a body-less one too) is all there before its head goes out: the filter's
+    error is answered with the 500 that the log reports, and the connection stays usable."""
+    upstream.handler = lambda conn, request: conn.send(answer)
+    mark = len(proxy.lines)
+    with Client(proxy.address) as client:
+        client.send(method + b" / HTTP/1.1\r\nHost: x\r\nX-Raise: 1\r\n\r\n")
+        assert client.read_response(method).status == 500
+        proxy.wait_for("the filter's bug", start=mark)
+        upstream.handler = lambda conn, request: conn.send(b"HTTP/1.1 204 No Content\r\n\r\n")
+        client.send(GET)
+        assert client.read_response().status == 204

@@ -112,6 +112,27 @@ def test_a_plugins_option_without_the_plugin_names_it() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["--lisen", "127.0.0.1:0"], "No such option '--lisen'. Did you mean '--listen'?"),
+        (["--plugin", "healthcheck", "--health-chek"], "Did you mean '--health-check'?"),
+        (
+            ["--health-chek"],
+            "Did you mean '--health-check' of plugin healthcheck (add --plugin healthcheck)?",
+        ),
+        (["--zzzzzz"], "No such option '--zzzzzz' (see"),
+    ],
+)
+def test_a_misspelt_option_gets_the_closest_one(args: list[str], said: str) -> None:
+    """As click does for commands: the closest option of ``lbx serve``, its enabled plugins'
+    or (naming the plugin to add) an installed plugin's."""
+    result = run("serve", "--plugin", "roundrobin", "--upstream", "127.0.0.1:9", *args)
+    assert result.returncode == 2
+    line = one_error_line(result)
+    assert said in line and line.endswith("(see lbx serve -h)"), line
+
+
 def test_plugins_piped_keeps_each_plugin_on_one_line() -> None:
     """Into a pipe without ``COLUMNS`` (``lbx plugins | grep``) no row wraps at 80 columns."""
     result = run("plugins", env={"COLUMNS": ""})
@@ -443,7 +464,8 @@ def test_reload_validates_with_the_plugins_the_command_line_named(tmp_path: Path
     named = run("reload", "-c", str(conf), "--plugin", str(PLUGINS / "section_plugin.py"))
     assert named.returncode == 1
     assert one_error_line(named) == f"lbx: error: cannot signal the lbx of {pid_file}: " + (
-        "No such file or directory"
+        "no such file (an lbx writes its pid_file with -d; one in the foreground reloads on "
+        "kill -HUP PID)"
     )
 
 

@@ -243,10 +243,14 @@ def test_http10_request_goes_upstream_as_11(proxy, upstream):
 # -- methods, pipelining, Expect, Upgrade -------------------------------------------------------
 
 
-def test_connect_is_405(proxy, upstream):
-    rejected(
-        proxy, upstream, b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n", 405
-    )
+@pytest.mark.parametrize(
+    "request_line",
+    [b"CONNECT example.com:443 HTTP/1.1", b"TRACE / HTTP/1.1", b"TRACE http://x/ HTTP/1.1"],
+)
+def test_connect_and_trace_are_405(proxy, upstream, request_line):
+    """As nginx: CONNECT is not a proxy's to tunnel here, and TRACE would echo the request's
+    credentials back (cross-site tracing)."""
+    rejected(proxy, upstream, request_line + b"\r\nHost: x\r\nCookie: secret=1\r\n\r\n", 405)
 
 
 def test_pipelined_requests_answered_in_order(proxy, upstream):

@@ -596,6 +596,16 @@ CLI_STEPS = [
         "$ lbx serve --plugin roundrobin --upstream 127.0.0.1:8001 --health-check tcp",
         transcript(code=2),
     ),
+    custom(
+        "",
+        "$ lbx serve --plugin roundrobin --lisen 127.0.0.1:6188 --upstream 127.0.0.1:8001",
+        transcript(code=2),
+    ),
+    custom(
+        "",
+        "$ lbx serve --plugin roundrobin --upstream 127.0.0.1:8001 --health-chek tcp",
+        transcript(code=2),
+    ),
     sh("lbx serve --plugin roundrobin --plugin healthcheck", after=answered(2)),
     custom(
         "",
@@ -1007,7 +1017,7 @@ def validator(page: Page, block: Block) -> None:
     )
     page.r.command("lbx serve -c validated.yaml -t")
     page.r.command("lbx serve -c validated.yaml")
-    wait_log(page, rf"service web: {not_ready.address} becomes unhealthy, .*\(at start-up\)")
+    wait_log(page, rf"service web: {not_ready.address} becomes unhealthy, .*\(first check\)")
     replies = [get(page, "127.0.0.1:6188") for _ in range(3)]
     assert [(r.status, r.body) for r in replies] == [(200, b"ok")] * 3
 

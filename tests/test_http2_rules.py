@@ -14,7 +14,7 @@ from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 from tests.h2_helpers import H2Client, frames_until_close, goaway_code, raw_connection
-from tests.http_helpers import lbx_in_front, respond_with, write_conf
+from tests.http_helpers import Client, lbx_in_front, respond_with, write_conf
 
 
 @pytest.fixture(scope="module")
@@ -233,21 +233,27 @@ def test_a_body_that_trailers_end_short_of_its_content_length_is_refused(proxy, 
             assert conn.closed_by_peer.wait(5)  # closed by lbx, never pooled
 
 
-def test_connect_is_refused(proxy, upstream):
+@pytest.mark.parametrize(
+    "head",
+    [
+        [(b":method", b"CONNECT"), (b":authority", b"x:443")],
+        _with({b":method": b"TRACE"}, (b"cookie", b"secret=1")),
+    ],
+)
+def test_connect_and_trace_are_405_on_their_stream(proxy, upstream, head):
+    """As on HTTP/1.1 (nginx too); the connection's next stream is served."""
     conn, sock = unchecked_client(proxy.address)
-    conn.send_headers(1, [(b":method", b"CONNECT"), (b":authority", b"x:443")], end_stream=True)
-    sock.sendall(conn.data_to_send())
-    data = b""
-    while b"405" not in data:
-        chunk = sock.recv(65536)
-        assert chunk, data
-        data += chunk
-        for event in conn.receive_data(chunk):
-            if type(event).__name__ == "ResponseReceived":
-                assert dict(event.headers)[b":status"] == b"405"
-                sock.close()
-                return
-    sock.close()
+    conn.send_headers(1, head, end_stream=True)
+    conn.send_headers(3, H2_REQUEST, end_stream=True)
+    assert statuses_of_two_streams(conn, sock) == {1: b"405", 3: b"200"}
+    assert [request.method for request in upstream.wait_requests(1)] == [b"GET"]
+
+
+def test_trace_is_405_over_http11_too(proxy, upstream):
+    with Client(proxy.address) as client:
+        client.send(b"TRACE / HTTP/1.1\r\nHost: x\r\nCookie: secret=1\r\n\r\n")
+        assert client.read_response().status == 405
+    assert upstream.raw == b""
 
 
 def test_response_trailers_of_a_chunked_upstream_reach_the_client(proxy, upstream):

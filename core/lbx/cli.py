@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import os
@@ -170,21 +171,36 @@ def _plugin_options(ctx: click.Context, pm: Any) -> dict[str, Any]:
         with command.make_context("lbx serve", list(ctx.args)) as sub:
             return dict(sub.params)
     except click.NoSuchOption as exc:
-        owner = _plugin_offering(exc.option_name)
-        if owner is None:
-            raise ConfigError(_usage_line(exc.format_message(), "lbx serve")) from None
-        raise ConfigError(  # the usual slip: the option of a plugin left out
-            f"{exc.option_name} is an option of plugin {owner}, which is not enabled: "
-            f"add --plugin {owner}"
-        ) from None
+        raise ConfigError(_unknown_option(exc.option_name, ctx, options)) from None
     except click.UsageError as exc:
         raise ConfigError(_usage_line(exc.format_message(), "lbx serve")) from None
 
 
-def _plugin_offering(option: str) -> str | None:
-    """The installed plugin that adds ``option`` to ``lbx serve``, when one does."""
+def _unknown_option(name: str, ctx: click.Context, enabled: list[click.Option]) -> str:
+    """What to say about an option ``lbx serve`` does not know: which plugin adds it when one
+    installed does (the usual slip: the plugin left out), else the closest known option."""
+    offered = _options_of_installed_plugins()
+    owner = offered.get(name)
+    if owner is not None:
+        return f"{name} is an option of plugin {owner}, which is not enabled: add --plugin {owner}"
+    known = [opt for param in (*ctx.command.params, *enabled) for opt in param.opts]
+    # Compared without the dashes, which every option shares: --bogus is not like --host.
+    names = {opt.lstrip("-"): opt for opt in [*offered, *known]}
+    close = [names[n] for n in difflib.get_close_matches(name.lstrip("-"), list(names), n=1)]
+    if close and close[0] not in known:
+        owner = offered[close[0]]
+        return (
+            f"No such option {name!r}. Did you mean {close[0]!r} of plugin {owner} "
+            f"(add --plugin {owner})? (see lbx serve -h)"
+        )
+    return _usage_line(click.NoSuchOption(name, possibilities=close).format_message(), "lbx serve")
+
+
+def _options_of_installed_plugins() -> dict[str, str]:
+    """The options installed plugins add to ``lbx serve``, each with the plugin that adds it."""
     from lbx.plugins import LbxPluginManager, _load_entry_point, installed_entry_points
 
+    offered: dict[str, str] = {}
     for name, entry_point in installed_entry_points().items():
         pm = LbxPluginManager()
         try:
@@ -192,9 +208,10 @@ def _plugin_offering(option: str) -> str | None:
             batches = pm.hook.add_cli_options()
         except Exception:  # a broken plugin offers nothing here; enabling it says what is wrong
             continue
-        if any(option in added.opts for batch in batches for added in batch):
-            return name
-    return None
+        for batch in batches:
+            for added in batch:
+                offered.update((opt, name) for opt in added.opts)
+    return offered
 
 
 PIPED_WIDTH = 1000
@@ -284,6 +301,12 @@ def reload(conf: str | None, pid_file: str | None, plugins: tuple[str, ...]) -> 
             _fail(f"cannot signal the lbx of {pid_file}: it holds {text[:40]!r}, not a pid", 1)
         pid = int(text)
         os.kill(pid, signal.SIGHUP)
+    except FileNotFoundError:
+        _fail(  # the usual case: an lbx in the foreground, which writes no pid file
+            f"cannot signal the lbx of {pid_file}: no such file (an lbx writes its pid_file "
+            "with -d; one in the foreground reloads on kill -HUP PID)",
+            1,
+        )
     except OSError as exc:
         _fail(f"cannot signal the lbx of {pid_file}: {exc.strerror or exc}", 1)
     click.echo(f"lbx: reload requested (SIGHUP to pid {pid}); its log says what it applied")

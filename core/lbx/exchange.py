@@ -472,6 +472,8 @@ class Exchange:
         whole: bytes | None = None
         if body_kind is BodyKind.NONE:
             mode = BodyKind.NONE
+            if hooks.response_body_filter is not None and self.response_complete:
+                whole = self._filter_whole_body()  # its end, while an error can still be a 500
         elif hooks.response_body_filter is None:
             mode = (
                 BodyKind.CONTENT_LENGTH
@@ -501,7 +503,7 @@ class Exchange:
         parts: list[bytes] = []
         self._streaming_response = True
         if whole is not None:
-            if whole:
+            if whole and mode is not BodyKind.NONE:  # (a 204's filter may return bytes)
                 self.session.body_bytes_sent += len(whole)
                 parts.append(whole)
         else:
@@ -539,12 +541,9 @@ class Exchange:
         self._resp_pending_size = 0
         if not pending:
             return hook.chain(self.session, b"", True, self.session.ctx)
-        last = len(pending) - 1
+        session, last = self.session, len(pending) - 1
         return b"".join(
-            [
-                hook.chain(self.session, chunk, index == last, self.session.ctx)
-                for index, chunk in enumerate(pending)
-            ]
+            [hook.chain(session, chunk, i == last, session.ctx) for i, chunk in enumerate(pending)]
         )
 
     # -- upgraded connections (WebSocket...): bytes both ways until either side closes ----------

@@ -415,8 +415,10 @@ def check_head(
     url = target
     if not line_is_http:
         raise RequestRefused(400, NOT_HTTP)
-    if method == "CONNECT":
-        raise RequestRefused(405, "CONNECT is not proxied")
+    if method == "CONNECT" or method == "TRACE":
+        # TRACE echoes the request, cookies and all, to a page's script (cross-site tracing):
+        # nginx answers 405 as well, with no switch to allow it.
+        raise RequestRefused(405, f"{method} is not proxied")
     if version != "1.1" and version != "1.0":
         raise RequestRefused(505, f"HTTP/{version} is not supported")
     if te is not None and version == "1.0":

@@ -335,7 +335,7 @@ services:
 """,
     )
     proc = lbx("-c", config)
-    reason = "http check GET /healthz answered 500, expected 200 (at start-up)"
+    reason = "http check GET /healthz answered 500, expected 200 (first check)"
     assert logged(proc, f"service web: {sick.address} becomes unhealthy, {reason}")
     assert logged(proc, f"hook: web {sick.address} healthy=False reason={reason}")
     assert get(sick.address) == (200, "sick")  # its port is open and it answers other paths
@@ -380,7 +380,7 @@ services:
     assert logged(
         proc,
         f"{a.address} becomes unhealthy, http check GET / answered 200, validator "
-        "hc_validator:refuse_a: backend a is not wanted (at start-up)",
+        "hc_validator:refuse_a: backend a is not wanted (first check)",
     )
     assert not logged(proc, f"{b.address} becomes unhealthy")
     assert {get(proc.address) for _ in range(10)} == {(200, "b")}

@@ -48,7 +48,7 @@ def test_start_up_verdict_is_taken_as_is():
     health.observe_check(A, False, "tcp check failed: connection refused", initial=True)
     health.observe_check(B, True, "", initial=True)
     assert changes == [
-        ("127.0.0.1:8001", False, "tcp check failed: connection refused (at start-up)")
+        ("127.0.0.1:8001", False, "tcp check failed: connection refused (first check)")
     ]
     assert not health.backends.ready(A) and health.backends.ready(B)
 
@@ -168,7 +168,7 @@ def test_checker_bounds_each_check_with_the_timeout():
         return anyio.current_time() - started
 
     elapsed = anyio.run(main)
-    assert changes == [(B.addr, False, "tcp check timed out after 0.05s (at start-up)")]
+    assert changes == [(B.addr, False, "tcp check timed out after 0.05s (first check)")]
     assert elapsed < 1
 
 

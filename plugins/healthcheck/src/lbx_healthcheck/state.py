@@ -92,7 +92,7 @@ class ServiceHealth:
     ) -> None:
         """Record one active check result; ``initial``: a backend's first check (the start-up
         round, or one that joins later: ``when`` says which), taken as is."""
-        when = when or "at start-up"
+        when = when or "first check"
         state = self.state(backend)
         if initial:
             state.active_ok, state.active_counter = ok, 0
