@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from lbx import Headers, RequestHeader, http
+import pytest
+
+from lbx import Headers, RequestHeader, ResponseHeader, http
 
 
 def test_insert_replaces_a_single_value_in_place_and_several_at_the_end() -> None:
@@ -69,3 +71,85 @@ def test_encoded_strings_cache_stays_bounded() -> None:
     assert len(http._ENCODED) <= http._LOWERED_MAX_ENTRIES
     head.insert_header("X-Long", "v" * 100)
     assert "v" * 100 not in http._ENCODED
+
+
+def test_a_field_from_a_hook_must_keep_the_heads_shape() -> None:
+    """Names are tokens, values have no control byte but HTAB, framing fields are lbx's; what
+    passes is stored as latin-1 bytes, whatever the case of the name."""
+    head = RequestHeader("GET", "/", Headers())
+    head.insert_header("X-Ok", "a\tb ~\xe9")
+    head.append_header(b"x-ok", b"c")
+    assert head.headers.raw == [(b"X-Ok", b"a\tb ~\xe9"), (b"x-ok", b"c")]
+    for name, value in [
+        ("X-A", "1\r\nX-B: 2"),
+        ("X-A", "1\n"),
+        ("X-A", "\x00"),
+        ("X-A", "\x7f"),
+        ("X-A: 1\r\nX-B", "2"),
+        ("X A", "1"),
+        ("X-A:", "1"),
+        ("", "1"),
+        ("X-\xe9", "1"),
+        ("Content-Length", "5"),
+        ("TRANSFER-ENCODING", "chunked"),
+    ]:
+        for edit in (head.insert_header, head.append_header):
+            with pytest.raises(ValueError):
+                edit(name, value)
+    for framing in ("Content-Length", "transfer-encoding"):
+        with pytest.raises(ValueError):
+            head.remove_header(framing)
+    assert head.headers.raw == [(b"X-Ok", b"a\tb ~\xe9"), (b"x-ok", b"c")]
+
+
+def test_a_request_line_and_a_status_line_a_hook_sets_cannot_split() -> None:
+    request = RequestHeader("GET", "/")
+    request.method, request.uri = "PURGE", "/a?b=%20#c"
+    for attribute, value in [
+        ("method", "GET /x HTTP/1.1\r\n"),
+        ("method", "GE T"),
+        ("method", ""),
+        ("uri", "/a b"),
+        ("uri", "/a\r\nX: 1"),
+        ("uri", "/\xe9"),
+        ("uri", ""),
+    ]:
+        with pytest.raises(ValueError):
+            setattr(request, attribute, value)
+    assert (request.method, request.uri) == ("PURGE", "/a?b=%20#c")
+    response = ResponseHeader(200)
+    response.status, response.reason = 404, "Gone \xe9lsewhere"
+    response.reason = None
+    for attribute, value in [
+        ("reason", "OK\r\nSet-Cookie: a=1"),
+        ("reason", "\x00"),
+        ("status", 99),
+        ("status", 600),
+        ("status", 103),
+        ("status", 204),  # a response with a body would have it read as the next response
+        ("status", 304),
+    ]:
+        with pytest.raises(ValueError):
+            setattr(response, attribute, value)
+    assert (response.status, response.reason) == (404, None)
+    bodyless = ResponseHeader(304)
+    bodyless.status = 204
+    with pytest.raises(ValueError):
+        bodyless.status = 200  # its head announces no body for the client to read
+    with pytest.raises(ValueError):
+        ResponseHeader(101).status = 200  # the switch (and its tunnel) is decided
+
+
+def test_the_sound_fields_hooks_set_are_remembered_within_bounds() -> None:
+    """Names and short values found sound are kept so that the next request's same field costs
+    a lookup; many distinct ones (a request id per request) never grow the sets past their
+    bound, and a refused one is never kept."""
+    head = ResponseHeader(200)
+    for index in range(3 * http._LOWERED_MAX_ENTRIES):
+        head.insert_header(f"X-Name-{index}", f"value-{index}")
+    assert len(http._CHECKED_NAMES) <= http._LOWERED_MAX_ENTRIES
+    assert len(http._CHECKED_VALUES) <= http._LOWERED_MAX_ENTRIES
+    for _ in range(2):
+        with pytest.raises(ValueError):
+            head.insert_header("X-A", "1\r\n")
+    assert b"1\r\n" not in http._CHECKED_VALUES

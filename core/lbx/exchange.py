@@ -27,6 +27,7 @@ from lbx.http import (
     RequestHeader,
     ResponseHeader,
     encode_chunk,
+    field_from_hook,
 )
 from lbx.session import Session
 from lbx.upstream import BodyKind, UpstreamConnection
@@ -186,13 +187,11 @@ class Exchange:
         if self.response_started:
             raise RuntimeError("a response was already sent for this request")
         items = headers.items() if isinstance(headers, dict) else (headers or [])
-        head = ResponseHeader(
-            status, Headers([(k.encode("latin-1"), v.encode("latin-1")) for k, v in items])
-        )
-        head.headers.remove("content-length")
+        framed = ("content-length", "transfer-encoding")  # lbx frames the body: these go
+        kept = [field_from_hook(n, v) for n, v in items if n.lower() not in framed]
+        head = ResponseHeader(status, Headers(kept))
         framing: HeaderList = [(b"Content-Length", b"%d" % len(body))]
-        if not self.body_done:
-            # The rest of the request body is unread, so the connection cannot be reused.
+        if not self.body_done:  # the rest of the request body is unread: no reuse
             self.keep_alive = False
         if not self.keep_alive:
             framing.append((b"Connection", b"close"))
@@ -484,7 +483,7 @@ class Exchange:
             # The whole body is already here: filter it now and send its real length, instead
             # of re-framing a response whose filtered length nobody knows in advance.
             whole = self._filter_whole_body()
-            head.headers.remove("content-length")
+            head.headers.drop(b"content-length")
             framing.append((b"Content-Length", b"%d" % len(whole)))
             mode = BodyKind.CONTENT_LENGTH
         else:
@@ -494,7 +493,7 @@ class Exchange:
         if self.h2 and mode is not BodyKind.NONE:
             mode = self._resp_mode = BodyKind.FRAMES  # DATA frames; Content-Length stays if known
         if self.service.via:
-            head.headers.append(b"Via", b"1.1 lbx")
+            head.headers.raw.append((b"Via", b"1.1 lbx"))
         if not self.keep_alive:
             framing.append((b"Connection", b"close"))
         elif self.session.req_header.version == "1.0":
@@ -523,7 +522,7 @@ class Exchange:
     def _length_unknown(self, head: ResponseHeader, framing: HeaderList) -> BodyKind:
         """Frame a body whose length is not known yet: chunked, or to the close for HTTP/1.0
         (HTTP/2: DATA frames until END_STREAM)."""
-        head.headers.remove("content-length")
+        head.headers.drop(b"content-length")
         if self.h2:
             return BodyKind.FRAMES
         if self.session.req_header.version == "1.1":
@@ -554,7 +553,7 @@ class Exchange:
         self._streaming_response = True
         pending, self._resp_pending = self._resp_pending, []
         self._resp_pending_size = 0
-        head.headers.remove("connection")
+        head.headers.drop(b"connection")
         early = self._to_client(b"".join(pending), False)
         self.conn.send_head(head, [(b"Connection", b"upgrade")], [early] if early else [], False)
         self.session.body_bytes_sent += len(early)

@@ -468,7 +468,8 @@ def response_body_filter(
 
 @hookspec(firstresult=True)
 async def fail_to_proxy(session: Session, ctx: dict[str, Any], error: ProxyError) -> int | None:
-    """The request failed with ``error``; return the status code to answer (0: answer nothing).
+    """The request failed with ``error``; return the status code to answer (0: answer nothing;
+    one outside 200-599 is answered 500, and logged).
 
     Return None to keep the default: the status of an HTTP-status error, 502 for upstream
     errors (504 for timeouts), 400 for a bad request, 500 for internal errors. Nothing is sent

@@ -87,6 +87,45 @@ def _b(text: str | bytes) -> bytes:
     return encoded
 
 
+FIELD_NAME: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+"""A header field name: an RFC 9110 token."""
+
+_FIELD_VALUE_CONTROL: Final = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_REASON_CONTROL: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_METHOD: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_TARGET: Final = re.compile(r"[\x21-\x7e]+\Z")
+_FRAMING_FIELDS: Final = frozenset({b"content-length", b"transfer-encoding"})
+# Names (lower-cased) and short values hooks set before, found sound: most hooks set the same
+# few on every request, and a set lookup costs a tenth of the pattern's search.
+_CHECKED_NAMES: Final[set[bytes]] = set()
+_CHECKED_VALUES: Final[set[bytes]] = set()
+
+
+def field_from_hook(name: str | bytes, value: str | bytes) -> tuple[bytes, bytes]:
+    """A field a hook gives (``insert_header``, ``append_header``, ``respond``) as bytes, or
+    ``ValueError``: its bytes go into the head as they are, so a CR or LF in either (from a
+    decoded query parameter, say) would add fields or a whole message of the caller's choosing.
+    The name must be a token and the value free of control bytes (HTAB aside), as Pingora's
+    ``HeaderName`` and ``HeaderValue`` require. ``Content-Length`` and ``Transfer-Encoding``
+    are lbx's: it frames every body itself, and a second framing would split the message."""
+    field = (_b(name), _b(value))
+    key = lower_name(field[0])
+    if key not in _CHECKED_NAMES:
+        if FIELD_NAME.match(key) is None:
+            raise ValueError(f"invalid header field name {field[0]!r}")
+        if key in _FRAMING_FIELDS:
+            raise ValueError(f"{field[0].decode('latin-1')} is set by lbx, which frames bodies")
+        if len(_CHECKED_NAMES) < _LOWERED_MAX_ENTRIES:
+            _CHECKED_NAMES.add(key)
+    value = field[1]
+    if value not in _CHECKED_VALUES:
+        if _FIELD_VALUE_CONTROL.search(value) is not None:
+            raise ValueError(f"a control character in the value of {field[0].decode('latin-1')}")
+        if len(value) <= _LOWERED_MAX_NAME and len(_CHECKED_VALUES) < _LOWERED_MAX_ENTRIES:
+            _CHECKED_VALUES.add(value)
+    return field
+
+
 class Headers:
     """An ordered, case-insensitive multi-map of header fields."""
 
@@ -130,7 +169,7 @@ class Headers:
         A single existing value is replaced where it stands (the usual case: Host); with none
         or several, the field goes last.
         """
-        field = (_b(name), _b(value))
+        field = field_from_hook(name, value)
         key = lower_name(field[0])
         raw = self.raw
         found = 0
@@ -148,11 +187,17 @@ class Headers:
 
     def append(self, name: str | bytes, value: str | bytes) -> None:
         """Add a value to ``name``, keeping the existing ones."""
-        self.raw.append((_b(name), _b(value)))
+        self.raw.append(field_from_hook(name, value))
 
     def remove(self, name: str | bytes) -> None:
-        """Remove every value of ``name``."""
+        """Remove every value of ``name`` (not a framing field: lbx frames the body)."""
         key = lower_name(_b(name))
+        if key in _FRAMING_FIELDS:
+            raise ValueError(f"{_b(name).decode('latin-1')} is set by lbx, which frames bodies")
+        self.drop(key)
+
+    def drop(self, key: bytes) -> None:
+        """Remove every field named ``key`` (lower-case), framing fields too: the kernel's."""
         raw = self.raw
         index = len(raw)
         while index:  # backwards: deleting does not move the fields still to check
@@ -183,16 +228,38 @@ class _HeaderEdits:
 class RequestHeader(_HeaderEdits):
     """A request head: method, target, version and headers. Pingora's ``RequestHeader``."""
 
-    __slots__ = ("_normalized", "headers", "method", "uri", "version")
+    __slots__ = ("_method", "_normalized", "_uri", "headers", "version")
 
     def __init__(
         self, method: str, uri: str, headers: Headers | None = None, version: str = "1.1"
     ) -> None:
-        self.method = method
-        self.uri = uri
+        self._method = method
+        self._uri = uri
         self.version = version
         self.headers = headers if headers is not None else Headers()
         self._normalized: tuple[str, str] | None = None
+
+    # What a hook sets goes into the request line as it is: a space, CR or LF would add a
+    # second line (a field, or a whole request) of the caller's choosing. ValueError instead.
+    @property
+    def method(self) -> str:
+        return self._method
+
+    @method.setter
+    def method(self, method: str) -> None:
+        if _METHOD.match(method) is None:
+            raise ValueError(f"invalid method {method!r}: a token")
+        self._method = method
+
+    @property
+    def uri(self) -> str:
+        return self._uri
+
+    @uri.setter
+    def uri(self, uri: str) -> None:
+        if _TARGET.match(uri) is None:
+            raise ValueError(f"invalid request target {uri!r}: visible ASCII, no spaces")
+        self._uri = uri
 
     @property
     def path(self) -> str:
@@ -222,15 +289,44 @@ class RequestHeader(_HeaderEdits):
 class ResponseHeader(_HeaderEdits):
     """A response head: status, reason and headers. Pingora's ``ResponseHeader``."""
 
-    __slots__ = ("headers", "reason", "status", "version")
+    __slots__ = ("_reason", "_status", "headers", "version")
 
     def __init__(
         self, status: int, headers: Headers | None = None, reason: str | None = None
     ) -> None:
-        self.status = status
-        self.reason = reason
+        self._status = status
+        self._reason = reason
         self.version = "1.1"
         self.headers = headers if headers is not None else Headers()
+
+    @property
+    def status(self) -> int:
+        return self._status
+
+    @status.setter
+    def status(self, status: int) -> None:
+        """A hook's status keeps the response's framing: whether it has a body (204 and 304
+        have none, and a client reads the body of a 200 that became a 304 as the next
+        response) and whether it is final (a 1xx, a 101 that opens a tunnel)."""
+        old = self._status
+        if not 200 <= status <= 599 or old < 200:
+            raise ValueError(f"status {old} cannot become {status}: a final one, 200-599")
+        if (status == 204 or status == 304) != (old == 204 or old == 304):
+            raise ValueError(
+                f"status {old} cannot become {status}: it changes whether the response has a "
+                "body (answer with session.respond instead)"
+            )
+        self._status = status
+
+    @property
+    def reason(self) -> str | None:
+        return self._reason
+
+    @reason.setter
+    def reason(self, reason: str | None) -> None:
+        if reason is not None and _REASON_CONTROL.search(reason) is not None:
+            raise ValueError(f"a control character in the reason phrase {reason!r}")
+        self._reason = reason
 
     def __repr__(self) -> str:
         return f"ResponseHeader({self.status}, {len(self.headers)} fields)"

@@ -525,21 +525,24 @@ class ProxyService:
         peer: Peer,
     ) -> None:
         hooks = self.hooks
-        if hooks.connected_to_upstream is not None:
-            done = hooks.connected_to_upstream.run(session, reused, peer, ctx)
-            if suspends(done):
-                await done
         request = session.req_header
-        if self.upstream_host is not None or hooks.upstream_request_filter is not None:
-            request = RequestHeader(
-                request.method, request.uri, Headers(list(request.headers.raw)), request.version
-            )
-            if self.upstream_host is not None:
-                request.headers.insert(b"Host", self.upstream_host)
-            if hooks.upstream_request_filter is not None:
-                done = hooks.upstream_request_filter.run(session, request, ctx)
+        try:  # until the head is sent, the connection is clean: a failure gives it back
+            if hooks.connected_to_upstream is not None:
+                done = hooks.connected_to_upstream.run(session, reused, peer, ctx)
                 if suspends(done):
                     await done
+            if self.upstream_host is not None or hooks.upstream_request_filter is not None:
+                raw = list(request.headers.raw)
+                request = RequestHeader(request.method, request.uri, Headers(raw), request.version)
+                if self.upstream_host is not None:
+                    request.headers.insert(b"Host", self.upstream_host)
+                if hooks.upstream_request_filter is not None:
+                    done = hooks.upstream_request_filter.run(session, request, ctx)
+                    if suspends(done):
+                        await done
+        except BaseException:
+            self._give_back(conn)
+            raise
         client = exchange.conn
         if client.lost:
             self._give_back(conn)
@@ -606,6 +609,9 @@ class ProxyService:
                 log.exception("fail_to_proxy hook failed, %s", session.request_summary())
         if status is None:
             status = error.default_status()
+        if status and not 200 <= status <= 599:  # (a hook's, or a ProxyError.http_status)
+            log.error("status %r is not a final status (200-599): answered 500", status)
+            status = 500
         if status:
             # A client's mistake, or an answer a hook chose (a 403), is not lbx's error.
             chosen = error.etype is ErrorType.HTTP_STATUS and status < 500

@@ -110,8 +110,17 @@ class Session:
         headers: dict[str, str] | list[tuple[str, str]] | None = None,
     ) -> None:
         """Send a complete response from a hook (then return True from ``request_filter``)."""
-        await self._live().respond(status, body, headers)
+        await self._live().respond(final_status(status), body, headers)
 
     async def respond_error(self, status: int) -> None:
         """Send Pingora's error response: empty body, ``Cache-Control: private, no-store``."""
-        await self._live().respond_error(status)
+        await self._live().respond_error(final_status(status))
+
+
+def final_status(status: int) -> int:
+    """``status``, or ValueError when it is not a final one (200-599) that a hook may answer
+    with: a 1xx is no response (the client would wait for the one after it), and a status
+    line takes three digits."""
+    if not 200 <= status <= 599:
+        raise ValueError(f"status {status} is not a final status (200-599)")
+    return status
