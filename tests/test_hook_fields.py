@@ -25,12 +25,14 @@ def ask(how: str, method: bytes = b"GET") -> bytes:
     return method + b" / HTTP/1.1\r\nHost: x\r\nX-Set: %s\r\n\r\n" % how.encode()
 
 
-@pytest.mark.parametrize("how", sorted(REQUEST_SIDE))
-def test_a_request_head_a_hook_would_bend_is_refused(proxy, upstream, how):
+@pytest.mark.parametrize(
+    ("how", "method"), [*((how, b"GET") for how in sorted(REQUEST_SIDE)), ("method-head", b"HEAD")]
+)
+def test_a_request_head_a_hook_would_bend_is_refused(proxy, upstream, how, method):
     mark = len(proxy.lines)
     with Client(proxy.address) as client:
-        client.send(ask(how))
-        assert client.read_response().status == 500
+        client.send(ask(how, method))
+        assert client.read_response(method).status == 500
         proxy.wait_for("ValueError", start=mark)
         client.send(b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n")
         assert client.read_response().status == 200

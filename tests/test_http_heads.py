@@ -113,10 +113,16 @@ def test_a_request_line_and_a_status_line_a_hook_sets_cannot_split() -> None:
         ("uri", "/a\r\nX: 1"),
         ("uri", "/\xe9"),
         ("uri", ""),
+        ("method", "HEAD"),  # its response has no body: the client's framing would be off
+        ("method", "CONNECT"),
     ]:
         with pytest.raises(ValueError):
             setattr(request, attribute, value)
     assert (request.method, request.uri) == ("PURGE", "/a?b=%20#c")
+    head = RequestHeader("HEAD", "/")
+    head.method = "HEAD"  # (unchanged)
+    with pytest.raises(ValueError):
+        head.method = "GET"
     response = ResponseHeader(200)
     response.status, response.reason = 404, "Gone \xe9lsewhere"
     response.reason = None

@@ -94,6 +94,7 @@ _FIELD_VALUE_CONTROL: Final = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _REASON_CONTROL: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _METHOD: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _TARGET: Final = re.compile(r"[\x21-\x7e]+\Z")
+_FRAMING_METHODS: Final = ("HEAD", "CONNECT")  # methods whose response framing differs
 _FRAMING_FIELDS: Final = frozenset({b"content-length", b"transfer-encoding"})
 # Names (lower-cased) and short values hooks set before, found sound: most hooks set the same
 # few on every request, and a set lookup costs a tenth of the pattern's search.
@@ -249,6 +250,12 @@ class RequestHeader(_HeaderEdits):
     def method(self, method: str) -> None:
         if _METHOD.match(method) is None:
             raise ValueError(f"invalid method {method!r}: a token")
+        old = self._method
+        if method != old and (method in _FRAMING_METHODS or old in _FRAMING_METHODS):
+            # A HEAD's response has no body whatever its head says: a GET made a HEAD would
+            # leave the client reading the next response as this one's body, and the reverse
+            # hand it a body it does not expect. A CONNECT's is a tunnel.
+            raise ValueError(f"a {old} request cannot become a {method}")
         self._method = method
 
     @property

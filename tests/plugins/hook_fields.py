@@ -16,6 +16,8 @@ REQUEST_SIDE = {
     "uri-crlf": lambda head: setattr(head, "uri", "/a HTTP/1.1\r\nX-Z: 1"),
     "uri-space": lambda head: setattr(head, "uri", "/a b"),
     "method-crlf": lambda head: setattr(head, "method", "GET /x HTTP/1.1\r\n\r\nGET"),
+    "method-head": lambda head: setattr(head, "method", "HEAD"),  # for a GET: and from a HEAD
+    "method-connect": lambda head: setattr(head, "method", "CONNECT"),
 }
 
 RESPONSE_SIDE = {
@@ -55,7 +57,9 @@ async def request_filter(session):
 @hookimpl
 def upstream_request_filter(session, upstream_request):
     how = session.req_header.headers.get("x-set")
-    if how == "fine":
+    if how == "method-head" and upstream_request.method == "HEAD":
+        upstream_request.method = "GET"
+    elif how == "fine":
         fine(upstream_request)
         upstream_request.uri = "/fine?q=1"
         upstream_request.method = "PUT"
