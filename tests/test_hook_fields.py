@@ -89,6 +89,35 @@ def test_a_status_that_is_not_final_is_never_sent(proxy, upstream, how, logged):
     proxy.wait_for(logged, start=mark)
 
 
+@pytest.mark.parametrize("how", ["replace-head", "replace-version"])
+def test_a_request_head_replaced_whole_gets_the_same_checks(proxy, upstream, how):
+    """``session.req_header = RequestHeader(...)``: checked as if each part had been set."""
+    mark = len(proxy.lines)
+    with Client(proxy.address) as client:
+        client.send(ask(how))
+        assert client.read_response().status == 500
+    proxy.wait_for("ValueError", start=mark)
+    assert upstream.raw == b""
+
+
+def test_a_sound_replacement_head_goes_upstream(proxy, upstream):
+    with Client(proxy.address) as client:
+        client.send(ask("replace-fine"))
+        assert client.read_response().status == 200
+    (request,) = upstream.wait_requests(1)
+    assert (request.target, request.get("X-Replaced")) == (b"/replaced", b"yes")
+
+
+def test_respond_sends_no_length_with_a_204(proxy, upstream):
+    """RFC 9110 8.6: no Content-Length in a 204 (nor a body, whatever the hook passed)."""
+    with Client(proxy.address) as client:
+        client.send(ask("respond-204"))
+        response = client.read_response()
+        assert (response.status, response.get("Content-Length")) == (204, None)
+        client.send(b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert client.read_response().status == 200
+
+
 def test_sound_values_pass(proxy, upstream):
     """Tokens, visible values (HTAB inside), a new target, method, status and reason."""
     with Client(proxy.address) as client:
@@ -99,6 +128,7 @@ def test_sound_values_pass(proxy, upstream):
     head = data.split(b"\r\n\r\n")[0].split(b"\r\n")
     assert head[0] == b"HTTP/1.1 201 Made"
     assert [line for line in head if line.startswith(b"X-Fine")] == [b"X-Fine: a\tb", b"X-Fine: c"]
+    assert b"X-Built: 1" in head and data.endswith(b"\r\n\r\nok")
     (request,) = upstream.wait_requests(1)
     assert (request.method, request.target) == (b"PUT", b"/fine?q=1")
     assert request.get_all("X-Fine") == [b"a\tb", b"c"]

@@ -144,6 +144,39 @@ def test_a_request_line_and_a_status_line_a_hook_sets_cannot_split() -> None:
         bodyless.status = 200  # its head announces no body for the client to read
     with pytest.raises(ValueError):
         ResponseHeader(101).status = 200  # the switch (and its tunnel) is decided
+    switch = ResponseHeader(101)
+    switch.status = 101  # (unchanged: a hook that sets what is there)
+    with pytest.raises(ValueError):
+        switch.reason = "Switching \u0100"  # the status line is latin-1
+
+
+def test_headers_a_hook_builds_whole_get_the_checks_of_edited_ones() -> None:
+    response = ResponseHeader(200, Headers([(b"Content-Length", b"5"), (b"X-A", b"1")]))
+    response.headers = Headers([(b"X-B", b"2"), (b"content-length", b"5")])  # same framing
+    assert response.headers.raw == [(b"X-B", b"2"), (b"content-length", b"5")]
+    for built in (
+        [(b"X-B", b"2")],  # its Content-Length gone
+        [(b"Content-Length", b"0")],
+        [(b"Content-Length", b"5"), (b"Transfer-Encoding", b"chunked")],
+        [(b"Content-Length", b"5"), (b"X-C", b"1\r\nX-D: 2")],
+        [(b"Content-Length", b"5"), (b"X C", b"1")],
+    ):
+        with pytest.raises(ValueError):
+            response.headers = Headers(built)
+    assert response.headers.raw == [(b"X-B", b"2"), (b"content-length", b"5")]
+    request = RequestHeader("GET", "/", Headers([(b"Host", b"x")]))
+    replaced = http.replacement_head(
+        request, RequestHeader("PUT", "/b", Headers([(b"Host", b"y")]))
+    )
+    assert (replaced.method, replaced.uri, replaced.headers.raw) == ("PUT", "/b", [(b"Host", b"y")])
+    for head in (
+        RequestHeader("HEAD", "/"),
+        RequestHeader("GET", "/ HTTP/1.1\r\n"),
+        RequestHeader("GET", "/", Headers([(b"Content-Length", b"5")])),
+        RequestHeader("GET", "/", version="1.0"),
+    ):
+        with pytest.raises(ValueError):
+            http.replacement_head(request, head)
 
 
 def test_the_sound_fields_hooks_set_are_remembered_within_bounds() -> None:

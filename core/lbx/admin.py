@@ -327,6 +327,9 @@ async def _exchange(
     body = await reader.readexactly(length) if length else b""
     try:
         status, content_type, payload = await handler(method, target.split("?", 1)[0], body)
+        if not (200 <= status <= 599 and content_type.isascii() and content_type.isprintable()):
+            # Both go into the head as they are: a CR or LF would add fields of its choosing.
+            raise ValueError(f"answer with status {status!r}, content type {content_type!r}")
     except Exception:
         log.exception("admin endpoint failed on %s %s", method, target)
         status, content_type, payload = 500, "text/plain", b"internal error\n"

@@ -190,13 +190,14 @@ class Exchange:
         framed = ("content-length", "transfer-encoding")  # lbx frames the body: these go
         kept = [field_from_hook(n, v) for n, v in items if n.lower() not in framed]
         head = ResponseHeader(status, Headers(kept))
-        framing: HeaderList = [(b"Content-Length", b"%d" % len(body))]
+        bodyless = status == 204 or status == 304  # (no Content-Length for them: RFC 9110 8.6)
+        framing: HeaderList = [] if bodyless else [(b"Content-Length", b"%d" % len(body))]
         if not self.body_done:  # the rest of the request body is unread: no reuse
             self.keep_alive = False
         if not self.keep_alive:
             framing.append((b"Connection", b"close"))
         self._mark_started(status)
-        no_body = self.session.req_header.method == "HEAD" or status in (204, 304) or not body
+        no_body = self.session.req_header.method == "HEAD" or bodyless or not body
         self.conn.send_head(head, framing, [] if no_body else [body], True)
         self.session.body_bytes_sent += 0 if no_body else len(body)
         self.response_complete = True
@@ -483,7 +484,7 @@ class Exchange:
             # The whole body is already here: filter it now and send its real length, instead
             # of re-framing a response whose filtered length nobody knows in advance.
             whole = self._filter_whole_body()
-            head.headers.drop(b"content-length")
+            head.headers._drop(b"content-length")
             framing.append((b"Content-Length", b"%d" % len(whole)))
             mode = BodyKind.CONTENT_LENGTH
         else:
@@ -522,7 +523,7 @@ class Exchange:
     def _length_unknown(self, head: ResponseHeader, framing: HeaderList) -> BodyKind:
         """Frame a body whose length is not known yet: chunked, or to the close for HTTP/1.0
         (HTTP/2: DATA frames until END_STREAM)."""
-        head.headers.drop(b"content-length")
+        head.headers._drop(b"content-length")
         if self.h2:
             return BodyKind.FRAMES
         if self.session.req_header.version == "1.1":
@@ -553,7 +554,7 @@ class Exchange:
         self._streaming_response = True
         pending, self._resp_pending = self._resp_pending, []
         self._resp_pending_size = 0
-        head.headers.drop(b"connection")
+        head.headers._drop(b"connection")
         early = self._to_client(b"".join(pending), False)
         self.conn.send_head(head, [(b"Connection", b"upgrade")], [early] if early else [], False)
         self.session.body_bytes_sent += len(early)

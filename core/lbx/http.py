@@ -96,6 +96,24 @@ _METHOD: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _TARGET: Final = re.compile(r"[\x21-\x7e]+\Z")
 _FRAMING_METHODS: Final = ("HEAD", "CONNECT")  # methods whose response framing differs
 _FRAMING_FIELDS: Final = frozenset({b"content-length", b"transfer-encoding"})
+_FRAMING_IS_LBXS: Final = (
+    "Content-Length and Transfer-Encoding are set by lbx, which frames every body itself (and "
+    "re-frames one a response_body_filter may change): a hook neither sets nor removes them"
+)
+
+
+def _framing_of(raw: HeaderList) -> HeaderList:
+    return [(lower_name(n), v) for n, v in raw if lower_name(n) in _FRAMING_FIELDS]
+
+
+def _is_latin1(text: str) -> bool:
+    try:
+        text.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 # Names (lower-cased) and short values hooks set before, found sound: most hooks set the same
 # few on every request, and a set lookup costs a tenth of the pattern's search.
 _CHECKED_NAMES: Final[set[bytes]] = set()
@@ -115,7 +133,7 @@ def field_from_hook(name: str | bytes, value: str | bytes) -> tuple[bytes, bytes
         if FIELD_NAME.match(key) is None:
             raise ValueError(f"invalid header field name {field[0]!r}")
         if key in _FRAMING_FIELDS:
-            raise ValueError(f"{field[0].decode('latin-1')} is set by lbx, which frames bodies")
+            raise ValueError(_FRAMING_IS_LBXS)
         if len(_CHECKED_NAMES) < _LOWERED_MAX_ENTRIES:
             _CHECKED_NAMES.add(key)
     value = field[1]
@@ -194,10 +212,10 @@ class Headers:
         """Remove every value of ``name`` (not a framing field: lbx frames the body)."""
         key = lower_name(_b(name))
         if key in _FRAMING_FIELDS:
-            raise ValueError(f"{_b(name).decode('latin-1')} is set by lbx, which frames bodies")
-        self.drop(key)
+            raise ValueError(_FRAMING_IS_LBXS)
+        self._drop(key)
 
-    def drop(self, key: bytes) -> None:
+    def _drop(self, key: bytes) -> None:
         """Remove every field named ``key`` (lower-case), framing fields too: the kernel's."""
         raw = self.raw
         index = len(raw)
@@ -210,8 +228,30 @@ class Headers:
 class _HeaderEdits:
     """Pingora's header-editing methods, shared by request and response heads."""
 
-    __slots__ = ()
-    headers: Headers
+    __slots__ = ("_headers",)
+
+    def __init__(self, headers: Headers | None) -> None:
+        self._headers = headers if headers is not None else Headers()
+
+    @property
+    def headers(self) -> Headers:
+        return self._headers
+
+    @headers.setter
+    def headers(self, headers: Headers) -> None:
+        # Fields a hook builds go on the wire as the ones it inserts do: checked alike, and the
+        # framing fields stay lbx's (a Content-Length of 0 would end the body for the client).
+        if not isinstance(headers, Headers):
+            raise TypeError(f"headers must be lbx.Headers, not {type(headers).__name__}")
+        raw = [(_b(name), _b(value)) for name, value in headers.raw]
+        if _framing_of(raw) != _framing_of(self._headers.raw):
+            raise ValueError(_FRAMING_IS_LBXS)
+        self._headers = Headers(
+            [
+                field if lower_name(field[0]) in _FRAMING_FIELDS else field_from_hook(*field)
+                for field in raw
+            ]
+        )
 
     def insert_header(self, name: str | bytes, value: str | bytes) -> None:
         """Set ``name`` to ``value``, replacing existing values (Pingora's ``insert_header``)."""
@@ -229,15 +269,15 @@ class _HeaderEdits:
 class RequestHeader(_HeaderEdits):
     """A request head: method, target, version and headers. Pingora's ``RequestHeader``."""
 
-    __slots__ = ("_method", "_normalized", "_uri", "headers", "version")
+    __slots__ = ("_method", "_normalized", "_uri", "_version")
 
     def __init__(
         self, method: str, uri: str, headers: Headers | None = None, version: str = "1.1"
     ) -> None:
+        super().__init__(headers)
         self._method = method
         self._uri = uri
-        self.version = version
-        self.headers = headers if headers is not None else Headers()
+        self._version = version
         self._normalized: tuple[str, str] | None = None
 
     # What a hook sets goes into the request line as it is: a space, CR or LF would add a
@@ -257,6 +297,15 @@ class RequestHeader(_HeaderEdits):
             # hand it a body it does not expect. A CONNECT's is a tunnel.
             raise ValueError(f"a {old} request cannot become a {method}")
         self._method = method
+
+    @property
+    def version(self) -> str:
+        return self._version
+
+    @version.setter
+    def version(self, version: str) -> None:
+        if version != self._version:  # the client's framing follows the version it spoke
+            raise ValueError(f"the version is the one the client spoke ({self._version})")
 
     @property
     def uri(self) -> str:
@@ -293,18 +342,30 @@ class RequestHeader(_HeaderEdits):
         return f"RequestHeader({self.method} {self.uri} HTTP/{self.version}, {counted})"
 
 
+def replacement_head(old: RequestHeader, new: RequestHeader) -> RequestHeader:
+    """The head a hook puts in place of ``old`` (``session.req_header = ...``), checked as if
+    each of its parts had been set on ``old`` (ValueError otherwise): a head built whole gets
+    the checks of one edited."""
+    if not isinstance(new, RequestHeader):
+        raise TypeError(f"req_header must be lbx.RequestHeader, not {type(new).__name__}")
+    checked = RequestHeader(old.method, old.uri, old.headers, old.version)
+    checked.method, checked.uri, checked.version = new.method, new.uri, new.version
+    checked.headers = new.headers
+    return checked
+
+
 class ResponseHeader(_HeaderEdits):
     """A response head: status, reason and headers. Pingora's ``ResponseHeader``."""
 
-    __slots__ = ("_reason", "_status", "headers", "version")
+    __slots__ = ("_reason", "_status", "version")
 
     def __init__(
         self, status: int, headers: Headers | None = None, reason: str | None = None
     ) -> None:
+        super().__init__(headers)
         self._status = status
         self._reason = reason
         self.version = "1.1"
-        self.headers = headers if headers is not None else Headers()
 
     @property
     def status(self) -> int:
@@ -316,6 +377,8 @@ class ResponseHeader(_HeaderEdits):
         have none, and a client reads the body of a 200 that became a 304 as the next
         response) and whether it is final (a 1xx, a 101 that opens a tunnel)."""
         old = self._status
+        if status == old:
+            return
         if not 200 <= status <= 599 or old < 200:
             raise ValueError(f"status {old} cannot become {status}: a final one, 200-599")
         if (status == 204 or status == 304) != (old == 204 or old == 304):
@@ -331,8 +394,10 @@ class ResponseHeader(_HeaderEdits):
 
     @reason.setter
     def reason(self, reason: str | None) -> None:
-        if reason is not None and _REASON_CONTROL.search(reason) is not None:
-            raise ValueError(f"a control character in the reason phrase {reason!r}")
+        if reason is not None and (
+            _REASON_CONTROL.search(reason) is not None or not _is_latin1(reason)
+        ):
+            raise ValueError(f"a control character or a non-latin-1 one in the reason {reason!r}")
         self._reason = reason
 
     def __repr__(self) -> str:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any, Final
 
+from lbx.http import replacement_head
+
 if TYPE_CHECKING:
     from lbx.exchange import Exchange
     from lbx.http import RequestHeader, ResponseHeader
@@ -30,6 +32,7 @@ class Session:
 
     __slots__ = (
         "_exchange",
+        "_req_header",
         "body_bytes_read",
         "body_bytes_sent",
         "client_addr",
@@ -37,7 +40,6 @@ class Session:
         "ctx",
         "head_time",
         "peer",
-        "req_header",
         "response_status",
         "server_addr",
         "service",
@@ -53,7 +55,7 @@ class Session:
         """None once the request is over (``Exchange.finish``)."""
         conn = exchange.conn
         self.service: ProxyService = exchange.service
-        self.req_header = req_header
+        self._req_header = req_header
         self.client_addr: str = conn.client_addr
         self.client_ip: str = conn.client_ip
         self.server_addr: str = conn.server_addr
@@ -71,6 +73,14 @@ class Session:
         self.upgrade: str | None = None
         """The ``Upgrade`` value lbx passes on (``websocket``): the client's list reduced to the
         service's ``upgrades:``; None when the request does not switch protocols."""
+
+    @property
+    def req_header(self) -> RequestHeader:
+        return self._req_header
+
+    @req_header.setter
+    def req_header(self, head: RequestHeader) -> None:
+        self._req_header = replacement_head(self._req_header, head)
 
     def __repr__(self) -> str:
         return f"<Session {self.req_header.method} {self.req_header.uri} from {self.client_addr}>"

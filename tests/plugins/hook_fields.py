@@ -2,7 +2,7 @@
 request line and status line a plugin may set, each as an attacker would like it (CR and LF
 from a decoded query parameter, framing fields). ``X-Set: fine`` sets sound values."""
 
-from lbx import ProxyError, hookimpl
+from lbx import Headers, ProxyError, RequestHeader, hookimpl
 
 REQUEST_SIDE = {
     "value-crlf": lambda head: head.insert_header("X-A", "1\r\nContent-Length: 5"),
@@ -18,6 +18,12 @@ REQUEST_SIDE = {
     "method-crlf": lambda head: setattr(head, "method", "GET /x HTTP/1.1\r\n\r\nGET"),
     "method-head": lambda head: setattr(head, "method", "HEAD"),  # for a GET: and from a HEAD
     "method-connect": lambda head: setattr(head, "method", "CONNECT"),
+    "headers-built": lambda head: setattr(
+        head, "headers", Headers([(b"Host", b"x"), (b"X-A", b"1\r\nX-B: 2")])
+    ),
+    "headers-built-framing": lambda head: setattr(
+        head, "headers", Headers([(b"Host", b"x"), (b"Transfer-Encoding", b"chunked")])
+    ),
 }
 
 RESPONSE_SIDE = {
@@ -29,6 +35,11 @@ RESPONSE_SIDE = {
     "status-out-of-range": lambda head: setattr(head, "status", 1200),
     "status-informational": lambda head: setattr(head, "status", 103),
     "status-bodyless": lambda head: setattr(head, "status", 304),
+    "reason-beyond-latin-1": lambda head: setattr(head, "reason", "OK\u0100"),
+    "response-headers-built": lambda head: setattr(head, "headers", Headers([(b"X-A", b"1\n")])),
+    "response-headers-built-length": lambda head: setattr(
+        head, "headers", Headers([(b"Content-Length", b"0")])
+    ),
 }
 
 
@@ -45,6 +56,17 @@ async def request_filter(session):
         await session.respond_error(101)
     if session.req_header.headers.get("x-set") == "fail-with-103":
         raise ProxyError.http_status(403)  # its answer is fail_to_proxy's
+    if session.req_header.headers.get("x-set") == "replace-head":
+        smuggling = "/a HTTP/1.1\r\nHost: x\r\n\r\nGET /smuggled"
+        session.req_header = RequestHeader("GET", smuggling, Headers([(b"Host", b"x")]))
+    if session.req_header.headers.get("x-set") == "replace-version":
+        session.req_header.version = "1.0"
+    if session.req_header.headers.get("x-set") == "replace-fine":
+        fields = Headers([(b"Host", b"x"), (b"X-Replaced", b"yes")])
+        session.req_header = RequestHeader("GET", "/replaced", fields, "1.1")
+    if session.req_header.headers.get("x-set") == "respond-204":
+        await session.respond(204, b"dropped")
+        return True
     if session.req_header.headers.get("x-set") == "respond-crlf":
         await session.respond(200, b"x", {"X-A": "1\r\nX-B: 2"})
         return True
@@ -74,6 +96,8 @@ def response_filter(session, upstream_response):
         fine(upstream_response)
         upstream_response.status = 201
         upstream_response.reason = "Made"
+        kept = [*upstream_response.headers.raw, (b"X-Built", b"1")]  # framing fields kept
+        upstream_response.headers = Headers(kept)
     elif how in RESPONSE_SIDE:
         RESPONSE_SIDE[how](upstream_response)
 
