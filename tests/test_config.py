@@ -288,6 +288,14 @@ def test_pingora_only_key_is_accepted_with_warning(caplog: pytest.LogCaptureFixt
             2,
             "services[0].listen: expected a string or a list of strings",
         ),
+        *(
+            (
+                f'services:\n  - listen: 127.0.0.1:1\n    host: "{host}"\n',
+                3,
+                "services[0].host: must be host[:port]",
+            )
+            for host in ("a\\r\\nX-B: 1", "a b", "..", "", "\\u0100.example")
+        ),
         ("services:\n  - 1\n", 2, "services[0]: expected a mapping, got 1"),
         ("services: 3\n", 1, "services: expected a list of services"),
     ],

@@ -9,7 +9,7 @@ from typing import Any
 
 from lbx.hashkey import check_spec as check_hash_key
 from lbx.lb import split_host_port
-from lbx.request_rules import UNDERSCORES_MODES
+from lbx.request_rules import UNDERSCORES_MODES, host_is_valid
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,14 @@ class Field:
     help: str = ""
     check: Callable[[Any], str | None] | None = None
     minimum: float | None = None
+
+
+def _sound_host(value: str) -> bool:
+    """A Host value that is one field of latin-1 bytes and valid as a client's would be."""
+    try:
+        return host_is_valid(value.encode("latin-1"))
+    except UnicodeEncodeError:
+        return False
 
 
 def _positive(value: Any) -> str | None:
@@ -154,7 +162,12 @@ SERVICE_KEYS: dict[str, Field] = {
     ),
     "tls": Field("bool", False, "connect to upstreams with TLS"),
     "sni": Field("str", "", "TLS server name sent to upstreams (and verified)"),
-    "host": Field("str", None, "Host header sent to upstreams (default: the client's)"),
+    "host": Field(
+        "str",
+        None,
+        "Host header sent to upstreams (default: the client's)",
+        check=lambda v: None if _sound_host(v) else "must be host[:port] (as nginx checks Host)",
+    ),
     "verify_cert": Field("bool", True, "verify upstream certificates"),
     "verify_hostname": Field("bool", True, "verify that the certificate matches the SNI"),
     "selection": Field("str", None, "selection algorithm (a registered selector name)"),
