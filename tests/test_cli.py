@@ -230,6 +230,15 @@ def test_bad_upstream_shortcut() -> None:
     )
 
 
+@pytest.mark.parametrize("host", ["a\r\nX-B: 1", "a b", ".."])
+def test_a_host_shortcut_that_is_no_host_is_refused(host: str) -> None:
+    """``--host`` goes into every upstream request head: checked as ``host:`` is."""
+    shortcuts = ("--upstream", "127.0.0.1:9", "--host", host)
+    result = run("serve", "-t", "--plugin", "roundrobin", *shortcuts)
+    assert result.returncode == 2
+    assert one_error_line(result) == "lbx: error: --host must be host[:port] (as nginx checks Host)"
+
+
 def test_bad_listen_shortcut() -> None:
     """``--listen nonsense`` is one line naming the flag, exit 2."""
     result = run(

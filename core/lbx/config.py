@@ -17,7 +17,14 @@ from typing import Any, Final
 
 import yaml
 
-from lbx.config_keys import PINGORA_ONLY_KEYS, SERVER_KEYS, SERVICE_KEYS, Field, check_listen
+from lbx.config_keys import (
+    PINGORA_ONLY_KEYS,
+    SERVER_KEYS,
+    SERVICE_KEYS,
+    Field,
+    check_host,
+    check_listen,
+)
 from lbx.errors import ConfigError
 from lbx.lb import Backend, each_address_once
 
@@ -608,6 +615,9 @@ def apply_shortcuts(
     if sni is not None:
         service.sni = sni
     if host is not None:
+        problem = check_host(host)
+        if problem:
+            raise ConfigError(f"--host {problem}")
         service.host = host
     if not service.listen:
         service.listen = ["127.0.0.1:6188"]

@@ -27,12 +27,14 @@ class Field:
     minimum: float | None = None
 
 
-def _sound_host(value: str) -> bool:
-    """A Host value that is one field of latin-1 bytes and valid as a client's would be."""
+def check_host(value: str) -> str | None:
+    """A Host sent upstream must be one a client's would pass as (its bytes go into every
+    request head: a CR or LF would add fields)."""
     try:
-        return host_is_valid(value.encode("latin-1"))
+        sound = host_is_valid(value.encode("latin-1"))
     except UnicodeEncodeError:
-        return False
+        sound = False
+    return None if sound else "must be host[:port] (as nginx checks Host)"
 
 
 def _positive(value: Any) -> str | None:
@@ -166,7 +168,7 @@ SERVICE_KEYS: dict[str, Field] = {
         "str",
         None,
         "Host header sent to upstreams (default: the client's)",
-        check=lambda v: None if _sound_host(v) else "must be host[:port] (as nginx checks Host)",
+        check=check_host,
     ),
     "verify_cert": Field("bool", True, "verify upstream certificates"),
     "verify_hostname": Field("bool", True, "verify that the certificate matches the SNI"),
