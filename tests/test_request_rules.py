@@ -237,6 +237,12 @@ def test_request_line_check_is_bounded_by_candidates() -> None:
         "/x%2F..%2Fadmin",
         "/x/..//admin",
         "/x//../admin",
+        "/admin;jsessionid=1",
+        "/x/..;/admin",
+        "/x/..;a=b/admin;c",
+        "/;x/admin",
+        "/x\\..\\admin",
+        "/x%5c..%5Cadmin",
     ],
 )
 def test_every_spelling_of_admin_normalises_to_admin(path: str) -> None:
@@ -250,7 +256,9 @@ def test_every_spelling_of_admin_normalises_to_admin(path: str) -> None:
         ("/admin%2fkeys", "/admin/keys"),
         ("/a%20b", "/a%20b"),
         ("/a%3fb", "/a%3Fb"),
-        ("/a%5cb", "/a%5Cb"),
+        ("/a%5cb", "/a/b"),
+        ("/a;b/c;d", "/a/c"),
+        ("/a%3Bb", "/a%3Bb"),  # an escaped ; is data
         ("/%", "/%"),
         ("/%G1", "/%G1"),
         ("/a%2", "/a%2"),

@@ -74,6 +74,9 @@ def get(proxy, target: bytes, version: str = "1.1"):
         b"/x%2F..%2Fadmin",
         b"/admin?x=1",
         b"/x//../admin",
+        b"/admin;jsessionid=1",
+        b"/x/..;/admin",
+        b"/x%5c..%5cadmin",
     ],
 )
 def test_every_spelling_of_admin_is_refused(proxy, upstream, target, version):
@@ -91,6 +94,7 @@ def test_every_spelling_of_admin_is_refused(proxy, upstream, target, version):
         b"/a%20b/../ok",
         b"/Admin2",
         b"/%2561dmin",
+        b"/ad;min",
     ],
 )
 def test_other_paths_pass_with_the_raw_target(proxy, upstream, target, version):

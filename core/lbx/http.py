@@ -551,6 +551,7 @@ def remove_dot_segments(path: str) -> str:
     return "/" + "/".join(output)
 
 
+_PATH_PARAMETERS: Final = re.compile(r";[^/]*")
 _SLASHES: Final = re.compile("/{2,}")
 
 
@@ -561,8 +562,13 @@ def normalize_path(path: str) -> str:
        are decoded; other escapes are kept with upper-case digits. ``%2F`` is decoded because
        many backends do (nginx's ``$uri``, most frameworks' routers): ``/admin%2Fkeys`` must not
        pass a check on ``/admin/``. lbx refuses a path with ``%00`` (400), as nginx does.
-    2. Runs of ``/`` become one (nginx's ``merge_slashes``), before the dots, as nginx does.
-    3. Dot segments are removed (RFC 3986 5.2.4); ``..`` never climbs above ``/``.
+    2. ``\\`` and ``%5C`` are ``/``, as IIS and URL parsers of the WHATWG kind (Node's) read
+       them; a segment's parameters (``;`` to the next ``/``) are dropped, as servlet containers
+       and Spring do when they map a path (``/admin;x`` is ``/admin`` and ``/x/..;/admin`` is
+       ``/admin`` to Tomcat). A check then holds for those backends too, and is only stricter
+       for others.
+    3. Runs of ``/`` become one (nginx's ``merge_slashes``), before the dots, as nginx does.
+    4. Dot segments are removed (RFC 3986 5.2.4); ``..`` never climbs above ``/``.
 
     Case is kept: paths are case-sensitive (a check for a case-insensitive backend lower-cases).
     ``*`` (``OPTIONS *``) and other paths that do not start with ``/`` are returned unchanged.
@@ -571,6 +577,10 @@ def normalize_path(path: str) -> str:
         return path
     if "%" in path:
         path = _decode_path_escapes(path)
+    if "\\" in path or "%5C" in path:
+        path = path.replace("%5C", "/").replace("\\", "/")
+    if ";" in path:
+        path = _PATH_PARAMETERS.sub("", path)
     if "//" in path:
         path = _SLASHES.sub("/", path)
     if "." in path:
