@@ -52,6 +52,10 @@ def test_a_response_head_a_hook_would_bend_is_refused(proxy, upstream, how):
         client.send(b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n")
         response = client.read_response()
         assert (response.status, response.body) == (200, b"ok")
+    # The upstream connection of the refused response is closed, neither pooled nor left open
+    # (5 of them used to take all of max_upstream_connections: 5 for good).
+    (used,) = [c for c in list(upstream.conns) if any(r.target == b"/" for r in c.requests)]
+    assert used.closed_by_peer.wait(5)
 
 
 def test_respond_refuses_a_control_byte_and_drops_framing_fields(proxy, upstream):
@@ -74,6 +78,9 @@ def test_respond_refuses_a_control_byte_and_drops_framing_fields(proxy, upstream
         ("respond-informational", "status 103 is not a final status"),
         ("respond-error-switch", "status 101 is not a final status"),
         ("fail-with-103", "status 103 is not a final status .200-599.: answered 500"),
+        ("fail-with-float", "status 404.5 is not a final status .200-599.: answered 500"),
+        ("fail-with-text", "status '404' is not a final status .200-599.: answered 500"),
+        ("set-upgrade", "AttributeError"),  # session.upgrade is read-only
     ],
 )
 def test_a_status_that_is_not_final_is_never_sent(proxy, upstream, how, logged):
@@ -108,10 +115,11 @@ def test_a_sound_replacement_head_goes_upstream(proxy, upstream):
     assert (request.target, request.get("X-Replaced")) == (b"/replaced", b"yes")
 
 
-def test_respond_sends_no_length_with_a_204(proxy, upstream):
+@pytest.mark.parametrize("how", ["respond-204", "respond-error-204"])
+def test_respond_sends_no_length_with_a_204(proxy, upstream, how):
     """RFC 9110 8.6: no Content-Length in a 204 (nor a body, whatever the hook passed)."""
     with Client(proxy.address) as client:
-        client.send(ask("respond-204"))
+        client.send(ask(how))
         response = client.read_response()
         assert (response.status, response.get("Content-Length")) == (204, None)
         client.send(b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n")

@@ -583,3 +583,33 @@ def test_streams_are_counted_by_accesslog_metrics_and_status(tmp_path: Path) -> 
     finally:
         stop_h2_backend(thread, backend)
         thread.close()
+
+
+RESIZE = Path(__file__).resolve().parent / "plugins" / "resize_request_body.py"
+
+
+@pytest.mark.parametrize("resize", ["grow", "shrink"])
+def test_a_filter_that_changes_a_content_length_body_is_500_over_http2_too(
+    tmp_path: Path, resize: str
+) -> None:
+    """As over HTTP/1.1 (tests/test_request_body_length.py): DATA that does not add up to the
+    stream's content-length would have the backend refuse the stream (RFC 9113 8.1.1), or wait
+    for the rest. lbx answers 500 and resets the stream; the connection serves the next one."""
+    thread = BackendThread()
+    backend = start_h2_backend(thread, "b")
+    try:
+        conf = tmp_path / "lbx.yaml"
+        service = {"listen": ["127.0.0.1:0"], "upstream_http_version": 2}
+        service["upstreams"] = [backend.address]
+        plugins = ["roundrobin", str(RESIZE)]
+        conf.write_text(yaml.safe_dump({"plugins": plugins, "services": [service]}))
+        with LbxProcess("-c", str(conf)) as process, httpx.Client(timeout=TIMEOUT) as client:
+            url = f"http://{process.address}/echo"
+            reply = client.post(url, content=b"hello", headers={"X-Resize": resize})
+            assert reply.status_code == 500
+            again = client.post(url, content=b"hello")
+            assert again.status_code == 200 and echo(again.content)[1]["body_size"] == 5
+            process.wait_for("changed the length of a Content-Length body")
+    finally:
+        stop_h2_backend(thread, backend)
+        thread.close()

@@ -169,11 +169,12 @@ def test_headers_a_hook_builds_whole_get_the_checks_of_edited_ones() -> None:
         request, RequestHeader("PUT", "/b", Headers([(b"Host", b"y")]))
     )
     assert (replaced.method, replaced.uri, replaced.headers.raw) == ("PUT", "/b", [(b"Host", b"y")])
+    client_spoke_2 = RequestHeader("GET", "/", Headers([(b"Host", b"x")]), version="2")
+    assert http.replacement_head(client_spoke_2, RequestHeader("GET", "/c")).version == "2"
     for head in (
         RequestHeader("HEAD", "/"),
         RequestHeader("GET", "/ HTTP/1.1\r\n"),
         RequestHeader("GET", "/", Headers([(b"Content-Length", b"5")])),
-        RequestHeader("GET", "/", version="1.0"),
     ):
         with pytest.raises(ValueError):
             http.replacement_head(request, head)

@@ -341,7 +341,7 @@ class H1Downstream(asyncio.Protocol):
         head = RequestHeader(method, url.decode("latin-1"), Headers(headers), version)
         exchange = Exchange(self, service, head, body_kind, framing, keep_alive)
         if offer is not None:
-            exchange.session.upgrade = offer[0].decode("latin-1")
+            exchange.session._upgrade = offer[0].decode("latin-1")
             exchange.upgrade_names = offer[1]
         self._last = exchange
         if body_kind:

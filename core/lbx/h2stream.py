@@ -119,6 +119,8 @@ class H2Stream:
 
     def send_error(self, status: int, close: bool) -> None:
         fields = [(b":status", _STATUS[status]), *_ERROR_FIELDS]
+        if status == 204 or status == 304:  # no content-length for them (RFC 9110 8.6)
+            del fields[2]
         if not self.lost and self.conn.send_headers(self, fields, True):
             self._ended()
 

@@ -42,7 +42,7 @@ from lbx.errors import ErrorSource, ErrorType, ProxyError
 from lbx.h2frames import send_within_windows
 from lbx.http import HOP_BY_HOP, HeaderList, RequestHeader
 from lbx.request_rules import h2_field_problem
-from lbx.upstream import MAX_RESPONSE_HEADERS, BodyKind, UpstreamConnection
+from lbx.upstream import MAX_RESPONSE_HEADERS, BodyKind, UpstreamConnection, declared_length
 
 if TYPE_CHECKING:
     from lbx.exchange import Exchange
@@ -410,6 +410,8 @@ class H2UpstreamStream:
         """The backend said it did not process this stream: sending it again is safe."""
         self._head_only = False
         self._got_head = False
+        self._body_left = -1
+        """Request body bytes its content-length still announces (-1: none announced)."""
         self._outbox: list[bytes] = []
         self._outbox_size = 0
         self._end_pending = False
@@ -434,6 +436,7 @@ class H2UpstreamStream:
         conn = self.conn
         self.exchange = exchange
         self._head_only = head_only
+        self._body_left = declared_length(framing)
         if conn.closed:
             self.fail(
                 ProxyError(
@@ -471,6 +474,19 @@ class H2UpstreamStream:
         with ``end``."""
         if self.closed or self.sent_end:
             return
+        if self._body_left >= 0:
+            self._body_left -= len(data)
+            if self._body_left < 0 or (end and self._body_left):
+                # The backend would refuse the stream (RFC 9113 8.1.1), or wait for the rest.
+                self.fail(
+                    ProxyError(
+                        ErrorType.INTERNAL_ERROR,
+                        ErrorSource.INTERNAL,
+                        "a request_body_filter changed the length of a Content-Length body",
+                        status=500,
+                    )
+                )
+                return
         if data:
             self._outbox.append(data)
             self._outbox_size += len(data)

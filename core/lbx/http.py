@@ -345,11 +345,12 @@ class RequestHeader(_HeaderEdits):
 def replacement_head(old: RequestHeader, new: RequestHeader) -> RequestHeader:
     """The head a hook puts in place of ``old`` (``session.req_header = ...``), checked as if
     each of its parts had been set on ``old`` (ValueError otherwise): a head built whole gets
-    the checks of one edited."""
+    the checks of one edited. It keeps the version the client spoke, whatever ``new`` says
+    (``RequestHeader`` makes "1.1" unless told)."""
     if not isinstance(new, RequestHeader):
         raise TypeError(f"req_header must be lbx.RequestHeader, not {type(new).__name__}")
     checked = RequestHeader(old.method, old.uri, old.headers, old.version)
-    checked.method, checked.uri, checked.version = new.method, new.uri, new.version
+    checked.method, checked.uri = new.method, new.uri  # (the version stays the client's)
     checked.headers = new.headers
     return checked
 
@@ -468,10 +469,12 @@ def serialize_response(head: ResponseHeader, framing: HeaderList, body: list[byt
 
 def error_response(status: int, *, close: bool) -> bytes:
     """Pingora's error answer: empty body, ``Cache-Control: private, no-store``."""
+    bodyless = status == 204 or status == 304  # no Content-Length for them (RFC 9110 8.6)
     return b"".join(
         (
             status_line(status),
-            b"Server: lbx\r\nContent-Length: 0\r\nCache-Control: private, no-store\r\n",
+            b"Server: lbx\r\n" if bodyless else b"Server: lbx\r\nContent-Length: 0\r\n",
+            b"Cache-Control: private, no-store\r\n",
             b"Connection: close\r\n\r\n" if close else b"\r\n",
         )
     )

@@ -474,6 +474,9 @@ class ProxyService:
                 exchange.fresh = True  # the retry opens a new connection
                 return exc
             raise
+        except BaseException:  # a hook's error (or a cancellation): the connection is not reused
+            conn.close()
+            raise
         return None
 
     def _pooled(self, exchange: Exchange, peer: Peer) -> UpstreamConnection | None:
@@ -526,23 +529,19 @@ class ProxyService:
     ) -> None:
         hooks = self.hooks
         request = session.req_header
-        try:  # until the head is sent, the connection is clean: a failure gives it back
-            if hooks.connected_to_upstream is not None:
-                done = hooks.connected_to_upstream.run(session, reused, peer, ctx)
+        if hooks.connected_to_upstream is not None:
+            done = hooks.connected_to_upstream.run(session, reused, peer, ctx)
+            if suspends(done):
+                await done
+        if self.upstream_host is not None or hooks.upstream_request_filter is not None:
+            raw = list(request.headers.raw)
+            request = RequestHeader(request.method, request.uri, Headers(raw), request.version)
+            if self.upstream_host is not None:
+                request.headers.insert(b"Host", self.upstream_host)
+            if hooks.upstream_request_filter is not None:
+                done = hooks.upstream_request_filter.run(session, request, ctx)
                 if suspends(done):
                     await done
-            if self.upstream_host is not None or hooks.upstream_request_filter is not None:
-                raw = list(request.headers.raw)
-                request = RequestHeader(request.method, request.uri, Headers(raw), request.version)
-                if self.upstream_host is not None:
-                    request.headers.insert(b"Host", self.upstream_host)
-                if hooks.upstream_request_filter is not None:
-                    done = hooks.upstream_request_filter.run(session, request, ctx)
-                    if suspends(done):
-                        await done
-        except BaseException:
-            self._give_back(conn)
-            raise
         client = exchange.conn
         if client.lost:
             self._give_back(conn)
@@ -609,7 +608,8 @@ class ProxyService:
                 log.exception("fail_to_proxy hook failed, %s", session.request_summary())
         if status is None:
             status = error.default_status()
-        if status and not 200 <= status <= 599:  # (a hook's, or a ProxyError.http_status)
+        # A hook's (or a ProxyError.http_status's): an int, 0 or a final status.
+        if type(status) is not int or (status and not 200 <= status <= 599):
             log.error("status %r is not a final status (200-599): answered 500", status)
             status = 500
         if status:

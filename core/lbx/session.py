@@ -33,6 +33,7 @@ class Session:
     __slots__ = (
         "_exchange",
         "_req_header",
+        "_upgrade",
         "body_bytes_read",
         "body_bytes_sent",
         "client_addr",
@@ -46,7 +47,6 @@ class Session:
         "start_time",
         "tried",
         "tries",
-        "upgrade",
         "upstream_response",
     )
 
@@ -70,9 +70,14 @@ class Session:
         self.start_time = monotonic()
         self.head_time: float | None = None
         self.ctx: dict[str, Any] = {}
-        self.upgrade: str | None = None
+        self._upgrade: str | None = None
+
+    @property
+    def upgrade(self) -> str | None:
         """The ``Upgrade`` value lbx passes on (``websocket``): the client's list reduced to the
-        service's ``upgrades:``; None when the request does not switch protocols."""
+        service's ``upgrades:``; None when the request does not switch protocols. Hooks read
+        it: the connection's framing follows it."""
+        return self._upgrade
 
     @property
     def req_header(self) -> RequestHeader:

@@ -54,7 +54,12 @@ async def request_filter(session):
         await session.respond(103, b"x")
     if session.req_header.headers.get("x-set") == "respond-error-switch":
         await session.respond_error(101)
-    if session.req_header.headers.get("x-set") == "fail-with-103":
+    if session.req_header.headers.get("x-set") == "respond-error-204":
+        await session.respond_error(204)
+        return True
+    if session.req_header.headers.get("x-set") == "set-upgrade":
+        session.upgrade = "h2c"
+    if session.req_header.headers.get("x-set", "").startswith("fail-with-"):
         raise ProxyError.http_status(403)  # its answer is fail_to_proxy's
     if session.req_header.headers.get("x-set") == "replace-head":
         smuggling = "/a HTTP/1.1\r\nHost: x\r\n\r\nGET /smuggled"
@@ -102,6 +107,9 @@ def response_filter(session, upstream_response):
         RESPONSE_SIDE[how](upstream_response)
 
 
+ODD_STATUSES = {"fail-with-103": 103, "fail-with-float": 404.5, "fail-with-text": "404"}
+
+
 @hookimpl
 def fail_to_proxy(session, ctx, error):
-    return 103 if session.req_header.headers.get("x-set") == "fail-with-103" else None
+    return ODD_STATUSES.get(session.req_header.headers.get("x-set"))
