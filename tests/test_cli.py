@@ -121,6 +121,7 @@ def test_a_plugins_option_without_the_plugin_names_it() -> None:
             ["--health-chek"],
             "Did you mean '--health-check' of plugin healthcheck (add --plugin healthcheck)?",
         ),
+        (["--LISTEN", "127.0.0.1:0"], "No such option '--LISTEN'. Did you mean '--listen'?"),
         (["--zzzzzz"], "No such option '--zzzzzz' (see"),
     ],
 )

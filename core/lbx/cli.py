@@ -184,16 +184,19 @@ def _unknown_option(name: str, ctx: click.Context, enabled: list[click.Option]) 
     if owner is not None:
         return f"{name} is an option of plugin {owner}, which is not enabled: add --plugin {owner}"
     known = [opt for param in (*ctx.command.params, *enabled) for opt in param.opts]
-    # Compared without the dashes, which every option shares: --bogus is not like --host.
-    names = {opt.lstrip("-"): opt for opt in [*offered, *known]}
-    close = [names[n] for n in difflib.get_close_matches(name.lstrip("-"), list(names), n=1)]
+    # Compared without the dashes, which every option shares (--bogus is not like --host), and
+    # without case (--LISTEN is --listen).
+    names = {opt.lstrip("-").lower(): opt for opt in [*offered, *known]}
+    typed = name.lstrip("-").lower()
+    close = [names[n] for n in difflib.get_close_matches(typed, list(names), n=1)]
     if close and close[0] not in known:
         owner = offered[close[0]]
         return (
             f"No such option {name!r}. Did you mean {close[0]!r} of plugin {owner} "
             f"(add --plugin {owner})? (see lbx serve -h)"
         )
-    return _usage_line(click.NoSuchOption(name, possibilities=close).format_message(), "lbx serve")
+    hint = f". Did you mean {close[0]!r}?" if close else ""
+    return _usage_line(f"No such option {name!r}{hint}", "lbx serve")
 
 
 def _options_of_installed_plugins() -> dict[str, str]:
