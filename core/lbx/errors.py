@@ -69,8 +69,9 @@ class ProxyError(Exception):
             text += f" {self.status}"
         if self.context:
             text += f" context: {self.context}"
-        if self.__cause__ is not None:
-            text += f" cause: {self.__cause__!r}"
+        cause = self.__cause__
+        if cause is not None and repr(cause) != self.context:  # (often the context already)
+            text += f" cause: {cause!r}"
         return text
 
     def caused_by(self, cause: BaseException) -> ProxyError:
