@@ -25,6 +25,7 @@ import anyio
 import anyio.abc
 
 from lbx.errors import ConfigError
+from lbx.http import is_final_status
 from lbx.sharedrows import SharedRows
 
 __all__ = [
@@ -327,7 +328,7 @@ async def _exchange(
     body = await reader.readexactly(length) if length else b""
     try:
         status, content_type, payload = await handler(method, target.split("?", 1)[0], body)
-        if not (200 <= status <= 599 and content_type.isascii() and content_type.isprintable()):
+        if not (is_final_status(status) and content_type.isascii() and content_type.isprintable()):
             # Both go into the head as they are: a CR or LF would add fields of its choosing.
             raise ValueError(f"answer with status {status!r}, content type {content_type!r}")
     except Exception:

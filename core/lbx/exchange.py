@@ -22,6 +22,7 @@ from lbx.errors import ErrorSource, ErrorType, ProxyError
 from lbx.http import (
     HOP_BY_HOP,
     LAST_CHUNK,
+    NO_BODY_STATUSES,
     HeaderList,
     Headers,
     RequestHeader,
@@ -190,7 +191,7 @@ class Exchange:
         framed = ("content-length", "transfer-encoding")  # lbx frames the body: these go
         kept = [field_from_hook(n, v) for n, v in items if n.lower() not in framed]
         head = ResponseHeader(status, Headers(kept))
-        bodyless = status == 204 or status == 304  # (no Content-Length for them: RFC 9110 8.6)
+        bodyless = status in NO_BODY_STATUSES  # (no Content-Length for them: RFC 9110 8.6)
         framing: HeaderList = [] if bodyless else [(b"Content-Length", b"%d" % len(body))]
         if not self.body_done:  # the rest of the request body is unread: no reuse
             self.keep_alive = False

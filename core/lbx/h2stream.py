@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Final
 
 from h2.errors import ErrorCodes
 
-from lbx.http import HOP_BY_HOP, HeaderList, ResponseHeader
+from lbx.http import HOP_BY_HOP, NO_BODY_STATUSES, HeaderList, ResponseHeader
 
 if TYPE_CHECKING:
     from lbx.exchange import Exchange
@@ -119,7 +119,7 @@ class H2Stream:
 
     def send_error(self, status: int, close: bool) -> None:
         fields = [(b":status", _STATUS[status]), *_ERROR_FIELDS]
-        if status == 204 or status == 304:  # no content-length for them (RFC 9110 8.6)
+        if status in NO_BODY_STATUSES:  # no content-length for them (RFC 9110 8.6)
             del fields[2]
         if not self.lost and self.conn.send_headers(self, fields, True):
             self._ended()

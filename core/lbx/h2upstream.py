@@ -40,9 +40,14 @@ from h2.settings import SettingCodes
 
 from lbx.errors import ErrorSource, ErrorType, ProxyError
 from lbx.h2frames import send_within_windows
-from lbx.http import HOP_BY_HOP, HeaderList, RequestHeader
-from lbx.request_rules import h2_field_problem
-from lbx.upstream import MAX_RESPONSE_HEADERS, BodyKind, UpstreamConnection, declared_length
+from lbx.http import HOP_BY_HOP, NO_BODY_STATUSES, HeaderList, RequestHeader, field_problem
+from lbx.upstream import (
+    MAX_RESPONSE_HEADERS,
+    BodyKind,
+    UpstreamConnection,
+    declared_length,
+    still_owed,
+)
 
 if TYPE_CHECKING:
     from lbx.exchange import Exchange
@@ -60,7 +65,6 @@ MAX_STREAM_ID: Final = 1 << 30
 """Past this stream id a connection takes no new stream (ids end at 2**31), a new one opens."""
 _CONNECTION_SPECIFIC: Final = HOP_BY_HOP | {b"host"}
 """Fields an HTTP/2 request never carries (RFC 9113 8.2.2): ``Host`` becomes ``:authority``."""
-_NO_BODY_STATUSES: Final = frozenset({204, 304})
 
 
 class PrefaceRefused(Exception):
@@ -96,14 +100,14 @@ def request_fields(request: RequestHeader, framing: HeaderList, scheme: bytes) -
 
 def response_fields(raw: Any) -> tuple[int, HeaderList]:
     """The status and fields of a response head from ``h2`` (which checked the RFC's rules),
-    each field one an HTTP/1.1 client can be given (``h2_field_problem``)."""
+    each field one an HTTP/1.1 client can be given (``field_problem``)."""
     status = 0
     fields: HeaderList = []
     for name, value in raw:
         if name == b":status":
             status = int(value)
         elif name[:1] != b":" and name not in HOP_BY_HOP:
-            problem = h2_field_problem(name, value)
+            problem = field_problem(name, value)
             if problem is not None:
                 raise ValueError(f"invalid response head: {problem} ({name!r})")
             fields.append((name, value))
@@ -474,19 +478,11 @@ class H2UpstreamStream:
         with ``end``."""
         if self.closed or self.sent_end:
             return
-        if self._body_left >= 0:
-            self._body_left -= len(data)
-            if self._body_left < 0 or (end and self._body_left):
-                # The backend would refuse the stream (RFC 9113 8.1.1), or wait for the rest.
-                self.fail(
-                    ProxyError(
-                        ErrorType.INTERNAL_ERROR,
-                        ErrorSource.INTERNAL,
-                        "a request_body_filter changed the length of a Content-Length body",
-                        status=500,
-                    )
-                )
-                return
+        try:
+            self._body_left = still_owed(self._body_left, len(data), end)
+        except ProxyError as error:
+            self.fail(error)  # (the stream is reset when the attempt ends)
+            return
         if data:
             self._outbox.append(data)
             self._outbox_size += len(data)
@@ -598,7 +594,7 @@ class H2UpstreamStream:
             exchange.upstream_informational(status, fields)
             return
         self._got_head = True
-        if self._head_only or status in _NO_BODY_STATUSES:
+        if self._head_only or status in NO_BODY_STATUSES:
             kind = BodyKind.NONE
             if status == 204:  # no length either (RFC 9110 8.6), as from HTTP/1.1 upstreams
                 fields = [field for field in fields if field[0] != b"content-length"]

@@ -87,12 +87,35 @@ def _b(text: str | bytes) -> bytes:
     return encoded
 
 
-FIELD_NAME: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
-"""A header field name: an RFC 9110 token."""
+TOKEN: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+"""An RFC 9110 token: a header field name, a method, an Upgrade protocol's name."""
 
-_FIELD_VALUE_CONTROL: Final = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
-_REASON_CONTROL: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
-_METHOD: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+FIELD_VALUE_CONTROL: Final = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+"""A byte a field value (or a reason phrase) may not hold: the controls but HTAB."""
+
+NO_BODY_STATUSES: Final = frozenset({204, 304})
+"""Final statuses whose response has no body (RFC 9110 6.4.1), and no Content-Length from lbx
+(8.6)."""
+
+
+def is_final_status(status: object) -> bool:
+    """A status a response can have: an int from 200 to 599 (a 1xx is no response, and the
+    client would wait for the one after it; a status line takes three digits)."""
+    return type(status) is int and 200 <= status <= 599
+
+
+def field_problem(name: bytes, value: bytes) -> str | None:
+    """Why a field cannot be written in an HTTP/1.1 head as llhttp reads one, or None: its
+    name must be a token and its value free of control bytes (HTAB aside). A name like
+    ``content-length;x`` or ``host/x`` from an HTTP/2 peer or a hook would reach the other side
+    unchecked, where a lenient parser may cut it to a second Content-Length or Host."""
+    if TOKEN.match(name) is None:
+        return "invalid header field name"
+    if FIELD_VALUE_CONTROL.search(value) is not None:
+        return "a control character in a header field value"
+    return None
+
+
 _TARGET: Final = re.compile(r"[\x21-\x7e]+\Z")
 _FRAMING_METHODS: Final = ("HEAD", "CONNECT")  # methods whose response framing differs
 _FRAMING_FIELDS: Final = frozenset({b"content-length", b"transfer-encoding"})
@@ -106,12 +129,12 @@ def _framing_of(raw: HeaderList) -> HeaderList:
     return [(lower_name(n), v) for n, v in raw if lower_name(n) in _FRAMING_FIELDS]
 
 
-def _is_latin1(text: str) -> bool:
+def _latin1(text: str, what: str) -> bytes:
+    """``text`` as the latin-1 bytes a head carries, or ValueError naming ``what``."""
     try:
-        text.encode("latin-1")
+        return text.encode("latin-1")
     except UnicodeEncodeError:
-        return False
-    return True
+        raise ValueError(f"{what} {text!r} is not latin-1") from None
 
 
 # Names (lower-cased) and short values hooks set before, found sound: most hooks set the same
@@ -130,7 +153,7 @@ def field_from_hook(name: str | bytes, value: str | bytes) -> tuple[bytes, bytes
     field = (_b(name), _b(value))
     key = lower_name(field[0])
     if key not in _CHECKED_NAMES:
-        if FIELD_NAME.match(key) is None:
+        if TOKEN.match(key) is None:
             raise ValueError(f"invalid header field name {field[0]!r}")
         if key in _FRAMING_FIELDS:
             raise ValueError(_FRAMING_IS_LBXS)
@@ -138,7 +161,7 @@ def field_from_hook(name: str | bytes, value: str | bytes) -> tuple[bytes, bytes
             _CHECKED_NAMES.add(key)
     value = field[1]
     if value not in _CHECKED_VALUES:
-        if _FIELD_VALUE_CONTROL.search(value) is not None:
+        if FIELD_VALUE_CONTROL.search(value) is not None:
             raise ValueError(f"a control character in the value of {field[0].decode('latin-1')}")
         if len(value) <= _LOWERED_MAX_NAME and len(_CHECKED_VALUES) < _LOWERED_MAX_ENTRIES:
             _CHECKED_VALUES.add(value)
@@ -288,7 +311,7 @@ class RequestHeader(_HeaderEdits):
 
     @method.setter
     def method(self, method: str) -> None:
-        if _METHOD.match(method) is None:
+        if TOKEN.match(_latin1(method, "method")) is None:
             raise ValueError(f"invalid method {method!r}: a token")
         old = self._method
         if method != old and (method in _FRAMING_METHODS or old in _FRAMING_METHODS):
@@ -380,9 +403,9 @@ class ResponseHeader(_HeaderEdits):
         old = self._status
         if status == old:
             return
-        if not 200 <= status <= 599 or old < 200:
+        if not is_final_status(status) or old < 200:
             raise ValueError(f"status {old} cannot become {status}: a final one, 200-599")
-        if (status == 204 or status == 304) != (old == 204 or old == 304):
+        if (status in NO_BODY_STATUSES) != (old in NO_BODY_STATUSES):
             raise ValueError(
                 f"status {old} cannot become {status}: it changes whether the response has a "
                 "body (answer with session.respond instead)"
@@ -395,10 +418,8 @@ class ResponseHeader(_HeaderEdits):
 
     @reason.setter
     def reason(self, reason: str | None) -> None:
-        if reason is not None and (
-            _REASON_CONTROL.search(reason) is not None or not _is_latin1(reason)
-        ):
-            raise ValueError(f"a control character or a non-latin-1 one in the reason {reason!r}")
+        if reason is not None and FIELD_VALUE_CONTROL.search(_latin1(reason, "reason")):
+            raise ValueError(f"a control character in the reason {reason!r}")
         self._reason = reason
 
     def __repr__(self) -> str:
@@ -469,11 +490,12 @@ def serialize_response(head: ResponseHeader, framing: HeaderList, body: list[byt
 
 def error_response(status: int, *, close: bool) -> bytes:
     """Pingora's error answer: empty body, ``Cache-Control: private, no-store``."""
-    bodyless = status == 204 or status == 304  # no Content-Length for them (RFC 9110 8.6)
     return b"".join(
         (
             status_line(status),
-            b"Server: lbx\r\n" if bodyless else b"Server: lbx\r\nContent-Length: 0\r\n",
+            b"Server: lbx\r\n"
+            if status in NO_BODY_STATUSES
+            else b"Server: lbx\r\nContent-Length: 0\r\n",
             b"Cache-Control: private, no-store\r\n",
             b"Connection: close\r\n\r\n" if close else b"\r\n",
         )

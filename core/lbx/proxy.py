@@ -26,7 +26,7 @@ from lbx.h1 import H1Downstream
 from lbx.h2 import select_protocol
 from lbx.h2pool import H2Pool
 from lbx.h2upstream import H2UpstreamStream
-from lbx.http import Headers, RequestHeader, serialize_request
+from lbx.http import Headers, RequestHeader, is_final_status, serialize_request
 from lbx.peer import HTTP_VERSION_ALPN, Peer
 from lbx.pool import ConnectionPool
 from lbx.request_rules import HeadRules, forwarding_values
@@ -543,8 +543,7 @@ class ProxyService:
                 if suspends(done):
                     await done
         client = exchange.conn
-        if client.lost:
-            self._give_back(conn)
+        if client.lost:  # (_attempt closes the connection)
             raise ProxyError(ErrorType.CONNECTION_CLOSED, ErrorSource.DOWNSTREAM, "client closed")
         head_future = exchange.new_futures()
         exchange.upstream = conn
@@ -608,8 +607,8 @@ class ProxyService:
                 log.exception("fail_to_proxy hook failed, %s", session.request_summary())
         if status is None:
             status = error.default_status()
-        # A hook's (or a ProxyError.http_status's): an int, 0 or a final status.
-        if type(status) is not int or (status and not 200 <= status <= 599):
+        # A hook's (or a ProxyError.http_status's): 0 (answer nothing) or a final status.
+        if not is_final_status(status) and not (type(status) is int and status == 0):
             log.error("status %r is not a final status (200-599): answered 500", status)
             status = 500
         if status:

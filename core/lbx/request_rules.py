@@ -14,7 +14,16 @@ from typing import TYPE_CHECKING, Any, Final
 
 import httptools
 
-from lbx.http import HOP_BY_HOP, HeaderList, Headers, RequestHeader, connection_tokens, lower_name
+from lbx.http import (
+    HOP_BY_HOP,
+    TOKEN,
+    HeaderList,
+    Headers,
+    RequestHeader,
+    connection_tokens,
+    field_problem,
+    lower_name,
+)
 
 if TYPE_CHECKING:
     from lbx.config import ServiceConfig
@@ -113,9 +122,6 @@ def path_escapes_ok(path: bytes) -> bool:
     return _BAD_ESCAPE.search(path) is None
 
 
-_TOKEN: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
-
-
 def _protocols(value: bytes) -> list[tuple[bytes, bytes]] | None:
     """The ``(element, lower-cased name)`` pairs of an ``Upgrade`` list (RFC 9110 7.8:
     ``protocol-name ["/" protocol-version]``, comma-separated); None if one is malformed."""
@@ -125,7 +131,7 @@ def _protocols(value: bytes) -> list[tuple[bytes, bytes]] | None:
         if not element:
             continue
         name, slash, version = element.partition(b"/")
-        if _TOKEN.match(name) is None or (slash and _TOKEN.match(version) is None):
+        if TOKEN.match(name) is None or (slash and TOKEN.match(version) is None):
             return None
         protocols.append((element, name.lower()))
     return protocols
@@ -237,25 +243,12 @@ def path_climbs_above_root(path: bytes) -> bool:
 
 
 _DOT_AND_SLASH_ESCAPES: Final = ((b"%2e", b"."), (b"%2E", b"."), (b"%2f", b"/"), (b"%2F", b"/"))
-_H2_FIELD_VALUE_CONTROL: Final = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
-
-
-def h2_field_problem(name: bytes, value: bytes) -> str | None:
-    """Why an HTTP/2 field cannot be written in an HTTP/1.1 head as llhttp reads one, or None:
-    its name must be a token and its value free of control bytes (HTAB aside). RFC 9113 8.2.1
-    leaves that check to whoever forwards to HTTP/1.1: a name like ``content-length;x`` or
-    ``host/x`` would reach the other side unchecked, where a lenient parser may cut it to a
-    second Content-Length or Host."""
-    if _TOKEN.match(name) is None:
-        return "invalid header field name"
-    if _H2_FIELD_VALUE_CONTROL.search(value) is not None:
-        return "a control character in a header field value"
-    return None
 
 
 def check_h2_field(name: bytes, value: bytes) -> None:
-    """``RequestRefused`` (400) for a request field ``h2_field_problem`` finds fault with."""
-    problem = h2_field_problem(name, value)
+    """``RequestRefused`` (400) for an HTTP/2 request field ``lbx.http.field_problem`` finds
+    fault with: RFC 9113 8.2.1 leaves that check to whoever forwards to HTTP/1.1."""
+    problem = field_problem(name, value)
     if problem is not None:
         raise RequestRefused(400, problem)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any, Final
 
-from lbx.http import replacement_head
+from lbx.http import is_final_status, replacement_head
 
 if TYPE_CHECKING:
     from lbx.exchange import Exchange
@@ -133,9 +133,7 @@ class Session:
 
 
 def final_status(status: int) -> int:
-    """``status``, or ValueError when it is not a final one (200-599) that a hook may answer
-    with: a 1xx is no response (the client would wait for the one after it), and a status
-    line takes three digits."""
-    if not 200 <= status <= 599:
+    """``status``, or ValueError when it is not one a hook may answer with (``is_final_status``)."""
+    if not is_final_status(status):
         raise ValueError(f"status {status} is not a final status (200-599)")
     return status

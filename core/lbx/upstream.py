@@ -18,7 +18,15 @@ from typing import TYPE_CHECKING, Final, TypeVar, cast
 import httptools
 
 from lbx.errors import ErrorSource, ErrorType, ProxyError
-from lbx.http import HOP_BY_HOP, LAST_CHUNK, HeaderList, encode_chunk, fields_to_drop, lower_name
+from lbx.http import (
+    HOP_BY_HOP,
+    LAST_CHUNK,
+    NO_BODY_STATUSES,
+    HeaderList,
+    encode_chunk,
+    fields_to_drop,
+    lower_name,
+)
 from lbx.peer import Peer, upstream_tls_context
 from lbx.request_rules import upgrade_accepted
 
@@ -47,7 +55,6 @@ MAX_RESPONSE_HEADERS: Final = 256
 """The most header fields in one response head from an upstream (Pingora parses up to 256)."""
 
 # No body follows these statuses whatever the headers say (RFC 9112 6.3).
-_NO_BODY_STATUSES: Final = frozenset({204, 304})
 _FRAMING_NAMES: Final = HOP_BY_HOP | {b"content-length"}
 _FRAMING_NAME_LENGTHS: Final = sum(1 << n for n in {len(name) for name in _FRAMING_NAMES})
 """Bit ``n`` set: some hop-by-hop or framing name is ``n`` bytes long. A response field of
@@ -61,6 +68,25 @@ def declared_length(framing: HeaderList) -> int:
         if name == b"Content-Length":
             return int(value)
     return -1
+
+
+def still_owed(left: int, size: int, end: bool) -> int:
+    """The request body bytes a Content-Length still announces after ``size`` more (``left``
+    -1: none announced, and it stays so), or ``ProxyError`` (500) when the body no longer adds
+    up. A request_body_filter must keep such a body's length (docs/hooks.md): bytes past it
+    would be an HTTP/1.1 upstream's next request and make an HTTP/2 one refuse the stream, and
+    a short body leaves the upstream waiting."""
+    if left < 0:
+        return left
+    left -= size
+    if left < 0 or (end and left):
+        raise ProxyError(
+            ErrorType.INTERNAL_ERROR,
+            ErrorSource.INTERNAL,
+            "a request_body_filter changed the length of a Content-Length body",
+            status=500,
+        )
+    return left
 
 
 class BodyKind(enum.IntEnum):
@@ -309,7 +335,7 @@ class UpstreamConnection(asyncio.Protocol):
             headers.append((name, value))
         if drop:
             headers = [item for item in headers if item[0].lower() not in drop]
-        if self._head_only or status in _NO_BODY_STATUSES:
+        if self._head_only or status in NO_BODY_STATUSES:
             body_kind = BodyKind.NONE
             if status == 204:
                 headers = [item for item in headers if item[0].lower() != b"content-length"]
@@ -401,20 +427,11 @@ class UpstreamConnection(asyncio.Protocol):
         transport = self.transport
         if transport is None or self.closed:
             return
-        if not chunked and self._body_left >= 0:
-            self._body_left -= len(data)
-            if self._body_left < 0 or (end and self._body_left):
-                # A request_body_filter that changed the length: bytes past Content-Length
-                # would be the upstream's next request, and a short body leaves it waiting.
-                self._fail(
-                    ProxyError(
-                        ErrorType.INTERNAL_ERROR,
-                        ErrorSource.INTERNAL,
-                        "a request_body_filter changed the length of a Content-Length body",
-                        status=500,
-                    )
-                )
-                return
+        try:
+            self._body_left = still_owed(self._body_left, len(data), end)
+        except ProxyError as error:
+            self._fail(error)  # (the connection is closed: it is owed bytes it will not get)
+            return
         if data:
             transport.write(encode_chunk(data) if chunked else data)
         if end and chunked:
